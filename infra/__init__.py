@@ -1,0 +1,1 @@
+"""What the Prefect tasks stand on: settings, the sandbox, evaluation, the results store."""

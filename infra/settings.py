@@ -1,0 +1,60 @@
+"""Paths and default limits, in one place. Environment variables override; nothing here is mutable state."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PREPARE_PY = REPO_ROOT / "prepare.py"
+BASELINE_TRAIN_PY = REPO_ROOT / "baseline" / "train.py"
+
+# Start-up (interpreter, imports, data to the device) is not training: it gets its own allowance.
+DEFAULT_STARTUP_ALLOWANCE_S = 30.0
+# After the budget, time to finish the last epoch and save the model before SIGKILL.
+DEFAULT_GRACE_S = 30.0
+# Scoring 10,000 images must never take this long; a model that does is treated as broken.
+DEFAULT_EVAL_TIMEOUT_S = 120.0
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def physical_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def default_memory_cap_bytes() -> int:
+    """Half of physical RAM, or AUTORESEARCH_MEMORY_CAP_GB."""
+    gb = os.environ.get("AUTORESEARCH_MEMORY_CAP_GB")
+    return int(float(gb) * 2**30) if gb else physical_memory_bytes() // 2
+
+
+def runs_home(override: str | Path | None = None) -> Path:
+    """Where experiments and scratch runs live: --home, AUTORESEARCH_HOME, or runs/ in the repo."""
+    return Path(override or os.environ.get("AUTORESEARCH_HOME") or REPO_ROOT / "runs").resolve()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The compute a candidate gets. Every candidate in an experiment gets the same."""
+
+    budget_s: float
+    startup_allowance_s: float = DEFAULT_STARTUP_ALLOWANCE_S
+    grace_s: float = DEFAULT_GRACE_S
+    memory_cap_bytes: int = 0  # 0: default_memory_cap_bytes()
+    eval_timeout_s: float = DEFAULT_EVAL_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not self.budget_s > 0:
+            raise ValueError(f"budget must be a positive number of seconds, got {self.budget_s}")
+        if self.startup_allowance_s < 0 or self.grace_s < 0:
+            raise ValueError("start-up allowance and grace must not be negative")
+        if self.memory_cap_bytes == 0:
+            object.__setattr__(self, "memory_cap_bytes", default_memory_cap_bytes())
+
+    @property
+    def hard_limit_s(self) -> float:
+        """Wall seconds after launch at which the candidate is SIGKILLed, at the latest."""
+        return self.startup_allowance_s + self.budget_s + self.grace_s

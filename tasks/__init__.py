@@ -1,0 +1,1 @@
+"""Prefect tasks, one per step of an iteration: propose, train, evaluate, decide, revise strategy."""
