@@ -8,6 +8,7 @@ it checks the logits' shape and finiteness and computes accuracy and loss itself
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from infra.sandbox import SandboxJob, run_sandboxed
 from infra.settings import PREPARE_PY, Limits
 
 EVAL_ERROR_PREFIX = "eval_error:"
+SYSTEM_DATASETS_DIR = Path("/usr/share/datasets")  # Debian's datasets, whatever prepare.DEBIAN_DIR says
 
 
 @dataclass
@@ -29,6 +31,14 @@ class Evaluation:
     reason: str
     accuracy: float | None = None
     loss: float | None = None
+
+
+def hidden_data_dirs() -> list[Path]:
+    """Every place the data may sit on the host; the sandbox hides each one that it would otherwise show."""
+    dirs = [prepare.cache_dir(), prepare.DEBIAN_DIR, SYSTEM_DATASETS_DIR]
+    if os.environ.get("AUTORESEARCH_DATA_DIR"):
+        dirs.append(Path(os.environ["AUTORESEARCH_DATA_DIR"]))
+    return dirs
 
 
 def score_logits(logits: np.ndarray, labels: torch.Tensor) -> Evaluation:
@@ -70,7 +80,7 @@ def evaluate_artifact(
         memory_cap_bytes=limits.memory_cap_bytes,
         env={"AUTORESEARCH_DEVICE": "cpu"},
         ro_paths=[PREPARE_PY, artifact],
-        hidden=[prepare.cache_dir(), prepare.DEBIAN_DIR],
+        hidden=hidden_data_dirs(),
     )
     outcome = run_sandboxed(job)
     if outcome.killed_for == "timeout":

@@ -122,7 +122,9 @@ def bwrap_argv(bwrap: str, job: SandboxJob) -> list[str]:
     args += ["--bind", str(job.workdir), str(job.workdir)]
     for path in job.ro_paths:
         args += ["--ro-bind", str(path), str(path)]
-    args += ["--chdir", str(job.workdir)]
+    # bwrap's root is a tmpfs holding the mount points; make it read-only too, so that
+    # only the run directory and the private /tmp can be written.
+    args += ["--remount-ro", "/", "--chdir", str(job.workdir)]
     return args
 
 

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 import prepare
-from infra.evaluation import evaluate_artifact
+from infra.evaluation import evaluate_artifact, hidden_data_dirs
 from infra.sandbox import SandboxJob, SandboxOutcome, run_sandboxed
 from infra.settings import PREPARE_PY, Limits
 
@@ -122,7 +122,7 @@ def _train_job(run_dir: Path, limits: Limits, seed: int, split_file: Path, devic
         memory_cap_bytes=limits.memory_cap_bytes,
         env=env,
         ro_paths=[run_dir / "prepare.py", split_file],
-        hidden=[prepare.cache_dir(), prepare.DEBIAN_DIR, *[Path(p) for p in [os.environ.get("AUTORESEARCH_DATA_DIR")] if p]],
+        hidden=hidden_data_dirs(),
         cap_address_space=not gpu,
         gpu=gpu,
     )

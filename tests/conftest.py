@@ -1,0 +1,73 @@
+"""Shared fixtures: small synthetic Fashion-MNIST-shaped IDX files, made by the tests themselves."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import prepare
+
+REAL_DATA_AVAILABLE = any(
+    (d / "train-images-idx3-ubyte.gz").exists() or (d / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
+    for d in (prepare.DEBIAN_DIR, Path.home() / ".cache" / "autoresearch")
+)
+requires_real_data = pytest.mark.skipif(not REAL_DATA_AVAILABLE, reason="real Fashion-MNIST not installed (make setup)")
+requires_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+
+
+def idx_images(images: np.ndarray) -> bytes:
+    n, h, w = images.shape
+    return struct.pack(">IIII", 2051, n, h, w) + images.astype(np.uint8).tobytes()
+
+
+def idx_labels(labels: np.ndarray) -> bytes:
+    return struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
+
+
+def learnable_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each class lights up its own band of rows, plus noise: a linear model can learn it."""
+    images = rng.integers(0, 60, size=(len(labels), 28, 28))
+    for i, label in enumerate(labels):
+        images[i, label * 2:label * 2 + 3, :] = 230
+    return images.astype(np.uint8)
+
+
+def make_idx_files(directory: Path, n_train: int = 600, n_test: int = 100, seed: int = 0) -> dict[str, bytes]:
+    """Write the four files as .gz into directory; return their decompressed contents."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    contents = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, size=n)
+        contents[f"{prefix}-images-idx3-ubyte"] = idx_images(learnable_images(labels, rng))
+        contents[f"{prefix}-labels-idx1-ubyte"] = idx_labels(labels)
+    for name, content in contents.items():
+        with gzip.open(directory / f"{name}.gz", "wb") as f:
+            f.write(content)
+    return contents
+
+
+@pytest.fixture
+def synthetic_data(tmp_path, monkeypatch):
+    """prepare.py pointed at small synthetic files: a source dir, an empty cache, no Debian dir, no download."""
+    source = tmp_path / "source"
+    contents = make_idx_files(source)
+    files = {name: ("0" * 32, hashlib.md5(content).hexdigest()) for name, content in contents.items()}
+    monkeypatch.setattr(prepare, "FILES", files)
+    monkeypatch.setattr(prepare, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(prepare, "VAL_SIZE", 100)
+    monkeypatch.setattr(prepare, "_download", _no_network)
+    monkeypatch.setenv("AUTORESEARCH_DATA_DIR", str(source))
+    monkeypatch.setenv("AUTORESEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AUTORESEARCH_DEVICE", "cpu")
+    return source
+
+
+def _no_network() -> None:
+    raise OSError("network disabled in tests")
