@@ -1,0 +1,48 @@
+# One-command set-up and the project's main entry points.
+#   make setup   .venv with the project and its dev extras, system packages where possible, verified data
+#   make test    the whole test suite (runs setup first when needed)
+#   make run     the main job on the embedded defaults
+#   make bench   the benchmarks under benchmarks/
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.setup-done
+PYTHON ?= python3
+
+.PHONY: setup system-packages data test run bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(MAKE) system-packages
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(MAKE) data
+	touch $(STAMP)
+
+# bubblewrap isolates candidates; Debian ships Fashion-MNIST. Both need root and apt-get: skipped politely otherwise.
+system-packages:
+	@missing=""; \
+	command -v bwrap >/dev/null 2>&1 || missing="$$missing bubblewrap"; \
+	test -d /usr/share/datasets/fashion-mnist || missing="$$missing dataset-fashion-mnist"; \
+	if [ -z "$$missing" ]; then echo "system packages: present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "system packages: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || \
+		echo "system packages: apt-get failed; continuing (no isolation without bubblewrap; data will be downloaded)"; \
+	else echo "system packages: skipping$$missing (needs root and apt-get): without bubblewrap candidates run unisolated; data is downloaded instead"; fi
+
+data:
+	$(PY) prepare.py
+
+test: setup
+	$(PY) -m pytest
+
+run: setup
+	$(VENV)/bin/autoresearch train baseline/train.py --budget 120
+
+bench: setup
+	$(PY) benchmarks/data_pipeline.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

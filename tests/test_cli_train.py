@@ -1,0 +1,82 @@
+"""`autoresearch train`: bad input, readable output, and one end-to-end run on the real data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from infra.settings import BASELINE_TRAIN_PY
+from tests.conftest import requires_bwrap, requires_real_data
+
+runner = CliRunner()
+AUTORESEARCH = [sys.executable, "-m", "flows.cli"]
+
+
+def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([*AUTORESEARCH, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.py", "--budget", "5"], "no such file: missing.py"),
+        ([str(BASELINE_TRAIN_PY), "--budget", "0"], "budget must be a positive number"),
+        ([str(BASELINE_TRAIN_PY), "--budget", "-3"], "budget must be a positive number"),
+        ([str(BASELINE_TRAIN_PY), "--budget", "5", "--device", "tpu"], "unknown device 'tpu'"),
+        ([str(BASELINE_TRAIN_PY), "--budget", "5", "--memory-cap-gb", "0"], "--memory-cap-gb must be positive"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_clear_message(args, message, tmp_path):
+    result = run_cli("train", *args, "--home", str(tmp_path))
+    assert result.returncode == 2
+    assert "error:" in result.stderr and message in " ".join(result.stderr.split())
+    assert not (tmp_path / "scratch").exists()
+
+
+def test_data_unavailable_exits_1_naming_the_three_ways(synthetic_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("AUTORESEARCH_DATA_DIR")
+    result = runner.invoke(app, ["train", str(BASELINE_TRAIN_PY), "--budget", "2", "--home", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "Get it one of three ways" in result.output
+
+
+@requires_bwrap
+def test_readable_summary_on_synthetic_data(synthetic_data, tmp_path):
+    result = runner.invoke(app, ["train", str(BASELINE_TRAIN_PY), "--budget", "2", "--home", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "status" in result.output and "ok" in result.output and "val_accuracy" in result.output
+    assert "bubblewrap" in result.output
+    assert len(list((tmp_path / "scratch").glob("*/train.log"))) == 1
+
+
+def test_crashed_candidate_still_exits_0(synthetic_data, tmp_path):
+    bad = tmp_path / "crash.py"
+    bad.write_text("raise RuntimeError('boom')\n")
+    result = runner.invoke(app, ["train", str(bad), "--budget", "2", "--json", "--home", str(tmp_path)])
+    assert result.exit_code == 0
+    record = json.loads(result.output)
+    assert record["status"] == "crashed" and "RuntimeError: boom" in record["reason"]
+    assert record["val_accuracy"] is None
+
+
+@requires_real_data
+@requires_bwrap
+def test_baseline_end_to_end_on_real_data(tmp_path):
+    budget = 5
+    result = run_cli("train", str(BASELINE_TRAIN_PY), "--budget", str(budget), "--json", "--home", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    for key in ("status", "reason", "val_accuracy", "val_loss", "epochs", "train_seconds", "wall_seconds", "log_path"):
+        assert key in record
+    assert record["status"] == "ok", record["reason"]
+    assert record["val_accuracy"] >= 0.78
+    assert record["epochs"] >= 2
+    # stops itself at an epoch boundary: the budget plus one epoch and the export, not the grace period
+    assert record["train_seconds"] <= budget + 5
+    assert Path(record["log_path"]).is_file()
