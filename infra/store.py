@@ -1,0 +1,244 @@
+"""
+The results store: SQLAlchemy 2.0 models, Alembic-managed schema, idempotent writes.
+
+SQLite (WAL mode) under the runs directory by default; any SQLAlchemy URL works
+(PostgreSQL included). The store is the source of truth for resuming: an
+iteration counts as done only when its row has finished_at set.
+
+Engines are created per Store object, never at import time, so Prefect never has
+to pickle one.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import (JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event,
+                        select)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="created")  # created, running, finished, failed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Iteration(Base):
+    __tablename__ = "iterations"
+    __table_args__ = (UniqueConstraint("experiment_id", "index", name="uq_iteration"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"))
+    index: Mapped[int] = mapped_column(Integer)
+    proposer: Mapped[str] = mapped_column(String(64), default="")
+    hypothesis: Mapped[str] = mapped_column(Text, default="")
+    change_type: Mapped[str] = mapped_column(String(16), default="")  # baseline, parametric, structural
+    code: Mapped[str] = mapped_column(Text, default="")
+    diff: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running, ok, crashed, timeout, invalid
+    reason: Mapped[str] = mapped_column(Text, default="")
+    val_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    epochs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    wall_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    propose_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    measurements: Mapped[list] = mapped_column(JSON, default=list)  # validation accuracy of every seed run
+    decision: Mapped[str] = mapped_column(String(16), default="")  # baseline, keep, discard, failed
+    rule: Mapped[dict] = mapped_column(JSON, default=dict)  # delta, noise floor, threshold, ...
+    test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class StrategyVersion(Base):
+    __tablename__ = "strategy_versions"
+    __table_args__ = (UniqueConstraint("experiment_id", "version", name="uq_strategy_version"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    after_iteration: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    lessons: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ProposerCall(Base):
+    __tablename__ = "proposer_calls"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"))
+    iteration: Mapped[int] = mapped_column(Integer)
+    purpose: Mapped[str] = mapped_column(String(32), default="propose")
+    model: Mapped[str] = mapped_column(String(128), default="")
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StoreError(RuntimeError):
+    """The database could not be opened or migrated."""
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+class Store:
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine = make_engine(url)
+            migrate(url)
+        except (SQLAlchemyError, OSError, ValueError) as exc:
+            raise StoreError(f"cannot open results store {url!r}: {exc}") from exc
+        except Exception as exc:  # alembic wraps driver errors in its own types
+            raise StoreError(f"cannot open results store {url!r}: {type(exc).__name__}: {exc}") from exc
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # --- experiments ---------------------------------------------------------
+
+    def experiment(self, name: str) -> Experiment | None:
+        with self.session() as s:
+            return s.scalar(select(Experiment).where(Experiment.name == name))
+
+    def ensure_experiment(self, name: str, config: dict[str, Any]) -> Experiment:
+        with self.session() as s:
+            exp = s.scalar(select(Experiment).where(Experiment.name == name))
+            if exp is None:
+                exp = Experiment(name=name, config=config, status="created")
+                s.add(exp)
+                s.flush()
+            return exp
+
+    def set_experiment(self, experiment_id: int, **fields: Any) -> None:
+        with self.session() as s:
+            exp = s.get(Experiment, experiment_id)
+            for key, value in fields.items():
+                setattr(exp, key, value)
+
+    def experiments(self) -> list[Experiment]:
+        with self.session() as s:
+            return list(s.scalars(select(Experiment).order_by(Experiment.id)))
+
+    # --- iterations ----------------------------------------------------------
+
+    def put_iteration(self, experiment_id: int, index: int, **fields: Any) -> Iteration:
+        """Insert or update the (experiment, index) row: running it twice leaves one row."""
+        with self.session() as s:
+            row = s.scalar(select(Iteration).where(Iteration.experiment_id == experiment_id, Iteration.index == index))
+            if row is None:
+                row = Iteration(experiment_id=experiment_id, index=index)
+                s.add(row)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            s.flush()
+            return row
+
+    def iterations(self, experiment_id: int, finished_only: bool = False) -> list[Iteration]:
+        with self.session() as s:
+            q = select(Iteration).where(Iteration.experiment_id == experiment_id)
+            if finished_only:
+                q = q.where(Iteration.finished_at.is_not(None))
+            return list(s.scalars(q.order_by(Iteration.index)))
+
+    # --- strategy and proposer calls ----------------------------------------
+
+    def add_strategy(self, experiment_id: int, version: int, after_iteration: int, text: str, lessons: str = "") -> None:
+        with self.session() as s:
+            row = s.scalar(select(StrategyVersion).where(
+                StrategyVersion.experiment_id == experiment_id, StrategyVersion.version == version))
+            if row is None:
+                s.add(StrategyVersion(experiment_id=experiment_id, version=version,
+                                      after_iteration=after_iteration, text=text, lessons=lessons))
+
+    def strategies(self, experiment_id: int) -> list[StrategyVersion]:
+        with self.session() as s:
+            q = select(StrategyVersion).where(StrategyVersion.experiment_id == experiment_id)
+            return list(s.scalars(q.order_by(StrategyVersion.version)))
+
+    def add_proposer_call(self, experiment_id: int, iteration: int, **fields: Any) -> None:
+        with self.session() as s:
+            s.add(ProposerCall(experiment_id=experiment_id, iteration=iteration, **fields))
+
+    def total_cost(self, experiment_id: int) -> float:
+        with self.session() as s:
+            rows = s.scalars(select(ProposerCall.cost_usd).where(ProposerCall.experiment_id == experiment_id))
+            return float(sum(rows))
+
+
+def iteration_record(row: Iteration) -> dict[str, Any]:
+    """A JSON-friendly view of one iteration (for `history --json` and artifacts)."""
+    return {
+        "iteration": row.index,
+        "status": row.status,
+        "decision": row.decision,
+        "val_accuracy": row.val_accuracy,
+        "val_loss": row.val_loss,
+        "test_accuracy": row.test_accuracy,
+        "measurements": row.measurements,
+        "hypothesis": row.hypothesis,
+        "change_type": row.change_type,
+        "proposer": row.proposer,
+        "reason": row.reason,
+        "epochs": row.epochs,
+        "train_seconds": row.train_seconds,
+        "wall_seconds": row.wall_seconds,
+        "rule": row.rule,
+        "finished": row.finished_at is not None,
+    }
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str)

@@ -1,0 +1,91 @@
+"""The acceptance rule on synthetic noisy scores, no Prefect, no training."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from infra.acceptance_rule import RuleConfig, decide, naive_decide
+
+# Noise measured here: the baseline recipe over 6 seeds at a 20 s budget.
+BASELINE_SCORES = [0.761, 0.835, 0.838, 0.841, 0.844, 0.846]
+
+
+def simulate(true_gain: float, sigma: float, trials: int, seed: int) -> tuple[int, int]:
+    """(rule keeps, naive keeps) over `trials` candidates whose true effect is true_gain."""
+    rng = random.Random(seed)
+    true_incumbent = 0.84
+    rule_keeps = naive_keeps = 0
+    cfg = RuleConfig()
+    for _ in range(trials):
+        incumbent = [rng.gauss(true_incumbent, sigma) for _ in range(3)]
+        candidate = [rng.gauss(true_incumbent + true_gain, sigma)]
+        decision = decide(incumbent, candidate, cfg)
+        if decision.verdict == "confirm":
+            candidate.append(rng.gauss(true_incumbent + true_gain, sigma))
+            decision = decide(incumbent, candidate, cfg)
+        rule_keeps += decision.verdict == "keep"
+        naive_keeps += naive_decide(incumbent[0], candidate[0]) == "keep"
+    return rule_keeps, naive_keeps
+
+
+def test_rule_keeps_far_fewer_no_change_candidates_than_naive():
+    rule, naive = simulate(true_gain=0.0, sigma=0.01, trials=2000, seed=1)
+    assert naive > 800  # about half: any lucky seed wins
+    assert rule < 80  # about 2%
+    assert rule * 10 < naive
+
+
+def test_rule_still_keeps_real_improvements():
+    rule, _ = simulate(true_gain=0.05, sigma=0.005, trials=500, seed=2)  # linear -> CNN sized gain
+    assert rule == 500
+    rule_mid, _ = simulate(true_gain=0.05, sigma=0.01, trials=500, seed=3)
+    assert rule_mid > 450
+
+
+def test_t_quantile_matches_tables():
+    from infra.acceptance_rule import t_quantile
+
+    assert t_quantile(0.975, 3) == pytest.approx(3.182, rel=0.01)
+    assert t_quantile(0.99, 10) == pytest.approx(2.764, rel=0.01)
+    assert t_quantile(0.975, 1e6) == pytest.approx(1.96, rel=0.001)
+
+
+def test_decision_carries_the_rules_numbers():
+    d = decide([0.84, 0.85], [0.90])
+    assert d.verdict == "keep"
+    assert d.incumbent_mean == pytest.approx(0.845)
+    assert d.delta == pytest.approx(0.055)
+    # pooled: (1 * 0.00005 + 2 * 0.005**2) / 3
+    assert d.sigma == pytest.approx(((0.00005 + 2 * 0.005**2) / 3) ** 0.5)
+    assert set(d.as_dict()) >= {"delta", "sigma", "threshold", "verdict", "incumbent_mean"}
+
+
+def test_noisy_incumbent_demands_a_bigger_step():
+    quiet = decide([0.840, 0.842, 0.841], [0.860])
+    noisy = decide(BASELINE_SCORES, [0.860])
+    assert quiet.verdict == "keep"
+    assert noisy.verdict == "discard" and noisy.threshold > 0.03
+
+
+def test_floor_applies_when_incumbent_runs_agree_exactly():
+    d = decide([0.9, 0.9], [0.905])
+    # one degree of freedom of zero spread pooled with the prior's two
+    assert d.sigma == pytest.approx(RuleConfig().prior_sigma * (2 / 3) ** 0.5)
+    assert d.verdict in ("discard", "confirm")
+    assert decide([0.9, 0.9], [0.9015]).threshold >= RuleConfig().min_delta
+
+
+def test_close_call_asks_for_confirmation_once():
+    cfg = RuleConfig(confirm_runs=1)
+    first = decide([0.84, 0.84], [0.855], cfg)
+    assert first.verdict == "confirm", first
+    assert decide([0.84, 0.84], [0.855, 0.841], cfg).verdict == "discard"
+    assert decide([0.84, 0.84], [0.855, 0.862], cfg).verdict == "keep"
+    assert decide([0.84, 0.84], [0.855], RuleConfig(confirm_runs=0)).verdict == "discard"
+
+
+def test_rejects_empty_scores():
+    with pytest.raises(ValueError):
+        decide([], [0.5])
