@@ -17,7 +17,7 @@ import re
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -143,6 +143,72 @@ def _failure_status(outcome: SandboxOutcome, log_text: str, limits: Limits) -> t
     return None
 
 
+def _result(status: str, reason: str, run_dir: Path, started: float, outcome: SandboxOutcome | None = None) -> TrialResult:
+    log_path = run_dir / "train.log"
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    epochs = reported(text, "epochs")
+    return TrialResult(
+        status=status,
+        reason=reason,
+        val_accuracy=None,
+        val_loss=None,
+        epochs=int(epochs) if epochs and epochs.isdigit() else None,
+        train_seconds=outcome.training_seconds if outcome else None,
+        wall_seconds=time.monotonic() - started,
+        peak_memory_bytes=outcome.peak_rss_bytes if outcome else 0,
+        exit_code=outcome.exit_code if outcome else None,
+        signal=outcome.signal if outcome else None,
+        log_path=str(log_path),
+        run_dir=str(run_dir),
+        isolated=outcome.isolated if outcome else False,
+    )
+
+
+def train_candidate(
+    code: str,
+    run_dir: Path,
+    limits: Limits,
+    seed: int = 0,
+    device: str | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> TrialResult:
+    """Train code in a sandbox under limits. Status ok here means: it exited cleanly and saved a model."""
+    started = time.monotonic()
+    run_dir = Path(run_dir).resolve()
+    problem = syntax_error(code)
+    _prepare_run_dir(code, run_dir)
+    if problem:
+        (run_dir / "train.log").write_text(problem + "\n")
+        return _result("invalid", problem, run_dir, started)
+    prepare_hash = _file_hash(PREPARE_PY)
+    outcome = run_sandboxed(_train_job(run_dir, limits, seed, train_split_file(), device), on_line)
+    failure = _failure_status(outcome, (run_dir / "train.log").read_text(errors="replace"), limits)
+    if failure:
+        return _result(*failure, run_dir, started, outcome)
+    if _file_hash(PREPARE_PY) != prepare_hash:
+        return _result("invalid", "prepare.py was modified during the run; nothing from it is trusted", run_dir, started, outcome)
+    if prepare.find_artifact(run_dir) is None:
+        return _result("invalid", "no model saved: train.py must call prepare.save_model(model)", run_dir, started, outcome)
+    return _result("ok", "trained", run_dir, started, outcome)
+
+
+def score_artifact(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, limits: Limits, name: str = "eval"):
+    """Evaluate the model a trial saved on (images, labels): validation, or the held-out test set."""
+    return evaluate_artifact(prepare.find_artifact(run_dir), images, labels, Path(run_dir) / name, limits)
+
+
+def score_trial(trained: TrialResult, val: tuple[torch.Tensor, torch.Tensor], limits: Limits) -> TrialResult:
+    """Fill in validation accuracy and loss from independent evaluation; a bad model becomes invalid."""
+    if trained.status != "ok":
+        return trained
+    started = time.monotonic()
+    evaluation = score_artifact(Path(trained.run_dir), *val, limits)
+    wall = trained.wall_seconds + time.monotonic() - started
+    if not evaluation.ok:
+        return replace(trained, status="invalid", reason=evaluation.reason, wall_seconds=wall)
+    return replace(trained, reason="ok", val_accuracy=evaluation.accuracy, val_loss=evaluation.loss, wall_seconds=wall)
+
+
 def run_trial(
     code: str,
     run_dir: Path,
@@ -153,48 +219,5 @@ def run_trial(
     on_line: Callable[[str], None] | None = None,
 ) -> TrialResult:
     """Train code in a sandbox under limits, then score its saved model on the validation split."""
-    started = time.monotonic()
-    run_dir = Path(run_dir).resolve()
-    log_path = run_dir / "train.log"
-
-    def result(status: str, reason: str, outcome: SandboxOutcome | None = None, evaluation=None) -> TrialResult:
-        text = log_path.read_text(errors="replace") if log_path.exists() else ""
-        epochs = reported(text, "epochs")
-        return TrialResult(
-            status=status,
-            reason=reason,
-            val_accuracy=evaluation.accuracy if evaluation else None,
-            val_loss=evaluation.loss if evaluation else None,
-            epochs=int(epochs) if epochs and epochs.isdigit() else None,
-            train_seconds=outcome.training_seconds if outcome else None,
-            wall_seconds=time.monotonic() - started,
-            peak_memory_bytes=outcome.peak_rss_bytes if outcome else 0,
-            exit_code=outcome.exit_code if outcome else None,
-            signal=outcome.signal if outcome else None,
-            log_path=str(log_path),
-            run_dir=str(run_dir),
-            isolated=outcome.isolated if outcome else False,
-        )
-
-    problem = syntax_error(code)
-    _prepare_run_dir(code, run_dir)
-    if problem:
-        log_path.write_text(problem + "\n")
-        return result("invalid", problem)
-
-    prepare_hash = _file_hash(PREPARE_PY)
-    outcome = run_sandboxed(_train_job(run_dir, limits, seed, train_split_file(), device), on_line)
-    log_text = log_path.read_text(errors="replace")
-    failure = _failure_status(outcome, log_text, limits)
-    if failure:
-        return result(*failure, outcome=outcome)
-    if _file_hash(PREPARE_PY) != prepare_hash:
-        return result("invalid", "prepare.py was modified during the run; nothing from it is trusted", outcome)
-    artifact = prepare.find_artifact(run_dir)
-    if artifact is None:
-        return result("invalid", "no model saved: train.py must call prepare.save_model(model)", outcome)
-    images, labels = val if val is not None else prepare.load_split_uint8("val")
-    evaluation = evaluate_artifact(artifact, images, labels, run_dir / "eval", limits)
-    if not evaluation.ok:
-        return result("invalid", evaluation.reason, outcome)
-    return result("ok", "ok", outcome, evaluation)
+    trained = train_candidate(code, run_dir, limits, seed, device, on_line)
+    return score_trial(trained, val if val is not None else prepare.load_split_uint8("val"), limits)

@@ -1,0 +1,38 @@
+"""The proposer contract: what a proposer sees, and what it must return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class ProposerError(ValueError):
+    """A proposer spec that cannot be used."""
+
+
+@dataclass
+class Proposal:
+    hypothesis: str
+    change_type: str  # parametric, structural, none
+    code: str
+    expected_effect: str = ""
+
+
+@dataclass
+class ProposalContext:
+    iteration: int
+    incumbent_code: str
+    strategy: str  # the Strategy section of the experiment's program.md
+    history: list[dict[str, Any]] = field(default_factory=list)  # finished iterations, oldest first
+    hardware: dict[str, Any] = field(default_factory=dict)  # device, budget, incumbent epochs, s/epoch
+    seed: int = 0
+
+
+class Proposer(Protocol):
+    name: str
+
+    def propose(self, ctx: ProposalContext) -> Proposal | None:
+        """The next candidate, or None when this proposer has nothing more to try."""
+
+    def revise_strategy(self, ctx: ProposalContext) -> tuple[str, str]:
+        """(new Strategy section text, lessons learned) from the history so far."""

@@ -1,0 +1,45 @@
+"""
+The replay proposer: the train.py files in a directory, in name order, one per iteration.
+
+Re-runs a research history on other hardware (do its decisions hold there?), checks a
+known-good recipe, and lets tests drive the loop with exact candidates. The hypothesis
+is the file's first comment line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from infra.code_edit import classify_change
+from infra.proposers.base import Proposal, ProposalContext
+
+
+def first_comment(code: str) -> str:
+    for line in code.splitlines():
+        if line.strip().startswith("#"):
+            return line.strip().lstrip("#").strip()
+    return ""
+
+
+class ReplayProposer:
+    name = "replay"
+
+    def __init__(self, directory: Path):
+        self.files = sorted(Path(directory).glob("*.py"))
+
+    def propose(self, ctx: ProposalContext) -> Proposal | None:
+        if ctx.iteration > len(self.files):
+            return None
+        path = self.files[ctx.iteration - 1]
+        code = path.read_text()
+        try:
+            change_type = classify_change(ctx.incumbent_code, code)
+        except SyntaxError:
+            change_type = "structural"
+        return Proposal(hypothesis=first_comment(code) or f"replay of {path.name}", change_type=change_type, code=code)
+
+    def revise_strategy(self, ctx: ProposalContext) -> tuple[str, str]:
+        kept = [h for h in ctx.history if h.get("decision") == "keep"]
+        text = (f"Replay of {len(self.files)} fixed candidates; nothing to revise. "
+                f"After iteration {ctx.iteration - 1}: {len(kept)} kept.\n")
+        return text, "; ".join(f"iteration {h['iteration']}: {h['hypothesis']}" for h in kept) or "none kept"
