@@ -132,6 +132,143 @@ def train(
     out.print(table)
 
 
+def check_name(name: str) -> None:
+    if not settings.NAME_PATTERN.match(name):
+        fail(f"invalid experiment name {name!r}: use letters, digits, '.', '_' and '-' (no path characters), "
+             "at most 64, starting with a letter or digit")
+
+
+def open_store(db: Optional[str], home: Path):
+    from infra.store import Store, StoreError
+
+    from flows.research import default_db_url
+
+    url = db or os.environ.get("AUTORESEARCH_DB_URL") or default_db_url(home)
+    try:
+        return Store(url)
+    except StoreError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def run(
+    experiment: str = typer.Option("default", "--experiment", "-e", help="experiment name (resumes if it exists)"),
+    iterations: int = typer.Option(20, "--iterations", help="iterations after the baseline (iteration 0)"),
+    budget: float = typer.Option(120.0, "--budget", help="training budget per candidate, seconds"),
+    proposer: str = typer.Option("auto", "--proposer", help="auto, offline, claude, openai or replay:DIR"),
+    revise_every: int = typer.Option(5, "--revise-every", help="revise the strategy every N iterations"),
+    repeats: int = typer.Option(2, "--repeats", help="seeds for the baseline and for each newly kept incumbent"),
+    program: Path = typer.Option(settings.REPO_ROOT / "program.md", "--program", help="program.md to start from"),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL (default: sqlite under --home; AUTORESEARCH_DB_URL)"),
+    home: Optional[Path] = typer.Option(None, "--home", help="runs directory (default: AUTORESEARCH_HOME or ./runs)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps"),
+    grace: float = typer.Option(settings.DEFAULT_GRACE_S, "--grace", help="seconds after the budget before SIGKILL"),
+    startup_allowance: float = typer.Option(settings.DEFAULT_STARTUP_ALLOWANCE_S, "--startup-allowance"),
+) -> None:
+    """Run (or resume) the research loop on Prefect."""
+    check_name(experiment)
+    make_limits(budget, grace, startup_allowance, None)
+    if iterations < 0 or revise_every < 1 or repeats < 1:
+        fail("--iterations must be >= 0, --revise-every and --repeats >= 1")
+    from infra.program import ProgramError, read_program
+    from infra.proposers import ProposerError, resolve_spec
+
+    try:
+        read_program(program)
+    except ProgramError as exc:
+        fail(str(exc))
+    try:
+        spec, why = resolve_spec(proposer)
+    except ProposerError as exc:
+        fail(str(exc))
+    check_device(device)
+    check_data()
+    home_dir = settings.runs_home(home)
+    store = open_store(db, home_dir)
+    from infra.lock import lock_holder
+
+    holder = lock_holder(home_dir / experiment)
+    if holder:
+        fail(f"experiment {experiment!r} is already running ({holder})")
+    out.print(f"proposer: {why}")
+    from flows.research import ConfigMismatch, research
+    from infra.lock import LockHeld
+
+    config = dict(name=experiment, iterations=iterations, budget_s=budget, proposer=spec, revise_every=revise_every,
+                  repeats=repeats, home=str(home_dir), db_url=store.url, program_path=str(program.resolve()),
+                  device=device, grace_s=grace, startup_allowance_s=startup_allowance)
+    try:
+        best = research(config)
+    except (LockHeld, ConfigMismatch) as exc:
+        fail(str(exc))
+    out.print(f"[bold]best[/]: iteration {best['iteration']}, val_accuracy {best['val_accuracy']:.4f}, "
+              f"test_accuracy {best['test_accuracy']}: {best['hypothesis']}")
+    out.print(f"history: autoresearch history {experiment}   research log: git -C {home_dir / experiment} log -p")
+
+
+@app.command()
+def history(
+    experiment: str = typer.Argument(..., help="experiment name"),
+    json_out: bool = typer.Option(False, "--json", help="one JSON array of iteration records"),
+    db: Optional[str] = typer.Option(None, "--db"),
+    home: Optional[Path] = typer.Option(None, "--home"),
+) -> None:
+    """Every iteration of an experiment: status, decision, accuracy, hypothesis."""
+    import json
+
+    from infra.store import iteration_record
+
+    check_name(experiment)
+    store = open_store(db, settings.runs_home(home))
+    exp = store.experiment(experiment)
+    if exp is None:
+        fail(f"no experiment named {experiment!r} in {store.url}", code=1)
+    rows = [iteration_record(r) for r in store.iterations(exp.id)]
+    if json_out:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title=f"{experiment} ({exp.status})")
+    for column in ("iter", "status", "decision", "val_acc", "test_acc", "runs", "delta", "threshold", "type", "hypothesis"):
+        table.add_column(column)
+    for r in rows:
+        rule = r["rule"] or {}
+        table.add_row(str(r["iteration"]), r["status"], r["decision"] or "-",
+                      f"{r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else "-",
+                      f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-",
+                      str(len(r["measurements"] or [])),
+                      f"{rule['delta']:+.4f}" if "delta" in rule else "-",
+                      f"{rule['threshold']:.4f}" if "threshold" in rule else "-",
+                      r["change_type"], (r["hypothesis"] or r["reason"])[:60])
+    out.print(table)
+    out.print(f"proposer cost: ${store.total_cost(exp.id):.4f}")
+
+
+@app.command()
+def status(
+    db: Optional[str] = typer.Option(None, "--db"),
+    home: Optional[Path] = typer.Option(None, "--home"),
+) -> None:
+    """Experiments in the store: progress, best, and whether a run holds them now."""
+    from infra.lock import lock_holder
+
+    home_dir = settings.runs_home(home)
+    store = open_store(db, home_dir)
+    table = Table(title=f"experiments in {store.url}")
+    for column in ("name", "status", "live", "iterations", "kept", "best val", "best test", "budget"):
+        table.add_column(column)
+    for exp in store.experiments():
+        rows = store.iterations(exp.id, finished_only=True)
+        kept = [r for r in rows if r.decision in ("baseline", "keep")]
+        best = kept[-1] if kept else None
+        holder = lock_holder(home_dir / exp.name)
+        table.add_row(exp.name, exp.status, holder or "no", str(max((r.index for r in rows), default=-1)),
+                      str(len(kept) - 1 if kept else 0),
+                      f"{best.val_accuracy:.4f}" if best else "-",
+                      f"{best.test_accuracy:.4f}" if best and best.test_accuracy is not None else "-",
+                      f"{exp.config.get('budget_s')} s")
+    out.print(table)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,273 @@
+"""
+The research flow: baseline, then propose -> train -> evaluate -> decide, every N iterations revise strategy.
+
+Resume: the store is the source of truth. A run (or a Prefect flow retry) continues
+after the last finished iteration; an interrupted one is re-run from scratch; the
+workspace's git history and train.py are brought into agreement with the store first.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from infra.prefect_env import apply_offline_defaults
+
+apply_offline_defaults()
+
+from prefect import flow  # noqa: E402
+
+import prepare  # noqa: E402
+from infra import settings  # noqa: E402
+from infra.acceptance_rule import RuleConfig  # noqa: E402
+from infra.code_edit import unified_diff  # noqa: E402
+from infra.failpoints import failpoint  # noqa: E402
+from infra.lock import experiment_lock  # noqa: E402
+from infra.program import read_program, strategy_of, with_strategy  # noqa: E402
+from infra.proposers import ProposalContext  # noqa: E402
+from infra.store import Iteration, Store, iteration_record, utcnow  # noqa: E402
+from infra.trial import TrialResult  # noqa: E402
+from infra.workspace import Workspace  # noqa: E402
+from tasks.decide import keep_or_discard  # noqa: E402
+from tasks.evaluate import evaluate, test_report  # noqa: E402
+from tasks.propose import propose_edit  # noqa: E402
+from tasks.report import publish_artifacts  # noqa: E402
+from tasks.revise_strategy import revise_strategy  # noqa: E402
+from tasks.sandboxed_train import sandboxed_train  # noqa: E402
+
+
+class ConfigMismatch(ValueError):
+    """A resumed experiment was asked to run under different fixed settings."""
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    iterations: int = 20
+    budget_s: float = 120.0
+    proposer: str = "offline"  # resolved spec
+    revise_every: int = 5
+    repeats: int = 2  # baseline runs, and extra runs of each newly kept incumbent
+    home: str = ""
+    db_url: str = ""
+    program_path: str = str(settings.REPO_ROOT / "program.md")
+    baseline_path: str = str(settings.BASELINE_TRAIN_PY)
+    device: str | None = None
+    grace_s: float = settings.DEFAULT_GRACE_S
+    startup_allowance_s: float = settings.DEFAULT_STARTUP_ALLOWANCE_S
+    rule: dict[str, float] = field(default_factory=dict)
+
+    def limits(self) -> settings.Limits:
+        return settings.Limits(budget_s=self.budget_s, grace_s=self.grace_s, startup_allowance_s=self.startup_allowance_s)
+
+    def rule_config(self) -> RuleConfig:
+        return RuleConfig(**self.rule)
+
+
+FIXED_SETTINGS = ("budget_s", "grace_s", "startup_allowance_s", "repeats", "device")
+
+
+def default_db_url(home: Path) -> str:
+    return f"sqlite:///{home / 'autoresearch.db'}"
+
+
+class Run:
+    """One flow run's view of an experiment: the store, the workspace and the fixed data."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self.limits = cfg.limits()
+        self.rule = cfg.rule_config()
+        self.store = Store(cfg.db_url)
+        self.ws = Workspace(Path(cfg.home) / cfg.name)
+        self.val = prepare.load_split_uint8("val")
+        self.test = prepare.load_split_uint8("test")
+        self.baseline_code = Path(cfg.baseline_path).read_text()
+        self.exp = self.store.ensure_experiment(cfg.name, asdict(cfg))
+        self._check_same_settings()
+
+    def _check_same_settings(self) -> None:
+        for key in FIXED_SETTINGS:
+            before, now = self.exp.config.get(key), getattr(self.cfg, key)
+            if before is not None and before != now:
+                raise ConfigMismatch(f"experiment {self.cfg.name!r} runs with {key}={before}; resume with the same "
+                                     f"value (asked for {now}), or start a new experiment, so every candidate gets equal compute")
+
+    # --- state derived from the store ----------------------------------------
+
+    def finished(self) -> list[Iteration]:
+        return self.store.iterations(self.exp.id, finished_only=True)
+
+    def incumbent(self) -> Iteration:
+        kept = [r for r in self.finished() if r.decision in ("baseline", "keep")]
+        return kept[-1]
+
+    def history(self) -> list[dict[str, Any]]:
+        return [iteration_record(r) for r in self.finished()]
+
+    def strategy(self) -> str:
+        versions = self.store.strategies(self.exp.id)
+        return versions[-1].text if versions else ""
+
+    def context(self, iteration: int) -> ProposalContext:
+        inc = self.incumbent()
+        per_epoch = inc.train_seconds / inc.epochs if inc.train_seconds and inc.epochs else None
+        return ProposalContext(
+            iteration=iteration,
+            incumbent_code=inc.code,
+            strategy=self.strategy(),
+            history=self.history(),
+            hardware={"device": str(prepare.get_device()), "budget_s": self.cfg.budget_s,
+                      "incumbent_epochs": inc.epochs, "incumbent_seconds_per_epoch": per_epoch},
+            seed=self.exp.id,
+        )
+
+    # --- make the workspace agree with the store ------------------------------
+
+    def sync(self) -> None:
+        program = read_program(Path(self.cfg.program_path))
+        self.ws.ensure(self.baseline_code, program)
+        if not self.store.strategies(self.exp.id):
+            self.store.add_strategy(self.exp.id, 0, 0, strategy_of(read_program(self.ws.program_md)), "initial strategy")
+        current = read_program(self.ws.program_md)
+        if strategy_of(current) != self.strategy().strip():
+            self.ws.program_md.write_text(with_strategy(current, self.strategy()))
+            self.ws.commit_program(len(self.store.strategies(self.exp.id)) - 1, self.finished()[-1].index if self.finished() else 0)
+        committed = set(self.ws.committed_iterations())
+        previous = None
+        for row in self.finished():
+            if row.decision == "keep" and row.index not in committed:
+                self.ws.commit_keep(row.index, row.hypothesis, previous.val_accuracy, row.val_accuracy, row.code)
+            if row.decision in ("baseline", "keep"):
+                previous = row
+        if previous is not None and self.ws.train_py.read_text() != previous.code:
+            self.ws.train_py.write_text(previous.code)
+
+
+# --- one measured run: train, then evaluate ----------------------------------
+
+def measure(run: Run, code: str, run_dir: Path, seed: int, iteration: int) -> TrialResult:
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted attempt is re-run from scratch
+    trained = sandboxed_train(code, run_dir, run.limits, seed, iteration, run.cfg.device)
+    return evaluate(trained, run.val, run.limits, iteration, seed)
+
+
+def trial_fields(result: TrialResult) -> dict[str, Any]:
+    return {"status": result.status, "reason": result.reason, "val_accuracy": result.val_accuracy,
+            "val_loss": result.val_loss, "epochs": result.epochs, "train_seconds": result.train_seconds,
+            "wall_seconds": result.wall_seconds}
+
+
+def run_baseline(run: Run) -> None:
+    code = run.ws.train_py.read_text()
+    results = [measure(run, code, run.ws.iteration_dir(0) / f"seed-{s}", s, 0) for s in range(run.cfg.repeats)]
+    scores = [r.val_accuracy for r in results if r.status == "ok"]
+    if not scores:
+        raise RuntimeError(f"the baseline failed every run: {results[0].status}: {results[0].reason}")
+    first_ok = next(r for r in results if r.status == "ok")
+    test_acc = test_report(Path(first_ok.run_dir), run.test, run.limits, 0)
+    run.store.put_iteration(
+        run.exp.id, 0, proposer="baseline", hypothesis="baseline", change_type="baseline", code=code, diff="",
+        **{**trial_fields(first_ok), "val_accuracy": statistics.fmean(scores)},
+        measurements=scores, decision="baseline", rule={}, test_accuracy=test_acc, finished_at=utcnow())
+    print(f"iteration 0 (baseline): val_accuracy {statistics.fmean(scores):.4f} over {len(scores)} runs {scores}")
+
+
+def run_iteration(run: Run, i: int) -> bool:
+    """One iteration; False when the proposer has nothing more to propose."""
+    incumbent = run.incumbent()
+    failpoint("propose", i)
+    started = datetime.now(timezone.utc)
+    proposal = propose_edit(run.cfg.proposer, run.context(i))
+    if proposal is None:
+        return False
+    propose_seconds = (datetime.now(timezone.utc) - started).total_seconds()
+    base = dict(proposer=run.cfg.proposer.split(":")[0], hypothesis=proposal.hypothesis,
+                change_type=proposal.change_type, code=proposal.code,
+                diff=unified_diff(incumbent.code, proposal.code), propose_seconds=propose_seconds)
+    run.store.put_iteration(run.exp.id, i, **base, status="running", decision="", rule={}, measurements=[],
+                            started_at=utcnow(), finished_at=None)
+    directory = run.ws.iteration_dir(i)
+    first = measure(run, proposal.code, directory, 1000 * i, i)
+    scores, decision, test_acc = [], None, None
+    if first.status == "ok":
+        scores = [first.val_accuracy]
+        decision = keep_or_discard(incumbent.measurements, scores, run.rule, i)
+        while decision.verdict == "confirm":
+            extra = measure(run, proposal.code, directory / f"seed-{len(scores)}", 1000 * i + len(scores), i)
+            if extra.status != "ok":
+                break
+            scores.append(extra.val_accuracy)
+            decision = keep_or_discard(incumbent.measurements, scores, run.rule, i)
+        if decision.verdict == "keep":
+            for k in range(run.cfg.repeats):  # the new incumbent's own noise, from more seeds
+                seed = 1000 * i + len(scores)
+                extra = measure(run, proposal.code, directory / f"seed-{len(scores)}", seed, i)
+                if extra.status == "ok":
+                    scores.append(extra.val_accuracy)
+            test_acc = test_report(directory, run.test, run.limits, i)
+    verdict = decision.verdict if decision and decision.verdict == "keep" else "discard"
+    failpoint("decided", i)
+    run.store.put_iteration(
+        run.exp.id, i, **base, **{**trial_fields(first), "val_accuracy": statistics.fmean(scores) if scores else None},
+        measurements=scores, decision=verdict, rule=decision.as_dict() if decision else {},
+        test_accuracy=test_acc, finished_at=utcnow())
+    failpoint("recorded", i)
+    if verdict == "keep":
+        run.ws.commit_keep(i, proposal.hypothesis, incumbent.val_accuracy, statistics.fmean(scores), proposal.code)
+    delta = f"delta {decision.delta:+.4f} vs threshold {decision.threshold:.4f}" if decision else first.reason
+    print(f"iteration {i}/{run.cfg.iterations}: {first.status} {verdict} "
+          f"val_accuracy {scores[0] if scores else None} ({delta}) | {proposal.hypothesis}")
+    return True
+
+
+def maybe_revise(run: Run, i: int) -> None:
+    """Before iteration i: revise the strategy if revise_every iterations have finished since the last version."""
+    after = i - 1
+    if after <= 0 or after % run.cfg.revise_every:
+        return
+    version = after // run.cfg.revise_every
+    if any(v.version == version for v in run.store.strategies(run.exp.id)):
+        return
+    text, lessons = revise_strategy(run.cfg.proposer, run.context(i), after)
+    run.store.add_strategy(run.exp.id, version, after, text, lessons)
+    run.ws.program_md.write_text(with_strategy(read_program(run.ws.program_md), text))
+    run.ws.commit_program(version, after)
+    print(f"strategy version {version} after iteration {after}: {lessons}")
+
+
+def publish(run: Run, i: int) -> None:
+    rows = run.history()
+    best = iteration_record(run.incumbent())
+    publish_artifacts(run.cfg.name, i, run.cfg.iterations, rows, run.strategy(), run.baseline_code, best,
+                      run.incumbent().code, run.ws.root)
+
+
+@flow(name="research", log_prints=True, retries=1, retry_delay_seconds=10, persist_result=False)
+def research(config: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume) one experiment until `iterations` iterations have finished."""
+    cfg = ExperimentConfig(**config)
+    run = Run(cfg)
+    with experiment_lock(run.ws.root):
+        run.sync()
+        run.store.set_experiment(run.exp.id, status="running", config=asdict(cfg))
+        if not run.finished():
+            run_baseline(run)
+            publish(run, 0)
+        start = run.finished()[-1].index + 1
+        for i in range(start, cfg.iterations + 1):
+            maybe_revise(run, i)
+            if not run_iteration(run, i):
+                print(f"proposer has nothing more to propose after iteration {i - 1}; stopping")
+                break
+            publish(run, i)
+        run.store.set_experiment(run.exp.id, status="finished")
+        best = iteration_record(run.incumbent())
+    print(f"best: iteration {best['iteration']} val_accuracy {best['val_accuracy']:.4f} "
+          f"test_accuracy {best['test_accuracy']} | {best['hypothesis']}")
+    return best

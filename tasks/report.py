@@ -1,0 +1,50 @@
+"""Task: the Prefect artifacts a researcher reads in the morning."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import (create_image_artifact, create_markdown_artifact, create_progress_artifact,
+                               create_table_artifact)
+from prefect.cache_policies import NO_CACHE
+
+from infra.code_edit import unified_diff
+from infra.plot import progress_png
+
+TABLE_COLUMNS = ("iteration", "status", "decision", "val_accuracy", "test_accuracy", "change_type", "hypothesis", "reason")
+
+
+def artifact_key(experiment: str, what: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{experiment}-{what}".lower()).strip("-")
+
+
+def _fmt(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+@task(name="report", task_run_name="report-{iteration}", cache_policy=NO_CACHE)
+def publish_artifacts(experiment: str, iteration: int, total: int, rows: list[dict[str, Any]], strategy: str,
+                      baseline_code: str, best: dict[str, Any], best_code: str, workspace: Path) -> None:
+    table = [{c: _fmt(r.get(c)) for c in TABLE_COLUMNS} for r in rows]
+    create_table_artifact(table, key=artifact_key(experiment, "history"), description=f"{experiment}: every iteration")
+    done = sum(1 for r in rows if r["finished"] and r["iteration"] > 0)
+    create_progress_artifact(min(100.0, 100.0 * done / max(1, total)), key=artifact_key(experiment, "progress"),
+                             description=f"{done} of {total} iterations")
+    diff = unified_diff(baseline_code, best_code, "baseline/train.py", "best/train.py") or "(the baseline itself)"
+    create_markdown_artifact(
+        f"# Best so far: iteration {best['iteration']}\n\n"
+        f"- validation accuracy (mean of {len(best['measurements'])} runs): **{best['val_accuracy']:.4f}**\n"
+        f"- held-out test accuracy: {best['test_accuracy'] if best['test_accuracy'] is not None else 'n/a'}\n"
+        f"- hypothesis: {best['hypothesis']}\n\n## Diff against the baseline\n\n```diff\n{diff}\n```\n",
+        key=artifact_key(experiment, "best"), description="the incumbent and its diff")
+    create_markdown_artifact(f"# Current strategy\n\n{strategy}\n", key=artifact_key(experiment, "strategy"),
+                             description="program.md's Strategy section in use")
+    png = progress_png(rows, f"{experiment}: validation accuracy per iteration")
+    (Path(workspace) / "progress.png").write_bytes(png)
+    create_image_artifact(f"data:image/png;base64,{base64.b64encode(png).decode()}",
+                          key=artifact_key(experiment, "progress-plot"), description="progress.png")
