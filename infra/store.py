@@ -132,9 +132,9 @@ def migrate(url: str) -> None:
 class Store:
     def __init__(self, url: str):
         self.url = url
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         try:
+            if url.startswith("sqlite:///"):
+                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
             self.engine = make_engine(url)
             migrate(url)
         except (SQLAlchemyError, OSError, ValueError) as exc:

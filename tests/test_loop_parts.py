@@ -1,0 +1,201 @@
+"""The research loop's parts without Prefect: code edits, proposers, program.md, lock, store, workspace."""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from infra.code_edit import classify_change, set_constants, tunable_constants, unified_diff
+from infra.lock import LockHeld, experiment_lock, lock_holder
+from infra.program import ProgramError, read_program, strategy_of, with_strategy
+from infra.proposers import ProposalContext, ProposerError, make_proposer, resolve_spec
+from infra.proposers.offline import OfflineProposer, parse_search_block, step_sizes
+from infra.proposers.replay import ReplayProposer
+from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT
+from infra.store import Store, StoreError, iteration_record
+from infra.workspace import Workspace
+
+BASELINE = BASELINE_TRAIN_PY.read_text()
+
+
+# --- code edits ---------------------------------------------------------------
+
+def test_tunable_constants_are_the_upper_case_numbers_and_bools():
+    code = "A = 1\nB = -2.5\nC = True\nlower = 3\nD = 'text'\nE = [1]\nF, G = 1, 2\n"
+    assert tunable_constants(code) == {"A": 1, "B": -2.5, "C": True}
+    assert tunable_constants(BASELINE) == {"LEARNING_RATE": 0.1, "BATCH_SIZE": 32, "MOMENTUM": 0.0, "WEIGHT_DECAY": 0.0}
+
+
+def test_set_constants_keeps_everything_else_byte_identical():
+    code = "X = 1  # keep this comment\nY = -0.5\n\nprint(X, Y)\n"
+    new = set_constants(code, {"X": 7, "Y": 0.25})
+    assert new == "X = 7  # keep this comment\nY = 0.25\n\nprint(X, Y)\n"
+    with pytest.raises(KeyError):
+        set_constants(code, {"Z": 1})
+
+
+def test_classify_change():
+    assert classify_change(BASELINE, "# another first comment\n" + BASELINE) == "none"
+    assert classify_change(BASELINE, set_constants(BASELINE, {"LEARNING_RATE": 0.05})) == "parametric"
+    assert classify_change(BASELINE, BASELINE.replace("torch.optim.SGD", "torch.optim.Adam")) == "structural"
+    assert "-LEARNING_RATE = 0.1" in unified_diff(BASELINE, set_constants(BASELINE, {"LEARNING_RATE": 0.05}))
+
+
+# --- offline proposer -----------------------------------------------------------
+
+def ctx(iteration: int, history=None, strategy: str = "", code: str = BASELINE) -> ProposalContext:
+    return ProposalContext(iteration=iteration, incumbent_code=code, strategy=strategy, history=history or [], seed=1)
+
+
+def test_offline_proposals_are_valid_single_constant_edits_and_reproducible():
+    proposer = OfflineProposer()
+    seen = set()
+    for i in range(1, 40):
+        p = proposer.propose(ctx(i))
+        ast.parse(p.code)
+        before, after = tunable_constants(BASELINE), tunable_constants(p.code)
+        changed = [k for k in before if before[k] != after[k]]
+        assert len(changed) == 1 and p.hypothesis.startswith(f"Set {changed[0]} from ")
+        assert p.change_type == "parametric"
+        assert proposer.propose(ctx(i)).code == p.code  # same iteration, same proposal (resume)
+        seen.add(changed[0])
+    assert seen == set(tunable_constants(BASELINE))
+
+
+def test_offline_step_size_follows_the_one_fifth_rule():
+    def outcome(decision):
+        return {"hypothesis": "Set LEARNING_RATE from 0.1 to 0.2", "decision": decision, "rule": {"delta": 0.01}}
+
+    start = step_sizes([])["LEARNING_RATE"]
+    assert step_sizes([outcome("keep")])["LEARNING_RATE"] == pytest.approx(start * 1.5)
+    assert step_sizes([outcome("discard")] * 4)["LEARNING_RATE"] == pytest.approx(start / 1.5)
+    steady = [outcome("keep")] + [outcome("discard")] * 4  # one in five succeeds: unchanged
+    assert step_sizes(steady)["LEARNING_RATE"] == pytest.approx(start)
+
+
+def test_offline_strategy_revision_shifts_the_search_distribution():
+    history = [{"iteration": k, "hypothesis": "Set BATCH_SIZE from 32 to 64", "decision": "discard", "rule": {"delta": -0.01}}
+               for k in range(1, 5)]
+    history.append({"iteration": 5, "hypothesis": "Set LEARNING_RATE from 0.1 to 0.2", "decision": "keep",
+                    "rule": {"delta": 0.02}})
+    text, lessons = OfflineProposer().revise_strategy(ctx(6, history))
+    search = parse_search_block(text)
+    assert search["weights"]["LEARNING_RATE"] > search["weights"]["MOMENTUM"] > search["weights"]["BATCH_SIZE"]
+    assert search["p_up"]["LEARNING_RATE"] > 0.5 and search["p_up"]["BATCH_SIZE"] < 0.5
+    assert "LEARNING_RATE: kept 1 of 1" in lessons and "BATCH_SIZE: 4 changes, none beat the noise" in lessons
+    # the next proposals use it: LEARNING_RATE is now tried far more often than BATCH_SIZE
+    picks = [OfflineProposer().propose(ctx(i, history, text)).hypothesis.split()[1] for i in range(6, 106)]
+    assert picks.count("LEARNING_RATE") > 2 * picks.count("BATCH_SIZE")
+
+
+def test_replay_proposer_in_name_order_with_first_comment_as_hypothesis(tmp_path):
+    (tmp_path / "02_b.py").write_text("# second idea\n" + BASELINE)
+    (tmp_path / "01_a.py").write_text("# first idea: smaller learning rate\n" + set_constants(BASELINE, {"LEARNING_RATE": 0.05}))
+    proposer = ReplayProposer(tmp_path)
+    first, second = proposer.propose(ctx(1)), proposer.propose(ctx(2))
+    assert first.hypothesis == "first idea: smaller learning rate" and first.change_type == "parametric"
+    assert second.hypothesis == "second idea" and second.change_type == "none"
+    assert proposer.propose(ctx(3)) is None
+
+
+def test_proposer_specs(tmp_path, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    assert resolve_spec("auto")[0] == "offline" and "not set" in resolve_spec("auto")[1]
+    with pytest.raises(ProposerError, match="ANTHROPIC_API_KEY"):
+        resolve_spec("claude")
+    with pytest.raises(ProposerError, match="unknown proposer 'gpt5'"):
+        resolve_spec("gpt5")
+    with pytest.raises(ProposerError, match="replay directory not found"):
+        resolve_spec(f"replay:{tmp_path / 'missing'}")
+    (tmp_path / "a.py").write_text(BASELINE)
+    spec, _ = resolve_spec(f"replay:{tmp_path}")
+    assert isinstance(make_proposer(spec), ReplayProposer)
+
+
+# --- program.md -----------------------------------------------------------------
+
+def test_program_strategy_section_is_the_only_part_rewritten(tmp_path):
+    program = read_program(REPO_ROOT / "program.md")
+    new = with_strategy(program, "Try Adam.\n\nThen a CNN.")
+    assert strategy_of(new) == "Try Adam.\n\nThen a CNN."
+    assert new.split("## Strategy")[0] == program.split("## Strategy")[0]
+    bad = tmp_path / "program.md"
+    bad.write_text("# no strategy here\n")
+    with pytest.raises(ProgramError, match="no '## Strategy' section"):
+        read_program(bad)
+    with pytest.raises(ProgramError, match="cannot read"):
+        read_program(tmp_path / "missing.md")
+
+
+# --- lock -------------------------------------------------------------------------
+
+def test_lock_refuses_a_second_live_run_and_recovers_from_a_killed_one(tmp_path):
+    with experiment_lock(tmp_path / "exp"):
+        assert f"pid {os.getpid()}" in lock_holder(tmp_path / "exp")
+        with pytest.raises(LockHeld, match="already running"):
+            with experiment_lock(tmp_path / "exp"):
+                pass
+    assert lock_holder(tmp_path / "exp") is None
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time, pathlib; from infra.lock import experiment_lock\n"
+        f"with experiment_lock(pathlib.Path({str(tmp_path / 'exp')!r})):\n"
+        "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    assert holder.stdout.readline().strip() == "held"
+    assert lock_holder(tmp_path / "exp") is not None
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with experiment_lock(tmp_path / "exp"):  # the stale lock is simply free
+        pass
+
+
+# --- store --------------------------------------------------------------------------
+
+def test_store_writes_are_idempotent_per_iteration(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    exp = store.ensure_experiment("e1", {"budget_s": 5})
+    assert store.ensure_experiment("e1", {"budget_s": 5}).id == exp.id
+    store.put_iteration(exp.id, 1, status="running", hypothesis="h")
+    store.put_iteration(exp.id, 1, status="ok", val_accuracy=0.8, measurements=[0.8], decision="discard",
+                        rule={"delta": -0.01}, finished_at=None)
+    rows = store.iterations(exp.id)
+    assert len(rows) == 1 and rows[0].status == "ok" and rows[0].hypothesis == "h"
+    assert iteration_record(rows[0])["rule"] == {"delta": -0.01}
+    assert store.iterations(exp.id, finished_only=True) == []
+    store.add_strategy(exp.id, 0, 0, "s0")
+    store.add_strategy(exp.id, 0, 0, "s0 again")
+    assert [s.text for s in store.strategies(exp.id)] == ["s0"]
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+    # a second Store on the same file migrates nothing and sees the same data
+    assert len(Store(f"sqlite:///{tmp_path / 'a.db'}").iterations(exp.id)) == 1
+
+
+@pytest.mark.parametrize("url", ["notadb://nowhere", "sqlite:////proc/no/such/dir/x.db", "postgresql://u:p@127.0.0.1:1/db"])
+def test_store_that_cannot_open_raises_clearly(url):
+    with pytest.raises(StoreError, match="cannot open results store"):
+        Store(url)
+
+
+# --- workspace ------------------------------------------------------------------------
+
+def test_workspace_commits_keeps_once_with_trailers(tmp_path):
+    ws = Workspace(tmp_path / "exp")
+    ws.ensure(BASELINE, "# P\n\n## Strategy\n\nx\n")
+    ws.ensure(BASELINE, "# P\n\n## Strategy\n\nx\n")
+    assert ws.committed_iterations() == [0]
+    better = set_constants(BASELINE, {"LEARNING_RATE": 0.05})
+    ws.commit_keep(3, "smaller lr", 0.83, 0.85, better)
+    ws.commit_keep(3, "smaller lr", 0.83, 0.85, better)
+    assert ws.committed_iterations() == [0, 3]
+    assert ws.train_py.read_text() == better
+    log = ws.git("log", "-p", "-1")
+    assert "Iteration 3: smaller lr" in log and "val_accuracy 0.8300 -> 0.8500 (+0.0200)" in log
+    assert "-LEARNING_RATE = 0.1" in log
