@@ -71,3 +71,15 @@ def synthetic_data(tmp_path, monkeypatch):
 
 def _no_network() -> None:
     raise OSError("network disabled in tests")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for every in-process flow test (about 10 s to start)."""
+    from infra.prefect_env import apply_offline_defaults
+
+    apply_offline_defaults()
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

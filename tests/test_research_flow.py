@@ -1,0 +1,83 @@
+"""The research flow end to end on the real data, in process under one Prefect test harness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from infra import failpoints
+from infra.settings import BASELINE_TRAIN_PY
+from infra.store import Store
+from infra.workspace import Workspace
+from tests.conftest import requires_bwrap, requires_real_data
+
+pytestmark = [requires_real_data, requires_bwrap]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def write_replay(directory: Path, copies: int) -> Path:
+    directory.mkdir()
+    baseline = BASELINE_TRAIN_PY.read_text()
+    for k in range(1, copies + 1):
+        (directory / f"{k:02d}_copy.py").write_text(f"# copy {k} of the incumbent: only this comment differs\n{baseline}")
+    (directory / f"{copies + 1:02d}_mlp.py").write_text((FIXTURES / "mlp_adam.py").read_text())
+    return directory
+
+
+def test_noise_copies_are_not_kept_and_a_real_improvement_is(tmp_path, prefect_harness, monkeypatch):
+    from flows.research import research
+
+    replay = write_replay(tmp_path / "replay", copies=10)
+    home = tmp_path / "runs"
+    # a transient failure after iteration 4 is recorded: the flow's own retry must resume, not redo
+    monkeypatch.setenv("AUTORESEARCH_FAILPOINT", "raise-once:recorded:4")
+    config = dict(name="copies", iterations=12, budget_s=1.0, proposer=f"replay:{replay}", revise_every=5,
+                  repeats=3, home=str(home), db_url=f"sqlite:///{home / 'autoresearch.db'}")
+    best = research(config)
+
+    store = Store(config["db_url"])
+    exp = store.experiment("copies")
+    rows = store.iterations(exp.id)
+    assert [r.index for r in rows] == list(range(12)), "11 replayed files: iterations 0..11, then the proposer is done"
+    assert all(r.finished_at is not None for r in rows)
+    assert all(r.status == "ok" for r in rows), [(r.index, r.status, r.reason) for r in rows]
+    copies = rows[1:11]
+    assert all(r.change_type == "none" for r in copies)
+    kept_copies = [r.index for r in copies if r.decision == "keep"]
+    assert len(kept_copies) <= 1, f"noise kept: {kept_copies}"
+    mlp = rows[11]
+    assert mlp.decision == "keep" and mlp.change_type == "structural"
+    assert mlp.rule["delta"] > mlp.rule["threshold"] > 0
+    assert len(mlp.measurements) >= 1 + config["repeats"]
+    assert mlp.test_accuracy is not None and 0.8 < mlp.test_accuracy < 1
+    assert best["iteration"] == 11
+    # decisions carry the rule's numbers
+    assert all({"delta", "sigma", "threshold", "verdict"} <= set(r.rule) for r in copies)
+    # strategy revised after iterations 5 and 10, as its own versions
+    assert [(s.version, s.after_iteration) for s in store.strategies(exp.id)] == [(0, 0), (1, 5), (2, 10)]
+    # store, git history and incumbent agree
+    ws = Workspace(home / "copies")
+    kept = [r.index for r in rows if r.decision in ("baseline", "keep")]
+    assert ws.committed_iterations() == kept
+    assert ws.train_py.read_text() == mlp.code
+    assert (home / "copies" / "progress.png").stat().st_size > 1000
+    # the injected failure fired, and the flow's retry finished the experiment without duplicates
+    assert "raise-once:recorded:4" in failpoints._fired
+    assert published_artifact_keys("copies-") >= {"copies-history", "copies-progress", "copies-best",
+                                                   "copies-strategy", "copies-progress-plot"}
+
+
+def published_artifact_keys(prefix: str) -> set[str]:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def keys() -> set[str]:
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix)))
+            return {a.key for a in found}
+
+    return asyncio.run(keys())
