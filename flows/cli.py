@@ -193,12 +193,15 @@ def run(
     out.print(f"proposer: {why}")
     from flows.research import ConfigMismatch, research
     from infra.lock import LockHeld
+    from infra.prefect_server import prefect_api
 
     config = dict(name=experiment, iterations=iterations, budget_s=budget, proposer=spec, revise_every=revise_every,
                   repeats=repeats, home=str(home_dir), db_url=store.url, program_path=str(program.resolve()),
                   device=device, grace_s=grace, startup_allowance_s=startup_allowance)
     try:
-        best = research(config)
+        with prefect_api(home_dir) as api_url:
+            out.print(f"prefect API: {api_url}")
+            best = research(config)
     except (LockHeld, ConfigMismatch) as exc:
         fail(str(exc))
     out.print(f"[bold]best[/]: iteration {best['iteration']}, val_accuracy {best['val_accuracy']:.4f}, "

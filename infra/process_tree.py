@@ -73,3 +73,11 @@ def kill_all(pids: list[int]) -> None:
 def alive(pid: int) -> bool:
     fields = _stat_fields(pid)
     return fields is not None and fields[0] != "Z"
+
+
+def die_with_parent() -> None:
+    """In a child before exec: the kernel SIGKILLs it when the parent dies, even by SIGKILL (Linux prctl)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

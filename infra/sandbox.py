@@ -17,6 +17,7 @@ ranges, so it is skipped there); the watchdog's tree-RSS check covers every run.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import resource
@@ -128,9 +129,12 @@ def bwrap_argv(bwrap: str, job: SandboxJob) -> list[str]:
     return args
 
 
-def _limit_address_space(cap: int) -> Callable[[], None]:
+def _child_setup(cap: int | None) -> Callable[[], None]:
+    """Runs in the child before exec: die with the orchestrator, and cap the address space on CPU runs."""
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        process_tree.die_with_parent()
+        if cap:
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     return apply
 
 
@@ -190,9 +194,11 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=_limit_address_space(job.memory_cap_bytes) if job.cap_address_space else None,
+        preexec_fn=_child_setup(job.memory_cap_bytes if job.cap_address_space else None),
     )
-    reader = threading.Thread(target=_stream, args=(proc.stdout, job.log_path, watchdog, on_line), daemon=True)
+    # the caller's context (Prefect's run and settings) must reach on_line in the reader thread
+    context = contextvars.copy_context()
+    reader = threading.Thread(target=context.run, args=(_stream, proc.stdout, job.log_path, watchdog, on_line), daemon=True)
     reader.start()
     killed_for = None
     try:

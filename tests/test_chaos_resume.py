@@ -1,0 +1,103 @@
+"""
+Chaos: the real `autoresearch run` process is SIGKILLed at several points; each re-run
+resumes, and at the end the store, the workspace git history and the incumbent agree,
+with no iteration missing, duplicated or trained twice.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from infra.code_edit import set_constants
+from infra.lock import lock_holder
+from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT
+from infra.store import Store
+from infra.workspace import Workspace
+from tests.conftest import requires_bwrap, requires_real_data
+
+pytestmark = [requires_real_data, requires_bwrap]
+FIXTURES = Path(__file__).parent / "fixtures"
+KILL_POINTS = ["propose:1", "train:2", "decided:3", "recorded:3"]
+
+
+def run_cli(home: Path, replay: Path, failpoint: str | None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_HOME": str(home / "prefect-home"), "AUTORESEARCH_FAILPOINT": failpoint or ""}
+    env.pop("PREFECT_API_URL", None)
+    # output to a file, not a pipe: a leaked grandchild holding a pipe would hang the test instead of failing it
+    output = home.parent / f"cli-{failpoint or 'final'}.log"
+    with open(output, "w") as sink:
+        done = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "run", "--experiment", "chaos", "--iterations", "3", "--budget", "2",
+             "--proposer", f"replay:{replay}", "--home", str(home)],
+            cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=600)
+    done.stderr = output.read_text()
+    return done
+
+
+def finished_logs(home: Path, store: Store) -> dict[int, float]:
+    """mtime of each finished iteration's first train.log: a re-trained iteration would change it."""
+    exp = store.experiment("chaos")
+    if exp is None:
+        return {}
+    ws = Workspace(home / "chaos")
+    logs = {}
+    for row in store.iterations(exp.id, finished_only=True):
+        log = ws.iteration_dir(row.index) / ("seed-0/train.log" if row.index == 0 else "train.log")
+        logs[row.index] = log.stat().st_mtime
+    return logs
+
+
+def stray_processes(home: Path) -> list[int]:
+    needle = str(home).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                if needle in Path(f"/proc/{entry}/environ").read_bytes():
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def test_sigkill_at_any_point_then_resume(tmp_path):
+    home = tmp_path / "runs"
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    baseline = BASELINE_TRAIN_PY.read_text()
+    (replay / "01_copy.py").write_text("# a copy of the baseline\n" + baseline)
+    (replay / "02_lr.py").write_text("# halve the learning rate\n" + set_constants(baseline, {"LEARNING_RATE": 0.05}))
+    (replay / "03_mlp.py").write_text((FIXTURES / "mlp_adam.py").read_text())
+    store = Store(f"sqlite:///{home / 'autoresearch.db'}")
+
+    for point in KILL_POINTS:
+        before = finished_logs(home, store)
+        done = run_cli(home, replay, point)
+        assert done.returncode == -9, f"{point}: expected SIGKILL, got {done.returncode}\n{done.stderr[-3000:]}"
+        after = finished_logs(home, store)
+        assert {k: after[k] for k in before} == before, f"{point}: a finished iteration was trained again"
+        assert list(after) == list(range(len(after))), f"{point}: finished iterations are not 0..n"
+        assert stray_processes(home) == [], f"{point}: processes left running"
+        assert lock_holder(home / "chaos") is None
+
+    before = finished_logs(home, store)
+    final = run_cli(home, replay, None)
+    assert final.returncode == 0, final.stderr[-3000:]
+    after = finished_logs(home, store)
+    assert {k: after[k] for k in before} == before
+
+    exp = store.experiment("chaos")
+    rows = store.iterations(exp.id)
+    assert [r.index for r in rows] == [0, 1, 2, 3]
+    assert all(r.finished_at is not None for r in rows)
+    assert rows[3].decision == "keep", (rows[3].status, rows[3].reason, rows[3].rule)
+    ws = Workspace(home / "chaos")
+    kept = [r.index for r in rows if r.decision in ("baseline", "keep")]
+    assert ws.committed_iterations() == kept
+    assert ws.train_py.read_text() == rows[kept[-1]].code
+    assert ws.git("status", "--porcelain").strip() == ""
+    assert exp.status == "finished"
+    assert stray_processes(home) == []
