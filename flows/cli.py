@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,7 +20,8 @@ from infra import settings
 
 app = typer.Typer(help="Autoresearch for Fashion-MNIST.", no_args_is_help=True, add_completion=False)
 err = Console(stderr=True)
-out = Console()
+# piped or redirected output is read later, not in an 80-column terminal: don't fold it
+out = Console() if Console().is_terminal else Console(width=160)
 
 
 @app.callback()
@@ -139,9 +142,7 @@ def check_name(name: str) -> None:
 
 
 def open_store(db: Optional[str], home: Path):
-    from infra.store import Store, StoreError
-
-    from flows.research import default_db_url
+    from infra.store import Store, StoreError, default_db_url
 
     url = db or os.environ.get("AUTORESEARCH_DB_URL") or default_db_url(home)
     try:
@@ -159,6 +160,7 @@ def run(
     revise_every: int = typer.Option(5, "--revise-every", help="revise the strategy every N iterations"),
     repeats: int = typer.Option(2, "--repeats", help="seeds for the baseline and for each newly kept incumbent"),
     program: Path = typer.Option(settings.REPO_ROOT / "program.md", "--program", help="program.md to start from"),
+    baseline: Path = typer.Option(settings.BASELINE_TRAIN_PY, "--baseline", help="train.py to start from (iteration 0)"),
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL (default: sqlite under --home; AUTORESEARCH_DB_URL)"),
     home: Optional[Path] = typer.Option(None, "--home", help="runs directory (default: AUTORESEARCH_HOME or ./runs)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps"),
@@ -177,6 +179,13 @@ def run(
         read_program(program)
     except ProgramError as exc:
         fail(str(exc))
+    if not baseline.is_file():
+        fail(f"no such baseline file: {baseline}")
+    from infra.trial import syntax_error
+
+    problem = syntax_error(baseline.read_text())
+    if problem:
+        fail(f"baseline {baseline}: {problem}")
     try:
         spec, why = resolve_spec(proposer)
     except ProposerError as exc:
@@ -197,6 +206,7 @@ def run(
 
     config = dict(name=experiment, iterations=iterations, budget_s=budget, proposer=spec, revise_every=revise_every,
                   repeats=repeats, home=str(home_dir), db_url=store.url, program_path=str(program.resolve()),
+                  baseline_path=str(baseline.resolve()),
                   device=device, grace_s=grace, startup_allowance_s=startup_allowance)
     try:
         with prefect_api(home_dir) as api_url:
@@ -230,18 +240,18 @@ def history(
     if json_out:
         print(json.dumps(rows, indent=2, default=str))
         return
-    table = Table(title=f"{experiment} ({exp.status})")
-    for column in ("iter", "status", "decision", "val_acc", "test_acc", "runs", "delta", "threshold", "type", "hypothesis"):
-        table.add_column(column)
+    table = Table(title=f"{experiment} ({exp.status})", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("it", "status", "decision", "val", "test", "runs", "delta/thresh"):
+        table.add_column(column, no_wrap=True)
+    table.add_column(escape("hypothesis [reason]"), ratio=1, overflow="fold")
     for r in rows:
         rule = r["rule"] or {}
         table.add_row(str(r["iteration"]), r["status"], r["decision"] or "-",
                       f"{r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else "-",
                       f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-",
                       str(len(r["measurements"] or [])),
-                      f"{rule['delta']:+.4f}" if "delta" in rule else "-",
-                      f"{rule['threshold']:.4f}" if "threshold" in rule else "-",
-                      r["change_type"], (r["hypothesis"] or r["reason"])[:60])
+                      f"{rule['delta']:+.4f}/{rule['threshold']:.4f}" if "threshold" in rule else "-",
+                      escape(r["hypothesis"] if r["status"] == "ok" else f"{r['hypothesis']} [{r['reason']}]"))
     out.print(table)
     out.print(f"proposer cost: ${store.total_cost(exp.id):.4f}")
 

@@ -71,10 +71,6 @@ class ExperimentConfig:
 FIXED_SETTINGS = ("budget_s", "grace_s", "startup_allowance_s", "repeats", "device")
 
 
-def default_db_url(home: Path) -> str:
-    return f"sqlite:///{home / 'autoresearch.db'}"
-
-
 class Run:
     """One flow run's view of an experiment: the store, the workspace and the fixed data."""
 

@@ -26,6 +26,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
+def default_db_url(home: Path) -> str:
+    """SQLite in the runs directory."""
+    return f"sqlite:///{Path(home) / 'autoresearch.db'}"
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 

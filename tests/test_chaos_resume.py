@@ -24,6 +24,7 @@ KILL_POINTS = ["propose:1", "train:2", "decided:3", "recorded:3"]
 
 
 def run_cli(home: Path, replay: Path, failpoint: str | None) -> subprocess.CompletedProcess:
+    baseline = replay.parent / "weak_baseline.py"
     env = {**os.environ, "PREFECT_HOME": str(home / "prefect-home"), "AUTORESEARCH_FAILPOINT": failpoint or ""}
     env.pop("PREFECT_API_URL", None)
     # output to a file, not a pipe: a leaked grandchild holding a pipe would hang the test instead of failing it
@@ -31,7 +32,7 @@ def run_cli(home: Path, replay: Path, failpoint: str | None) -> subprocess.Compl
     with open(output, "w") as sink:
         done = subprocess.run(
             [sys.executable, "-m", "flows.cli", "run", "--experiment", "chaos", "--iterations", "3", "--budget", "2",
-             "--proposer", f"replay:{replay}", "--home", str(home)],
+             "--proposer", f"replay:{replay}", "--baseline", str(baseline), "--home", str(home)],
             cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=600)
     done.stderr = output.read_text()
     return done
@@ -67,9 +68,12 @@ def test_sigkill_at_any_point_then_resume(tmp_path):
     home = tmp_path / "runs"
     replay = tmp_path / "replay"
     replay.mkdir()
-    baseline = BASELINE_TRAIN_PY.read_text()
+    # a weak but quiet baseline (tiny learning rate), so that the MLP at iteration 3 is a sure keep
+    # and the kill between the store write and the git commit meets a real commit
+    baseline = set_constants(BASELINE_TRAIN_PY.read_text(), {"LEARNING_RATE": 0.001})
+    (tmp_path / "weak_baseline.py").write_text(baseline)
     (replay / "01_copy.py").write_text("# a copy of the baseline\n" + baseline)
-    (replay / "02_lr.py").write_text("# halve the learning rate\n" + set_constants(baseline, {"LEARNING_RATE": 0.05}))
+    (replay / "02_lr.py").write_text("# double the learning rate\n" + set_constants(baseline, {"LEARNING_RATE": 0.002}))
     (replay / "03_mlp.py").write_text((FIXTURES / "mlp_adam.py").read_text())
     store = Store(f"sqlite:///{home / 'autoresearch.db'}")
 

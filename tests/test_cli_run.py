@@ -1,0 +1,125 @@
+"""`autoresearch run / history / status`: bad input fails at once, clearly, and loses nothing recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra.lock import experiment_lock
+from infra.settings import REPO_ROOT
+from infra.store import Store, utcnow
+from tests.conftest import requires_bwrap, requires_real_data
+
+
+def cli(*args: str, home: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("PREFECT_API_URL", None)
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args, "--home", str(home)], cwd=REPO_ROOT,
+                          env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def recorded(tmp_path) -> Path:
+    """A home whose store already holds an experiment with history: bad input must leave it intact."""
+    home = tmp_path / "runs"
+    store = Store(f"sqlite:///{home / 'autoresearch.db'}")
+    exp = store.ensure_experiment("kept", {"budget_s": 5.0})
+    store.put_iteration(exp.id, 0, status="ok", decision="baseline", hypothesis="baseline", val_accuracy=0.83,
+                        measurements=[0.83, 0.831], finished_at=utcnow())
+    store.put_iteration(exp.id, 1, status="crashed", decision="discard", hypothesis="bigger lr",
+                        reason="ValueError: boom", finished_at=utcnow())
+    return home
+
+
+def history_json(home: Path, name: str = "kept") -> list[dict]:
+    done = cli("history", name, "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--budget", "0"], "budget must be a positive number"),
+        (["--budget", "-1"], "budget must be a positive number"),
+        (["--proposer", "gpt5"], "unknown proposer 'gpt5'"),
+        (["--proposer", "replay:/no/such/dir"], "replay directory not found"),
+        (["--program", "/no/such/program.md"], "cannot read program file"),
+        (["--db", "notadb://nowhere"], "cannot open results store"),
+        (["--experiment", "../escape"], "invalid experiment name '../escape'"),
+        (["--experiment", "a/b"], "invalid experiment name 'a/b'"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
+def test_bad_input_fails_clearly_and_loses_nothing(recorded, args, message):
+    before = history_json(recorded)
+    done = cli("run", "--experiment", "kept", *args, home=recorded) if "--experiment" not in args else cli("run", *args, home=recorded)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "error:" in done.stderr and message in " ".join(done.stderr.split())
+    assert history_json(recorded) == before
+    assert not (recorded.parent / "escape").exists()
+
+
+def test_claude_without_key_fails_at_once_and_auto_falls_back(recorded):
+    env = {"ANTHROPIC_API_KEY": ""}
+    done = cli("run", "--experiment", "kept", "--proposer", "claude", home=recorded, env=env)
+    assert done.returncode == 2 and "ANTHROPIC_API_KEY" in done.stderr
+
+
+def test_second_live_run_is_refused(recorded):
+    before = history_json(recorded)
+    with experiment_lock(recorded / "kept"):
+        done = cli("run", "--experiment", "kept", "--budget", "5", home=recorded)
+    assert done.returncode == 2
+    assert "already running" in done.stderr and f"pid {os.getpid()}" in done.stderr
+    assert history_json(recorded) == before
+
+
+def test_unreadable_program_md(recorded, tmp_path):
+    program = tmp_path / "program.md"
+    program.write_text("# no strategy section\n")
+    done = cli("run", "--experiment", "kept", "--program", str(program), home=recorded)
+    assert done.returncode == 2 and "no '## Strategy' section" in done.stderr
+    program.write_bytes(b"\xff\xfe not utf-8 \xff")
+    done = cli("run", "--experiment", "kept", "--program", str(program), home=recorded)
+    assert done.returncode == 2 and "cannot read program file" in done.stderr
+
+
+def test_history_and_status_read_the_store(recorded):
+    rows = history_json(recorded)
+    assert [(r["iteration"], r["status"], r["decision"]) for r in rows] == [(0, "ok", "baseline"), (1, "crashed", "discard")]
+    assert rows[1]["hypothesis"] == "bigger lr" and rows[0]["val_accuracy"] == pytest.approx(0.83)
+    table = cli("history", "kept", home=recorded)
+    assert table.returncode == 0 and "bigger lr" in table.stdout
+    status = cli("status", home=recorded)
+    assert status.returncode == 0 and "kept" in status.stdout
+    missing = cli("history", "nope", home=recorded)
+    assert missing.returncode == 1 and "no experiment named 'nope'" in missing.stderr
+
+
+@requires_real_data
+@requires_bwrap
+def test_offline_demo_end_to_end(tmp_path):
+    """The issue's own command: `autoresearch run --experiment demo --iterations 3 --budget 5 --proposer offline`."""
+    home = tmp_path / "runs"
+    done = cli("run", "--experiment", "demo", "--iterations", "3", "--budget", "5", "--proposer", "offline",
+               home=home, env={"PREFECT_HOME": str(tmp_path / "prefect")}, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "offline parametric searcher" in done.stdout
+    rows = history_json(home, "demo")
+    assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
+    assert rows[0]["decision"] == "baseline" and len(rows[0]["measurements"]) == 2
+    for r in rows:
+        assert r["status"] in ("ok", "crashed", "timeout", "invalid")
+        assert r["decision"] in ("baseline", "keep", "discard")
+        assert r["finished"]
+    for r in rows[1:]:
+        assert r["hypothesis"].startswith("Set ") and r["change_type"] == "parametric"
+        if r["status"] == "ok":
+            assert {"delta", "threshold", "sigma"} <= set(r["rule"])
+    assert rows[0]["test_accuracy"] is not None  # held out, reported, never used to decide
