@@ -1,7 +1,7 @@
 # One-command set-up and the project's main entry points.
 #   make setup   .venv with the project and its dev extras, system packages where possible, verified data
 #   make test    the whole test suite (runs setup first when needed)
-#   make run     the main job on the embedded defaults
+#   make run     the research loop on the embedded defaults (resumes if interrupted)
 #   make bench   the benchmarks under benchmarks/
 
 VENV   := .venv
@@ -39,10 +39,11 @@ test: setup
 	$(PY) -m pytest
 
 run: setup
-	$(VENV)/bin/autoresearch train baseline/train.py --budget 120
+	$(VENV)/bin/autoresearch run
 
 bench: setup
 	$(PY) benchmarks/data_pipeline.py
+	$(PY) benchmarks/overhead.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -44,6 +44,15 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"the Prefect API server did not become healthy within {timeout:.0f} s")
 
 
+def _drain_background_senders() -> None:
+    """Send queued logs and events while the server still listens."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=5)
+
+
 @contextmanager
 def prefect_api(log_dir: Path) -> Iterator[str]:
     """Yield the API URL in use; a private server lives exactly as long as the block."""
@@ -68,7 +77,10 @@ def prefect_api(log_dir: Path) -> Iterator[str]:
     try:
         _wait_healthy(url, proc, float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
         with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield url
+            try:
+                yield url
+            finally:
+                _drain_background_senders()
     finally:
         proc.terminate()
         try:
