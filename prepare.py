@@ -212,12 +212,13 @@ def load_split(split: str, device: torch.device | str | None = None) -> tuple[to
     return to_model_input(images, device), labels.to(device)
 
 
-def write_train_split(path: Path) -> Path:
-    """Save the training split alone: the file a sandbox mounts read-only."""
+def write_train_split(path: Path, limit: int | None = None) -> Path:
+    """Save the training split alone (its first `limit` images, if given): the file a sandbox mounts read-only."""
     path = Path(path)
     if path.exists():
         return path
     images, labels = load_split_uint8("train")
+    images, labels = images[:limit], labels[:limit]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save({"images": images.clone(), "labels": labels.clone()}, tmp)

@@ -166,12 +166,18 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps"),
     grace: float = typer.Option(settings.DEFAULT_GRACE_S, "--grace", help="seconds after the budget before SIGKILL"),
     startup_allowance: float = typer.Option(settings.DEFAULT_STARTUP_ALLOWANCE_S, "--startup-allowance"),
+    model: Optional[str] = typer.Option(None, "--model", help="model for claude/openai (default: claude-sonnet-4-6)"),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD cap on proposer calls; the loop ends before a call could pass it"),
+    preflight: Optional[bool] = typer.Option(None, "--preflight/--no-preflight", help="smoke-run each candidate first (default: on for claude/openai)"),
+    fix_attempts: int = typer.Option(2, "--fix-attempts", help="fixes asked for after a pre-flight crash"),
 ) -> None:
     """Run (or resume) the research loop on Prefect."""
     check_name(experiment)
     make_limits(budget, grace, startup_allowance, None)
-    if iterations < 0 or revise_every < 1 or repeats < 1:
-        fail("--iterations must be >= 0, --revise-every and --repeats >= 1")
+    if iterations < 0 or revise_every < 1 or repeats < 1 or fix_attempts < 0:
+        fail("--iterations and --fix-attempts must be >= 0, --revise-every and --repeats >= 1")
+    if max_cost is not None and max_cost <= 0:
+        fail(f"--max-cost must be positive, got {max_cost}")
     from infra.program import ProgramError, read_program
     from infra.proposers import ProposerError, resolve_spec
 
@@ -207,7 +213,8 @@ def run(
     config = dict(name=experiment, iterations=iterations, budget_s=budget, proposer=spec, revise_every=revise_every,
                   repeats=repeats, home=str(home_dir), db_url=store.url, program_path=str(program.resolve()),
                   baseline_path=str(baseline.resolve()),
-                  device=device, grace_s=grace, startup_allowance_s=startup_allowance)
+                  device=device, grace_s=grace, startup_allowance_s=startup_allowance, model=model, max_cost=max_cost,
+                  preflight=preflight, fix_attempts=fix_attempts)
     try:
         with prefect_api(home_dir) as api_url:
             out.print(f"prefect API: {api_url}")
@@ -236,12 +243,13 @@ def history(
     exp = store.experiment(experiment)
     if exp is None:
         fail(f"no experiment named {experiment!r} in {store.url}", code=1)
-    rows = [iteration_record(r) for r in store.iterations(exp.id)]
+    costs = store.cost_by_iteration(exp.id)
+    rows = [iteration_record(r, costs.get(r.index, 0.0)) for r in store.iterations(exp.id)]
     if json_out:
         print(json.dumps(rows, indent=2, default=str))
         return
     table = Table(title=f"{experiment} ({exp.status})", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("it", "status", "decision", "val", "test", "runs", "delta/thresh"):
+    for column in ("it", "status", "decision", "val", "test", "runs", "delta/thresh", "cost $"):
         table.add_column(column, no_wrap=True)
     table.add_column(escape("hypothesis [reason]"), ratio=1, overflow="fold")
     for r in rows:
@@ -251,9 +259,10 @@ def history(
                       f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-",
                       str(len(r["measurements"] or [])),
                       f"{rule['delta']:+.4f}/{rule['threshold']:.4f}" if "threshold" in rule else "-",
+                      f"{r['cost_usd']:.4f}",
                       escape(r["hypothesis"] if r["status"] == "ok" else f"{r['hypothesis']} [{r['reason']}]"))
     out.print(table)
-    out.print(f"proposer cost: ${store.total_cost(exp.id):.4f}")
+    out.print(f"proposer cost: ${store.total_cost(exp.id):.4f} in total")
 
 
 @app.command()

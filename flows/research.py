@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,14 +28,15 @@ from infra.code_edit import unified_diff  # noqa: E402
 from infra.failpoints import failpoint  # noqa: E402
 from infra.lock import experiment_lock  # noqa: E402
 from infra.program import read_program, strategy_of, with_strategy  # noqa: E402
-from infra.proposers import ProposalContext  # noqa: E402
+from infra.proposers import LLM_SPECS, Proposal, ProposalContext, StopResearch  # noqa: E402
 from infra.store import Iteration, Store, iteration_record, utcnow  # noqa: E402
-from infra.trial import TrialResult  # noqa: E402
+from infra.trial import TrialResult, log_tail  # noqa: E402
 from infra.workspace import Workspace  # noqa: E402
 from tasks.decide import keep_or_discard  # noqa: E402
 from tasks.evaluate import evaluate, test_report  # noqa: E402
-from tasks.propose import propose_edit  # noqa: E402
-from tasks.report import publish_artifacts  # noqa: E402
+from tasks.preflight import preflight  # noqa: E402
+from tasks.propose import fix_candidate, propose_edit  # noqa: E402
+from tasks.report import publish_artifacts, publish_strategy_diff  # noqa: E402
 from tasks.revise_strategy import revise_strategy  # noqa: E402
 from tasks.sandboxed_train import sandboxed_train  # noqa: E402
 
@@ -57,6 +58,10 @@ class ExperimentConfig:
     program_path: str = str(settings.REPO_ROOT / "program.md")
     baseline_path: str = str(settings.BASELINE_TRAIN_PY)
     device: str | None = None
+    model: str | None = None  # language-model proposers: the model (None: the provider's default)
+    max_cost: float | None = None  # USD cap on proposer calls for the whole experiment
+    preflight: bool | None = None  # smoke-run candidates first (None: only for language-model proposers)
+    fix_attempts: int = 2
     grace_s: float = settings.DEFAULT_GRACE_S
     startup_allowance_s: float = settings.DEFAULT_STARTUP_ALLOWANCE_S
     rule: dict[str, float] = field(default_factory=dict)
@@ -85,6 +90,7 @@ class Run:
         self.baseline_code = Path(cfg.baseline_path).read_text()
         self.exp = self.store.ensure_experiment(cfg.name, asdict(cfg))
         self._check_same_settings()
+        self.preflight = cfg.preflight if cfg.preflight is not None else cfg.proposer in LLM_SPECS
 
     def _check_same_settings(self) -> None:
         for key in FIXED_SETTINGS:
@@ -103,7 +109,18 @@ class Run:
         return kept[-1]
 
     def history(self) -> list[dict[str, Any]]:
-        return [iteration_record(r) for r in self.finished()]
+        """Finished iterations; failed ones carry the tail of their log, for the proposer to learn from."""
+        records = []
+        costs = self.store.cost_by_iteration(self.exp.id)
+        for row in self.finished():
+            record = iteration_record(row, costs.get(row.index, 0.0))
+            if row.status not in ("ok", "running"):
+                record["log_tail"] = log_tail(self.ws.iteration_dir(row.index) / "train.log", 8)
+            records.append(record)
+        return records
+
+    def cost_left(self) -> float | None:
+        return None if self.cfg.max_cost is None else self.cfg.max_cost - self.store.total_cost(self.exp.id)
 
     def strategy(self) -> str:
         versions = self.store.strategies(self.exp.id)
@@ -120,6 +137,7 @@ class Run:
             hardware={"device": str(prepare.get_device()), "budget_s": self.cfg.budget_s,
                       "incumbent_epochs": inc.epochs, "incumbent_seconds_per_epoch": per_epoch},
             seed=self.exp.id,
+            max_cost_left=self.cost_left(),
         )
 
     # --- make the workspace agree with the store ------------------------------
@@ -174,18 +192,54 @@ def run_baseline(run: Run) -> None:
     print(f"iteration 0 (baseline): val_accuracy {statistics.fmean(scores):.4f} over {len(scores)} runs {scores}")
 
 
+def record_calls(run: Run, i: int, calls: list[dict[str, Any]]) -> None:
+    for call in calls:
+        run.store.add_proposer_call(run.exp.id, i, **call)
+
+
+def pass_preflight(run: Run, i: int, ctx: ProposalContext, proposal: Proposal) -> tuple[Proposal, list[dict[str, Any]]]:
+    """Smoke-run the candidate; on a crash send the traceback back for a fix, up to fix_attempts times."""
+    attempts: list[dict[str, Any]] = []
+    for attempt in range(run.cfg.fix_attempts + 1):
+        smoke = preflight(proposal.code, run.ws.iteration_dir(i) / f"preflight-{attempt}", run.limits, i, attempt,
+                          run.cfg.device)
+        tail = log_tail(smoke.log_path)
+        attempts.append({"attempt": attempt, "hypothesis": proposal.hypothesis, "status": smoke.status,
+                         "reason": smoke.reason, "log_tail": tail})
+        if smoke.status == "ok":
+            return proposal, attempts
+        if attempt == run.cfg.fix_attempts:
+            return replace(proposal, error=f"pre-flight failed after {attempt} fix attempts: {smoke.reason}"), attempts
+        fixed = fix_candidate(run.cfg.proposer, run.cfg.model, ctx, proposal, smoke.reason, tail, attempt + 1)
+        record_calls(run, i, fixed.calls)
+        if fixed.error:
+            return replace(proposal, error=f"fix attempt {attempt + 1}: {fixed.error}"), attempts
+        proposal = fixed
+    return proposal, attempts
+
+
 def run_iteration(run: Run, i: int) -> bool:
     """One iteration; False when the proposer has nothing more to propose."""
     incumbent = run.incumbent()
     failpoint("propose", i)
     started = datetime.now(timezone.utc)
-    proposal = propose_edit(run.cfg.proposer, run.context(i))
+    ctx = run.context(i)
+    proposal = propose_edit(run.cfg.proposer, run.cfg.model, ctx)
     if proposal is None:
         return False
+    record_calls(run, i, proposal.calls)
     propose_seconds = (datetime.now(timezone.utc) - started).total_seconds()
+    attempts: list[dict[str, Any]] = []
+    if not proposal.error and run.preflight:
+        proposal, attempts = pass_preflight(run, i, ctx, proposal)
     base = dict(proposer=run.cfg.proposer.split(":")[0], hypothesis=proposal.hypothesis,
                 change_type=proposal.change_type, code=proposal.code,
-                diff=unified_diff(incumbent.code, proposal.code), propose_seconds=propose_seconds)
+                diff=unified_diff(incumbent.code, proposal.code), propose_seconds=propose_seconds, attempts=attempts)
+    if proposal.error:  # never reaches training; recorded, and the loop goes on
+        run.store.put_iteration(run.exp.id, i, **base, status="invalid", reason=proposal.error, decision="discard",
+                                rule={}, measurements=[], val_accuracy=None, started_at=utcnow(), finished_at=utcnow())
+        print(f"iteration {i}/{run.cfg.iterations}: failed proposal: {proposal.error}")
+        return True
     run.store.put_iteration(run.exp.id, i, **base, status="running", decision="", rule={}, measurements=[],
                             started_at=utcnow(), finished_at=None)
     directory = run.ws.iteration_dir(i)
@@ -230,8 +284,11 @@ def maybe_revise(run: Run, i: int) -> None:
     version = after // run.cfg.revise_every
     if any(v.version == version for v in run.store.strategies(run.exp.id)):
         return
-    text, lessons = revise_strategy(run.cfg.proposer, run.context(i), after)
+    previous = run.strategy()
+    text, lessons, calls = revise_strategy(run.cfg.proposer, run.cfg.model, run.context(i), after)
+    record_calls(run, after, calls)
     run.store.add_strategy(run.exp.id, version, after, text, lessons)
+    publish_strategy_diff(run.cfg.name, version, previous, text, lessons)
     run.ws.program_md.write_text(with_strategy(read_program(run.ws.program_md), text))
     run.ws.commit_program(version, after)
     print(f"strategy version {version} after iteration {after}: {lessons}")
@@ -256,13 +313,19 @@ def research(config: dict[str, Any]) -> dict[str, Any]:
             run_baseline(run)
             publish(run, 0)
         start = run.finished()[-1].index + 1
+        status = "finished"
         for i in range(start, cfg.iterations + 1):
-            maybe_revise(run, i)
-            if not run_iteration(run, i):
-                print(f"proposer has nothing more to propose after iteration {i - 1}; stopping")
+            try:
+                maybe_revise(run, i)
+                if not run_iteration(run, i):
+                    print(f"proposer has nothing more to propose after iteration {i - 1}; stopping")
+                    break
+            except StopResearch as exc:
+                print(f"stopping before iteration {i}: {exc}")
+                status = "stopped"
                 break
             publish(run, i)
-        run.store.set_experiment(run.exp.id, status="finished")
+        run.store.set_experiment(run.exp.id, status=status)
         best = iteration_record(run.incumbent())
     print(f"best: iteration {best['iteration']} val_accuracy {best['val_accuracy']:.4f} "
           f"test_accuracy {best['test_accuracy']} | {best['hypothesis']}")

@@ -71,6 +71,7 @@ class Iteration(Base):
     measurements: Mapped[list] = mapped_column(JSON, default=list)  # validation accuracy of every seed run
     decision: Mapped[str] = mapped_column(String(16), default="")  # baseline, keep, discard, failed
     rule: Mapped[dict] = mapped_column(JSON, default=dict)  # delta, noise floor, threshold, ...
+    attempts: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")  # pre-flight and fix attempts
     test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -217,13 +218,22 @@ class Store:
         with self.session() as s:
             s.add(ProposerCall(experiment_id=experiment_id, iteration=iteration, **fields))
 
+    def cost_by_iteration(self, experiment_id: int) -> dict[int, float]:
+        with self.session() as s:
+            rows = s.execute(select(ProposerCall.iteration, ProposerCall.cost_usd).where(
+                ProposerCall.experiment_id == experiment_id))
+            costs: dict[int, float] = {}
+            for iteration, cost in rows:
+                costs[iteration] = costs.get(iteration, 0.0) + cost
+            return costs
+
     def total_cost(self, experiment_id: int) -> float:
         with self.session() as s:
             rows = s.scalars(select(ProposerCall.cost_usd).where(ProposerCall.experiment_id == experiment_id))
             return float(sum(rows))
 
 
-def iteration_record(row: Iteration) -> dict[str, Any]:
+def iteration_record(row: Iteration, cost_usd: float = 0.0) -> dict[str, Any]:
     """A JSON-friendly view of one iteration (for `history --json` and artifacts)."""
     return {
         "iteration": row.index,
@@ -241,6 +251,8 @@ def iteration_record(row: Iteration) -> dict[str, Any]:
         "train_seconds": row.train_seconds,
         "wall_seconds": row.wall_seconds,
         "rule": row.rule,
+        "attempts": row.attempts,
+        "cost_usd": cost_usd,
         "finished": row.finished_at is not None,
     }
 

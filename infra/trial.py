@@ -66,6 +66,11 @@ def reported(log_text: str, key: str) -> str | None:
     return found[-1] if found else None
 
 
+def log_tail(log_path: str | Path, lines: int = 15) -> str:
+    path = Path(log_path)
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
 def crash_reason(log_text: str, exit_code: int | None, signal: int | None) -> str:
     """The candidate's own last error line, or how it died."""
     lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
@@ -77,9 +82,13 @@ def crash_reason(log_text: str, exit_code: int | None, signal: int | None) -> st
     return f"train.py ended with {how}{tail}"
 
 
-def train_split_file() -> Path:
-    """The training split alone, written once: the only data a sandbox can see."""
-    return prepare.write_train_split(prepare.cache_dir() / "splits" / f"train-{prepare.SPLIT_SEED}.pt")
+PREFLIGHT_IMAGES = 2000
+
+
+def train_split_file(limit: int | None = None) -> Path:
+    """The training split alone (or its first `limit` images), written once: the only data a sandbox can see."""
+    name = f"train-{prepare.SPLIT_SEED}" + (f"-first{limit}" if limit else "") + ".pt"
+    return prepare.write_train_split(prepare.cache_dir() / "splits" / name, limit)
 
 
 def _file_hash(path: Path) -> str:
@@ -171,6 +180,7 @@ def train_candidate(
     seed: int = 0,
     device: str | None = None,
     on_line: Callable[[str], None] | None = None,
+    split_file: Path | None = None,
 ) -> TrialResult:
     """Train code in a sandbox under limits. Status ok here means: it exited cleanly and saved a model."""
     started = time.monotonic()
@@ -181,7 +191,7 @@ def train_candidate(
         (run_dir / "train.log").write_text(problem + "\n")
         return _result("invalid", problem, run_dir, started)
     prepare_hash = _file_hash(PREPARE_PY)
-    outcome = run_sandboxed(_train_job(run_dir, limits, seed, train_split_file(), device), on_line)
+    outcome = run_sandboxed(_train_job(run_dir, limits, seed, split_file or train_split_file(), device), on_line)
     failure = _failure_status(outcome, (run_dir / "train.log").read_text(errors="replace"), limits)
     if failure:
         return _result(*failure, run_dir, started, outcome)

@@ -15,7 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from infra.code_edit import unified_diff
 from infra.plot import progress_png
 
-TABLE_COLUMNS = ("iteration", "status", "decision", "val_accuracy", "test_accuracy", "change_type", "hypothesis", "reason")
+TABLE_COLUMNS = ("iteration", "status", "decision", "val_accuracy", "test_accuracy", "cost_usd", "change_type",
+                 "hypothesis", "reason")
 
 
 def artifact_key(experiment: str, what: str) -> str:
@@ -40,6 +41,7 @@ def publish_artifacts(experiment: str, iteration: int, total: int, rows: list[di
         f"# Best so far: iteration {best['iteration']}\n\n"
         f"- validation accuracy (mean of {len(best['measurements'])} runs): **{best['val_accuracy']:.4f}**\n"
         f"- held-out test accuracy: {best['test_accuracy'] if best['test_accuracy'] is not None else 'n/a'}\n"
+        f"- proposer cost so far: ${sum(r.get('cost_usd') or 0.0 for r in rows):.4f}\n"
         f"- hypothesis: {best['hypothesis']}\n\n## Diff against the baseline\n\n```diff\n{diff}\n```\n",
         key=artifact_key(experiment, "best"), description="the incumbent and its diff")
     create_markdown_artifact(f"# Current strategy\n\n{strategy}\n", key=artifact_key(experiment, "strategy"),
@@ -48,3 +50,10 @@ def publish_artifacts(experiment: str, iteration: int, total: int, rows: list[di
     (Path(workspace) / "progress.png").write_bytes(png)
     create_image_artifact(f"data:image/png;base64,{base64.b64encode(png).decode()}",
                           key=artifact_key(experiment, "progress-plot"), description="progress.png")
+
+
+def publish_strategy_diff(experiment: str, version: int, old: str, new: str, lessons: str) -> None:
+    """The change between two strategy versions, as markdown (called from the flow)."""
+    diff = unified_diff(old + "\n", new + "\n", f"strategy v{version - 1}", f"strategy v{version}")
+    create_markdown_artifact(f"# Strategy version {version}\n\n## Lessons\n\n{lessons}\n\n## Diff\n\n```diff\n{diff}\n```\n",
+                             key=artifact_key(experiment, "strategy-diff"), description=f"strategy v{version - 1} -> v{version}")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from infra import process_tree
 from infra.code_edit import set_constants
 from infra.lock import lock_holder
 from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT
@@ -52,16 +53,8 @@ def finished_logs(home: Path, store: Store) -> dict[int, float]:
 
 
 def stray_processes(home: Path) -> list[int]:
-    needle = str(home).encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                if needle in Path(f"/proc/{entry}/environ").read_bytes():
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
+    """Anything still running whose environment names this test's runs directory."""
+    return process_tree.pids_with_env(str(home))
 
 
 def test_sigkill_at_any_point_then_resume(tmp_path):

@@ -107,7 +107,10 @@ def test_replay_proposer_in_name_order_with_first_comment_as_hypothesis(tmp_path
 
 def test_proposer_specs(tmp_path, monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    assert resolve_spec("auto")[0] == "offline" and "not set" in resolve_spec("auto")[1]
+    assert resolve_spec("auto")[0] == "offline" and "falling back to the offline" in resolve_spec("auto")[1]
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    assert resolve_spec("auto")[0] == "claude"
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
     with pytest.raises(ProposerError, match="ANTHROPIC_API_KEY"):
         resolve_spec("claude")
     with pytest.raises(ProposerError, match="unknown proposer 'gpt5'"):
@@ -173,7 +176,7 @@ def test_store_writes_are_idempotent_per_iteration(tmp_path):
     assert [s.text for s in store.strategies(exp.id)] == ["s0"]
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
     # a second Store on the same file migrates nothing and sees the same data
     assert len(Store(f"sqlite:///{tmp_path / 'a.db'}").iterations(exp.id)) == 1
 

@@ -10,12 +10,18 @@ class ProposerError(ValueError):
     """A proposer spec that cannot be used."""
 
 
+class StopResearch(RuntimeError):
+    """The proposer cannot go on (the spending cap, say): the loop ends cleanly."""
+
+
 @dataclass
 class Proposal:
     hypothesis: str
     change_type: str  # parametric, structural, none
     code: str
     expected_effect: str = ""
+    error: str = ""  # set when the proposer failed to produce a valid candidate
+    calls: list[dict[str, Any]] = field(default_factory=list)  # language-model calls and their cost
 
 
 @dataclass
@@ -26,6 +32,7 @@ class ProposalContext:
     history: list[dict[str, Any]] = field(default_factory=list)  # finished iterations, oldest first
     hardware: dict[str, Any] = field(default_factory=dict)  # device, budget, incumbent epochs, s/epoch
     seed: int = 0
+    max_cost_left: float | None = None  # USD the proposer may still spend (None: no cap)
 
 
 class Proposer(Protocol):
