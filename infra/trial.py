@@ -66,9 +66,14 @@ def reported(log_text: str, key: str) -> str | None:
     return found[-1] if found else None
 
 
-def log_tail(log_path: str | Path, lines: int = 15) -> str:
+def log_tail(log_path: str | Path, lines: int = 15, traceback_lines: int = 60) -> str:
+    """The last lines of a log; if it ends in a traceback, the whole traceback (up to traceback_lines)."""
     path = Path(log_path)
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+    text = path.read_text(errors="replace").splitlines() if path.exists() else []
+    starts = [n for n, line in enumerate(text) if line.startswith("Traceback (most recent call last)")]
+    if starts and len(text) - starts[-1] <= traceback_lines:
+        return "\n".join(text[starts[-1]:])
+    return "\n".join(text[-lines:])
 
 
 def crash_reason(log_text: str, exit_code: int | None, signal: int | None) -> str:

@@ -1,0 +1,140 @@
+"""
+The research loop driven by a fake language model through the real SDKs: real edits trained,
+evaluated and decided; a pre-flight crash fixed from its traceback; a malformed answer recorded
+as a failed proposal; strategy revised at the right iterations; costs accounted; the key kept out.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from infra.pricing import DEFAULT_PRICES
+from infra.store import Store
+from tests.fake_llm import (USAGE, FakeLLMServer, anthropic_tool_use, openai_function_call, request_text)
+from tests.conftest import requires_bwrap, requires_real_data
+from tests.test_llm_proposers import ADAM_EDIT, KEY
+
+pytestmark = [requires_real_data, requires_bwrap]
+MLP = (Path(__file__).parent / "fixtures" / "mlp_adam.py").read_text()
+BROKEN_MLP = MLP.replace("nn.Linear(784, HIDDEN)", "nn.Linear(783, HIDDEN)")  # fails on the first batch
+REVISED = "Adam and small MLPs pay off here; stop tuning plain SGD. (revised by the fake model)"
+
+
+class ScriptedModel:
+    """Answers like a model would, by what the request asks for."""
+
+    def __init__(self, tool_call):
+        self.tool_call = tool_call  # (name, input) -> provider-specific response body
+
+    def __call__(self, path: str, body: dict) -> tuple[int, dict]:
+        text = request_text(body)
+        if "Rewrite the research strategy" in text:
+            return 200, self.tool_call("revise_strategy", {"strategy": REVISED, "lessons": "Adam beats SGD in short budgets"})
+        if "failed a short pre-flight run" in text:
+            return 200, self.tool_call("propose_train_py", {
+                "hypothesis": "fixed: the input layer takes 784 features", "change_type": "structural",
+                "expected_effect": "runs", "train_py": MLP})
+        iteration = int(re.search(r"Propose iteration (\d+)", text).group(1))
+        if iteration == 1:
+            return 200, self.tool_call("propose_train_py", ADAM_EDIT)
+        if iteration == 2:
+            return 200, self.tool_call("propose_train_py", {
+                "hypothesis": "an MLP with normalised inputs and cosine-decayed Adam", "change_type": "structural",
+                "expected_effect": "+4 points", "train_py": BROKEN_MLP})
+        return 200, self.tool_call("propose_train_py", {"hypothesis": "", "change_type": "sideways",
+                                                        "expected_effect": "?", "train_py": "x = ("})
+
+
+def anthropic_body(name: str, tool_input: dict) -> dict:
+    return anthropic_tool_use(name, tool_input)
+
+
+def openai_body(name: str, tool_input: dict) -> dict:
+    return openai_function_call(name, tool_input)
+
+
+def run_loop(tmp_path: Path, proposer: str, model: str | None) -> tuple[Store, int, Path]:
+    from flows.research import research
+
+    home = tmp_path / "runs"
+    config = dict(name=f"llm-{proposer}", iterations=3, budget_s=1.0, proposer=proposer, model=model,
+                  revise_every=2, repeats=2, home=str(home), db_url=f"sqlite:///{home / 'autoresearch.db'}")
+    research(config)
+    store = Store(config["db_url"])
+    return store, store.experiment(config["name"]).id, home
+
+
+def check_loop(store: Store, exp_id: int, requests: list[dict]) -> None:
+    rows = store.iterations(exp_id)
+    assert [r.index for r in rows] == [0, 1, 2, 3] and all(r.finished_at for r in rows)
+    adam, mlp, failed = rows[1], rows[2], rows[3]
+    # 1: the Adam edit was trained, evaluated and decided by the rule
+    assert adam.status == "ok" and "torch.optim.Adam" in adam.code and adam.decision in ("keep", "discard")
+    assert {"delta", "threshold"} <= set(adam.rule) and adam.val_accuracy > 0.5
+    # 2: the broken MLP crashed at pre-flight, the traceback went back, the fix ran for real and was kept
+    assert [a["status"] for a in mlp.attempts] == ["crashed", "ok"]
+    assert "mat1 and mat2 shapes cannot be multiplied" in mlp.attempts[0]["reason"]
+    fix_requests = [r for r in requests if "failed a short pre-flight run" in request_text(r)]
+    assert len(fix_requests) == 1 and "Traceback" in request_text(fix_requests[0])
+    assert "mat1 and mat2 shapes cannot be multiplied" in request_text(fix_requests[0])
+    assert mlp.code == MLP and mlp.status == "ok" and mlp.decision == "keep", (mlp.status, mlp.rule)
+    # 3: malformed twice: a failed proposal, recorded, never trained
+    assert failed.status == "invalid" and "invalid proposal after one re-ask" in failed.reason
+    assert failed.decision == "discard" and failed.val_accuracy is None
+    # strategy revised after iteration 2 (revise_every=2), and the next prompt carries it
+    assert [(s.version, s.after_iteration) for s in store.strategies(exp_id)] == [(0, 0), (1, 2)]
+    texts = [request_text(r) for r in requests]
+    revise_at = next(i for i, t in enumerate(texts) if "Rewrite the research strategy" in t)
+    assert "Propose iteration 2" in "".join(texts[:revise_at]) and "Propose iteration 3" in texts[revise_at + 1]
+    assert REVISED in texts[revise_at + 1] and all(REVISED not in t for t in texts[:revise_at])
+
+
+def test_claude_loop(tmp_path, prefect_harness, monkeypatch, capsys):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    with FakeLLMServer(ScriptedModel(anthropic_body)) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        store, exp_id, home = run_loop(tmp_path, "claude", None)
+    check_loop(store, exp_id, server.requests)
+    assert all(r["system"][-1]["cache_control"] == {"type": "ephemeral"} for r in server.requests)
+    # costs add up from the usage fields: every call was billed the scripted usage
+    p = DEFAULT_PRICES["claude-sonnet-4-6"]
+    per_call = (USAGE["input_tokens"] * p["input"] + USAGE["output_tokens"] * p["output"]
+                + USAGE["cache_creation_input_tokens"] * p["cache_write"]) / 1e6
+    assert store.total_cost(exp_id) == pytest.approx(per_call * len(server.requests))
+    assert sum(store.cost_by_iteration(exp_id).values()) == pytest.approx(store.total_cost(exp_id))
+    # the API key is nowhere: not in the store, the workspace, or what the run printed
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    captured = capsys.readouterr()
+    assert KEY not in captured.out and KEY not in captured.err
+
+
+def test_openai_compatible_loop(tmp_path, prefect_harness, monkeypatch):
+    with FakeLLMServer(ScriptedModel(openai_body)) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{server.url}/v1")
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        store, exp_id, _ = run_loop(tmp_path, "openai", "local")
+    check_loop(store, exp_id, server.requests)
+    assert store.total_cost(exp_id) == 0.0
+
+
+def test_spending_cap_ends_the_loop_cleanly(tmp_path, prefect_harness, monkeypatch):
+    from flows.research import research
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    with FakeLLMServer(lambda path, body: (200, anthropic_tool_use("propose_train_py", ADAM_EDIT))) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        home = tmp_path / "runs"
+        # the worst case of one call is about $0.17; after one real call ($0.02) the next could pass $0.20
+        config = dict(name="capped", iterations=3, budget_s=1.0, proposer="claude", max_cost=0.20, preflight=False,
+                      revise_every=5, repeats=2, home=str(home), db_url=f"sqlite:///{home / 'autoresearch.db'}")
+        research(config)
+    store = Store(config["db_url"])
+    exp = store.experiment("capped")
+    assert exp.status == "stopped"
+    assert [r.index for r in store.iterations(exp.id)] == [0, 1]
+    assert len(server.requests) == 1 and store.total_cost(exp.id) <= 0.20
