@@ -32,7 +32,7 @@ def run_cli(home: Path, replay: Path, failpoint: str | None) -> subprocess.Compl
     output = home.parent / f"cli-{failpoint or 'final'}.log"
     with open(output, "w") as sink:
         done = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "run", "--experiment", "chaos", "--iterations", "3", "--budget", "2",
+            [sys.executable, "-m", "flows.cli", "run", "--experiment", "chaos", "--iterations", "3", "--budget", "1",
              "--proposer", f"replay:{replay}", "--baseline", str(baseline), "--home", str(home)],
             cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=600)
     done.stderr = output.read_text()

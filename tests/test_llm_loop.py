@@ -6,6 +6,7 @@ as a failed proposal; strategy revised at the right iterations; costs accounted;
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -72,15 +73,16 @@ def check_loop(store: Store, exp_id: int, requests: list[dict]) -> None:
     assert [r.index for r in rows] == [0, 1, 2, 3] and all(r.finished_at for r in rows)
     adam, mlp, failed = rows[1], rows[2], rows[3]
     # 1: the Adam edit was trained, evaluated and decided by the rule
-    assert adam.status == "ok" and "torch.optim.Adam" in adam.code and adam.decision in ("keep", "discard")
-    assert {"delta", "threshold"} <= set(adam.rule) and adam.val_accuracy > 0.5
-    # 2: the broken MLP crashed at pre-flight, the traceback went back, the fix ran for real and was kept
+    assert adam.status == "ok" and "torch.optim.Adam" in adam.code and adam.val_accuracy > 0.5
+    for row in (adam, mlp):  # decided by the rule, whichever way the noise fell
+        assert (row.decision == "keep") == (row.rule["delta"] > row.rule["threshold"]), row.rule
+    # 2: the broken MLP crashed at pre-flight, the traceback went back, the fix was trained for real
     assert [a["status"] for a in mlp.attempts] == ["crashed", "ok"]
     assert "mat1 and mat2 shapes cannot be multiplied" in mlp.attempts[0]["reason"]
     fix_requests = [r for r in requests if "failed a short pre-flight run" in request_text(r)]
     assert len(fix_requests) == 1 and "Traceback" in request_text(fix_requests[0])
     assert "mat1 and mat2 shapes cannot be multiplied" in request_text(fix_requests[0])
-    assert mlp.code == MLP and mlp.status == "ok" and mlp.decision == "keep", (mlp.status, mlp.rule)
+    assert mlp.code == MLP and mlp.status == "ok" and mlp.val_accuracy > 0.8
     # 3: malformed twice: a failed proposal, recorded, never trained
     assert failed.status == "invalid" and "invalid proposal after one re-ask" in failed.reason
     assert failed.decision == "discard" and failed.val_accuracy is None
@@ -92,7 +94,19 @@ def check_loop(store: Store, exp_id: int, requests: list[dict]) -> None:
     assert REVISED in texts[revise_at + 1] and all(REVISED not in t for t in texts[:revise_at])
 
 
-def test_claude_loop(tmp_path, prefect_harness, monkeypatch, capsys):
+def prefect_log_messages() -> list[str]:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def read() -> list[str]:
+        async with get_client() as client:
+            return [log.message for log in await client.read_logs(limit=200)]
+
+    return asyncio.run(read())
+
+
+def test_claude_loop(tmp_path, prefect_harness, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     with FakeLLMServer(ScriptedModel(anthropic_body)) as server:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
@@ -105,12 +119,13 @@ def test_claude_loop(tmp_path, prefect_harness, monkeypatch, capsys):
                 + USAGE["cache_creation_input_tokens"] * p["cache_write"]) / 1e6
     assert store.total_cost(exp_id) == pytest.approx(per_call * len(server.requests))
     assert sum(store.cost_by_iteration(exp_id).values()) == pytest.approx(store.total_cost(exp_id))
-    # the API key is nowhere: not in the store, the workspace, or what the run printed
+    # the API key is nowhere: not in the store, the workspace, or the Prefect logs and flow parameters
     for path in home.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
-    captured = capsys.readouterr()
-    assert KEY not in captured.out and KEY not in captured.err
+    messages = prefect_log_messages()
+    assert any("trained: status ok" in m for m in messages)  # the logs are there to be searched
+    assert not any(KEY in m for m in messages)
 
 
 def test_openai_compatible_loop(tmp_path, prefect_harness, monkeypatch):
@@ -126,15 +141,19 @@ def test_spending_cap_ends_the_loop_cleanly(tmp_path, prefect_harness, monkeypat
     from flows.research import research
 
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    # crisp numbers: only output tokens cost, $10 per million. A call's worst case is its 8192 output
+    # tokens ($0.08192); each real call bills 400 ($0.004). Under a $0.084 cap one call fits, a second could not.
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"claude-sonnet-4-6": {"input": 0, "output": 10, "cache_write": 0, "cache_read": 0}}))
+    monkeypatch.setenv("AUTORESEARCH_PRICES", str(prices))
     with FakeLLMServer(lambda path, body: (200, anthropic_tool_use("propose_train_py", ADAM_EDIT))) as server:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
         home = tmp_path / "runs"
-        # the worst case of one call is about $0.17; after one real call ($0.02) the next could pass $0.20
-        config = dict(name="capped", iterations=3, budget_s=1.0, proposer="claude", max_cost=0.20, preflight=False,
+        config = dict(name="capped", iterations=3, budget_s=1.0, proposer="claude", max_cost=0.084, preflight=False,
                       revise_every=5, repeats=2, home=str(home), db_url=f"sqlite:///{home / 'autoresearch.db'}")
         research(config)
     store = Store(config["db_url"])
     exp = store.experiment("capped")
     assert exp.status == "stopped"
     assert [r.index for r in store.iterations(exp.id)] == [0, 1]
-    assert len(server.requests) == 1 and store.total_cost(exp.id) <= 0.20
+    assert len(server.requests) == 1 and store.total_cost(exp.id) == pytest.approx(0.004)
