@@ -198,14 +198,15 @@ def record_calls(run: Run, i: int, calls: list[dict[str, Any]]) -> None:
 
 
 def pass_preflight(run: Run, i: int, ctx: ProposalContext, proposal: Proposal) -> tuple[Proposal, list[dict[str, Any]]]:
-    """Smoke-run the candidate; on a crash send the traceback back for a fix, up to fix_attempts times."""
+    """Smoke-run the candidate; on a crash send the traceback back for a fix, up to fix_attempts times.
+    The iteration keeps the original hypothesis; each attempt records what was tried and how it ended."""
     attempts: list[dict[str, Any]] = []
+    note = proposal.hypothesis
     for attempt in range(run.cfg.fix_attempts + 1):
         smoke = preflight(proposal.code, run.ws.iteration_dir(i) / f"preflight-{attempt}", run.limits, i, attempt,
                           run.cfg.device)
         tail = log_tail(smoke.log_path)
-        attempts.append({"attempt": attempt, "hypothesis": proposal.hypothesis, "status": smoke.status,
-                         "reason": smoke.reason, "log_tail": tail})
+        attempts.append({"attempt": attempt, "note": note, "status": smoke.status, "reason": smoke.reason, "log_tail": tail})
         if smoke.status == "ok":
             return proposal, attempts
         if attempt == run.cfg.fix_attempts:
@@ -214,7 +215,8 @@ def pass_preflight(run: Run, i: int, ctx: ProposalContext, proposal: Proposal) -
         record_calls(run, i, fixed.calls)
         if fixed.error:
             return replace(proposal, error=f"fix attempt {attempt + 1}: {fixed.error}"), attempts
-        proposal = fixed
+        note = fixed.hypothesis
+        proposal = replace(fixed, hypothesis=proposal.hypothesis)
     return proposal, attempts
 
 
