@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pytest
 
 from infra import failpoints
 from infra.settings import BASELINE_TRAIN_PY
