@@ -6,6 +6,7 @@ from pathlib import Path
 
 
 from infra import failpoints
+from infra.code_edit import set_constants
 from infra.settings import BASELINE_TRAIN_PY
 from infra.store import Store
 from infra.workspace import Workspace
@@ -15,9 +16,16 @@ pytestmark = [requires_real_data, requires_bwrap]
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+# The shipped baseline (SGD lr=0.1, no decay) has heavy-tailed noise: about one seed in six lands near
+# 0.76 instead of 0.84 (DESIGN.md). With three baseline runs, one such run puts the honest threshold
+# near 12 points, and a +5-point MLP is rightly not distinguishable (seen in CI). This test checks the
+# rule, not the dice: its incumbent is the same recipe at lr=0.01, which varies by about half a point.
+QUIET_BASELINE = set_constants(BASELINE_TRAIN_PY.read_text(), {"LEARNING_RATE": 0.01})
+
+
 def write_replay(directory: Path, copies: int) -> Path:
     directory.mkdir()
-    baseline = BASELINE_TRAIN_PY.read_text()
+    baseline = QUIET_BASELINE
     for k in range(1, copies + 1):
         (directory / f"{k:02d}_copy.py").write_text(f"# copy {k} of the incumbent: only this comment differs\n{baseline}")
     (directory / f"{copies + 1:02d}_mlp.py").write_text((FIXTURES / "mlp_adam.py").read_text())
@@ -28,11 +36,14 @@ def test_noise_copies_are_not_kept_and_a_real_improvement_is(tmp_path, prefect_h
     from flows.research import research
 
     replay = write_replay(tmp_path / "replay", copies=10)
+    baseline = tmp_path / "quiet_baseline.py"
+    baseline.write_text(QUIET_BASELINE)
     home = tmp_path / "runs"
     # a transient failure after iteration 4 is recorded: the flow's own retry must resume, not redo
     monkeypatch.setenv("AUTORESEARCH_FAILPOINT", "raise-once:recorded:4")
     config = dict(name="copies", iterations=12, budget_s=1.0, proposer=f"replay:{replay}", revise_every=5,
-                  repeats=3, home=str(home), db_url=f"sqlite:///{home / 'autoresearch.db'}")
+                  repeats=3, home=str(home), db_url=f"sqlite:///{home / 'autoresearch.db'}",
+                  baseline_path=str(baseline))
     best = research(config)
 
     store = Store(config["db_url"])
