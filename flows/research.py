@@ -148,12 +148,14 @@ class Run:
         if not self.store.strategies(self.exp.id):
             self.store.add_strategy(self.exp.id, 0, 0, strategy_of(read_program(self.ws.program_md)), "initial strategy")
         current = read_program(self.ws.program_md)
-        if strategy_of(current) != self.strategy().strip():
-            self.ws.program_md.write_text(with_strategy(current, self.strategy()))
-            self.ws.commit_program(len(self.store.strategies(self.exp.id)) - 1, self.finished()[-1].index if self.finished() else 0)
+        finished = self.finished()
+        versions = self.store.strategies(self.exp.id)
+        if strategy_of(current) != versions[-1].text.strip():
+            self.ws.program_md.write_text(with_strategy(current, versions[-1].text))
+            self.ws.commit_program(versions[-1].version, finished[-1].index if finished else 0)
         committed = set(self.ws.committed_iterations())
         previous = None
-        for row in self.finished():
+        for row in finished:
             if row.decision == "keep" and row.index not in committed:
                 self.ws.commit_keep(row.index, row.hypothesis, previous.val_accuracy, row.val_accuracy, row.code)
             if row.decision in ("baseline", "keep"):
@@ -169,6 +171,15 @@ def measure(run: Run, code: str, run_dir: Path, seed: int, iteration: int) -> Tr
         shutil.rmtree(run_dir)  # an interrupted attempt is re-run from scratch
     trained = sandboxed_train(code, run_dir, run.limits, seed, iteration, run.cfg.device)
     return evaluate(trained, run.val, run.limits, iteration, seed)
+
+
+def add_seed_run(run: Run, code: str, directory: Path, i: int, scores: list[float]) -> bool:
+    """One more run of a candidate with the next seed (in directory/seed-N); its score joins scores if ok."""
+    n = len(scores)
+    extra = measure(run, code, directory / f"seed-{n}", 1000 * i + n, i)
+    if extra.status == "ok":
+        scores.append(extra.val_accuracy)
+    return extra.status == "ok"
 
 
 def trial_fields(result: TrialResult) -> dict[str, Any]:
@@ -251,17 +262,12 @@ def run_iteration(run: Run, i: int) -> bool:
         scores = [first.val_accuracy]
         decision = keep_or_discard(incumbent.measurements, scores, run.rule, i)
         while decision.verdict == "confirm":
-            extra = measure(run, proposal.code, directory / f"seed-{len(scores)}", 1000 * i + len(scores), i)
-            if extra.status != "ok":
+            if not add_seed_run(run, proposal.code, directory, i, scores):
                 break
-            scores.append(extra.val_accuracy)
             decision = keep_or_discard(incumbent.measurements, scores, run.rule, i)
         if decision.verdict == "keep":
-            for k in range(run.cfg.repeats):  # the new incumbent's own noise, from more seeds
-                seed = 1000 * i + len(scores)
-                extra = measure(run, proposal.code, directory / f"seed-{len(scores)}", seed, i)
-                if extra.status == "ok":
-                    scores.append(extra.val_accuracy)
+            for _ in range(run.cfg.repeats):  # the new incumbent's own noise, from more seeds
+                add_seed_run(run, proposal.code, directory, i, scores)
             test_acc = test_report(directory, run.test, run.limits, i)
     verdict = decision.verdict if decision and decision.verdict == "keep" else "discard"
     failpoint("decided", i)
@@ -297,10 +303,9 @@ def maybe_revise(run: Run, i: int) -> None:
 
 
 def publish(run: Run, i: int) -> None:
-    rows = run.history()
-    best = iteration_record(run.incumbent())
-    publish_artifacts(run.cfg.name, i, run.cfg.iterations, rows, run.strategy(), run.baseline_code, best,
-                      run.incumbent().code, run.ws.root)
+    incumbent = run.incumbent()
+    publish_artifacts(run.cfg.name, i, run.cfg.iterations, run.history(), run.strategy(), run.baseline_code,
+                      iteration_record(incumbent), incumbent.code, run.ws.root)
 
 
 @flow(name="research", log_prints=True, retries=1, retry_delay_seconds=10, persist_result=False)

@@ -233,7 +233,7 @@ class LLMProposer:
             except InvalidProposal as exc:
                 error = str(exc)
                 turns = turns + self._reask(answer, error)
-        return Proposal(hypothesis=(answer.data or {}).get("hypothesis", "") if isinstance(answer.data, dict) else "",
+        return Proposal(hypothesis=answer.data.get("hypothesis", "") if isinstance(answer.data, dict) else "",
                         change_type="", code=ctx.incumbent_code, error=f"invalid proposal after one re-ask: {error}",
                         calls=self.calls)
 
@@ -244,13 +244,14 @@ class LLMProposer:
         return self._ask_for_proposal(ctx, "fix", fix_task(candidate, error, log_tail), candidate.code)
 
     def revise_strategy(self, ctx: ProposalContext) -> tuple[str, str]:
+        """A new Strategy section and lessons; one re-ask, then the strategy stays as it is."""
         self.max_cost_left = ctx.max_cost_left
-        answer = self._call("revise", stable_context(ctx), revise_task(ctx), REVISE_TOOL, [])
-        data = answer.data or {}
-        if not isinstance(data.get("strategy"), str) or not data["strategy"].strip():
-            answer = self._call("revise-reask", stable_context(ctx), revise_task(ctx), REVISE_TOOL,
-                                self._reask(answer, "revise_strategy needs a non-empty 'strategy' string"))
+        turns: list[Any] = []
+        for attempt in range(2):
+            answer = self._call("revise" if attempt == 0 else "revise-reask", stable_context(ctx), revise_task(ctx),
+                                REVISE_TOOL, turns)
             data = answer.data or {}
-        if not isinstance(data.get("strategy"), str) or not data["strategy"].strip():
-            return ctx.strategy, "strategy revision failed: no valid answer; the strategy is unchanged"
-        return data["strategy"].strip(), str(data.get("lessons", "")).strip()
+            if isinstance(data.get("strategy"), str) and data["strategy"].strip():
+                return data["strategy"].strip(), str(data.get("lessons", "")).strip()
+            turns = turns + self._reask(answer, "revise_strategy needs a non-empty 'strategy' string")
+        return ctx.strategy, "strategy revision failed: no valid answer; the strategy is unchanged"
