@@ -12,7 +12,7 @@ What train.py may use:
     get_device()                                 cpu / cuda / mps (AUTORESEARCH_DEVICE overrides)
     load_split("train", device)                  (images float32 in [0, 1], N x 1 x 28 x 28; labels int64)
     TrainingBudget()                             says whether another epoch fits the time budget
-    save_model(model)                            writes the self-contained artifact that gets scored
+    save_model(model)                            writes the artifact that gets scored (weights + core ATen graph)
 
 Command line:
     python prepare.py                            find or download the data, verify it, print a summary
@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
+import operator
 import os
 import sys
 import time
@@ -55,13 +57,14 @@ FILES = {
     "t10k-labels-idx1-ubyte": ("bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"),
 }
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-MODEL_ARTIFACTS = ("model.pt2", "model.ts")  # torch.export first, TorchScript as the fallback
-EVAL_BATCH_SIZE = 1000
+MODEL_ARTIFACT = "model.safetensors"  # weights and a core ATen graph; no pickle, no code (see below)
+EVAL_BATCH_SIZE = 1000  # the exported graph's fixed batch; evaluation pads the last batch
 
 # Set by the sandbox: the only data a candidate can reach, and where its artifact goes.
 TRAIN_SPLIT_ENV = "AUTORESEARCH_TRAIN_SPLIT"
 ARTIFACT_DIR_ENV = "AUTORESEARCH_ARTIFACT_DIR"
 BUDGET_ENV = "TRAINING_BUDGET_SECS"
+DEADLINE_ENV = "AUTORESEARCH_DEADLINE"  # time.monotonic() by which training must be over
 
 
 class DataUnavailable(RuntimeError):
@@ -258,9 +261,10 @@ def get_device() -> torch.device:
 
 class TrainingBudget:
     """
-    Reads TRAINING_BUDGET_SECS. Creating it starts the clock and prints the marker
-    the sandbox uses to start its own clock; the sandbox kills the process (SIGKILL)
-    a grace period after the budget, whatever train.py does.
+    The sandbox gives every candidate the same deadline on the machine's monotonic clock
+    (AUTORESEARCH_DEADLINE: launch + start-up allowance + TRAINING_BUDGET_SECS) and SIGKILLs it
+    a short grace period later, whatever train.py does or prints. This helper stops training at
+    an epoch boundary before that deadline. Outside the sandbox the deadline is `seconds` from now.
     """
 
     def __init__(self, seconds: float | None = None):
@@ -268,28 +272,34 @@ class TrainingBudget:
         if self.seconds <= 0:
             raise ValueError(f"{BUDGET_ENV} must be positive, got {self.seconds}")
         self.epoch_seconds: list[float] = []
-        self.start = time.perf_counter()
+        self.start = time.monotonic()
         self._epoch_start = self.start
-        print(f"budget_start: {self.seconds:.1f}", flush=True)
+        deadline = os.environ.get(DEADLINE_ENV) if seconds is None else None
+        self.deadline = float(deadline) if deadline else self.start + self.seconds
+        print(f"budget_start: {self.seconds:.1f} (seconds left until the deadline: {self.remaining:.1f})", flush=True)
 
     @property
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return time.monotonic() - self.start
+
+    @property
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
 
     @property
     def epochs(self) -> int:
         return len(self.epoch_seconds)
 
     def another_epoch_fits(self) -> bool:
-        """True if the next epoch is predicted to end within the budget (the first always runs)."""
+        """True if the next epoch is predicted to end before the deadline (the first always runs)."""
         if not self.epoch_seconds:
             return True
         recent = self.epoch_seconds[-3:]
         predicted = max(recent[-1], sum(recent) / len(recent))
-        return self.elapsed + predicted <= self.seconds
+        return predicted <= self.remaining
 
     def epoch_done(self) -> None:
-        now = time.perf_counter()
+        now = time.monotonic()
         self.epoch_seconds.append(now - self._epoch_start)
         self._epoch_start = now
 
@@ -300,42 +310,197 @@ class TrainingBudget:
 
 
 # ---------------------------------------------------------------------------
-# Model artifact (fixed): self-contained, loadable without train.py.
+# Model artifact (fixed): a format without code.
+#
+# save_model exports the model with torch.export, decomposes it to core ATen
+# operators, and writes one safetensors file: the weights as raw tensors and,
+# in its metadata, the graph as JSON (operator names, constants, references).
+# load_artifact never unpickles, evaluates or imports anything named in the
+# file: it accepts core ATen operators only and runs them with a plain loop.
+# (torch.export.load and torch.jit.load unpickle, and parse expressions with
+# eval, so a crafted file could run code; this format cannot.)
 # ---------------------------------------------------------------------------
 
+ARTIFACT_FORMAT = "autoresearch-aten-graph/1"
+MAX_GRAPH_NODES = 20_000
+
+
+class ArtifactError(ValueError):
+    """The artifact is not a model this evaluator can run."""
+
+
+def _encode_arg(value):
+    """A graph argument as JSON: node references, scalars, lists, and a few tagged torch constants."""
+    if isinstance(value, torch.fx.Node):
+        return {"node": value.name}
+    if isinstance(value, (list, tuple)):
+        return [_encode_arg(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else {"float": repr(value)}
+    for kind in (torch.dtype, torch.layout, torch.memory_format):
+        if isinstance(value, kind):
+            return {kind.__name__: str(value).removeprefix("torch.")}
+    if isinstance(value, torch.device):
+        return {"device": "cpu"}
+    raise ArtifactError(f"the exported graph holds a {type(value).__name__} argument, which the evaluator cannot load")
+
+
+def _graph_json(program: "torch.export.ExportedProgram") -> tuple[list[dict], dict[str, torch.Tensor]]:
+    tensors: dict[str, torch.Tensor] = {}
+    inputs = {}
+    for spec in program.graph_signature.input_specs:
+        if spec.kind.name == "USER_INPUT":
+            inputs[spec.arg.name] = None
+            continue
+        value = program.state_dict.get(spec.target, program.constants.get(spec.target))
+        if not isinstance(value, torch.Tensor):
+            raise ArtifactError(f"model input {spec.target!r} is not a tensor ({spec.kind.name})")
+        key = f"t{len(tensors)}"
+        tensors[key] = value.detach().to("cpu").contiguous().clone()
+        inputs[spec.arg.name] = key
+    user_outputs = [i for i, spec in enumerate(program.graph_signature.output_specs) if spec.kind.name == "USER_OUTPUT"]
+    if len(user_outputs) != 1 or list(inputs.values()).count(None) != 1:
+        raise ArtifactError("the model must take one tensor of images and return one tensor of logits")
+    nodes = []
+    for node in program.graph.nodes:
+        if node.op == "placeholder":
+            nodes.append({"name": node.name, "op": "placeholder", "tensor": inputs[node.name]})
+        elif node.op == "call_function":
+            target = "getitem" if node.target is operator.getitem else str(node.target)
+            nodes.append({"name": node.name, "op": "call", "target": target,
+                          "args": _encode_arg(node.args), "kwargs": {k: _encode_arg(v) for k, v in node.kwargs.items()}})
+        elif node.op == "output":
+            nodes.append({"name": node.name, "op": "output", "value": _encode_arg(node.args[0][user_outputs[0]])})
+        else:
+            raise ArtifactError(f"the exported graph has a {node.op!r} node, which the evaluator cannot run")
+    return nodes, tensors
+
+
 def save_model(model: torch.nn.Module, directory: str | Path | None = None) -> Path:
-    """Export model (eval mode, CPU, dynamic batch) with torch.export, or TorchScript if export fails."""
+    """Export model (eval mode, CPU, batches of EVAL_BATCH_SIZE) to the artifact that gets scored."""
+    from safetensors.torch import save_file
+
     directory = Path(directory or os.environ.get(ARTIFACT_DIR_ENV, "."))
     directory.mkdir(parents=True, exist_ok=True)
     model = model.eval().to("cpu")
-    example = torch.zeros(2, *IMAGE_SHAPE)
+    example = torch.zeros(EVAL_BATCH_SIZE, *IMAGE_SHAPE)
     try:
-        batch = torch.export.Dim("batch")
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-        path = directory / MODEL_ARTIFACTS[0]
-        torch.export.save(program, str(path))
+        program = torch.export.export(model, (example,)).run_decompositions()
     except Exception as exc:
-        print(f"save_model: torch.export failed ({type(exc).__name__}), using TorchScript", flush=True)
-        path = directory / MODEL_ARTIFACTS[1]
-        with torch.no_grad():
-            torch.jit.trace(model, example).save(str(path))
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ArtifactError(f"torch.export could not capture the model ({type(exc).__name__}: {first_line}); "
+                            "forward() must not branch on tensor values") from None
+    nodes, tensors = _graph_json(program)
+    path = directory / MODEL_ARTIFACT
+    save_file(tensors, str(path), metadata={"format": ARTIFACT_FORMAT, "graph": json.dumps(nodes)})
+    with torch.no_grad():  # the evaluator must be able to run it: fail here, not at scoring time
+        load_artifact(path)(example)
     print(f"model_saved: {path.name}", flush=True)
     return path
 
 
-def find_artifact(directory: str | Path) -> Path | None:
-    for name in MODEL_ARTIFACTS:
-        path = Path(directory) / name
-        if path.is_file():
-            return path
-    return None
+def _decode_arg(value, env: dict[str, object]):
+    if isinstance(value, list):
+        return [_decode_arg(v, env) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if not isinstance(value, dict) or len(value) != 1:
+        raise ArtifactError(f"malformed graph argument {str(value)[:80]}")
+    (tag, name), = value.items()
+    if tag == "node":
+        if name not in env:
+            raise ArtifactError(f"graph refers to {str(name)[:40]!r} before defining it")
+        return env[name]
+    if tag == "float" and name in ("inf", "-inf", "nan"):
+        return float(name)
+    if tag == "device" and name == "cpu":
+        return torch.device("cpu")
+    kinds = {"dtype": torch.dtype, "layout": torch.layout, "memory_format": torch.memory_format}
+    if tag in kinds and isinstance(name, str) and name.isidentifier() and isinstance(getattr(torch, name, None), kinds[tag]):
+        return getattr(torch, name)
+    raise ArtifactError(f"unsupported graph constant {str(value)[:80]}")
 
 
-def load_artifact(path: str | Path) -> torch.nn.Module:
-    path = Path(path)
-    if path.suffix == ".pt2":
-        return torch.export.load(str(path)).module()
-    return torch.jit.load(str(path), map_location="cpu").eval()
+def _core_aten_op(target: object):
+    """operator.getitem, or a core ATen operator overload named 'aten.<op>.<overload>'; nothing else."""
+    if target == "getitem":
+        return operator.getitem
+    parts = target.split(".") if isinstance(target, str) else []
+    if len(parts) != 3 or parts[0] != "aten" or not all(p.isidentifier() and not p.startswith("__") for p in parts[1:]):
+        raise ArtifactError(f"unsupported operator {str(target)[:80]!r}: only core ATen operators are accepted")
+    try:
+        op = getattr(getattr(torch.ops.aten, parts[1]), parts[2])
+    except (AttributeError, RuntimeError):
+        raise ArtifactError(f"unknown operator {target!r}") from None
+    if not isinstance(op, torch._ops.OpOverload) or torch.Tag.core not in op.tags:
+        raise ArtifactError(f"operator {target!r} is not a core ATen operator")
+    return op
+
+
+class GraphModel:
+    """A loaded artifact: runs its core ATen graph on a batch of EVAL_BATCH_SIZE images."""
+
+    def __init__(self, nodes: list[dict], tensors: dict[str, torch.Tensor]):
+        if not isinstance(nodes, list) or not 0 < len(nodes) <= MAX_GRAPH_NODES:
+            raise ArtifactError("the graph must be a list of at most {MAX_GRAPH_NODES} nodes")
+        self.steps = []
+        for node in nodes:
+            if not isinstance(node, dict) or not isinstance(node.get("name"), str):
+                raise ArtifactError("malformed graph node")
+            op = node.get("op")
+            if op == "placeholder":
+                key = node.get("tensor")
+                if key is not None and key not in tensors:
+                    raise ArtifactError(f"graph names a missing tensor {str(key)[:40]!r}")
+                self.steps.append((node["name"], "placeholder", tensors[key] if key is not None else None, None, None))
+            elif op == "call":
+                args, kwargs = node.get("args", []), node.get("kwargs", {})
+                if not isinstance(args, list) or not isinstance(kwargs, dict):
+                    raise ArtifactError("malformed graph call")
+                self.steps.append((node["name"], "call", _core_aten_op(node.get("target")), args, kwargs))
+            elif op == "output":
+                self.steps.append((node["name"], "output", None, node.get("value"), None))
+            else:
+                raise ArtifactError(f"unknown graph node kind {str(op)[:40]!r}")
+        if [s[1] for s in self.steps].count("output") != 1 or self.steps[-1][1] != "output":
+            raise ArtifactError("the graph must end in exactly one output")
+        if sum(1 for s in self.steps if s[1] == "placeholder" and s[2] is None) != 1:
+            raise ArtifactError("the graph must take exactly one input (the images)")
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        env: dict[str, object] = {}
+        for name, kind, target, args, kwargs in self.steps:
+            if kind == "placeholder":
+                env[name] = images if target is None else target
+            elif kind == "call":
+                env[name] = target(*_decode_arg(args, env), **{str(k): _decode_arg(v, env) for k, v in kwargs.items()})
+            else:
+                out = _decode_arg(args, env)
+                if not isinstance(out, torch.Tensor):
+                    raise ArtifactError(f"the model returned {type(out).__name__}, expected a tensor of logits")
+                return out
+        raise ArtifactError("the graph has no output")
+
+
+def load_artifact(path: str | Path) -> GraphModel:
+    """The model in a saved artifact, loaded without pickle or code (see the section comment)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ArtifactError(f"not a safetensors model artifact ({exc})") from None
+    if metadata.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(f"not an {ARTIFACT_FORMAT} artifact: save the model with prepare.save_model(model)")
+    try:
+        nodes = json.loads(metadata.get("graph", ""))
+    except (ValueError, RecursionError) as exc:
+        raise ArtifactError(f"unreadable graph ({type(exc).__name__})") from None
+    return GraphModel(nodes, tensors)
 
 
 # ---------------------------------------------------------------------------
@@ -344,14 +509,19 @@ def load_artifact(path: str | Path) -> torch.nn.Module:
 # ---------------------------------------------------------------------------
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> torch.Tensor:
-    """Logits (N x NUM_CLASSES) for uint8 images (N x 28 x 28), computed in batches on the CPU."""
+def predict(model, images: torch.Tensor) -> torch.Tensor:
+    """Logits (N x NUM_CLASSES) for uint8 images (N x 28 x 28), in batches of EVAL_BATCH_SIZE on the CPU."""
     outputs = []
-    for start in range(0, len(images), batch_size):
-        out = model(to_model_input(images[start:start + batch_size]))
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"model returned {type(out).__name__}, expected a tensor of logits")
-        outputs.append(out.float())
+    for start in range(0, len(images), EVAL_BATCH_SIZE):
+        batch = to_model_input(images[start:start + EVAL_BATCH_SIZE])
+        n = len(batch)
+        if n < EVAL_BATCH_SIZE:  # the graph's batch is fixed: pad, then drop the padding's outputs
+            batch = torch.cat([batch, batch.new_zeros(EVAL_BATCH_SIZE - n, *IMAGE_SHAPE)])
+        out = model(batch)
+        if not isinstance(out, torch.Tensor) or out.ndim == 0 or len(out) != EVAL_BATCH_SIZE:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ArtifactError(f"model output {shape} for a batch of {EVAL_BATCH_SIZE} images")
+        outputs.append(out[:n].float())
     return torch.cat(outputs)
 
 

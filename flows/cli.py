@@ -55,14 +55,15 @@ def check_data() -> None:
         fail(str(exc), code=1)
 
 
-def make_limits(budget: float, grace: float, startup_allowance: float, memory_cap_gb: Optional[float]) -> settings.Limits:
+def make_limits(budget: float, grace: float, startup_allowance: Optional[float], memory_cap_gb: Optional[float]) -> settings.Limits:
+    """The limits, checked before anything starts (an unset start-up allowance is checked as 0 here)."""
     if memory_cap_gb is not None and memory_cap_gb <= 0:
         fail(f"--memory-cap-gb must be positive, got {memory_cap_gb}")
     try:
         return settings.Limits(
             budget_s=budget,
             grace_s=grace,
-            startup_allowance_s=startup_allowance,
+            startup_allowance_s=startup_allowance or 0.0,
             memory_cap_bytes=int(memory_cap_gb * 2**30) if memory_cap_gb else 0,
         )
     except ValueError as exc:
@@ -101,8 +102,8 @@ def train(
     seed: int = typer.Option(0, "--seed", help="AUTORESEARCH_SEED for the candidate"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: best available)"),
-    grace: float = typer.Option(settings.DEFAULT_GRACE_S, "--grace", help="seconds after the budget before SIGKILL"),
-    startup_allowance: float = typer.Option(settings.DEFAULT_STARTUP_ALLOWANCE_S, "--startup-allowance", help="seconds for imports and data loading, outside the budget"),
+    grace: float = typer.Option(settings.DEFAULT_GRACE_S, "--grace", help="seconds after the deadline to save the model before SIGKILL"),
+    startup_allowance: Optional[float] = typer.Option(None, "--startup-allowance", help="seconds for imports and data loading before the budget (default: measured)"),
     memory_cap_gb: Optional[float] = typer.Option(None, "--memory-cap-gb", help="memory cap (default: half of RAM)"),
     home: Optional[Path] = typer.Option(None, "--home", help="runs directory (default: AUTORESEARCH_HOME or ./runs)"),
 ) -> None:
@@ -112,11 +113,24 @@ def train(
     limits = make_limits(budget, grace, startup_allowance, memory_cap_gb)
     check_device(device)
     check_data()
+    from dataclasses import replace
+
     from infra.trial import run_trial
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     run_dir = settings.runs_home(home) / "scratch" / f"{stamp}-{path.stem}"
     code = path.read_text()
+    if startup_allowance is None:
+        from infra.startup_allowance import measure_startup_allowance
+
+        try:
+            measured = measure_startup_allowance(run_dir.with_name(run_dir.name + "-startup-probe"), device,
+                                                 limits.memory_cap_bytes)
+        except RuntimeError as exc:
+            fail(f"cannot measure the start-up allowance: {exc}", code=1)
+        limits = replace(limits, startup_allowance_s=measured)
+        if not json_out:
+            out.print(f"start-up allowance: {measured:g} s (measured in the sandbox)")
     result = with_progress(
         f"training {path.name}", budget,
         lambda on_line: run_trial(code, run_dir, limits, seed=seed, device=device, on_line=on_line),
@@ -164,8 +178,8 @@ def run(
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL (default: sqlite under --home; AUTORESEARCH_DB_URL)"),
     home: Optional[Path] = typer.Option(None, "--home", help="runs directory (default: AUTORESEARCH_HOME or ./runs)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps"),
-    grace: float = typer.Option(settings.DEFAULT_GRACE_S, "--grace", help="seconds after the budget before SIGKILL"),
-    startup_allowance: float = typer.Option(settings.DEFAULT_STARTUP_ALLOWANCE_S, "--startup-allowance"),
+    grace: float = typer.Option(settings.DEFAULT_GRACE_S, "--grace", help="seconds after the deadline to save the model before SIGKILL"),
+    startup_allowance: Optional[float] = typer.Option(None, "--startup-allowance", help="seconds before the budget for start-up (default: measured once per experiment)"),
     model: Optional[str] = typer.Option(None, "--model", help="model for claude/openai (default: claude-sonnet-4-6)"),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD cap on proposer calls; the loop ends before a call could pass it"),
     preflight: Optional[bool] = typer.Option(None, "--preflight/--no-preflight", help="smoke-run each candidate first (default: on for claude/openai)"),

@@ -8,7 +8,6 @@ workspace's git history and train.py are brought into agreement with the store f
 
 from __future__ import annotations
 
-import shutil
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -29,6 +28,7 @@ from infra.failpoints import failpoint  # noqa: E402
 from infra.lock import experiment_lock  # noqa: E402
 from infra.program import read_program, strategy_of, with_strategy  # noqa: E402
 from infra.proposers import LLM_SPECS, Proposal, ProposalContext, StopResearch  # noqa: E402
+from infra.startup_allowance import measure_startup_allowance  # noqa: E402
 from infra.store import Iteration, Store, iteration_record, utcnow  # noqa: E402
 from infra.trial import TrialResult, log_tail  # noqa: E402
 from infra.workspace import Workspace  # noqa: E402
@@ -63,10 +63,11 @@ class ExperimentConfig:
     preflight: bool | None = None  # smoke-run candidates first (None: only for language-model proposers)
     fix_attempts: int = 2
     grace_s: float = settings.DEFAULT_GRACE_S
-    startup_allowance_s: float = settings.DEFAULT_STARTUP_ALLOWANCE_S
+    startup_allowance_s: float | None = None  # None: measured once for the experiment (infra/startup_allowance.py)
     rule: dict[str, float] = field(default_factory=dict)
 
     def limits(self) -> settings.Limits:
+        assert self.startup_allowance_s is not None, "resolve the start-up allowance first"
         return settings.Limits(budget_s=self.budget_s, grace_s=self.grace_s, startup_allowance_s=self.startup_allowance_s)
 
     def rule_config(self) -> RuleConfig:
@@ -81,7 +82,6 @@ class Run:
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
-        self.limits = cfg.limits()
         self.rule = cfg.rule_config()
         self.store = Store(cfg.db_url)
         self.ws = Workspace(Path(cfg.home) / cfg.name)
@@ -89,8 +89,19 @@ class Run:
         self.test = prepare.load_split_uint8("test")
         self.baseline_code = Path(cfg.baseline_path).read_text()
         self.exp = self.store.ensure_experiment(cfg.name, asdict(cfg))
+        self._resolve_startup_allowance()
         self._check_same_settings()
+        self.limits = cfg.limits()
         self.preflight = cfg.preflight if cfg.preflight is not None else cfg.proposer in LLM_SPECS
+
+    def _resolve_startup_allowance(self) -> None:
+        """The experiment's stored allowance, or (first run) one measured now: the same for every candidate."""
+        if self.cfg.startup_allowance_s is None:
+            stored = self.exp.config.get("startup_allowance_s")
+            self.cfg.startup_allowance_s = stored if stored is not None else measure_startup_allowance(
+                self.ws.root / "iterations" / "startup-probe", self.cfg.device)
+            print(f"start-up allowance: {self.cfg.startup_allowance_s:g} s "
+                  f"({'stored with the experiment' if stored is not None else 'measured in the sandbox'})")
 
     def _check_same_settings(self) -> None:
         for key in FIXED_SETTINGS:
@@ -115,7 +126,7 @@ class Run:
         for row in self.finished():
             record = iteration_record(row, costs.get(row.index, 0.0))
             if row.status not in ("ok", "running"):
-                record["log_tail"] = log_tail(self.ws.iteration_dir(row.index) / "train.log", 8)
+                record["log_tail"] = log_tail(run_dir(self.ws, row.index, 0) / "train.log", 8)
             records.append(record)
         return records
 
@@ -166,17 +177,25 @@ class Run:
 
 # --- one measured run: train, then evaluate ----------------------------------
 
-def measure(run: Run, code: str, run_dir: Path, seed: int, iteration: int) -> TrialResult:
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted attempt is re-run from scratch
-    trained = sandboxed_train(code, run_dir, run.limits, seed, iteration, run.cfg.device)
+def seed_of(iteration: int, n: int) -> int:
+    return 1000 * iteration + n
+
+
+def run_dir(ws: Workspace, iteration: int, n: int) -> Path:
+    """The orchestrator's directory for the n-th measured run of an iteration (infra/trial.py's layout)."""
+    return ws.iteration_dir(iteration) / f"seed-{seed_of(iteration, n)}"
+
+
+def measure(run: Run, code: str, iteration: int, n: int) -> TrialResult:
+    """The n-th measured run of an iteration's code (re-run from scratch if an earlier attempt was interrupted)."""
+    seed = seed_of(iteration, n)
+    trained = sandboxed_train(code, run_dir(run.ws, iteration, n), run.limits, seed, iteration, run.cfg.device)
     return evaluate(trained, run.val, run.limits, iteration, seed)
 
 
-def add_seed_run(run: Run, code: str, directory: Path, i: int, scores: list[float]) -> bool:
-    """One more run of a candidate with the next seed (in directory/seed-N); its score joins scores if ok."""
-    n = len(scores)
-    extra = measure(run, code, directory / f"seed-{n}", 1000 * i + n, i)
+def add_seed_run(run: Run, code: str, i: int, scores: list[float]) -> bool:
+    """One more run of a candidate with the next seed; its score joins scores if ok."""
+    extra = measure(run, code, i, len(scores))
     if extra.status == "ok":
         scores.append(extra.val_accuracy)
     return extra.status == "ok"
@@ -190,7 +209,7 @@ def trial_fields(result: TrialResult) -> dict[str, Any]:
 
 def run_baseline(run: Run) -> None:
     code = run.ws.train_py.read_text()
-    results = [measure(run, code, run.ws.iteration_dir(0) / f"seed-{s}", s, 0) for s in range(run.cfg.repeats)]
+    results = [measure(run, code, 0, n) for n in range(run.cfg.repeats)]
     scores = [r.val_accuracy for r in results if r.status == "ok"]
     if not scores:
         raise RuntimeError(f"the baseline failed every run: {results[0].status}: {results[0].reason}")
@@ -255,20 +274,19 @@ def run_iteration(run: Run, i: int) -> bool:
         return True
     run.store.put_iteration(run.exp.id, i, **base, status="running", decision="", rule={}, measurements=[],
                             started_at=utcnow(), finished_at=None)
-    directory = run.ws.iteration_dir(i)
-    first = measure(run, proposal.code, directory, 1000 * i, i)
+    first = measure(run, proposal.code, i, 0)
     scores, decision, test_acc = [], None, None
     if first.status == "ok":
         scores = [first.val_accuracy]
         decision = keep_or_discard(incumbent.measurements, scores, run.rule, i)
         while decision.verdict == "confirm":
-            if not add_seed_run(run, proposal.code, directory, i, scores):
+            if not add_seed_run(run, proposal.code, i, scores):
                 break
             decision = keep_or_discard(incumbent.measurements, scores, run.rule, i)
         if decision.verdict == "keep":
             for _ in range(run.cfg.repeats):  # the new incumbent's own noise, from more seeds
-                add_seed_run(run, proposal.code, directory, i, scores)
-            test_acc = test_report(directory, run.test, run.limits, i)
+                add_seed_run(run, proposal.code, i, scores)
+            test_acc = test_report(Path(first.run_dir), run.test, run.limits, i)
     verdict = decision.verdict if decision and decision.verdict == "keep" else "discard"
     failpoint("decided", i)
     run.store.put_iteration(

@@ -81,3 +81,51 @@ def die_with_parent() -> None:
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _own_mount_ns() -> str:
+    return os.readlink("/proc/self/ns/mnt")
+
+
+def private_tmpfs_bytes(pids: list[int], mounts: tuple[str, ...]) -> int:
+    """Bytes used in the sandbox's private tmpfs mounts, read through the first process that lives in its
+    mount namespace (memory the RSS does not show)."""
+    own = _own_mount_ns()
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/ns/mnt") == own:
+                continue
+            used = 0
+            for mount in mounts:
+                st = os.statvfs(f"/proc/{pid}/root{mount}")
+                used += (st.f_blocks - st.f_bfree) * st.f_frsize
+            return used
+        except OSError:
+            continue
+    return 0
+
+
+def unlinked_open_file_bytes(pids: list[int]) -> int:
+    """Bytes of files the processes hold open but no directory shows: memfds and deleted files
+    (memory or disk that neither RSS nor a directory walk would count)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"{fd_dir}/{fd}")
+                if not (target.startswith("/memfd:") or target.endswith(" (deleted)")):
+                    continue
+                info = os.stat(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            key = (info.st_dev, info.st_ino)
+            if key not in seen:
+                seen.add(key)
+                total += info.st_blocks * 512
+    return total

@@ -1,18 +1,20 @@
 """
-The sandbox: run one command in a fresh directory with only what it needs.
+The sandbox: run one command with only what it needs, as a user that owns nothing.
 
-With bubblewrap (Debian `bubblewrap`): no network (private loopback only), its own
-PID namespace (killing it ends every descendant, setsid'ed or double-forked), a
-read-only view of the system and the Python environment, a private /tmp, the run
-directory as the only writable place, and the data files hidden. Only the files
-named in the job are mounted in.
+With bubblewrap (Debian `bubblewrap`):
+- identity: an unprivileged host uid with no capabilities, no setuid, no nested user namespaces
+  (infra/sandbox_identity.py); nothing it can see is writable but its own directory;
+- namespaces: no network (private loopback only), its own PID namespace (killing it ends every
+  descendant, setsid'ed or double-forked), its own IPC namespace without SysV shared memory;
+- filesystem: the system and the Python environment read-only, the root read-only, the data hidden,
+  only the files named in the job mounted (read-only) and one writable directory; a private /tmp and
+  /dev/shm whose use counts against the memory cap;
+- limits: RLIMIT_AS on CPU runs, at most MAX_TASKS processes and threads, no file larger than the
+  disk cap, no core dumps; the watchdog (infra/watchdog.py) enforces time, memory and disk from outside;
+- output: read through infra/output_capture.py (bounded lines, bounded log, bounded memory).
 
-Without bubblewrap the command runs as a plain subprocess in its own session;
-a warning says once that isolation is weaker. The kill logic (infra/watchdog.py)
-and the memory cap apply either way.
-
-Memory: RLIMIT_AS caps the address space on CPU runs (CUDA reserves huge virtual
-ranges, so it is skipped there); the watchdog's tree-RSS check covers every run.
+Without bubblewrap the command runs as a plain subprocess in its own session; a warning says once
+that isolation is weaker. The kill logic, limits and output bounds apply either way.
 """
 
 from __future__ import annotations
@@ -31,24 +33,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from infra import process_tree
+from infra import process_tree, sandbox_identity
+from infra.output_capture import BoundedLog
+from infra.safe_files import tree_usage
 from infra.watchdog import Watchdog
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
-POLL_S = 0.1
+PRIVATE_TMPFS = ("/tmp", "/dev/shm")
+POLL_S = 0.25
 SANDBOX_ENV = "AUTORESEARCH_SANDBOX"  # auto (default), bwrap, or none
+MAX_TASKS = 1024  # processes and threads of the sandbox user (RLIMIT_NPROC; root orchestrator only)
 
 
 @dataclass
 class SandboxJob:
     argv: list[str]
-    workdir: Path
-    log_path: Path
+    workdir: Path  # the only writable directory: created by the caller, given to the sandbox user
+    log_path: Path  # written by the orchestrator from the process's output; never inside workdir
     startup_allowance_s: float
     budget_s: float
     grace_s: float
     memory_cap_bytes: int
+    disk_cap_bytes: int = 2 * 2**30
+    max_files: int = 10_000
     env: dict[str, str] = field(default_factory=dict)
+    deadline_env: str | None = None  # if set, the deadline (time.monotonic()) is passed in this variable
     ro_paths: list[Path] = field(default_factory=list)  # mounted read-only at the same path inside
     hidden: list[Path] = field(default_factory=list)  # host paths to hide even if under a system dir
     cap_address_space: bool = True
@@ -59,10 +68,11 @@ class SandboxJob:
 class SandboxOutcome:
     exit_code: int | None  # the process's exit status, None if killed by a signal
     signal: int | None
-    killed_for: str | None  # 'timeout' or 'memory' when the watchdog killed it
+    killed_for: str | None  # 'timeout', 'memory' or 'disk' when the watchdog killed it
     wall_seconds: float
-    training_seconds: float | None
-    peak_rss_bytes: int
+    training_seconds: float
+    peak_rss_bytes: int  # peak memory: RSS of the tree + private tmpfs + unlinked open files
+    peak_disk_bytes: int
     log_path: Path
     isolated: bool
 
@@ -91,50 +101,78 @@ def warn_unisolated() -> None:
 
 def _python_roots() -> list[Path]:
     roots = {Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent.parent}
-    return sorted(r for r in roots if r.exists())
+    return sorted(r.resolve() for r in roots if r.exists())
 
 
 def _under(path: Path, roots: list[Path]) -> bool:
     return any(path == r or r in path.parents for r in roots)
 
 
-def bwrap_argv(bwrap: str, job: SandboxJob) -> list[str]:
-    args = [bwrap, "--die-with-parent", "--new-session", "--unshare-all",
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+def _parent_dirs(paths: list[Path]) -> list[str]:
+    """Every ancestor of the mount points, created 0755 up front (bubblewrap 0.8 would make them 0700,
+    which the unprivileged sandbox user could not traverse)."""
+    parents = {str(a) for p in paths for a in p.parents if str(a) != "/"}
+    return sorted(parents, key=lambda p: (p.count("/"), p))
+
+
+def bwrap_argv(bwrap: str, job: SandboxJob, userns_fd: int | None) -> list[str]:
+    if userns_fd is not None:  # root: our own user namespace (see infra/sandbox_identity.py)
+        identity = ["--userns", str(userns_fd)]
+        namespaces = ["--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]  # IPC: made before exec
+    else:
+        identity = ["--unshare-user", "--uid", str(sandbox_identity.INSIDE_UID), "--gid", str(sandbox_identity.INSIDE_UID),
+                    "--cap-drop", "ALL", "--disable-userns"]
+        namespaces = ["--unshare-all"]
+    args = [bwrap, *identity, *namespaces, "--die-with-parent", "--new-session", "--proc", "/proc", "--dev", "/dev"]
+    for mount in PRIVATE_TMPFS:  # bounded; the watchdog counts their use as memory
+        args += ["--perms", "1777", "--size", str(job.memory_cap_bytes), "--tmpfs", mount]
     bound: list[Path] = []
+    binds: list[str] = []
     for d in SYSTEM_DIRS:
         p = Path(d)
         if p.is_symlink():
-            args += ["--symlink", os.readlink(p), d]
+            binds += ["--symlink", os.readlink(p), d]
         elif p.is_dir():
-            args += ["--ro-bind", d, d]
+            binds += ["--ro-bind", d, d]
             bound.append(p)
     for root in _python_roots():
-        args += ["--ro-bind", str(root), str(root)]
+        binds += ["--ro-bind", str(root), str(root)]
         bound.append(root)
     for hidden in job.hidden:
         hidden = hidden.resolve()
         if hidden.is_dir() and _under(hidden, bound):
-            args += ["--tmpfs", str(hidden)]
+            binds += ["--tmpfs", str(hidden)]
     if job.gpu:  # CUDA needs its device nodes and sysfs
-        args += ["--ro-bind", "/sys", "/sys"]
+        binds += ["--ro-bind", "/sys", "/sys"]
         for dev in sorted(Path("/dev").glob("nvidia*")):
-            args += ["--dev-bind", str(dev), str(dev)]
-    args += ["--bind", str(job.workdir), str(job.workdir)]
+            binds += ["--dev-bind", str(dev), str(dev)]
+    binds += ["--bind", str(job.workdir), str(job.workdir)]
     for path in job.ro_paths:
-        args += ["--ro-bind", str(path), str(path)]
-    # bwrap's root is a tmpfs holding the mount points; make it read-only too, so that
-    # only the run directory and the private /tmp can be written.
-    args += ["--remount-ro", "/", "--chdir", str(job.workdir)]
+        binds += ["--ro-bind", str(path), str(path)]
+    mount_points = [*bound, job.workdir, *job.ro_paths]
+    for parent in _parent_dirs(mount_points):
+        args += ["--dir", parent]
+    # bwrap's root is a tmpfs holding the mount points; read-only too, so only the workdir and the
+    # private tmpfs mounts can be written
+    args += [*binds, "--remount-ro", "/", "--chdir", str(job.workdir)]
+    if userns_fd is not None:
+        args += sandbox_identity.drop_to_sandbox_user()
     return args
 
 
-def _child_setup(cap: int | None) -> Callable[[], None]:
-    """Runs in the child before exec: die with the orchestrator, and cap the address space on CPU runs."""
+def _child_setup(job: SandboxJob, private_ipc: bool) -> Callable[[], None]:
+    """Runs in the child before exec: die with the orchestrator, private IPC, resource limits."""
     def apply() -> None:
         process_tree.die_with_parent()
-        if cap:
-            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        os.umask(0o022)
+        if private_ipc:
+            sandbox_identity.private_ipc_without_shared_memory()
+        if job.cap_address_space:
+            resource.setrlimit(resource.RLIMIT_AS, (job.memory_cap_bytes, job.memory_cap_bytes))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (job.disk_cap_bytes, job.disk_cap_bytes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if private_ipc:  # root: counted per sandbox user namespace (a user's limit would count all its processes)
+            resource.setrlimit(resource.RLIMIT_NPROC, (MAX_TASKS, MAX_TASKS))
     return apply
 
 
@@ -154,25 +192,33 @@ def _base_env(job: SandboxJob, token: str) -> dict[str, str]:
     return env
 
 
-def _stream(pipe, log_path: Path, watchdog: Watchdog, on_line: Callable[[str], None] | None) -> None:
-    with open(log_path, "a", encoding="utf-8") as log:
-        for raw in iter(pipe.readline, b""):
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            watchdog.saw_line(line, time.monotonic())
-            log.write(line + "\n")
-            log.flush()
-            if on_line is not None:
-                on_line(line)
+def _stream(pipe, log: BoundedLog, watchdog: Watchdog) -> None:
+    log.consume(pipe, lambda line: watchdog.saw_line(line, time.monotonic()))
 
 
 def _kill_everything(proc: subprocess.Popen, token: str) -> None:
-    """SIGKILL the process group, the tree below it, and anything still carrying the run token."""
+    """SIGKILL the process group, the tree below it, and anything still carrying the run token; then
+    wait (a few seconds at most) until they are gone, so that nothing of the run outlives this call."""
+    doomed = process_tree.descendants(proc.pid)[1:]
     try:
         os.killpg(proc.pid, 9)
     except (ProcessLookupError, PermissionError):
         pass
-    process_tree.kill_all(process_tree.descendants(proc.pid))
-    process_tree.kill_all(process_tree.pids_with_env(token))
+    process_tree.kill_all(doomed)
+    strays = process_tree.pids_with_env(token)
+    process_tree.kill_all(strays)
+    doomed += strays
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(process_tree.alive(pid) for pid in doomed) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _memory_bytes(pids: list[int], isolated: bool) -> int:
+    memory = process_tree.rss_bytes(pids) + process_tree.unlinked_open_file_bytes(pids)
+    if isolated:
+        memory += process_tree.private_tmpfs_bytes(pids, PRIVATE_TMPFS)
+    return memory
 
 
 def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None) -> SandboxOutcome:
@@ -180,39 +226,50 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
     bwrap = bwrap_path()
     if bwrap is None:
         warn_unisolated()
-    argv = (bwrap_argv(bwrap, job) if bwrap else []) + job.argv
-    token = uuid.uuid4().hex
-    job.log_path.parent.mkdir(parents=True, exist_ok=True)
-    job.log_path.touch()
-    launched = time.monotonic()
-    watchdog = Watchdog(launched, job.startup_allowance_s, job.budget_s, job.grace_s, job.memory_cap_bytes)
-    proc = subprocess.Popen(
-        argv,
-        cwd=job.workdir,
-        env=_base_env(job, token),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=_child_setup(job.memory_cap_bytes if job.cap_address_space else None),
-    )
+    as_root = sandbox_identity.as_root() and bwrap is not None
+    userns_fd = sandbox_identity.user_namespace_fd() if as_root else None
+    try:
+        argv = (bwrap_argv(bwrap, job, userns_fd) if bwrap else []) + job.argv
+        token = uuid.uuid4().hex
+        env = _base_env(job, token)
+        log = BoundedLog(job.log_path, on_line)
+        launched = time.monotonic()
+        watchdog = Watchdog(launched, job.startup_allowance_s, job.budget_s, job.grace_s, job.memory_cap_bytes,
+                            job.disk_cap_bytes, job.max_files)
+        if job.deadline_env:
+            env[job.deadline_env] = f"{watchdog.deadline:.3f}"
+        proc = subprocess.Popen(
+            argv,
+            cwd=job.workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=(userns_fd,) if userns_fd is not None else (),
+            preexec_fn=_child_setup(job, private_ipc=as_root),
+        )
+    finally:
+        if userns_fd is not None:
+            os.close(userns_fd)
     # the caller's context (Prefect's run and settings) must reach on_line in the reader thread
     context = contextvars.copy_context()
-    reader = threading.Thread(target=context.run, args=(_stream, proc.stdout, job.log_path, watchdog, on_line), daemon=True)
+    reader = threading.Thread(target=context.run, args=(_stream, proc.stdout, log, watchdog), daemon=True)
     reader.start()
     killed_for = None
     try:
         while proc.poll() is None:
-            rss = process_tree.rss_bytes(process_tree.descendants(proc.pid))
-            killed_for = watchdog.verdict(time.monotonic(), rss)
+            pids = process_tree.descendants(proc.pid)
+            disk, files = tree_usage(job.workdir, job.max_files)
+            killed_for = watchdog.verdict(time.monotonic(), _memory_bytes(pids, bwrap is not None), disk, files)
             if killed_for:
                 break
             time.sleep(POLL_S)
     finally:
-        _kill_everything(proc, token)
-        proc.wait()
         ended = time.monotonic()
+        _kill_everything(proc, token)
         reader.join(timeout=10)
+        proc.stdout.close()
     rc = proc.returncode
     return SandboxOutcome(
         exit_code=rc if rc >= 0 else None,
@@ -220,7 +277,8 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
         killed_for=killed_for,
         wall_seconds=ended - launched,
         training_seconds=watchdog.training_seconds(ended),
-        peak_rss_bytes=watchdog.peak_rss_bytes,
+        peak_rss_bytes=watchdog.peak_memory_bytes,
+        peak_disk_bytes=watchdog.peak_disk_bytes,
         log_path=job.log_path,
         isolated=bwrap is not None,
     )

@@ -11,10 +11,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PREPARE_PY = REPO_ROOT / "prepare.py"
 BASELINE_TRAIN_PY = REPO_ROOT / "baseline" / "train.py"
 
-# Start-up (interpreter, imports, data to the device) is not training: it gets its own allowance.
+# Start-up (interpreter, imports, data to the device) comes before the budget: every candidate gets
+# the same allowance for it (by default measured once per experiment: infra/startup_allowance.py).
 DEFAULT_STARTUP_ALLOWANCE_S = 30.0
-# After the budget, time to finish the last epoch and save the model before SIGKILL.
-DEFAULT_GRACE_S = 30.0
+# After the deadline, time to save the model before SIGKILL: the documented tolerance on the budget.
+DEFAULT_GRACE_S = 10.0
+# What one candidate may write: bytes and entries in its directory, and the size of its model.
+DEFAULT_DISK_CAP_BYTES = 2 * 2**30
+DEFAULT_MAX_FILES = 10_000
+MAX_ARTIFACT_BYTES = 1 * 2**30
 # Scoring 10,000 images must never take this long; a model that does is treated as broken.
 DEFAULT_EVAL_TIMEOUT_S = 120.0
 
@@ -45,6 +50,8 @@ class Limits:
     grace_s: float = DEFAULT_GRACE_S
     memory_cap_bytes: int = 0  # 0: default_memory_cap_bytes()
     eval_timeout_s: float = DEFAULT_EVAL_TIMEOUT_S
+    disk_cap_bytes: int = DEFAULT_DISK_CAP_BYTES
+    max_files: int = DEFAULT_MAX_FILES
 
     def __post_init__(self) -> None:
         if not self.budget_s > 0:
@@ -56,5 +63,5 @@ class Limits:
 
     @property
     def hard_limit_s(self) -> float:
-        """Wall seconds after launch at which the candidate is SIGKILLed, at the latest."""
+        """Wall seconds after launch at which the candidate is SIGKILLed: its deadline plus grace."""
         return self.startup_allowance_s + self.budget_s + self.grace_s

@@ -1,19 +1,30 @@
 """
 One trial: a candidate train.py through the sandbox, then independent evaluation.
 
+A run directory belongs to the orchestrator; the candidate can write only work/ inside it, and
+nothing the orchestrator reads or writes is in work/ (infra/safe_files.py):
+
+    train.py            the candidate's code, as proposed
+    train.log           its output, written here by the orchestrator (bounded: infra/output_capture.py)
+    model.safetensors   its saved model, copied out of work/ after it exited (a regular file, bounded size)
+    eval/, test-eval/   the evaluation processes' inputs, outputs and logs (infra/evaluation.py)
+    work/               the candidate's working directory, its only writable place; deleted after the run
+    data/train.pt       the training split, written fresh for this run, mounted read-only; deleted after
+
 Statuses:
-    ok       trained, saved a model, and the model was scored
-    crashed  non-zero exit, killed by a signal, or over the memory cap
-    timeout  still running at budget + start-up allowance + grace, so SIGKILLed
-    invalid  not runnable Python, or no usable model (missing, malformed, wrong shape, NaN)
+    ok       exited by itself before deadline + grace, saved a model, and the model was scored
+    crashed  non-zero exit, killed by a signal, or over the memory or disk cap
+    timeout  still running at its deadline + grace, so SIGKILLed
+    invalid  not runnable Python, or no usable model (missing, not a regular file, malformed, wrong shape, NaN)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -24,11 +35,15 @@ import torch
 
 import prepare
 from infra.evaluation import evaluate_artifact, hidden_data_dirs
+from infra.safe_files import UnsafeFile, copy_out, remove_tree, write_private
 from infra.sandbox import SandboxJob, SandboxOutcome, run_sandboxed
-from infra.settings import PREPARE_PY, Limits
+from infra.sandbox_identity import give_to_sandbox
+from infra.settings import MAX_ARTIFACT_BYTES, PREPARE_PY, Limits
 
 MEMORY_ERROR_PATTERNS = ("MemoryError", "can't allocate memory", "Cannot allocate memory", "std::bad_alloc", "out of memory")
 ERROR_LINE = re.compile(r"^(\w+(\.\w+)*(Error|Exception|Interrupt)|FAIL|Traceback|error)\b.*")
+EPOCHS_LINE = re.compile(r"^epochs: ([0-9]{1,9})$", flags=re.MULTILINE | re.ASCII)
+PREFLIGHT_IMAGES = 2000
 
 
 @dataclass
@@ -54,21 +69,26 @@ class TrialResult:
 def syntax_error(code: str) -> str | None:
     try:
         compile(code, "train.py", "exec")
-    except SyntaxError as exc:
-        return f"syntax error at line {exc.lineno}: {exc.msg}"
+    except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes in the source
+        return f"syntax error at line {getattr(exc, 'lineno', None)}: {getattr(exc, 'msg', exc)}"
     return None
 
 
-def reported(log_text: str, key: str) -> str | None:
-    """The last `key: value` line train.py printed (informational only)."""
-    found = re.findall(rf"^{re.escape(key)}:\s*(\S+)", log_text, flags=re.MULTILINE)
-    return found[-1] if found else None
+def reported_epochs(log_text: str) -> int | None:
+    """The last `epochs: N` line train.py printed (informational; ASCII digits only, bounded)."""
+    found = EPOCHS_LINE.findall(log_text)
+    return int(found[-1]) if found else None
+
+
+def read_log(log_path: str | Path) -> str:
+    """A log the orchestrator wrote (bounded by infra/output_capture.py), or '' if there is none."""
+    path = Path(log_path)
+    return path.read_text(errors="replace") if path.is_file() and not path.is_symlink() else ""
 
 
 def log_tail(log_path: str | Path, lines: int = 15, traceback_lines: int = 60) -> str:
     """The last lines of a log; if it ends in a traceback, the whole traceback (up to traceback_lines)."""
-    path = Path(log_path)
-    text = path.read_text(errors="replace").splitlines() if path.exists() else []
+    text = read_log(log_path).splitlines()
     starts = [n for n, line in enumerate(text) if line.startswith("Traceback (most recent call last)")]
     if starts and len(text) - starts[-1] <= traceback_lines:
         return "\n".join(text[starts[-1]:])
@@ -86,15 +106,6 @@ def crash_reason(log_text: str, exit_code: int | None, signal: int | None) -> st
     return f"train.py ended with {how}{tail}"
 
 
-PREFLIGHT_IMAGES = 2000
-
-
-def train_split_file(limit: int | None = None) -> Path:
-    """The training split alone (or its first `limit` images), written once: the only data a sandbox can see."""
-    name = f"train-{prepare.SPLIT_SEED}" + (f"-first{limit}" if limit else "") + ".pt"
-    return prepare.write_train_split(prepare.cache_dir() / "splits" / name, limit)
-
-
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -103,38 +114,43 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def _prepare_run_dir(code: str, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "train.py").write_text(code)
-    dest = run_dir / "prepare.py"
-    if dest.exists():
-        dest.chmod(0o644)
-    shutil.copyfile(PREPARE_PY, dest)
-    dest.chmod(0o444)
-    for stale in prepare.MODEL_ARTIFACTS:
-        (run_dir / stale).unlink(missing_ok=True)
+def fresh_run_dir(code: str, run_dir: Path) -> Path:
+    """The orchestrator's run directory, empty but for the code; returns work/, given to the sandbox user."""
+    remove_tree(run_dir)  # an interrupted attempt is re-run from scratch
+    run_dir.mkdir(parents=True, mode=0o755)
+    write_private(run_dir / "train.py", code.encode(), 0o644)
+    work = run_dir / "work"
+    work.mkdir(mode=0o755)
+    write_private(work / "train.py", code.encode(), 0o644)
+    give_to_sandbox(work)
+    return work
 
 
-def _train_job(run_dir: Path, limits: Limits, seed: int, split_file: Path, device: str | None) -> SandboxJob:
+def train_job(run_dir: Path, limits: Limits, seed: int, split_file: Path, device: str | None) -> SandboxJob:
+    work = run_dir / "work"
     env = {
         prepare.BUDGET_ENV: f"{limits.budget_s:g}",
         "AUTORESEARCH_SEED": str(seed),
-        prepare.ARTIFACT_DIR_ENV: str(run_dir),
+        prepare.ARTIFACT_DIR_ENV: str(work),
+        prepare.TRAIN_SPLIT_ENV: str(split_file),
+        "PYTHONPATH": str(PREPARE_PY.parent),  # only prepare.py is mounted from there
     }
     if device:
         env["AUTORESEARCH_DEVICE"] = device
     gpu = (device or "").startswith("cuda") or (device is None and torch.cuda.is_available())
-    env[prepare.TRAIN_SPLIT_ENV] = str(split_file)
     return SandboxJob(
         argv=[sys.executable, "train.py"],
-        workdir=run_dir,
+        workdir=work,
         log_path=run_dir / "train.log",
         startup_allowance_s=limits.startup_allowance_s,
         budget_s=limits.budget_s,
         grace_s=limits.grace_s,
         memory_cap_bytes=limits.memory_cap_bytes,
+        disk_cap_bytes=limits.disk_cap_bytes,
+        max_files=limits.max_files,
         env=env,
-        ro_paths=[run_dir / "prepare.py", split_file],
+        deadline_env=prepare.DEADLINE_ENV,
+        ro_paths=[PREPARE_PY, split_file],
         hidden=hidden_data_dirs(),
         cap_address_space=not gpu,
         gpu=gpu,
@@ -144,11 +160,16 @@ def _train_job(run_dir: Path, limits: Limits, seed: int, split_file: Path, devic
 def _failure_status(outcome: SandboxOutcome, log_text: str, limits: Limits) -> tuple[str, str] | None:
     if outcome.killed_for == "timeout":
         return "timeout", (
-            f"killed (SIGKILL) after {outcome.wall_seconds:.1f} s: still running past budget {limits.budget_s:g} s "
-            f"+ grace {limits.grace_s:g} s (start-up allowance {limits.startup_allowance_s:g} s)"
+            f"killed (SIGKILL) after {outcome.wall_seconds:.1f} s: still running {limits.grace_s:g} s past its deadline "
+            f"(start-up allowance {limits.startup_allowance_s:g} s + budget {limits.budget_s:g} s)"
         )
     if outcome.killed_for == "memory":
         return "crashed", f"exceeded the memory cap of {_gib(limits.memory_cap_bytes)} (peak {_gib(outcome.peak_rss_bytes)}); killed"
+    if outcome.killed_for == "disk":
+        return "crashed", (f"wrote more than the disk cap in its directory ({_gib(limits.disk_cap_bytes)} or "
+                           f"{limits.max_files} files); killed")
+    if outcome.signal == signal.SIGXFSZ:
+        return "crashed", f"wrote a file larger than the disk cap of {_gib(limits.disk_cap_bytes)} (SIGXFSZ)"
     if outcome.exit_code != 0:
         if any(p in log_text for p in MEMORY_ERROR_PATTERNS):
             return "crashed", f"exceeded the memory cap of {_gib(limits.memory_cap_bytes)}: {crash_reason(log_text, outcome.exit_code, outcome.signal)}"
@@ -158,14 +179,12 @@ def _failure_status(outcome: SandboxOutcome, log_text: str, limits: Limits) -> t
 
 def _result(status: str, reason: str, run_dir: Path, started: float, outcome: SandboxOutcome | None = None) -> TrialResult:
     log_path = run_dir / "train.log"
-    text = log_path.read_text(errors="replace") if log_path.exists() else ""
-    epochs = reported(text, "epochs")
     return TrialResult(
         status=status,
         reason=reason,
         val_accuracy=None,
         val_loss=None,
-        epochs=int(epochs) if epochs and epochs.isdigit() else None,
+        epochs=reported_epochs(read_log(log_path)),
         train_seconds=outcome.training_seconds if outcome else None,
         wall_seconds=time.monotonic() - started,
         peak_memory_bytes=outcome.peak_rss_bytes if outcome else 0,
@@ -177,6 +196,17 @@ def _result(status: str, reason: str, run_dir: Path, started: float, outcome: Sa
     )
 
 
+def _take_artifact(work: Path, run_dir: Path) -> str | None:
+    """Copy the saved model out of work/; None if done, else why not."""
+    try:
+        copy_out(work, prepare.MODEL_ARTIFACT, run_dir / prepare.MODEL_ARTIFACT, MAX_ARTIFACT_BYTES)
+    except UnsafeFile as exc:
+        if str(exc) == f"no {prepare.MODEL_ARTIFACT}":
+            return "no model saved: train.py must call prepare.save_model(model)"
+        return f"model artifact rejected: {exc}"
+    return None
+
+
 def train_candidate(
     code: str,
     run_dir: Path,
@@ -184,31 +214,39 @@ def train_candidate(
     seed: int = 0,
     device: str | None = None,
     on_line: Callable[[str], None] | None = None,
-    split_file: Path | None = None,
+    split_limit: int | None = None,
 ) -> TrialResult:
-    """Train code in a sandbox under limits. Status ok here means: it exited cleanly and saved a model."""
+    """Train code in a sandbox under limits. Status ok here means: it exited in time and saved a model."""
     started = time.monotonic()
-    run_dir = Path(run_dir).resolve()
+    run_dir = Path(os.path.abspath(run_dir))  # not resolve(): a link at the run path is removed, never followed
+    work = fresh_run_dir(code, run_dir)
     problem = syntax_error(code)
-    _prepare_run_dir(code, run_dir)
     if problem:
-        (run_dir / "train.log").write_text(problem + "\n")
+        write_private(run_dir / "train.log", (problem + "\n").encode(), 0o644)
+        remove_tree(work)
         return _result("invalid", problem, run_dir, started)
-    prepare_hash = _file_hash(PREPARE_PY)
-    outcome = run_sandboxed(_train_job(run_dir, limits, seed, split_file or train_split_file(), device), on_line)
-    failure = _failure_status(outcome, (run_dir / "train.log").read_text(errors="replace"), limits)
-    if failure:
-        return _result(*failure, run_dir, started, outcome)
-    if _file_hash(PREPARE_PY) != prepare_hash:
-        return _result("invalid", "prepare.py was modified during the run; nothing from it is trusted", run_dir, started, outcome)
-    if prepare.find_artifact(run_dir) is None:
-        return _result("invalid", "no model saved: train.py must call prepare.save_model(model)", run_dir, started, outcome)
-    return _result("ok", "trained", run_dir, started, outcome)
+    try:
+        split_file = prepare.write_train_split(run_dir / "data" / "train.pt", split_limit)
+        split_file.chmod(0o444)
+        prepare_hash = _file_hash(PREPARE_PY)
+        outcome = run_sandboxed(train_job(run_dir, limits, seed, split_file, device), on_line)
+        failure = _failure_status(outcome, read_log(run_dir / "train.log"), limits)
+        if failure:
+            return _result(*failure, run_dir, started, outcome)
+        if _file_hash(PREPARE_PY) != prepare_hash:
+            return _result("invalid", "prepare.py was modified during the run; nothing from it is trusted", run_dir, started, outcome)
+        rejected = _take_artifact(work, run_dir)
+        if rejected:
+            return _result("invalid", rejected, run_dir, started, outcome)
+        return _result("ok", "trained", run_dir, started, outcome)
+    finally:
+        remove_tree(work)
+        remove_tree(run_dir / "data")
 
 
 def score_artifact(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, limits: Limits, name: str = "eval"):
     """Evaluate the model a trial saved on (images, labels): validation, or the held-out test set."""
-    return evaluate_artifact(prepare.find_artifact(run_dir), images, labels, Path(run_dir) / name, limits)
+    return evaluate_artifact(Path(run_dir) / prepare.MODEL_ARTIFACT, images, labels, Path(run_dir) / name, limits)
 
 
 def score_trial(trained: TrialResult, val: tuple[torch.Tensor, torch.Tensor], limits: Limits) -> TrialResult:

@@ -1,14 +1,19 @@
 """
 The kill logic: when a sandboxed process must die, and why.
 
-A candidate can ignore SIGTERM, never call the budget helper, or fork children
-that setsid away; none of that defers SIGKILL sent from outside. The clock:
+The clock is the orchestrator's, never the candidate's:
 
-    launch ──startup allowance──> training starts ──budget──> ──grace──> SIGKILL
+    launch ──start-up allowance──> ──budget──> deadline ──grace──> SIGKILL
 
-Training starts when the process prints the budget marker (prepare.TrainingBudget),
-or when the start-up allowance runs out, whichever is first, so slow imports never
-buy extra training time. Memory is watched over the whole process tree's RSS.
+Every candidate gets the same window: until the deadline (launch + start-up allowance + budget) to
+train, however it splits that between start-up and epochs, and `grace` more to save its model.
+prepare.TrainingBudget is told the deadline and stops at an epoch boundary before it; a candidate that
+ignores it, never prints the budget marker, or trains during "start-up" gains nothing: at
+deadline + grace it is SIGKILLed and scored `timeout`, never `ok`. SIGKILL cannot be caught or deferred.
+
+Resources are watched from outside at every poll: memory (the process tree's RSS, its private tmpfs
+mounts, and memfds or deleted files it holds open) against the memory cap, and the bytes and entries
+in its writable directory against the disk caps.
 """
 
 from __future__ import annotations
@@ -25,29 +30,38 @@ class Watchdog:
     budget_s: float
     grace_s: float
     memory_cap_bytes: int
+    disk_cap_bytes: int
+    max_files: int
     training_started: float | None = None
-    peak_rss_bytes: int = 0
+    peak_memory_bytes: int = 0
+    peak_disk_bytes: int = 0
 
     def saw_line(self, line: str, now: float) -> None:
         if self.training_started is None and line.startswith(BUDGET_MARKER):
             self.training_started = now
 
+    @property
+    def deadline(self) -> float:
+        return self.launched + self.startup_allowance_s + self.budget_s
+
     def kill_at(self) -> float:
-        """The moment of SIGKILL: budget + grace after training started, never later than the hard limit."""
+        return self.deadline + self.grace_s
+
+    def verdict(self, now: float, memory_bytes: int, disk_bytes: int = 0, files: int = 0) -> str | None:
+        """'timeout', 'memory' or 'disk' if the process must be killed now, else None."""
+        self.peak_memory_bytes = max(self.peak_memory_bytes, memory_bytes)
+        self.peak_disk_bytes = max(self.peak_disk_bytes, disk_bytes)
+        if now >= self.kill_at():
+            return "timeout"
+        if memory_bytes > self.memory_cap_bytes:
+            return "memory"
+        if disk_bytes > self.disk_cap_bytes or files > self.max_files:
+            return "disk"
+        return None
+
+    def training_seconds(self, ended: float) -> float:
+        """Seconds from the budget marker (or, without one, the end of the start-up allowance) to exit."""
         start = self.launched + self.startup_allowance_s
         if self.training_started is not None:
             start = min(start, self.training_started)
-        return start + self.budget_s + self.grace_s
-
-    def verdict(self, now: float, rss_bytes: int) -> str | None:
-        """'timeout' or 'memory' if the process must be killed now, else None."""
-        self.peak_rss_bytes = max(self.peak_rss_bytes, rss_bytes)
-        if now >= self.kill_at():
-            return "timeout"
-        if rss_bytes > self.memory_cap_bytes:
-            return "memory"
-        return None
-
-    def training_seconds(self, ended: float) -> float | None:
-        """Wall seconds from the budget marker to exit, measured outside the candidate."""
-        return None if self.training_started is None else ended - self.training_started
+        return max(0.0, ended - start)

@@ -4,7 +4,7 @@ The experiment workspace, runs/<experiment>/:
     train.py            the incumbent
     program.md          the experiment's own program (its Strategy section is revised)
     progress.png        validation accuracy per iteration
-    iterations/NNNN/    each candidate: train.py, train.log, model, eval/ (and seed-K/ re-runs)
+    iterations/NNNN/    each candidate: seed-K/ per measured run (infra/trial.py's layout), preflight-A/
     .git                every kept change is a commit: `git log -p` reads as the research log
 
 The store is the source of truth; `sync_git` makes the git history agree with it
@@ -13,11 +13,21 @@ after any crash (each keep commit carries an `Iteration: N` trailer).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
 
 GIT_IDENTITY = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost", "-c", "commit.gpgsign=false"]
+# Git runs only on orchestrator-written files, and never runs code from its configuration: no hooks, no
+# fsmonitor, no system or user config (a planted hook or fsmonitor would otherwise run as this user).
+GIT_SAFETY = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false"]
+GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_TERMINAL_PROMPT": "0",
+           "GIT_OPTIONAL_LOCKS": "0"}
+
+
+def _git_env() -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("GIT_")}, **GIT_ENV}
 TRAILER = re.compile(r"^Iteration: (\d+)$", re.MULTILINE)
 
 
@@ -37,7 +47,8 @@ class Workspace:
         return self.root / "iterations" / f"{index:04d}"
 
     def git(self, *args: str) -> str:
-        done = subprocess.run(["git", *GIT_IDENTITY, *args], cwd=self.root, capture_output=True, text=True)
+        done = subprocess.run(["git", *GIT_IDENTITY, *GIT_SAFETY, *args], cwd=self.root, capture_output=True, text=True,
+                              env=_git_env())
         if done.returncode != 0:
             raise RuntimeError(f"git {' '.join(args)} failed in {self.root}: {done.stderr.strip()}")
         return done.stdout
@@ -57,8 +68,8 @@ class Workspace:
             self.git("commit", "-q", "-m", "Baseline\n\nThe starting train.py and program.md.\n\nIteration: 0")
 
     def _has_head(self) -> bool:
-        return subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=self.root,
-                              capture_output=True).returncode == 0
+        return subprocess.run(["git", *GIT_SAFETY, "rev-parse", "--verify", "-q", "HEAD"], cwd=self.root,
+                              capture_output=True, env=_git_env()).returncode == 0
 
     def committed_iterations(self) -> list[int]:
         return sorted(int(n) for n in TRAILER.findall(self.git("log", "--format=%B")))

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from infra.settings import Limits
-from infra.trial import PREFLIGHT_IMAGES, TrialResult, train_candidate, train_split_file
+from infra.trial import PREFLIGHT_IMAGES, TrialResult, train_candidate
 
 PREFLIGHT_BUDGET_S = 2.0
 
@@ -20,6 +20,6 @@ def preflight(code: str, run_dir: Path, limits: Limits, iteration: int, attempt:
     logger = get_run_logger()
     smoke = replace(limits, budget_s=PREFLIGHT_BUDGET_S, grace_s=min(limits.grace_s, 10.0))
     result = train_candidate(code, run_dir, smoke, seed=0, device=device, on_line=logger.info,
-                             split_file=train_split_file(PREFLIGHT_IMAGES))
+                             split_limit=PREFLIGHT_IMAGES)
     logger.info(f"preflight: {result.status} ({result.reason})")
     return result

@@ -127,7 +127,7 @@ class FakeClock:
 
 def test_budget_predicts_whether_next_epoch_fits(monkeypatch, capsys):
     clock = FakeClock()
-    monkeypatch.setattr(prepare.time, "perf_counter", clock)
+    monkeypatch.setattr(prepare.time, "monotonic", clock)
     budget = prepare.TrainingBudget(10)
     assert "budget_start: 10.0" in capsys.readouterr().out
     assert budget.another_epoch_fits()  # the first epoch always runs
@@ -151,19 +151,38 @@ def test_budget_reads_environment_and_rejects_non_positive(monkeypatch):
         prepare.TrainingBudget()
 
 
-def test_save_model_round_trips_through_torch_export(tmp_path):
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    path = prepare.save_model(model, tmp_path)
-    assert path.name == "model.pt2"
-    images = torch.randint(0, 256, (1001, 28, 28), dtype=torch.uint8)  # odd size: last batch of 1
-    expected = model(prepare.to_model_input(images)).detach()
-    got = prepare.predict(prepare.load_artifact(path), images)
-    assert got.shape == (1001, 10)
-    assert torch.allclose(got, expected, atol=1e-5)
+def test_budget_stops_before_the_sandbox_deadline_not_its_own_clock(monkeypatch, capsys):
+    """The deadline is the sandbox's (launch + start-up allowance + budget): a slow start-up leaves less time."""
+    clock = FakeClock()
+    clock.now = 100.0
+    monkeypatch.setattr(prepare.time, "monotonic", clock)
+    monkeypatch.setenv(prepare.BUDGET_ENV, "10")
+    monkeypatch.setenv(prepare.DEADLINE_ENV, "106.0")  # only 6 s left when training starts
+    budget = prepare.TrainingBudget()
+    assert "seconds left until the deadline: 6.0" in capsys.readouterr().out
+    clock.now += 2.5
+    budget.epoch_done()
+    assert budget.another_epoch_fits()  # 3.5 s left, 2.5 s predicted
+    clock.now += 2.5
+    budget.epoch_done()
+    assert not budget.another_epoch_fits()  # 1 s left, 2.5 s predicted, though 5 s of "budget" were used
+
+
+def test_save_model_round_trips_through_the_aten_graph(tmp_path):
+    from benchmarks.cnn3 import three_block_cnn
+
+    for model in (nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), three_block_cnn()):
+        path = prepare.save_model(model, tmp_path)
+        assert path.name == prepare.MODEL_ARTIFACT
+        images = torch.randint(0, 256, (1001, 28, 28), dtype=torch.uint8)  # odd size: the last batch is padded
+        expected = model.eval()(prepare.to_model_input(images)).detach()
+        got = prepare.predict(prepare.load_artifact(path), images)
+        assert got.shape == (1001, 10)
+        assert torch.allclose(got, expected, atol=1e-4)
 
 
 class DataDependent(nn.Module):
-    """Python control flow on tensor values: torch.export refuses it, tracing does not."""
+    """Python control flow on tensor values: torch.export refuses it."""
 
     def __init__(self):
         super().__init__()
@@ -176,16 +195,71 @@ class DataDependent(nn.Module):
         return out
 
 
-def test_save_model_falls_back_to_torchscript(tmp_path):
-    path = prepare.save_model(DataDependent(), tmp_path)
-    assert path.name == "model.ts"
-    assert prepare.find_artifact(tmp_path) == path
-    logits = prepare.predict(prepare.load_artifact(path), torch.zeros(3, 28, 28, dtype=torch.uint8))
-    assert logits.shape == (3, 10)
+def test_save_model_refuses_what_export_cannot_capture_with_a_clear_error(tmp_path):
+    with pytest.raises(prepare.ArtifactError, match="forward\\(\\) must not branch on tensor values"):
+        prepare.save_model(DataDependent(), tmp_path)
+    assert not (tmp_path / prepare.MODEL_ARTIFACT).exists()
+
+
+def write_artifact(path, graph, tensors=None, fmt=prepare.ARTIFACT_FORMAT):
+    import json
+
+    from safetensors.torch import save_file
+
+    save_file(tensors or {}, str(path), metadata={"format": fmt, "graph": json.dumps(graph)})
+
+
+IDENTITY_INPUT = {"name": "x", "op": "placeholder", "tensor": None}
+
+
+@pytest.mark.parametrize("graph, message", [
+    ([IDENTITY_INPUT, {"name": "y", "op": "call", "target": "aten.from_file.default", "args": ["/etc/passwd"], "kwargs": {}},
+      {"name": "o", "op": "output", "value": {"node": "y"}}], "is not a core ATen operator"),
+    ([IDENTITY_INPUT, {"name": "y", "op": "call", "target": "os.system", "args": ["true"], "kwargs": {}},
+      {"name": "o", "op": "output", "value": {"node": "y"}}], "only core ATen operators"),
+    ([IDENTITY_INPUT, {"name": "y", "op": "call", "target": "aten.relu.default", "args": [{"node": "later"}], "kwargs": {}},
+      {"name": "o", "op": "output", "value": {"node": "y"}}], "before defining it"),
+    ([IDENTITY_INPUT, {"name": "y", "op": "call", "target": "aten.relu.default", "args": [{"py": "__import__('os')"}],
+                       "kwargs": {}}, {"name": "o", "op": "output", "value": {"node": "y"}}], "unsupported graph constant"),
+    ([IDENTITY_INPUT, {"name": "y", "op": "call", "target": "aten._to_copy.default", "args": [{"node": "x"}],
+                       "kwargs": {"dtype": {"dtype": "__class__"}}}, {"name": "o", "op": "output", "value": {"node": "y"}}],
+     "unsupported graph constant"),
+    ([IDENTITY_INPUT, {"name": "y", "op": "call", "target": "aten.to.dtype", "args": [{"node": "x"}, {"dtype": "float16"}],
+                       "kwargs": {}}, {"name": "o", "op": "output", "value": {"node": "y"}}], "is not a core ATen operator"),
+    ([IDENTITY_INPUT, {"name": "p", "op": "placeholder", "tensor": "missing"}], "missing tensor"),
+    ([IDENTITY_INPUT], "exactly one output"),
+])
+def test_load_artifact_accepts_only_core_aten_and_plain_constants(tmp_path, graph, message):
+    path = tmp_path / "model.safetensors"
+    write_artifact(path, graph)
+    with pytest.raises(prepare.ArtifactError, match=message):
+        model = prepare.load_artifact(path)
+        model(torch.zeros(prepare.EVAL_BATCH_SIZE, *prepare.IMAGE_SHAPE))
+
+
+def test_load_artifact_never_unpickles(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(tmp_path / "pwned"),))
+
+    for name in ("pickled.safetensors", "exported.pt2"):
+        path = tmp_path / name
+        if name.endswith(".pt2"):
+            program = torch.export.export(nn.Linear(784, 10), (torch.zeros(2, 784),))
+            torch.export.save(program, str(path))
+        else:
+            torch.save({"w": Payload()}, path)
+        with pytest.raises(prepare.ArtifactError, match="not a safetensors model artifact"):
+            prepare.load_artifact(path)
+    path = tmp_path / "wrong-format.safetensors"
+    write_artifact(path, [], fmt="pickle")
+    with pytest.raises(prepare.ArtifactError, match="not an autoresearch-aten-graph/1 artifact"):
+        prepare.load_artifact(path)
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_predict_main_reports_malformed_artifact(tmp_path, capsys):
-    bad = tmp_path / "model.pt2"
+    bad = tmp_path / prepare.MODEL_ARTIFACT
     bad.write_bytes(b"not a model")
     import numpy as np
 

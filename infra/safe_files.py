@@ -1,0 +1,113 @@
+"""
+Files in a directory the candidate could write are attacker controlled: a name may be a symlink, a
+FIFO, a device, a directory, or a file of any size. The orchestrator takes nothing from such a
+directory but through these functions: one name directly inside it, opened without following links
+and without blocking, checked to be a regular file of bounded size, and copied out before use.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+
+class UnsafeFile(ValueError):
+    """A file the orchestrator was asked to take from a candidate-writable directory is not acceptable."""
+
+
+def read_untrusted(directory: Path, name: str, max_bytes: int) -> bytes:
+    """The bytes of directory/name if it is a regular file of at most max_bytes; else UnsafeFile saying why."""
+    if "/" in name or name in ("", ".", ".."):
+        raise UnsafeFile(f"bad file name {name!r}")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UnsafeFile(f"{directory.name}/ is not a plain directory ({exc.strerror})") from None
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise UnsafeFile(f"no {name}") from None
+    except OSError as exc:  # ELOOP: a symlink
+        raise UnsafeFile(f"{name} is not a regular file ({exc.strerror})") from None
+    finally:
+        os.close(dir_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFile(f"{name} is not a regular file")
+        if info.st_size > max_bytes:
+            raise UnsafeFile(f"{name} is {info.st_size} bytes, over the limit of {max_bytes}")
+        chunks, left = [], max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise UnsafeFile(f"{name} grew past the limit of {max_bytes} bytes while being read")
+        return data
+    finally:
+        os.close(fd)
+
+
+def copy_out(directory: Path, name: str, dest: Path, max_bytes: int) -> None:
+    """Copy directory/name (see read_untrusted) to dest, a path the orchestrator owns."""
+    data = read_untrusted(directory, name, max_bytes)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def write_private(path: Path, data: bytes, mode: int = 0o444) -> None:
+    """Write an orchestrator file, refusing to follow a link that may stand in its place."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree without following links (shutil.rmtree's fd-based walk), whatever is in it."""
+    if not os.path.lexists(path):
+        return
+    if os.path.islink(path) or not os.path.isdir(path):
+        os.unlink(path)
+        return
+
+    def make_writable(_func, failed: str, _exc) -> None:
+        # a directory the candidate made unreadable (mode 000): only a non-root orchestrator meets it
+        parent = os.path.dirname(failed)
+        for target in (parent, failed):
+            try:
+                if not os.path.islink(target):
+                    os.chmod(target, 0o700)
+            except OSError:
+                pass
+
+    shutil.rmtree(path, onerror=make_writable)
+    if os.path.lexists(path):
+        shutil.rmtree(path)
+
+
+def tree_usage(path: Path, stop_after: int) -> tuple[int, int]:
+    """(bytes allocated, entries) under path, not following links; stops counting after stop_after entries."""
+    total, entries, stack = 0, 0, [str(path)]
+    while stack and entries <= stop_after:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    entries += 1
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += info.st_blocks * 512
+                    if stat.S_ISDIR(info.st_mode):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return total, entries
