@@ -126,7 +126,7 @@ class Run:
         for row in self.finished():
             record = iteration_record(row, costs.get(row.index, 0.0))
             if row.status not in ("ok", "running"):
-                record["log_tail"] = log_tail(run_dir(self.ws, row.index, 0) / "train.log", 8)
+                record["log_tail"] = log_tail(self.ws.run_dir(row.index, seed_of(row.index, 0)) / "train.log", 8)
             records.append(record)
         return records
 
@@ -178,18 +178,14 @@ class Run:
 # --- one measured run: train, then evaluate ----------------------------------
 
 def seed_of(iteration: int, n: int) -> int:
+    """The seed of an iteration's n-th measured run (its directory is ws.run_dir(iteration, seed))."""
     return 1000 * iteration + n
-
-
-def run_dir(ws: Workspace, iteration: int, n: int) -> Path:
-    """The orchestrator's directory for the n-th measured run of an iteration (infra/trial.py's layout)."""
-    return ws.iteration_dir(iteration) / f"seed-{seed_of(iteration, n)}"
 
 
 def measure(run: Run, code: str, iteration: int, n: int) -> TrialResult:
     """The n-th measured run of an iteration's code (re-run from scratch if an earlier attempt was interrupted)."""
     seed = seed_of(iteration, n)
-    trained = sandboxed_train(code, run_dir(run.ws, iteration, n), run.limits, seed, iteration, run.cfg.device)
+    trained = sandboxed_train(code, run.ws.run_dir(iteration, seed), run.limits, seed, iteration, run.cfg.device)
     return evaluate(trained, run.val, run.limits, iteration, seed)
 
 

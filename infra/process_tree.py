@@ -83,24 +83,27 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def _own_mount_ns() -> str:
-    return os.readlink("/proc/self/ns/mnt")
-
-
-def private_tmpfs_bytes(pids: list[int], mounts: tuple[str, ...]) -> int:
-    """Bytes used in the sandbox's private tmpfs mounts, read through the first process that lives in its
-    mount namespace (memory the RSS does not show)."""
-    own = _own_mount_ns()
+def private_tmpfs_bytes(pids: list[int], mounts: tuple[str, ...], size_bytes: int) -> int:
+    """Bytes used in the sandbox's private tmpfs mounts (memory the RSS does not show), read through the
+    first process whose root holds them: each mount must be on another device than the host's same path
+    and no larger than size_bytes (while bubblewrap sets up, a process still sees the host's disk there)."""
+    host = {}
+    for mount in mounts:
+        try:
+            host[mount] = os.stat(mount).st_dev
+        except OSError:
+            host[mount] = None
     for pid in pids:
         try:
-            if os.readlink(f"/proc/{pid}/ns/mnt") == own:
-                continue
             used = 0
             for mount in mounts:
-                st = os.statvfs(f"/proc/{pid}/root{mount}")
+                path = f"/proc/{pid}/root{mount}"
+                st = os.statvfs(path)
+                if os.stat(path).st_dev == host[mount] or st.f_blocks * st.f_frsize > size_bytes + (1 << 20):
+                    raise LookupError(mount)
                 used += (st.f_blocks - st.f_bfree) * st.f_frsize
             return used
-        except OSError:
+        except (OSError, LookupError):
             continue
     return 0
 

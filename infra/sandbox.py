@@ -214,10 +214,10 @@ def _kill_everything(proc: subprocess.Popen, token: str) -> None:
         time.sleep(0.02)
 
 
-def _memory_bytes(pids: list[int], isolated: bool) -> int:
+def _memory_bytes(pids: list[int], job: SandboxJob, isolated: bool) -> int:
     memory = process_tree.rss_bytes(pids) + process_tree.unlinked_open_file_bytes(pids)
     if isolated:
-        memory += process_tree.private_tmpfs_bytes(pids, PRIVATE_TMPFS)
+        memory += process_tree.private_tmpfs_bytes(pids, PRIVATE_TMPFS, job.memory_cap_bytes)
     return memory
 
 
@@ -261,7 +261,7 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
         while proc.poll() is None:
             pids = process_tree.descendants(proc.pid)
             disk, files = tree_usage(job.workdir, job.max_files)
-            killed_for = watchdog.verdict(time.monotonic(), _memory_bytes(pids, bwrap is not None), disk, files)
+            killed_for = watchdog.verdict(time.monotonic(), _memory_bytes(pids, job, bwrap is not None), disk, files)
             if killed_for:
                 break
             time.sleep(POLL_S)

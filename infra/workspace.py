@@ -46,6 +46,10 @@ class Workspace:
     def iteration_dir(self, index: int) -> Path:
         return self.root / "iterations" / f"{index:04d}"
 
+    def run_dir(self, index: int, seed: int) -> Path:
+        """One measured run of an iteration (infra/trial.py's layout)."""
+        return self.iteration_dir(index) / f"seed-{seed}"
+
     def git(self, *args: str) -> str:
         done = subprocess.run(["git", *GIT_IDENTITY, *GIT_SAFETY, *args], cwd=self.root, capture_output=True, text=True,
                               env=_git_env())

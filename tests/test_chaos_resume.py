@@ -47,7 +47,7 @@ def finished_logs(home: Path, store: Store) -> dict[int, float]:
     ws = Workspace(home / "chaos")
     logs = {}
     for row in store.iterations(exp.id, finished_only=True):
-        log = ws.iteration_dir(row.index) / ("seed-0/train.log" if row.index == 0 else "train.log")
+        log = ws.run_dir(row.index, 1000 * row.index) / "train.log"  # the first measured run
         logs[row.index] = log.stat().st_mtime
     return logs
 
