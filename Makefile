@@ -44,6 +44,7 @@ run: setup
 bench: setup
 	$(PY) benchmarks/data_pipeline.py
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/hostile_output.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -228,6 +228,7 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
         warn_unisolated()
     as_root = sandbox_identity.as_root() and bwrap is not None
     userns_fd = sandbox_identity.user_namespace_fd() if as_root else None
+    log = None
     try:
         argv = (bwrap_argv(bwrap, job, userns_fd) if bwrap else []) + job.argv
         token = uuid.uuid4().hex
@@ -249,6 +250,10 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
             pass_fds=(userns_fd,) if userns_fd is not None else (),
             preexec_fn=_child_setup(job, private_ipc=as_root),
         )
+    except BaseException:
+        if log is not None:
+            log.file.close()
+        raise
     finally:
         if userns_fd is not None:
             os.close(userns_fd)
