@@ -215,12 +215,17 @@ def load_split(split: str, device: torch.device | str | None = None) -> tuple[to
     return to_model_input(images, device), labels.to(device)
 
 
-def write_train_split(path: Path, limit: int | None = None) -> Path:
-    """Save the training split alone (its first `limit` images, if given): the file a sandbox mounts read-only."""
+def write_train_split(path: Path, limit: int | None = None, order_seed: int | None = None) -> Path:
+    """Save the training split alone: the file a sandbox mounts read-only. With order_seed, its images come
+    in an order shuffled by that seed (each measured run gets its own, so a candidate that pins its own
+    seed still sees run-to-run variation); with limit, only the first `limit` of them."""
     path = Path(path)
     if path.exists():
         return path
     images, labels = load_split_uint8("train")
+    if order_seed is not None:
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(order_seed))
+        images, labels = images[order], labels[order]
     images, labels = images[:limit], labels[:limit]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -78,12 +78,16 @@ class _BlankConstants(ast.NodeTransformer):
 
 
 def classify_change(old: str, new: str) -> str:
-    """'none' (comments or layout only), 'parametric' (only tunable constants) or 'structural'."""
-    old_tree, new_tree = ast.parse(old), ast.parse(new)
-    if ast.dump(old_tree) == ast.dump(new_tree):
-        return "none"
-    blank_old = ast.dump(_BlankConstants().visit(old_tree))
-    blank_new = ast.dump(_BlankConstants().visit(new_tree))
+    """'none' (comments or layout only), 'parametric' (only tunable constants) or 'structural'
+    (also for code that cannot be parsed or is nested too deeply to walk: it never raises)."""
+    try:
+        old_tree, new_tree = ast.parse(old), ast.parse(new)
+        if ast.dump(old_tree) == ast.dump(new_tree):
+            return "none"
+        blank_old = ast.dump(_BlankConstants().visit(old_tree))
+        blank_new = ast.dump(_BlankConstants().visit(new_tree))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return "structural"
     return "parametric" if blank_old == blank_new else "structural"
 
 

@@ -117,7 +117,7 @@ def evaluate_artifact(
         outcome = run_sandboxed(job)
         if outcome.killed_for == "timeout":
             return Evaluation(False, f"evaluation took longer than {limits.eval_timeout_s:.0f} s")
-        if outcome.killed_for in ("memory", "disk"):
+        if outcome.killed_for in ("memory", "disk", "open files"):
             return Evaluation(False, f"evaluation exceeded the {outcome.killed_for} cap")
         if outcome.exit_code != 0:
             return Evaluation(False, _eval_failure(job.log_path, f"evaluation process failed (exit {outcome.exit_code}, signal {outcome.signal})"))

@@ -108,17 +108,21 @@ def private_tmpfs_bytes(pids: list[int], mounts: tuple[str, ...], size_bytes: in
     return 0
 
 
-def unlinked_open_file_bytes(pids: list[int]) -> int:
-    """Bytes of files the processes hold open but no directory shows: memfds and deleted files
-    (memory or disk that neither RSS nor a directory walk would count)."""
+def unlinked_open_file_bytes(pids: list[int], max_fds: int) -> tuple[int, int]:
+    """(bytes, fds looked at) of files the processes hold open but no directory shows: memfds and deleted
+    files (memory or disk that neither RSS nor a directory walk counts). Stops after max_fds descriptors,
+    so that a run holding a million descriptors cannot stall the watchdog: the caller treats that as a kill."""
     seen: set[tuple[int, int]] = set()
-    total = 0
+    total = looked = 0
     for pid in pids:
         fd_dir = f"/proc/{pid}/fd"
         try:
             fds = os.listdir(fd_dir)
         except OSError:
             continue
+        looked += len(fds)
+        if looked > max_fds:
+            return total, looked
         for fd in fds:
             try:
                 target = os.readlink(f"{fd_dir}/{fd}")
@@ -131,4 +135,4 @@ def unlinked_open_file_bytes(pids: list[int]) -> int:
             if key not in seen:
                 seen.add(key)
                 total += info.st_blocks * 512
-    return total
+    return total, looked

@@ -8,8 +8,8 @@ and without blocking, checked to be a regular file of bounded size, and copied o
 from __future__ import annotations
 
 import os
-import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 
@@ -71,26 +71,20 @@ def write_private(path: Path, data: bytes, mode: int = 0o444) -> None:
 
 
 def remove_tree(path: Path) -> None:
-    """Delete a directory tree without following links (shutil.rmtree's fd-based walk), whatever is in it."""
+    """Delete a tree whatever the candidate left in it: links are removed, never followed; depth does not
+    matter (coreutils' rm walks iteratively, where shutil.rmtree recurses and fails at ~1,000 levels)."""
     if not os.path.lexists(path):
         return
     if os.path.islink(path) or not os.path.isdir(path):
         os.unlink(path)
         return
-
-    def make_writable(_func, failed: str, _exc) -> None:
-        # a directory the candidate made unreadable (mode 000): only a non-root orchestrator meets it
-        parent = os.path.dirname(failed)
-        for target in (parent, failed):
-            try:
-                if not os.path.islink(target):
-                    os.chmod(target, 0o700)
-            except OSError:
-                pass
-
-    shutil.rmtree(path, onerror=make_writable)
-    if os.path.lexists(path):
-        shutil.rmtree(path)
+    for attempt in range(2):
+        done = subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True, text=True)
+        if not os.path.lexists(path):
+            return
+        # directories the candidate made unreadable (mode 000): only a non-root orchestrator meets them
+        subprocess.run(["chmod", "-R", "u+rwx", "--", str(path)], capture_output=True)
+    raise OSError(f"could not remove {path}: {done.stderr.strip()[:300]}")
 
 
 def tree_usage(path: Path, stop_after: int) -> tuple[int, int]:

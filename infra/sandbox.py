@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from infra import process_tree, sandbox_identity
+from infra.memory_cgroup import MemoryCgroup
 from infra.output_capture import BoundedLog
 from infra.safe_files import tree_usage
 from infra.watchdog import Watchdog
@@ -43,6 +44,9 @@ PRIVATE_TMPFS = ("/tmp", "/dev/shm")
 POLL_S = 0.25
 SANDBOX_ENV = "AUTORESEARCH_SANDBOX"  # auto (default), bwrap, or none
 MAX_TASKS = 1024  # processes and threads of the sandbox user (RLIMIT_NPROC; root orchestrator only)
+MAX_OPEN_FILES = 4096  # per process (RLIMIT_NOFILE; also bounds file descriptors in flight over sockets)
+MAX_OPEN_FILES_SCANNED = 65_536  # a run holding more open files than the watchdog can account for is killed
+DISK_SLACK_BYTES = 2**30  # free space the work directory's filesystem may lose beyond the disk cap
 
 
 @dataclass
@@ -160,17 +164,20 @@ def bwrap_argv(bwrap: str, job: SandboxJob, userns_fd: int | None) -> list[str]:
     return args
 
 
-def _child_setup(job: SandboxJob, private_ipc: bool) -> Callable[[], None]:
-    """Runs in the child before exec: die with the orchestrator, private IPC, resource limits."""
+def _child_setup(job: SandboxJob, private_ipc: bool, cgroup: MemoryCgroup | None) -> Callable[[], None]:
+    """Runs in the child before exec: die with the orchestrator, join the memory cgroup, private IPC, limits."""
     def apply() -> None:
         process_tree.die_with_parent()
         os.umask(0o022)
+        if cgroup is not None:
+            cgroup.enter()
         if private_ipc:
             sandbox_identity.private_ipc_without_shared_memory()
         if job.cap_address_space:
             resource.setrlimit(resource.RLIMIT_AS, (job.memory_cap_bytes, job.memory_cap_bytes))
         resource.setrlimit(resource.RLIMIT_FSIZE, (job.disk_cap_bytes, job.disk_cap_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
         if private_ipc:  # root: counted per sandbox user namespace (a user's limit would count all its processes)
             resource.setrlimit(resource.RLIMIT_NPROC, (MAX_TASKS, MAX_TASKS))
     return apply
@@ -196,29 +203,66 @@ def _stream(pipe, log: BoundedLog, watchdog: Watchdog) -> None:
     log.consume(pipe, lambda line: watchdog.saw_line(line, time.monotonic()))
 
 
-def _kill_everything(proc: subprocess.Popen, token: str) -> None:
-    """SIGKILL the process group, the tree below it, and anything still carrying the run token; then
-    wait (a few seconds at most) until they are gone, so that nothing of the run outlives this call."""
-    doomed = process_tree.descendants(proc.pid)[1:]
-    try:
-        os.killpg(proc.pid, 9)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process_tree.kill_all(doomed)
-    strays = process_tree.pids_with_env(token)
-    process_tree.kill_all(strays)
-    doomed += strays
-    proc.wait()
-    deadline = time.monotonic() + 10
-    while any(process_tree.alive(pid) for pid in doomed) and time.monotonic() < deadline:
-        time.sleep(0.02)
+class _Killer:
+    """Kills the whole run, from any thread, once or many times; remembers the first reason. The process
+    is not reaped until the very end (see _wait_for_exit), so its pid can never name a stranger."""
+
+    def __init__(self, proc: subprocess.Popen, token: str, cgroup: MemoryCgroup | None, exited: threading.Event):
+        self.proc, self.token, self.cgroup, self.exited = proc, token, cgroup, exited
+        self.reason: str | None = None
+        self.doomed: set[int] = set()
+        self.lock = threading.Lock()
+
+    def kill(self, reason: str | None = None) -> None:
+        with self.lock:
+            if reason and self.reason is None and not self.exited.is_set():
+                self.reason = reason
+            pids = process_tree.descendants(self.proc.pid)  # before the group dies: its children reparent
+            if self.cgroup is not None:
+                pids += self.cgroup.pids()
+            try:
+                os.killpg(self.proc.pid, 9)
+            except (ProcessLookupError, PermissionError):
+                pass
+            pids += process_tree.pids_with_env(self.token)
+            process_tree.kill_all(pids)
+            self.doomed.update(pids)
+
+    def sweep(self) -> None:
+        """After the exit: kill anything left of the run, and wait (a few seconds at most) until it is gone."""
+        self.kill()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+                any(process_tree.alive(pid) for pid in self.doomed - {self.proc.pid})
+                or (self.cgroup is not None and self.cgroup.pids())):
+            self.kill()
+            time.sleep(0.02)
 
 
-def _memory_bytes(pids: list[int], job: SandboxJob, isolated: bool) -> int:
-    memory = process_tree.rss_bytes(pids) + process_tree.unlinked_open_file_bytes(pids)
+def _wait_for_exit(pid: int, exited: threading.Event, exited_at: list[float]) -> None:
+    """Note when the process exits, without reaping it (WNOWAIT)."""
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    exited_at.append(time.monotonic())
+    exited.set()
+
+
+def _resource_verdict(pids: list[int], job: SandboxJob, watchdog: Watchdog, isolated: bool, free_at_launch: int) -> str | None:
+    """Memory and disk, measured from outside, each at a bounded cost."""
+    hidden, fds = process_tree.unlinked_open_file_bytes(pids, MAX_OPEN_FILES_SCANNED)
+    if fds > MAX_OPEN_FILES_SCANNED:
+        return "open files"
+    memory = process_tree.rss_bytes(pids) + hidden
     if isolated:
         memory += process_tree.private_tmpfs_bytes(pids, PRIVATE_TMPFS, job.memory_cap_bytes)
-    return memory
+    disk, files = tree_usage(job.workdir, job.max_files)
+    if free_at_launch - _free_bytes(job.workdir) > job.disk_cap_bytes + DISK_SLACK_BYTES:
+        return "disk"  # space that no directory shows: deleted files held open or in flight
+    return watchdog.verdict(time.monotonic(), memory, disk, files)
+
+
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None) -> SandboxOutcome:
@@ -227,13 +271,24 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
     if bwrap is None:
         warn_unisolated()
     as_root = sandbox_identity.as_root() and bwrap is not None
+    token = uuid.uuid4().hex
+    cgroup = MemoryCgroup.create(f"autoresearch-{token}", job.memory_cap_bytes)
+    try:
+        return _run(job, on_line, bwrap, as_root, token, cgroup)
+    finally:
+        if cgroup is not None:
+            cgroup.remove()
+
+
+def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | None, as_root: bool, token: str,
+         cgroup: MemoryCgroup | None) -> SandboxOutcome:
     userns_fd = sandbox_identity.user_namespace_fd() if as_root else None
     log = None
     try:
         argv = (bwrap_argv(bwrap, job, userns_fd) if bwrap else []) + job.argv
-        token = uuid.uuid4().hex
         env = _base_env(job, token)
         log = BoundedLog(job.log_path, on_line)
+        free_at_launch = _free_bytes(job.workdir)
         launched = time.monotonic()
         watchdog = Watchdog(launched, job.startup_allowance_s, job.budget_s, job.grace_s, job.memory_cap_bytes,
                             job.disk_cap_bytes, job.max_files)
@@ -248,7 +303,7 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
             stderr=subprocess.STDOUT,
             start_new_session=True,
             pass_fds=(userns_fd,) if userns_fd is not None else (),
-            preexec_fn=_child_setup(job, private_ipc=as_root),
+            preexec_fn=_child_setup(job, private_ipc=as_root, cgroup=cgroup),
         )
     except BaseException:
         if log is not None:
@@ -261,20 +316,36 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
     context = contextvars.copy_context()
     reader = threading.Thread(target=context.run, args=(_stream, proc.stdout, log, watchdog), daemon=True)
     reader.start()
-    killed_for = None
+    exited, exited_at = threading.Event(), []
+    killer = _Killer(proc, token, cgroup, exited)
+    # the kill at deadline + grace has its own timer: no measurement, however slow, can delay it
+    timer = threading.Timer(max(0.0, watchdog.kill_at() - time.monotonic()), killer.kill)
+    timer.daemon = True
+    timer.start()
+    waiter = threading.Thread(target=_wait_for_exit, args=(proc.pid, exited, exited_at), daemon=True)
+    waiter.start()
     try:
-        while proc.poll() is None:
-            pids = process_tree.descendants(proc.pid)
-            disk, files = tree_usage(job.workdir, job.max_files)
-            killed_for = watchdog.verdict(time.monotonic(), _memory_bytes(pids, job, bwrap is not None), disk, files)
-            if killed_for:
-                break
-            time.sleep(POLL_S)
+        while waiter.is_alive():
+            waiter.join(POLL_S)
+            if waiter.is_alive():
+                verdict = _resource_verdict(process_tree.descendants(proc.pid), job, watchdog, bwrap is not None,
+                                            free_at_launch)
+                if verdict:
+                    killer.kill(verdict)
     finally:
-        ended = time.monotonic()
-        _kill_everything(proc, token)
+        timer.cancel()
+        killer.kill()
+        waiter.join()
+        killer.sweep()
+        proc.wait()  # reap only now
         reader.join(timeout=10)
         proc.stdout.close()
+    ended = exited_at[0] if exited_at else time.monotonic()
+    killed_for = killer.reason
+    if killed_for is None and ended >= watchdog.kill_at():
+        killed_for = "timeout"  # killed by the timer, or out on its own after its time was up
+    if cgroup is not None and cgroup.oom_kills() and killed_for in (None, "timeout"):
+        killed_for = "memory"
     rc = proc.returncode
     return SandboxOutcome(
         exit_code=rc if rc >= 0 else None,

@@ -36,7 +36,7 @@ import torch
 import prepare
 from infra.evaluation import evaluate_artifact, hidden_data_dirs
 from infra.safe_files import UnsafeFile, copy_out, remove_tree, write_private
-from infra.sandbox import SandboxJob, SandboxOutcome, run_sandboxed
+from infra.sandbox import MAX_OPEN_FILES_SCANNED, SandboxJob, SandboxOutcome, run_sandboxed
 from infra.sandbox_identity import give_to_sandbox
 from infra.settings import MAX_ARTIFACT_BYTES, PREPARE_PY, Limits
 
@@ -44,6 +44,7 @@ MEMORY_ERROR_PATTERNS = ("MemoryError", "can't allocate memory", "Cannot allocat
 ERROR_LINE = re.compile(r"^(\w+(\.\w+)*(Error|Exception|Interrupt)|FAIL|Traceback|error)\b.*")
 EPOCHS_LINE = re.compile(r"^epochs: ([0-9]{1,9})$", flags=re.MULTILINE | re.ASCII)
 PREFLIGHT_IMAGES = 2000
+MAX_CODE_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -67,10 +68,15 @@ class TrialResult:
 
 
 def syntax_error(code: str) -> str | None:
+    """Why code is not a train.py that can run, or None. Never raises, whatever the text."""
+    if len(code.encode("utf-8", errors="replace")) > MAX_CODE_BYTES:
+        return f"train.py is larger than {MAX_CODE_BYTES // 1024} KiB"
     try:
         compile(code, "train.py", "exec")
     except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes in the source
         return f"syntax error at line {getattr(exc, 'lineno', None)}: {getattr(exc, 'msg', exc)}"
+    except (MemoryError, RecursionError, OverflowError) as exc:  # pathological nesting or length
+        return f"train.py cannot be compiled: {type(exc).__name__}"
     return None
 
 
@@ -166,8 +172,10 @@ def _failure_status(outcome: SandboxOutcome, log_text: str, limits: Limits) -> t
     if outcome.killed_for == "memory":
         return "crashed", f"exceeded the memory cap of {_gib(limits.memory_cap_bytes)} (peak {_gib(outcome.peak_rss_bytes)}); killed"
     if outcome.killed_for == "disk":
-        return "crashed", (f"wrote more than the disk cap in its directory ({_gib(limits.disk_cap_bytes)} or "
-                           f"{limits.max_files} files); killed")
+        return "crashed", (f"wrote more than the disk cap ({_gib(limits.disk_cap_bytes)} or {limits.max_files} files "
+                           "in its directory, or that much space held in deleted files); killed")
+    if outcome.killed_for == "open files":
+        return "crashed", f"held more than {MAX_OPEN_FILES_SCANNED} open files, more than the watchdog accounts for; killed"
     if outcome.signal == signal.SIGXFSZ:
         return "crashed", f"wrote a file larger than the disk cap of {_gib(limits.disk_cap_bytes)} (SIGXFSZ)"
     if outcome.exit_code != 0:
@@ -223,10 +231,10 @@ def train_candidate(
     problem = syntax_error(code)
     if problem:
         write_private(run_dir / "train.log", (problem + "\n").encode(), 0o644)
-        remove_tree(work)
+        _clean_up(work)
         return _result("invalid", problem, run_dir, started)
     try:
-        split_file = prepare.write_train_split(run_dir / "data" / "train.pt", split_limit)
+        split_file = prepare.write_train_split(run_dir / "data" / "train.pt", split_limit, order_seed=seed)
         split_file.chmod(0o444)
         prepare_hash = _file_hash(PREPARE_PY)
         outcome = run_sandboxed(train_job(run_dir, limits, seed, split_file, device), on_line)
@@ -240,8 +248,16 @@ def train_candidate(
             return _result("invalid", rejected, run_dir, started, outcome)
         return _result("ok", "trained", run_dir, started, outcome)
     finally:
-        remove_tree(work)
-        remove_tree(run_dir / "data")
+        _clean_up(work, run_dir / "data")
+
+
+def _clean_up(*paths: Path) -> None:
+    """Remove what the run left; a failure here is reported, never allowed to replace the run's result."""
+    for path in paths:
+        try:
+            remove_tree(path)
+        except OSError as exc:
+            print(f"WARNING: {exc}", file=sys.stderr, flush=True)
 
 
 def score_artifact(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, limits: Limits, name: str = "eval"):

@@ -570,8 +570,8 @@ def test_watchdog_kills_on_tree_rss_without_rlimit(tmp_path):
         argv=[os.sys.executable, "-c", grow], workdir=workdir, log_path=tmp_path / "log",
         startup_allowance_s=30, budget_s=0, grace_s=0, memory_cap_bytes=512 * 2**20, cap_address_space=False,
     ))
-    assert outcome.killed_for == "memory"
-    assert 512 * 2**20 < outcome.peak_rss_bytes < 2 * 2**30
+    assert outcome.killed_for == "memory"  # by the watchdog, or by the kernel in the run's memory cgroup
+    assert outcome.peak_rss_bytes < 2 * 2**30
     assert outcome.wall_seconds < 20
 
 
@@ -648,3 +648,125 @@ def test_a_file_larger_than_the_disk_cap_cannot_be_written(tmp_path):
                        disk_cap_bytes=64 * 2**20), header="")
     assert result.status == "crashed"
     assert "File too large" in result.reason
+
+
+# --- found by the red team ---------------------------------------------------------
+
+def requires_memory_cgroup():
+    from infra.memory_cgroup import MemoryCgroup
+
+    group = MemoryCgroup.create(f"autoresearch-probe-{uuid.uuid4().hex[:8]}", 2**30)
+    if group is None:
+        pytest.skip("no memory cgroup can be made here: memory no process holds is not counted (README)")
+    group.remove()
+
+
+def test_the_kill_is_on_time_however_slow_the_measurements(tmp_path, monkeypatch):
+    """A candidate can make a poll slow (many open files): the kill at deadline + grace has its own timer,
+    and a run that exits after that moment is a timeout even if no kill reached it."""
+    import infra.sandbox as sandbox
+
+    measure = sandbox._resource_verdict
+
+    def slow(*args, **kwargs):
+        time.sleep(4)
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(sandbox, "_resource_verdict", slow)
+    result = trial(tmp_path, f"""
+        import os, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        deadline = float(os.environ["AUTORESEARCH_DEADLINE"])
+        while time.monotonic() < deadline + {QUICK.grace_s} + 1:
+            time.sleep(0.05)
+        {SAVE_LINEAR}
+    """, limits=QUICK)
+    assert result.status == "timeout", result.reason
+
+
+def test_holding_more_open_files_than_can_be_counted_is_killed(tmp_path):
+    result = trial(tmp_path, """
+        import os, time
+        for _ in range(24):
+            if os.fork() == 0:
+                held = [open("/dev/null") for _ in range(4000)]
+                time.sleep(60)
+                os._exit(0)
+        time.sleep(60)
+    """, header="")
+    assert result.status == "crashed"
+    assert "open files" in result.reason
+
+
+def _in_flight(kind: str) -> str:
+    """Create files, send their descriptors over a unix socket that nobody reads, and close them:
+    no process maps them, holds them open, or sees them in a directory."""
+    make = ("fd = os.memfd_create('hidden')" if kind == "memfd"
+            else "fd = os.open(f'hidden-{i}', os.O_RDWR | os.O_CREAT, 0o600); os.unlink(f'hidden-{i}')")
+    return f"""
+        import os, socket, time
+        keep, drop = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for i in range(20):
+            {make}
+            os.posix_fallocate(fd, 0, 64 * 2**20)
+            keep.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(memoryview(fd.to_bytes(4, "little"))))])
+            os.close(fd)
+        probe(hidden=20 * 64)
+        time.sleep(30)
+    """
+
+
+def test_memory_in_flight_over_a_socket_counts_against_the_cap(tmp_path):
+    requires_memory_cgroup()
+    result = trial(tmp_path, _in_flight("memfd"), header="",
+                   limits=Limits(budget_s=2, startup_allowance_s=8, grace_s=10, memory_cap_bytes=2**30))
+    assert result.status == "crashed"
+    assert "exceeded the memory cap of 1.00 GiB" in result.reason
+
+
+def test_disk_in_flight_over_a_socket_counts_against_the_disk_cap(tmp_path, monkeypatch):
+    import infra.sandbox as sandbox
+
+    monkeypatch.setattr(sandbox, "DISK_SLACK_BYTES", 128 * 2**20)
+    result = trial(tmp_path, _in_flight("deleted file"), header="",
+                   limits=Limits(budget_s=2, startup_allowance_s=8, grace_s=10, memory_cap_bytes=2**31,
+                                 disk_cap_bytes=256 * 2**20))
+    assert result.status == "crashed"
+    assert "disk cap" in result.reason
+
+
+def test_kernel_memory_in_extended_attributes_counts_against_the_cap(tmp_path):
+    requires_memory_cgroup()
+    result = trial(tmp_path, """
+        import os, time
+        value = b"v" * 60_000
+        for i in range(100_000):  # about 6 GB of xattr values, against a 1 GiB cap
+            path = f"/tmp/x{i // 1000}"
+            if i % 1000 == 0:
+                open(path, "w").close()
+            os.setxattr(path, f"user.k{i}", value)
+        time.sleep(30)
+    """, header="", limits=Limits(budget_s=2, startup_allowance_s=8, grace_s=10, memory_cap_bytes=2**30))
+    assert result.status == "crashed", result.reason
+    assert "memory cap" in result.reason or "No space left" in result.reason
+
+
+def test_deep_directories_cannot_break_the_clean_up(tmp_path):
+    result = trial(tmp_path, f"""
+        import os
+        {SAVE_LINEAR}
+        for _ in range(3000):
+            os.mkdir("d")
+            os.chdir("d")
+    """)
+    assert result.status == "ok", result.reason
+    assert not (tmp_path / "run" / "work").exists() and not (tmp_path / "run" / "data").exists()
+    again = trial(tmp_path, SAVE_LINEAR)  # a re-run of the same directory (a resume, a retry) works too
+    assert again.status == "ok", again.reason
+
+
+def test_code_that_cannot_even_be_compiled_is_invalid(tmp_path):
+    result = run_trial("x = " + "-" * 200_000 + "1\n", tmp_path / "run", LIMITS, val=prepare.load_split_uint8("val"))
+    assert result.status == "invalid" and "cannot be compiled" in result.reason
+    huge = run_trial("x = 1\n" * 300_000, tmp_path / "run", LIMITS, val=prepare.load_split_uint8("val"))
+    assert huge.status == "invalid" and "larger than" in huge.reason

@@ -94,6 +94,18 @@ def test_tensors_are_unnormalised_floats_in_unit_range(synthetic_data):
     assert y.dtype == torch.int64 and set(y.unique().tolist()) <= set(range(10))
 
 
+def test_each_run_seed_gets_its_own_order_of_the_same_training_images(synthetic_data, tmp_path):
+    """A candidate that pins its own seed still sees run-to-run variation: the file's order follows the run's seed."""
+    def saved(name, **kwargs):
+        return torch.load(prepare.write_train_split(tmp_path / name, **kwargs), weights_only=True)
+
+    a, a_again, b = saved("a.pt", order_seed=1), saved("a2.pt", order_seed=1), saved("b.pt", order_seed=2)
+    assert torch.equal(a["images"], a_again["images"]) and not torch.equal(a["images"], b["images"])
+    images, labels = prepare.load_split_uint8("train")
+    assert sorted(a["labels"].tolist()) == sorted(labels.tolist())  # the same images, reordered
+    assert len(saved("c.pt", order_seed=3, limit=50)["labels"]) == 50
+
+
 def test_inside_sandbox_only_the_training_split_exists(synthetic_data, tmp_path, monkeypatch):
     path = prepare.write_train_split(tmp_path / "split.pt")
     monkeypatch.setenv(prepare.TRAIN_SPLIT_ENV, str(path))

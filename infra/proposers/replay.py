@@ -32,11 +32,8 @@ class ReplayProposer:
             return None
         path = self.files[ctx.iteration - 1]
         code = path.read_text()
-        try:
-            change_type = classify_change(ctx.incumbent_code, code)
-        except SyntaxError:
-            change_type = "structural"
-        return Proposal(hypothesis=first_comment(code) or f"replay of {path.name}", change_type=change_type, code=code)
+        return Proposal(hypothesis=first_comment(code) or f"replay of {path.name}",
+                        change_type=classify_change(ctx.incumbent_code, code), code=code)
 
     def revise_strategy(self, ctx: ProposalContext) -> tuple[str, str]:
         kept = [h for h in ctx.history if h.get("decision") == "keep"]
