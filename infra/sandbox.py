@@ -9,8 +9,10 @@ With bubblewrap (Debian `bubblewrap`):
 - filesystem: the system and the Python environment read-only, the root read-only, the data hidden,
   only the files named in the job mounted (read-only) and one writable directory; a private /tmp and
   /dev/shm whose use counts against the memory cap;
-- limits: RLIMIT_AS on CPU runs, at most MAX_TASKS processes and threads, no file larger than the
-  disk cap, no core dumps; the watchdog (infra/watchdog.py) enforces time, memory and disk from outside;
+- limits: a memory cgroup at the memory cap where one can be made (infra/memory_cgroup.py), RLIMIT_AS
+  on CPU runs, at most MAX_TASKS processes and threads and MAX_OPEN_FILES open files each, no file
+  larger than the disk cap, no core dumps; the watchdog (infra/watchdog.py) enforces memory and disk
+  from outside at every poll, and a timer thread of its own kills at deadline + grace;
 - output: read through infra/output_capture.py (bounded lines, bounded log, bounded memory).
 
 Without bubblewrap the command runs as a plain subprocess in its own session; a warning says once
@@ -72,10 +74,10 @@ class SandboxJob:
 class SandboxOutcome:
     exit_code: int | None  # the process's exit status, None if killed by a signal
     signal: int | None
-    killed_for: str | None  # 'timeout', 'memory' or 'disk' when the watchdog killed it
+    killed_for: str | None  # 'timeout', 'memory', 'disk' or 'open files' when it was killed
     wall_seconds: float
     training_seconds: float
-    peak_rss_bytes: int  # peak memory: RSS of the tree + private tmpfs + unlinked open files
+    peak_rss_bytes: int  # peak memory the watchdog saw: RSS of the tree + private tmpfs + unlinked open files
     peak_disk_bytes: int
     log_path: Path
     isolated: bool

@@ -4,7 +4,8 @@ interpreter, torch's import and the training split reaching the device (infra/wa
 
 Measured, not guessed: a fixed reference start-up (this module's REFERENCE, the orchestrator's code,
 not a candidate's) runs in the same sandbox, on the same device, and the allowance is
-1.25 x its wall time + 1 s. An experiment measures it once and stores it, so every candidate in it,
+1.1 x its wall time + 0.5 s (a candidate's own start-up also builds its model; any excess over the
+allowance only shortens its own training, since the deadline is the same for everyone). An experiment measures it once and stores it, so every candidate in it,
 resumed runs included, gets the same window. `--startup-allowance SECONDS` sets it by hand.
 """
 
@@ -25,8 +26,8 @@ PROBE_LIMIT_S = 300.0  # a start-up slower than this is a broken machine, not a 
 
 
 def allowance_for(startup_seconds: float) -> float:
-    """1.25 x the measured start-up + 1 s, rounded up to a tenth of a second."""
-    return math.ceil((1.25 * startup_seconds + 1.0) * 10) / 10
+    """1.1 x the measured start-up + 0.5 s, rounded up to a tenth of a second."""
+    return math.ceil((1.1 * startup_seconds + 0.5) * 10) / 10
 
 
 def measure_startup_allowance(scratch: Path, device: str | None = None, memory_cap_bytes: int = 0) -> float:

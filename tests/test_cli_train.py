@@ -75,8 +75,11 @@ def test_baseline_end_to_end_on_real_data(tmp_path):
     for key in ("status", "reason", "val_accuracy", "val_loss", "epochs", "train_seconds", "wall_seconds", "log_path"):
         assert key in record
     assert record["status"] == "ok", record["reason"]
-    assert record["val_accuracy"] >= 0.78
+    # learned (chance is 0.10); the baseline recipe is heavy-tailed (DESIGN.md: 0.761-0.846 over 6 seeds),
+    # and each seed now has its own data order, so no single run can be held to the typical 0.84
+    assert record["val_accuracy"] >= 0.70
     assert record["epochs"] >= 2
-    # stops itself at an epoch boundary: the budget plus one epoch and the export, not the grace period
-    assert record["train_seconds"] <= budget + 5
+    # stops itself at an epoch boundary before its deadline (start-up allowance + budget), then exports:
+    # well inside deadline + grace
+    assert record["train_seconds"] <= budget + 10
     assert Path(record["log_path"]).is_file()

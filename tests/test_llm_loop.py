@@ -100,8 +100,10 @@ def prefect_log_messages() -> list[str]:
     from prefect.client.orchestration import get_client
 
     async def read() -> list[str]:
-        async with get_client() as client:
-            return [log.message for log in await client.read_logs(limit=200)]
+        from prefect.client.schemas.sorting import LogSort
+
+        async with get_client() as client:  # the newest first: the harness holds every earlier test's logs too
+            return [log.message for log in await client.read_logs(limit=200, sort=LogSort.TIMESTAMP_DESC)]
 
     return asyncio.run(read())
 
