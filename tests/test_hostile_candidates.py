@@ -216,7 +216,7 @@ def test_the_candidate_has_no_privileges_and_cannot_change_its_mounts(tmp_path):
             datasets_after=os.listdir("/usr/share/datasets") if os.path.isdir("/usr/share/datasets") else None,
             attempts=attempts,
         )
-    """)
+    """, header="")
     found = probes(result)
     assert found["uid"] == sandbox_identity.INSIDE_UID and found["gid"] == sandbox_identity.INSIDE_UID
     assert int(found["cap_eff"], 16) == 0 and int(found["cap_bnd"], 16) == 0 and found["no_new_privs"] == "1"
@@ -274,7 +274,7 @@ def test_writes_outside_the_work_directory_fail(tmp_path, host_stays_intact):
                 except OSError:
                     pass
             probe(written=written)
-        """)
+        """, header="")
         # the canary's path is under /tmp: inside, that is the sandbox's private /tmp (bounded, discarded)
         assert [w for w in probes(result)["written"] if not w.startswith("/tmp/")] == []
         assert outside_home.read_text() == "original"
@@ -377,7 +377,7 @@ def test_a_model_that_is_not_a_regular_file_is_invalid(tmp_path, kind):
             {make}
         except OSError as exc:
             probe(error=exc.strerror)
-    """)
+    """, header="")
     assert result.status == "invalid"
     if kind == "hardlink":  # across mounts: the kernel refuses; nothing was saved
         assert probes(result)["error"] == "Invalid cross-device link" and "no model saved" in result.reason
@@ -605,7 +605,7 @@ def test_sysv_shared_memory_is_unavailable(tmp_path):
         libc = ctypes.CDLL(None, use_errno=True)
         segment = libc.shmget(0, 2**30, 0o1600)  # IPC_PRIVATE | IPC_CREAT | 0600
         probe(segment=segment, errno=ctypes.get_errno())
-    """)
+    """, header="")
     found = probes(result)
     assert found["segment"] == -1 and found["errno"] == 28  # ENOSPC: no segments allowed at all
 
@@ -622,7 +622,7 @@ def test_processes_and_threads_are_limited(tmp_path):
                 started += 1
         except RuntimeError as exc:
             probe(started=started, error=str(exc))
-    """)
+    """, header="")
     found = probes(result)
     assert found["started"] < MAX_TASKS and "can't start new thread" in found["error"]
 
