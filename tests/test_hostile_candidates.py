@@ -770,3 +770,40 @@ def test_code_that_cannot_even_be_compiled_is_invalid(tmp_path):
     assert result.status == "invalid" and "cannot be compiled" in result.reason
     huge = run_trial("x = 1\n" * 300_000, tmp_path / "run", LIMITS, val=prepare.load_split_uint8("val"))
     assert huge.status == "invalid" and "larger than" in huge.reason
+
+
+FIXED_EPOCHS = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+from prepare import SEED, load_split, save_model
+torch.manual_seed(SEED)
+x, y = load_split("train", "cpu")
+model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for epoch in range(3):  # a fixed amount of work: the same score whenever it runs
+    for start in range(0, len(y), 50):
+        loss = F.cross_entropy(model(x[start:start + 50]), y[start:start + 50])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+save_model(model)
+"""
+
+
+def test_the_next_honest_run_scores_as_before(tmp_path):
+    before = run_trial(FIXED_EPOCHS, tmp_path / "before", LIMITS, val=prepare.load_split_uint8("val"))
+    attack = trial(tmp_path, """
+        import os
+        split = os.environ["AUTORESEARCH_TRAIN_SPLIT"]
+        for target in (split, os.environ["PYTHONPATH"] + "/prepare.py"):
+            try:
+                open(target, "r+b").write(b"poison")
+            except OSError as exc:
+                probe(**{os.path.basename(target): exc.strerror})
+        load_split("train")  # the split is still readable, and unchanged
+    """)
+    assert attack.status == "invalid" and "no model saved" in attack.reason
+    after = run_trial(FIXED_EPOCHS, tmp_path / "after", LIMITS, val=prepare.load_split_uint8("val"))
+    assert before.status == after.status == "ok"
+    assert after.val_accuracy == before.val_accuracy and after.val_loss == pytest.approx(before.val_loss, abs=1e-6)
