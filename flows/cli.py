@@ -30,7 +30,7 @@ def root() -> None:
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -76,7 +76,8 @@ def with_progress(label: str, budget: float, work, quiet: bool):
     if quiet:
         return work(None)
     box: dict = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[last]}"),
+    # the last line is the candidate's output: shown as text, never as Rich markup
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[last]}", markup=False),
                   TimeElapsedColumn(), console=out, transient=True) as progress:
         task = progress.add_task(label, total=budget, last="starting")
         started: dict[str, float] = {}
@@ -142,10 +143,10 @@ def train(
     table = Table(show_header=False, box=None)
     for key in ("status", "reason", "val_accuracy", "val_loss", "epochs", "train_seconds", "wall_seconds"):
         value = getattr(result, key)
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else escape(str(value)))
     table.add_row("peak_memory", f"{result.peak_memory_bytes / 2**20:.0f} MiB")
     table.add_row("isolated", "bubblewrap" if result.isolated else "no (bubblewrap missing)")
-    table.add_row("log", result.log_path)
+    table.add_row("log", escape(result.log_path))
     out.print(table)
 
 
@@ -236,7 +237,7 @@ def run(
     except (LockHeld, ConfigMismatch) as exc:
         fail(str(exc))
     out.print(f"[bold]best[/]: iteration {best['iteration']}, val_accuracy {best['val_accuracy']:.4f}, "
-              f"test_accuracy {best['test_accuracy']}: {best['hypothesis']}")
+              f"test_accuracy {best['test_accuracy']}: {escape(best['hypothesis'])}")
     out.print(f"history: autoresearch history {experiment}   research log: git -C {home_dir / experiment} log -p")
 
 

@@ -83,3 +83,14 @@ def test_baseline_end_to_end_on_real_data(tmp_path):
     # well inside deadline + grace
     assert record["train_seconds"] <= budget + 10
     assert Path(record["log_path"]).is_file()
+
+
+@requires_bwrap
+def test_candidate_text_is_never_rich_markup(synthetic_data, tmp_path):
+    """A crash reason (the candidate's own words) full of markup is printed as text, not interpreted."""
+    bad = tmp_path / "markup.py"
+    bad.write_text("print('[link=https://evil.example/]click[/link] [blink]x[/blink]')\n"
+                   "raise RuntimeError('[/] [bold red]unbalanced[/bold')\n")
+    result = runner.invoke(app, ["train", str(bad), "--budget", "2", "--startup-allowance", "5", "--home", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "RuntimeError: [/] [bold red]unbalanced[/bold" in " ".join(result.output.split())
