@@ -4,8 +4,9 @@ A candidate's output is data, with bounds: it can neither grow the orchestrator 
 Lines are cut at MAX_LINE_CHARS (the rest of the line is read and dropped without being stored);
 control characters and terminal escapes are replaced, so nothing printed can move a researcher's
 cursor. The log file keeps the first HEAD_BYTES and the last TAIL_BYTES of the output, with one line
-that says how much was cut between them; only those lines reach the live log (`on_line`). Memory
-held: one line plus the tail.
+that says how much was cut between them; only those lines reach the live log (`on_line`), and each
+costs at least MIN_LINE_COST, so a flood of empty lines cannot become a flood of log records (nor slow
+the candidate that waits on its pipe). Memory held: one line plus the tail.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import BinaryIO, Callable, Iterator
 MAX_LINE_CHARS = 2000
 HEAD_BYTES = 256 * 1024
 TAIL_BYTES = 64 * 1024
+MIN_LINE_COST = 64  # bytes each line costs against the head: at most 4,096 lines go line by line to the live log
 _READ_CHUNK = 64 * 1024
 _ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
@@ -76,10 +78,12 @@ class BoundedLog:
             for line in read_lines(pipe):
                 saw_line(line)
                 self._emit(line)
-                self.head_left -= len(line.encode("utf-8", errors="replace")) + 1
+                self.head_left -= max(MIN_LINE_COST, len(line.encode("utf-8", errors="replace")) + 1)
                 if self.head_left <= 0:
                     self._consume_tail(pipe)
                     return
+        except (ValueError, OSError):  # the pipe was closed under us: keep what was read
+            self._emit("[... output cut: the reader was stopped before the end ...]")
         finally:
             self.file.close()
 
@@ -97,6 +101,11 @@ class BoundedLog:
             lines.pop()
         if cut_bytes and lines:  # the first kept line began before the cut
             cut_bytes += len(lines.pop(0))
+        keep = self.tail_bytes // MIN_LINE_COST  # lines cost at least MIN_LINE_COST here too
+        if len(lines) > keep:
+            cut_lines += len(lines) - keep
+            cut_bytes += sum(len(line) + 1 for line in lines[:-keep])
+            lines = lines[-keep:]
         if cut_bytes:
             self._emit(f"[... output cut: about {cut_lines} lines, {cut_bytes} bytes omitted here ...]")
         for raw in lines:

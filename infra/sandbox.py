@@ -340,8 +340,9 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
         waiter.join()
         killer.sweep()
         proc.wait()  # reap only now
-        reader.join(timeout=10)
-        proc.stdout.close()
+        reader.join(timeout=60)  # everything that held the pipe is dead: the reader sees its end
+        if not reader.is_alive():
+            proc.stdout.close()
     ended = exited_at[0] if exited_at else time.monotonic()
     killed_for = killer.reason
     if killed_for is None and ended >= watchdog.kill_at():

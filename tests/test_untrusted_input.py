@@ -140,3 +140,11 @@ def test_watchdog_deadline_is_the_same_whatever_the_candidate_prints():
     assert dog.verdict(101, 11) == "memory"
     assert dog.verdict(101, 5, disk_bytes=11) == "disk" and dog.verdict(101, 5, files=4) == "disk"
     assert dog.training_seconds(116.0) == 11.0  # from the end of the allowance: a late marker hides nothing
+
+
+def test_a_flood_of_empty_lines_reaches_the_live_log_only_as_a_head(tmp_path):
+    lines = []
+    log = BoundedLog(tmp_path / "log", lines.append)
+    log.consume(io.BufferedReader(io.BytesIO(b"\n" * 300_000)), lambda line: None)
+    text = (tmp_path / "log").read_text()
+    assert len(lines) < 6000 and "[... output cut:" in text
