@@ -290,6 +290,7 @@ def run_iteration(run: Run, i: int) -> bool:
         measurements=scores, decision=verdict, rule=decision.as_dict() if decision else {},
         test_accuracy=test_acc, finished_at=utcnow())
     failpoint("recorded", i)
+    run.ws.prune_models(i, keep=Path(first.run_dir) if verdict == "keep" else None)
     if verdict == "keep":
         run.ws.commit_keep(i, proposal.hypothesis, incumbent.val_accuracy, statistics.fmean(scores), proposal.code)
     delta = f"delta {decision.delta:+.4f} vs threshold {decision.threshold:.4f}" if decision else first.reason

@@ -19,7 +19,7 @@ DEFAULT_GRACE_S = 10.0
 # What one candidate may write: bytes and entries in its directory, and the size of its model.
 DEFAULT_DISK_CAP_BYTES = 2 * 2**30
 DEFAULT_MAX_FILES = 10_000
-MAX_ARTIFACT_BYTES = 1 * 2**30
+MAX_ARTIFACT_BYTES = 256 * 2**20  # 64 million float32 parameters: ample for 28x28 images
 # Scoring 10,000 images must never take this long; a model that does is treated as broken.
 DEFAULT_EVAL_TIMEOUT_S = 120.0
 

@@ -18,6 +18,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from prepare import MODEL_ARTIFACT
+
 GIT_IDENTITY = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost", "-c", "commit.gpgsign=false"]
 # Git runs only on orchestrator-written files, and never runs code from its configuration: no hooks, no
 # fsmonitor, no system or user config (a planted hook or fsmonitor would otherwise run as this user).
@@ -49,6 +51,13 @@ class Workspace:
     def run_dir(self, index: int, seed: int) -> Path:
         """One measured run of an iteration (infra/trial.py's layout)."""
         return self.iteration_dir(index) / f"seed-{seed}"
+
+    def prune_models(self, index: int, keep: Path | None) -> None:
+        """Delete the model copies of a decided iteration's runs but the one in `keep` (if any): a
+        candidate's models would otherwise take up to the artifact cap per run, night after night."""
+        for model in self.iteration_dir(index).glob(f"*/{MODEL_ARTIFACT}"):
+            if keep is None or model.parent != keep:
+                model.unlink(missing_ok=True)
 
     def git(self, *args: str) -> str:
         done = subprocess.run(["git", *GIT_IDENTITY, *GIT_SAFETY, *args], cwd=self.root, capture_output=True, text=True,

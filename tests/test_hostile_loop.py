@@ -72,6 +72,9 @@ def test_hostile_candidates_are_recorded_and_the_loop_goes_on(tmp_path, syntheti
     assert fsck.returncode == 0, fsck.stderr
     assert ws.committed_iterations() == [r.index for r in rows if r.decision in ("baseline", "keep")]
     assert sandbox_user_processes() == []
+    for row in rows[1:]:  # a decided iteration keeps its first run's model only if it was kept
+        models = list(ws.iteration_dir(row.index).glob(f"*/{prepare.MODEL_ARTIFACT}"))
+        assert len(models) == (1 if row.decision == "keep" else 0), (row.index, models)
 
     # no label reached the store or any log: look for the label sequences as the digits they are
     stored = (home / "autoresearch.db").read_bytes() + b"".join(p.read_bytes() for p in home.rglob("*.log"))

@@ -148,3 +148,14 @@ def test_a_flood_of_empty_lines_reaches_the_live_log_only_as_a_head(tmp_path):
     log.consume(io.BufferedReader(io.BytesIO(b"\n" * 300_000)), lambda line: None)
     text = (tmp_path / "log").read_text()
     assert len(lines) < 6000 and "[... output cut:" in text
+
+
+def test_a_sparse_file_is_refused_before_it_is_copied(tmp_path):
+    with open(tmp_path / "sparse", "wb") as f:
+        f.truncate(64 * 2**20)  # 64 MiB long, nothing allocated
+    with pytest.raises(UnsafeFile, match="sparse file"):
+        copy_out(tmp_path, "sparse", tmp_path / "copy", 2**30)
+    assert not (tmp_path / "copy").exists()
+    (tmp_path / "dense").write_bytes(os.urandom(3 * 2**20))
+    copy_out(tmp_path, "dense", tmp_path / "copy", 2**30)
+    assert (tmp_path / "copy").read_bytes() == (tmp_path / "dense").read_bytes()
