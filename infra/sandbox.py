@@ -6,6 +6,8 @@ With bubblewrap (Debian `bubblewrap`):
   (infra/sandbox_identity.py); nothing it can see is writable but its own directory;
 - namespaces: no network (private loopback only), its own PID namespace (killing it ends every
   descendant, setsid'ed or double-forked), its own IPC namespace without SysV shared memory;
+- system calls: sockets other than AF_UNIX, fallocate, io_uring and a few more refused
+  (infra/syscall_filter.py);
 - filesystem: the system and the Python environment read-only, the root read-only, the data hidden,
   only the files named in the job mounted (read-only) and one writable directory; a private /tmp and
   /dev/shm whose use counts against the memory cap;
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from infra import process_tree, sandbox_identity
+from infra import process_tree, sandbox_identity, syscall_filter
 from infra.memory_cgroup import MemoryCgroup
 from infra.output_capture import BoundedLog
 from infra.safe_files import tree_usage
@@ -121,7 +123,7 @@ def _parent_dirs(paths: list[Path]) -> list[str]:
     return sorted(parents, key=lambda p: (p.count("/"), p))
 
 
-def bwrap_argv(bwrap: str, job: SandboxJob, userns_fd: int | None) -> list[str]:
+def bwrap_argv(bwrap: str, job: SandboxJob, userns_fd: int | None, seccomp_fd: int | None = None) -> list[str]:
     if userns_fd is not None:  # root: our own user namespace (see infra/sandbox_identity.py)
         identity = ["--userns", str(userns_fd)]
         namespaces = ["--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]  # IPC: made before exec
@@ -130,6 +132,8 @@ def bwrap_argv(bwrap: str, job: SandboxJob, userns_fd: int | None) -> list[str]:
                     "--cap-drop", "ALL", "--disable-userns"]
         namespaces = ["--unshare-all"]
     args = [bwrap, *identity, *namespaces, "--die-with-parent", "--new-session", "--proc", "/proc", "--dev", "/dev"]
+    if seccomp_fd is not None:  # infra/syscall_filter.py
+        args += ["--seccomp", str(seccomp_fd)]
     for mount in PRIVATE_TMPFS:  # bounded; the watchdog counts their use as memory
         args += ["--perms", "1777", "--size", str(job.memory_cap_bytes), "--tmpfs", mount]
     bound: list[Path] = []
@@ -285,9 +289,11 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
 def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | None, as_root: bool, token: str,
          cgroup: MemoryCgroup | None) -> SandboxOutcome:
     userns_fd = sandbox_identity.user_namespace_fd() if as_root else None
+    seccomp_fd = syscall_filter.program_fd() if bwrap else None
+    passed = tuple(fd for fd in (userns_fd, seccomp_fd) if fd is not None)
     log = None
     try:
-        argv = (bwrap_argv(bwrap, job, userns_fd) if bwrap else []) + job.argv
+        argv = (bwrap_argv(bwrap, job, userns_fd, seccomp_fd) if bwrap else []) + job.argv
         env = _base_env(job, token)
         log = BoundedLog(job.log_path, on_line)
         free_at_launch = _free_bytes(job.workdir)
@@ -304,7 +310,7 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            pass_fds=(userns_fd,) if userns_fd is not None else (),
+            pass_fds=passed,
             preexec_fn=_child_setup(job, private_ipc=as_root, cgroup=cgroup),
         )
     except BaseException:
@@ -312,8 +318,8 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
             log.file.close()
         raise
     finally:
-        if userns_fd is not None:
-            os.close(userns_fd)
+        for fd in passed:
+            os.close(fd)
     # the caller's context (Prefect's run and settings) must reach on_line in the reader thread
     context = contextvars.copy_context()
     reader = threading.Thread(target=context.run, args=(_stream, proc.stdout, log, watchdog), daemon=True)

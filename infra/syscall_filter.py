@@ -1,0 +1,76 @@
+"""
+A seccomp filter for sandboxed processes: the few system calls that let a candidate hold memory or disk
+no limit sees, or reach kernel code it has no use for. bubblewrap installs it (`--seccomp FD`) just
+before the command starts; it is inherited by everything the command starts and cannot be removed.
+
+    socket, socketpair    only AF_UNIX (EAFNOSUPPORT otherwise): netlink, TCP and UDP buffers are kernel
+                          memory charged to no cgroup; queued on the sandbox's own loopback they reached
+                          the host-wide TCP/UDP limits (red team). Local AF_UNIX (DataLoader workers) works.
+    fallocate             EOPNOTSUPP: glibc's posix_fallocate then writes zeros at disk speed, which the
+                          disk cap can follow, instead of reserving gigabytes in a millisecond
+    io_uring_*, userfaultfd, perf_event_open
+                          ENOSYS: kernel attack surface a training script does not need
+    another ABI           (i386 or x32 system calls on x86_64): the process is killed
+
+A classic BPF program, written out here rather than through libseccomp (one fewer native dependency);
+architectures other than x86_64 and aarch64 get no filter (README).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import platform
+import struct
+
+# BPF instruction classes and seccomp return values (linux/filter.h, linux/seccomp.h)
+_LD_W_ABS, _JEQ, _JGE, _RET = 0x20, 0x15, 0x35, 0x06
+_ALLOW, _KILL_PROCESS, _ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
+_NR, _ARCH, _ARG0 = 0, 4, 16  # offsets in struct seccomp_data
+_X32_SYSCALL_BIT = 0x40000000
+AF_UNIX = 1
+
+# machine -> (audit arch, {name: number})
+_ARCHES = {
+    "x86_64": (0xC000003E, {"socket": 41, "socketpair": 53, "fallocate": 285, "userfaultfd": 323,
+                            "perf_event_open": 298, "io_uring_setup": 425, "io_uring_enter": 426,
+                            "io_uring_register": 427}),
+    "aarch64": (0xC00000B7, {"socket": 198, "socketpair": 199, "fallocate": 47, "userfaultfd": 282,
+                             "perf_event_open": 241, "io_uring_setup": 425, "io_uring_enter": 426,
+                             "io_uring_register": 427}),
+}
+_REFUSED = {"fallocate": errno.EOPNOTSUPP, "userfaultfd": errno.ENOSYS, "perf_event_open": errno.ENOSYS,
+            "io_uring_setup": errno.ENOSYS, "io_uring_enter": errno.ENOSYS, "io_uring_register": errno.ENOSYS}
+
+
+def _op(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+def program(machine: str | None = None) -> bytes | None:
+    """The filter as bytes (struct sock_filter[]) for this machine, or None where there is none."""
+    arch = _ARCHES.get(machine or platform.machine())
+    if arch is None:
+        return None
+    audit_arch, nr = arch
+    ops = [_op(_LD_W_ABS, _ARCH), _op(_JEQ, audit_arch, 1, 0), _op(_RET, _KILL_PROCESS), _op(_LD_W_ABS, _NR)]
+    if audit_arch == _ARCHES["x86_64"][0]:
+        ops += [_op(_JGE, _X32_SYSCALL_BIT, 0, 1), _op(_RET, _KILL_PROCESS)]
+    for name, code in _REFUSED.items():
+        ops += [_op(_JEQ, nr[name], 0, 1), _op(_RET, _ERRNO | code)]
+    # socket and socketpair: only the first argument (the domain) AF_UNIX passes
+    ops += [_op(_JEQ, nr["socket"], 1, 0), _op(_JEQ, nr["socketpair"], 0, 3),
+            _op(_LD_W_ABS, _ARG0), _op(_JEQ, AF_UNIX, 1, 0), _op(_RET, _ERRNO | errno.EAFNOSUPPORT)]
+    ops += [_op(_RET, _ALLOW)]
+    return b"".join(ops)
+
+
+def program_fd() -> int | None:
+    """A memfd holding the program, positioned at its start, for bubblewrap's --seccomp; the caller closes it."""
+    code = program()
+    if code is None:
+        return None
+    fd = os.memfd_create("autoresearch-seccomp", os.MFD_CLOEXEC)
+    os.write(fd, code)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
