@@ -74,6 +74,13 @@ class MemoryCgroup:
         except OSError:
             return []
 
+    def contains(self, pid: int) -> bool:
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            return False
+        return any(line.endswith(f"/{self.path.name}") for line in lines)
+
     def oom_kills(self) -> int:
         """How many processes the kernel killed in this group for memory."""
         name = "memory.oom_control" if self.version == 1 else "memory.events"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Callable
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -48,18 +49,21 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
+def has_env(pid: int, token: str) -> bool:
+    try:
+        return token.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
+def parent(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
 def pids_with_env(token: str) -> list[int]:
     """Processes whose environment holds token: finds strays that escaped the tree (no-bwrap fallback)."""
-    needle = token.encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                if needle in Path(f"/proc/{entry}/environ").read_bytes():
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid() and has_env(int(e), token)]
 
 
 def kill_all(pids: list[int]) -> None:
@@ -68,6 +72,23 @@ def kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def kill_verified(pids: set[int], belongs: Callable[[int], bool]) -> None:
+    """SIGKILL each pid that still belongs to the run, through a pidfd: a pid that was freed and taken by
+    another process between listing and killing is checked under its new owner and left alone."""
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            if belongs(pid):  # read after the pidfd pinned the process: a later reuse cannot be signalled
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def alive(pid: int) -> bool:

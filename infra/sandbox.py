@@ -223,16 +223,21 @@ class _Killer:
         with self.lock:
             if reason and self.reason is None and not self.exited.is_set():
                 self.reason = reason
-            pids = process_tree.descendants(self.proc.pid)  # before the group dies: its children reparent
-            if self.cgroup is not None:
-                pids += self.cgroup.pids()
+            tree = set(process_tree.descendants(self.proc.pid))  # before the group dies: its children reparent
+            listed = tree | set(self.cgroup.pids() if self.cgroup else []) | set(process_tree.pids_with_env(self.token))
             try:
-                os.killpg(self.proc.pid, 9)
+                os.killpg(self.proc.pid, 9)  # safe: the leader is not reaped yet, so its group id is still ours
             except (ProcessLookupError, PermissionError):
                 pass
-            pids += process_tree.pids_with_env(self.token)
-            process_tree.kill_all(pids)
-            self.doomed.update(pids)
+            process_tree.kill_verified(listed - {self.proc.pid}, self._belongs(tree))
+            self.doomed.update(listed)
+
+    def _belongs(self, tree: set[int]) -> Callable[[int], bool]:
+        """Whether a pid (read again after it was pinned) is still a process of this run."""
+        def check(pid: int) -> bool:
+            return ((self.cgroup is not None and self.cgroup.contains(pid)) or process_tree.has_env(pid, self.token)
+                    or process_tree.parent(pid) in tree)
+        return check
 
     def sweep(self) -> None:
         """After the exit: kill anything left of the run, and wait (a few seconds at most) until it is gone."""
