@@ -273,7 +273,8 @@ class TrainingBudget:
     The sandbox gives every candidate the same deadline on the machine's monotonic clock
     (AUTORESEARCH_DEADLINE: launch + start-up allowance + TRAINING_BUDGET_SECS) and SIGKILLs it
     a short grace period later, whatever train.py does or prints. This helper stops training at
-    an epoch boundary before that deadline. Outside the sandbox the deadline is `seconds` from now.
+    an epoch boundary before the earlier of that deadline and `seconds` from its creation: an
+    honest candidate trains for the budget, and never past the deadline.
     """
 
     def __init__(self, seconds: float | None = None):
@@ -284,7 +285,7 @@ class TrainingBudget:
         self.start = time.monotonic()
         self._epoch_start = self.start
         deadline = os.environ.get(DEADLINE_ENV) if seconds is None else None
-        self.deadline = float(deadline) if deadline else self.start + self.seconds
+        self.deadline = min(self.start + self.seconds, float(deadline)) if deadline else self.start + self.seconds
         print(f"budget_start: {self.seconds:.1f} (seconds left until the deadline: {self.remaining:.1f})", flush=True)
 
     @property

@@ -4,8 +4,8 @@ interpreter, torch's import and the training split reaching the device (infra/wa
 
 Measured, not guessed: a fixed reference start-up (this module's REFERENCE, the orchestrator's code,
 not a candidate's) runs in the same sandbox, on the same device, and the allowance is
-1.1 x its wall time + 0.5 s (a candidate's own start-up also builds its model; any excess over the
-allowance only shortens its own training, since the deadline is the same for everyone). An experiment measures it once and stores it, so every candidate in it,
+1.1 x its wall time + 0.5 s (a candidate's own start-up also builds its model; a start-up longer than
+the allowance only shortens its own training, since its deadline does not move). An experiment measures it once and stores it, so every candidate in it,
 resumed runs included, gets the same window. `--startup-allowance SECONDS` sets it by hand.
 """
 

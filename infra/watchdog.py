@@ -5,10 +5,10 @@ The clock is the orchestrator's, never the candidate's:
 
     launch ──start-up allowance──> ──budget──> deadline ──grace──> SIGKILL
 
-Every candidate gets the same window: until the deadline (launch + start-up allowance + budget) to
-train, however it splits that between start-up and epochs, and `grace` more to save its model.
-prepare.TrainingBudget is told the deadline and stops at an epoch boundary before it; a candidate that
-ignores it, never prints the budget marker, or trains during "start-up" gains nothing: at
+No candidate trains past its deadline (launch + start-up allowance + budget), and each gets `grace`
+more to save its model. prepare.TrainingBudget is told the deadline and stops at an epoch boundary
+before it (or after `budget` seconds, if that comes first); a candidate that ignores it, never prints
+the budget marker, or trains during "start-up" gains at most the unused allowance and the grace: at
 deadline + grace it is SIGKILLed and scored `timeout`, never `ok`. SIGKILL cannot be caught or deferred.
 
 Resources are watched from outside at every poll: memory (the process tree's RSS, its private tmpfs

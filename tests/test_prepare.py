@@ -183,6 +183,9 @@ def test_budget_stops_before_the_sandbox_deadline_not_its_own_clock(monkeypatch,
     clock.now += 2.5
     budget.epoch_done()
     assert not budget.another_epoch_fits()  # 1 s left, 2.5 s predicted, though 5 s of "budget" were used
+    monkeypatch.setenv(prepare.DEADLINE_ENV, "1000.0")  # a far deadline: the budget itself binds
+    clock.now = 200.0
+    assert prepare.TrainingBudget().deadline == 210.0
 
 
 def test_save_model_round_trips_through_the_aten_graph(tmp_path):
