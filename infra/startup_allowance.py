@@ -3,10 +3,11 @@ The start-up allowance: the wall time every candidate gets before its budget sta
 interpreter, torch's import and the training split reaching the device (infra/watchdog.py's clock).
 
 Measured, not guessed: a fixed reference start-up (this module's REFERENCE, the orchestrator's code,
-not a candidate's) runs in the same sandbox, on the same device, and the allowance is
-1.1 x its wall time + 0.5 s (a candidate's own start-up also builds its model; a start-up longer than
-the allowance only shortens its own training, since its deadline does not move). An experiment measures it once and stores it, so every candidate in it,
-resumed runs included, gets the same window. `--startup-allowance SECONDS` sets it by hand.
+not a candidate's) runs in the same sandbox, on the same device, and the allowance is 1.1 x its wall
+time + 0.5 s (a candidate's own start-up also builds its model; a start-up longer than the allowance
+only shortens its own training, since its deadline does not move). An experiment measures it once and
+stores it, so every candidate in it, resumed runs included, gets the same limits.
+`--startup-allowance SECONDS` sets it by hand.
 """
 
 from __future__ import annotations
