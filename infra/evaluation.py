@@ -8,6 +8,7 @@ untrusted data (infra/safe_files.py), checks dtype, shape and finiteness, and co
 loss itself.
 
     <eval dir>/images.npy     the images, written by the orchestrator, mounted read-only
+    <eval dir>/model.safetensors  a read-only copy of the artifact, mounted read-only
     <eval dir>/eval.log       the process's output, written by the orchestrator
     <eval dir>/out/           the process's only writable directory (logits.npy); deleted after reading
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,11 +98,14 @@ def evaluate_artifact(
     np.save(buffer, images.numpy(), allow_pickle=False)
     images_path = eval_dir / "images.npy"
     write_private(images_path, buffer.getvalue())
+    model_path = eval_dir / prepare.MODEL_ARTIFACT  # the sandbox user must be able to read it, whatever its mode
+    shutil.copyfile(artifact, model_path)
+    model_path.chmod(0o444)
     out = eval_dir / "out"
     out.mkdir(mode=0o755)
     give_to_sandbox(out)
     job = SandboxJob(
-        argv=[sys.executable, str(PREPARE_PY), "predict", str(artifact), str(images_path), str(out / "logits.npy")],
+        argv=[sys.executable, str(PREPARE_PY), "predict", str(model_path), str(images_path), str(out / "logits.npy")],
         workdir=out,
         log_path=eval_dir / "eval.log",
         startup_allowance_s=limits.eval_timeout_s,
@@ -110,7 +115,7 @@ def evaluate_artifact(
         disk_cap_bytes=len(labels) * prepare.NUM_CLASSES * 8 + 2**20,
         max_files=16,
         env={"AUTORESEARCH_DEVICE": "cpu"},
-        ro_paths=[PREPARE_PY, artifact.resolve(), images_path],
+        ro_paths=[PREPARE_PY, model_path, images_path],
         hidden=hidden_data_dirs(),
     )
     try:
@@ -126,3 +131,4 @@ def evaluate_artifact(
     finally:
         remove_tree(out)
         images_path.unlink(missing_ok=True)
+        model_path.unlink(missing_ok=True)

@@ -842,3 +842,16 @@ def test_kernel_buffers_and_fast_disk_reservations_are_refused(tmp_path):
                                                                                       errno.EAFNOSUPPORT)
     assert found["unix"] == "ok"
     assert found["fallocate"] == errno.EOPNOTSUPP and found["io_uring_setup"] == errno.ENOSYS
+
+
+def test_the_evaluator_reads_an_artifact_whatever_its_mode(tmp_path):
+    """safetensors writes its files 0600; the sandbox user must still read the orchestrator's copy."""
+    from torch import nn
+
+    from infra.evaluation import evaluate_artifact
+
+    artifact = prepare.save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), tmp_path / "art")
+    artifact.chmod(0o600)
+    images, labels = prepare.load_split_uint8("val")
+    evaluation = evaluate_artifact(artifact, images, labels, tmp_path / "eval", LIMITS)
+    assert evaluation.ok, evaluation.reason
