@@ -13,6 +13,7 @@ What train.py may use:
     load_split("train", device)                  (images float32 in [0, 1], N x 1 x 28 x 28; labels int64;
                                                  in the sandbox: this run's 98% of the 50,000, in its own order)
     TrainingBudget()                             says whether another epoch fits the time budget
+    budget_clock()                               the clock the budget runs on (CPU time on a CPU device)
     save_model(model)                            writes the artifact that gets scored (weights + core ATen graph)
 
 Command line:
@@ -66,7 +67,8 @@ EVAL_BATCH_SIZE = 1000  # the exported graph's fixed batch; evaluation pads the 
 TRAIN_SPLIT_ENV = "AUTORESEARCH_TRAIN_SPLIT"
 ARTIFACT_DIR_ENV = "AUTORESEARCH_ARTIFACT_DIR"
 BUDGET_ENV = "TRAINING_BUDGET_SECS"
-DEADLINE_ENV = "AUTORESEARCH_DEADLINE"  # time.monotonic() by which training must be over
+DEADLINE_ENV = "AUTORESEARCH_DEADLINE"  # budget_clock() reading by which training must be over
+CPU_THREADS_ENV = "AUTORESEARCH_CPU_THREADS"  # set on a CPU: the budget is CPU time of this many cores
 
 
 class DataUnavailable(RuntimeError):
@@ -268,13 +270,53 @@ def get_device() -> torch.device:
 # Time budget (fixed): train.py asks before each epoch whether another fits.
 # ---------------------------------------------------------------------------
 
+def _tree_cpu_ticks(root: int) -> int | None:
+    """utime + stime + cutime + cstime of root and every process below it, from /proc (None: no /proc)."""
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    try:
+        entries = [int(e) for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return None
+    for pid in entries:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+        children.setdefault(int(fields[1]), []).append(pid)
+        ticks[pid] = sum(int(x) for x in fields[11:15])
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += ticks.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def run_cpu_seconds() -> float:
+    """CPU time of this process and every process it started: what the sandbox's CPU clock counts."""
+    ticks = _tree_cpu_ticks(os.getpid())
+    if ticks is None:
+        return time.process_time()
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def budget_clock() -> float:
+    """Now, on the budget's clock, in seconds. On a CPU (AUTORESEARCH_CPU_THREADS=N) that is CPU time of
+    this run per allotted core, so a busy machine does not shorten anyone's training; else the wall clock."""
+    threads = int(os.environ.get(CPU_THREADS_ENV, "0") or 0)
+    return run_cpu_seconds() / threads if threads > 0 else time.monotonic()
+
+
 class TrainingBudget:
     """
-    The sandbox gives every candidate the same deadline on the machine's monotonic clock
-    (AUTORESEARCH_DEADLINE: launch + start-up allowance + TRAINING_BUDGET_SECS) and SIGKILLs it
-    a short grace period later, whatever train.py does or prints. This helper stops training at
-    an epoch boundary before the earlier of that deadline and `seconds` from its creation: an
-    honest candidate trains for the budget, and never past the deadline.
+    The sandbox gives every candidate the same deadline on the budget's clock (AUTORESEARCH_DEADLINE:
+    start-up allowance + TRAINING_BUDGET_SECS; on a CPU the clock is CPU time of the run, on a GPU the
+    wall clock) and SIGKILLs it a short grace period later, whatever train.py does or prints. This
+    helper stops training at an epoch boundary before the earlier of that deadline and `seconds` from
+    its creation: an honest candidate trains for the budget, and never past the deadline.
     """
 
     def __init__(self, seconds: float | None = None):
@@ -282,19 +324,23 @@ class TrainingBudget:
         if self.seconds <= 0:
             raise ValueError(f"{BUDGET_ENV} must be positive, got {self.seconds}")
         self.epoch_seconds: list[float] = []
-        self.start = time.monotonic()
+        self.threads = int(os.environ.get(CPU_THREADS_ENV, "0") or 0)
+        self.wall_start = time.monotonic()
+        self.start = budget_clock()
         self._epoch_start = self.start
         deadline = os.environ.get(DEADLINE_ENV) if seconds is None else None
         self.deadline = min(self.start + self.seconds, float(deadline)) if deadline else self.start + self.seconds
-        print(f"budget_start: {self.seconds:.1f} (seconds left until the deadline: {self.remaining:.1f})", flush=True)
+        clock = f"CPU time of {self.threads} cores" if self.threads else "wall clock"
+        print(f"budget_start: {self.seconds:.1f} (clock: {clock}; seconds left until the deadline: "
+              f"{self.remaining:.1f})", flush=True)
 
     @property
     def elapsed(self) -> float:
-        return time.monotonic() - self.start
+        return budget_clock() - self.start
 
     @property
     def remaining(self) -> float:
-        return self.deadline - time.monotonic()
+        return self.deadline - budget_clock()
 
     @property
     def epochs(self) -> int:
@@ -309,7 +355,7 @@ class TrainingBudget:
         return predicted <= self.remaining
 
     def epoch_done(self) -> None:
-        now = time.monotonic()
+        now = budget_clock()
         self.epoch_seconds.append(now - self._epoch_start)
         self._epoch_start = now
 
@@ -317,6 +363,7 @@ class TrainingBudget:
         """Grep-friendly summary lines (informational: the sandbox measures time itself)."""
         print(f"epochs: {self.epochs}", flush=True)
         print(f"training_seconds: {self.elapsed:.2f}", flush=True)
+        print(f"training_wall_seconds: {time.monotonic() - self.wall_start:.2f}", flush=True)
 
 
 # ---------------------------------------------------------------------------

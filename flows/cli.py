@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from infra import settings
+from infra.compute_record import describe
 
 app = typer.Typer(help="Autoresearch for Fashion-MNIST.", no_args_is_help=True, add_completion=False)
 err = Console(stderr=True)
@@ -55,16 +56,20 @@ def check_data() -> None:
         fail(str(exc), code=1)
 
 
-def make_limits(budget: float, grace: float, startup_allowance: Optional[float], memory_cap_gb: Optional[float]) -> settings.Limits:
+def make_limits(budget: float, grace: float, startup_allowance: Optional[float], memory_cap_gb: Optional[float],
+                cpu_threads: Optional[int]) -> settings.Limits:
     """The limits, checked before anything starts (an unset start-up allowance is checked as 0 here)."""
     if memory_cap_gb is not None and memory_cap_gb <= 0:
         fail(f"--memory-cap-gb must be positive, got {memory_cap_gb}")
+    if cpu_threads is not None and cpu_threads < 1:
+        fail(f"--cpu-threads must be at least 1, got {cpu_threads}")
     try:
         return settings.Limits(
             budget_s=budget,
             grace_s=grace,
             startup_allowance_s=startup_allowance or 0.0,
             memory_cap_bytes=int(memory_cap_gb * 2**30) if memory_cap_gb else 0,
+            cpu_threads=cpu_threads or 0,
         )
     except ValueError as exc:
         fail(str(exc))
@@ -106,12 +111,13 @@ def train(
     grace: float = typer.Option(settings.DEFAULT_GRACE_S, "--grace", help="seconds after the deadline to save the model before SIGKILL"),
     startup_allowance: Optional[float] = typer.Option(None, "--startup-allowance", help="seconds for imports and data loading before the budget (default: measured)"),
     memory_cap_gb: Optional[float] = typer.Option(None, "--memory-cap-gb", help="memory cap (default: half of RAM)"),
+    cpu_threads: Optional[int] = typer.Option(None, "--cpu-threads", help="cores allotted to a CPU run; its budget is CPU time of these cores (default: this machine's, at most 4)"),
     home: Optional[Path] = typer.Option(None, "--home", help="runs directory (default: AUTORESEARCH_HOME or ./runs)"),
 ) -> None:
     """Train one candidate in the sandbox and score it on the validation split."""
     if not path.is_file():
         fail(f"no such file: {path}")
-    limits = make_limits(budget, grace, startup_allowance, memory_cap_gb)
+    limits = make_limits(budget, grace, startup_allowance, memory_cap_gb, cpu_threads)
     check_device(device)
     check_data()
     from dataclasses import replace
@@ -126,7 +132,7 @@ def train(
 
         try:
             measured = measure_startup_allowance(run_dir.with_name(run_dir.name + "-startup-probe"), device,
-                                                 limits.memory_cap_bytes)
+                                                 limits.memory_cap_bytes, limits.cpu_threads)
         except RuntimeError as exc:
             fail(f"cannot measure the start-up allowance: {exc}", code=1)
         limits = replace(limits, startup_allowance_s=measured)
@@ -144,6 +150,7 @@ def train(
     for key in ("status", "reason", "val_accuracy", "val_loss", "epochs", "train_seconds", "wall_seconds"):
         value = getattr(result, key)
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else escape(str(value)))
+    table.add_row("compute", describe(result.compute))
     table.add_row("peak_memory", f"{result.peak_memory_bytes / 2**20:.0f} MiB")
     table.add_row("isolated", "bubblewrap" if result.isolated else "no (bubblewrap missing)")
     table.add_row("log", escape(result.log_path))
@@ -181,6 +188,7 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps"),
     grace: float = typer.Option(settings.DEFAULT_GRACE_S, "--grace", help="seconds after the deadline to save the model before SIGKILL"),
     startup_allowance: Optional[float] = typer.Option(None, "--startup-allowance", help="seconds before the budget for start-up (default: measured once per experiment)"),
+    cpu_threads: Optional[int] = typer.Option(None, "--cpu-threads", help="cores allotted to a CPU run; its budget is CPU time of these cores (default: this machine's, at most 4, fixed at the experiment's first run)"),
     model: Optional[str] = typer.Option(None, "--model", help="model for claude/openai (default: claude-sonnet-4-6)"),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD cap on proposer calls; the loop ends before a call could pass it"),
     preflight: Optional[bool] = typer.Option(None, "--preflight/--no-preflight", help="smoke-run each candidate first (default: on for claude/openai)"),
@@ -188,7 +196,7 @@ def run(
 ) -> None:
     """Run (or resume) the research loop on Prefect."""
     check_name(experiment)
-    make_limits(budget, grace, startup_allowance, None)
+    make_limits(budget, grace, startup_allowance, None, cpu_threads)
     if iterations < 0 or revise_every < 1 or repeats < 1 or fix_attempts < 0:
         fail("--iterations and --fix-attempts must be >= 0, --revise-every and --repeats >= 1")
     if max_cost is not None and max_cost <= 0:
@@ -228,7 +236,8 @@ def run(
     config = dict(name=experiment, iterations=iterations, budget_s=budget, proposer=spec, revise_every=revise_every,
                   repeats=repeats, home=str(home_dir), db_url=store.url, program_path=str(program.resolve()),
                   baseline_path=str(baseline.resolve()),
-                  device=device, grace_s=grace, startup_allowance_s=startup_allowance, model=model, max_cost=max_cost,
+                  device=device, grace_s=grace, startup_allowance_s=startup_allowance, cpu_threads=cpu_threads,
+                  model=model, max_cost=max_cost,
                   preflight=preflight, fix_attempts=fix_attempts)
     try:
         with prefect_api(home_dir) as api_url:
@@ -264,7 +273,7 @@ def history(
         print(json.dumps(rows, indent=2, default=str))
         return
     table = Table(title=f"{experiment} ({exp.status})", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("it", "status", "decision", "val", "test", "runs", "delta/thresh", "cost $"):
+    for column in ("it", "status", "decision", "val", "test", "runs", "delta/thresh", "epochs", "cores", "cost $"):
         table.add_column(column, no_wrap=True)
     table.add_column(escape("hypothesis [reason]"), ratio=1, overflow="fold")
     for r in rows:
@@ -274,10 +283,18 @@ def history(
                       f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-",
                       str(len(r["measurements"] or [])),
                       f"{rule['delta']:+.4f}/{rule['threshold']:.4f}" if "threshold" in rule else "-",
+                      str(r["epochs"]) if r["epochs"] is not None else "-", cores_column(r["runs"]),
                       f"{r['cost_usd']:.4f}",
                       escape(r["hypothesis"] if r["status"] == "ok" else f"{r['hypothesis']} [{r['reason']}]"))
     out.print(table)
     out.print(f"proposer cost: ${store.total_cost(exp.id):.4f} in total")
+
+
+def cores_column(runs: list[dict]) -> str:
+    """The share of its allotted cores each measured run received (wall: the wall clock); ! marks a contended run."""
+    shares = [(f"{r['core_share']:.0%}" if r["clock"] == "cpu" else "wall") + ("!" if r["contended"] else "")
+              for r in runs if "clock" in r]
+    return " ".join(shares) or "-"
 
 
 @app.command()

@@ -24,6 +24,7 @@ import prepare  # noqa: E402
 from infra import settings  # noqa: E402
 from infra.acceptance_rule import RuleConfig  # noqa: E402
 from infra.code_edit import unified_diff  # noqa: E402
+from infra.compute_record import describe  # noqa: E402
 from infra.failpoints import failpoint  # noqa: E402
 from infra.lock import experiment_lock  # noqa: E402
 from infra.program import read_program, strategy_of, with_strategy  # noqa: E402
@@ -64,17 +65,21 @@ class ExperimentConfig:
     fix_attempts: int = 2
     grace_s: float = settings.DEFAULT_GRACE_S
     startup_allowance_s: float | None = None  # None: measured once for the experiment (infra/startup_allowance.py)
+    cpu_threads: int | None = None  # allotted cores of CPU runs (None: this machine's, fixed at the first run)
     rule: dict[str, float] = field(default_factory=dict)
 
     def limits(self) -> settings.Limits:
         assert self.startup_allowance_s is not None, "resolve the start-up allowance first"
-        return settings.Limits(budget_s=self.budget_s, grace_s=self.grace_s, startup_allowance_s=self.startup_allowance_s)
+        return settings.Limits(budget_s=self.budget_s, grace_s=self.grace_s, startup_allowance_s=self.startup_allowance_s,
+                               cpu_threads=self.cpu_threads or 0)
 
     def rule_config(self) -> RuleConfig:
         return RuleConfig(**self.rule)
 
 
-FIXED_SETTINGS = ("budget_s", "grace_s", "startup_allowance_s", "repeats", "device")
+MAX_CONTENDED_RERUNS = 2  # how often a run starved by the machine's load is measured again
+
+FIXED_SETTINGS = ("budget_s", "grace_s", "startup_allowance_s", "cpu_threads", "repeats", "device")
 
 
 class Run:
@@ -89,17 +94,23 @@ class Run:
         self.test = prepare.load_split_uint8("test")
         self.baseline_code = Path(cfg.baseline_path).read_text()
         self.exp = self.store.ensure_experiment(cfg.name, asdict(cfg))
+        self._resolve_cpu_threads()
         self._resolve_startup_allowance()
         self._check_same_settings()
         self.limits = cfg.limits()
         self.preflight = cfg.preflight if cfg.preflight is not None else cfg.proposer in LLM_SPECS
+
+    def _resolve_cpu_threads(self) -> None:
+        """The experiment's stored allotted cores, or this machine's: the same CPU budget for every candidate."""
+        if self.cfg.cpu_threads is None:
+            self.cfg.cpu_threads = self.exp.config.get("cpu_threads") or settings.default_cpu_threads()
 
     def _resolve_startup_allowance(self) -> None:
         """The experiment's stored allowance, or (first run) one measured now: the same for every candidate."""
         if self.cfg.startup_allowance_s is None:
             stored = self.exp.config.get("startup_allowance_s")
             self.cfg.startup_allowance_s = stored if stored is not None else measure_startup_allowance(
-                self.ws.root / "iterations" / "startup-probe", self.cfg.device)
+                self.ws.root / "iterations" / "startup-probe", self.cfg.device, cpu_threads=self.cfg.cpu_threads)
             print(f"start-up allowance: {self.cfg.startup_allowance_s:g} s "
                   f"({'stored with the experiment' if stored is not None else 'measured in the sandbox'})")
 
@@ -146,6 +157,7 @@ class Run:
             strategy=self.strategy(),
             history=self.history(),
             hardware={"device": str(prepare.get_device()), "budget_s": self.cfg.budget_s,
+                      "cpu_threads": self.limits.cpu_threads if prepare.get_device().type == "cpu" else None,
                       "incumbent_epochs": inc.epochs, "incumbent_seconds_per_epoch": per_epoch},
             seed=self.exp.id,
             max_cost_left=self.cost_left(),
@@ -182,16 +194,31 @@ def seed_of(iteration: int, n: int) -> int:
     return 1000 * iteration + n
 
 
-def measure(run: Run, code: str, iteration: int, n: int) -> TrialResult:
-    """The n-th measured run of an iteration's code (re-run from scratch if an earlier attempt was interrupted)."""
+def run_record(seed: int, result: TrialResult) -> dict[str, Any]:
+    """One measured run as the store keeps it: what it scored and the compute it received."""
+    return {"seed": seed, "status": result.status, "val_accuracy": result.val_accuracy, "epochs": result.epochs,
+            "train_seconds": result.train_seconds, **result.compute}
+
+
+def measure(run: Run, code: str, iteration: int, n: int, runs: list[dict[str, Any]]) -> TrialResult:
+    """The n-th measured run of an iteration's code (re-run from scratch if an earlier attempt was interrupted).
+    A run the machine's load starved (infra/compute_record.py) is measured again, at most
+    MAX_CONTENDED_RERUNS times; every attempt is appended to runs."""
     seed = seed_of(iteration, n)
-    trained = sandboxed_train(code, run.ws.run_dir(iteration, seed), run.limits, seed, iteration, run.cfg.device)
-    return evaluate(trained, run.val, run.limits, iteration, seed)
+    for attempt in range(MAX_CONTENDED_RERUNS + 1):
+        trained = sandboxed_train(code, run.ws.run_dir(iteration, seed), run.limits, seed, iteration, run.cfg.device)
+        result = evaluate(trained, run.val, run.limits, iteration, seed)
+        runs.append(run_record(seed, result))
+        if not result.contended:
+            break
+        print(f"iteration {iteration} seed {seed}: contended ({describe(result.compute)}): "
+              f"{'measured again' if attempt < MAX_CONTENDED_RERUNS else 'kept as it is, flagged'}")
+    return result
 
 
-def add_seed_run(run: Run, code: str, i: int, scores: list[float]) -> bool:
+def add_seed_run(run: Run, code: str, i: int, scores: list[float], runs: list[dict[str, Any]]) -> bool:
     """One more run of a candidate with the next seed; its score joins scores if ok."""
-    extra = measure(run, code, i, len(scores))
+    extra = measure(run, code, i, len(scores), runs)
     if extra.status == "ok":
         scores.append(extra.val_accuracy)
     return extra.status == "ok"
@@ -205,7 +232,8 @@ def trial_fields(result: TrialResult) -> dict[str, Any]:
 
 def run_baseline(run: Run) -> None:
     code = run.ws.train_py.read_text()
-    results = [measure(run, code, 0, n) for n in range(run.cfg.repeats)]
+    runs: list[dict[str, Any]] = []
+    results = [measure(run, code, 0, n, runs) for n in range(run.cfg.repeats)]
     scores = [r.val_accuracy for r in results if r.status == "ok"]
     if not scores:
         raise RuntimeError(f"the baseline failed every run: {results[0].status}: {results[0].reason}")
@@ -214,7 +242,7 @@ def run_baseline(run: Run) -> None:
     run.store.put_iteration(
         run.exp.id, 0, proposer="baseline", hypothesis="baseline", change_type="baseline", code=code, diff="",
         **{**trial_fields(first_ok), "val_accuracy": statistics.fmean(scores)},
-        measurements=scores, decision="baseline", rule={}, test_accuracy=test_acc, finished_at=utcnow())
+        measurements=scores, runs=runs, decision="baseline", rule={}, test_accuracy=test_acc, finished_at=utcnow())
     print(f"iteration 0 (baseline): val_accuracy {statistics.fmean(scores):.4f} over {len(scores)} runs {scores}")
 
 
@@ -270,24 +298,25 @@ def run_iteration(run: Run, i: int) -> bool:
         return True
     run.store.put_iteration(run.exp.id, i, **base, status="running", decision="", rule={}, measurements=[],
                             started_at=utcnow(), finished_at=None)
-    first = measure(run, proposal.code, i, 0)
+    runs: list[dict[str, Any]] = []
+    first = measure(run, proposal.code, i, 0, runs)
     scores, decision, test_acc = [], None, None
     if first.status == "ok":
         scores = [first.val_accuracy]
         decision = keep_or_discard(incumbent.measurements, scores, run.rule, i)
         while decision.verdict == "confirm":
-            if not add_seed_run(run, proposal.code, i, scores):
+            if not add_seed_run(run, proposal.code, i, scores, runs):
                 break
             decision = keep_or_discard(incumbent.measurements, scores, run.rule, i)
         if decision.verdict == "keep":
             for _ in range(run.cfg.repeats):  # the new incumbent's own noise, from more seeds
-                add_seed_run(run, proposal.code, i, scores)
+                add_seed_run(run, proposal.code, i, scores, runs)
             test_acc = test_report(Path(first.run_dir), run.test, run.limits, i)
     verdict = decision.verdict if decision and decision.verdict == "keep" else "discard"
     failpoint("decided", i)
     run.store.put_iteration(
         run.exp.id, i, **base, **{**trial_fields(first), "val_accuracy": statistics.fmean(scores) if scores else None},
-        measurements=scores, decision=verdict, rule=decision.as_dict() if decision else {},
+        measurements=scores, runs=runs, decision=verdict, rule=decision.as_dict() if decision else {},
         test_accuracy=test_acc, finished_at=utcnow())
     failpoint("recorded", i)
     run.ws.prune_models(i, keep=Path(first.run_dir) if verdict == "keep" else None)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -47,6 +48,29 @@ def rss_bytes(pids: list[int]) -> int:
         if fields:
             total += int(fields[21]) * _PAGE  # field 24 of stat: rss in pages
     return total
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) of the processes and of the children they have waited for. Summed over a
+    whole tree, every thread that ever ran in it is counted once: a finished thread's time stays in its
+    process, a reaped child's moves into its parent's (cutime, cstime), a zombie still shows its own."""
+    ticks = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields:
+            ticks += sum(int(f) for f in fields[11:15])  # fields 14-17 of stat: utime stime cutime cstime
+    return ticks / _TICKS
+
+
+def run_delay_seconds(pids: list[int]) -> float:
+    """Time the processes' main threads spent runnable but waiting for a CPU (schedstat): contention."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
 
 
 def has_env(pid: int, token: str) -> bool:

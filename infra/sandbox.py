@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from infra import process_tree, sandbox_identity, syscall_filter
+from infra.compute_record import ComputeRecord, compute_record, host_load
 from infra.memory_cgroup import MemoryCgroup
 from infra.output_capture import BoundedLog
 from infra.safe_files import tree_usage
@@ -70,6 +71,7 @@ class SandboxJob:
     hidden: list[Path] = field(default_factory=list)  # host paths to hide even if under a system dir
     cap_address_space: bool = True
     gpu: bool = False
+    cpu_threads: int = 0  # 0: the wall clock; N: a CPU-time budget on N allotted cores (infra/watchdog.py)
 
 
 @dataclass
@@ -78,7 +80,8 @@ class SandboxOutcome:
     signal: int | None
     killed_for: str | None  # 'timeout', 'memory', 'disk' or 'open files' when it was killed
     wall_seconds: float
-    training_seconds: float
+    training_seconds: float  # in budget units: wall seconds, or CPU seconds per allotted core
+    compute: ComputeRecord
     peak_rss_bytes: int  # peak memory the watchdog saw: RSS of the tree + private tmpfs + unlinked open files
     peak_disk_bytes: int
     log_path: Path
@@ -201,6 +204,10 @@ def _base_env(job: SandboxJob, token: str) -> dict[str, str]:
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "CUDA_VISIBLE_DEVICES"):
         if key in os.environ:
             env[key] = os.environ[key]
+    if job.cpu_threads:  # the allotted cores; waiting threads sleep instead of spinning on the CPU budget
+        for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "AUTORESEARCH_CPU_THREADS"):
+            env[key] = str(job.cpu_threads)
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     env.update(job.env)
     return env
 
@@ -265,6 +272,7 @@ def _resource_verdict(pids: list[int], job: SandboxJob, watchdog: Watchdog, isol
     memory = process_tree.rss_bytes(pids) + hidden
     if isolated:
         memory += process_tree.private_tmpfs_bytes(pids, PRIVATE_TMPFS, job.memory_cap_bytes)
+    watchdog.saw_cpu(process_tree.cpu_seconds(pids), process_tree.run_delay_seconds(pids))
     disk, files = tree_usage(job.workdir, job.max_files)
     if free_at_launch - _free_bytes(job.workdir) > job.disk_cap_bytes + DISK_SLACK_BYTES:
         return "disk"  # space that no directory shows: deleted files held open or in flight
@@ -302,11 +310,12 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
         env = _base_env(job, token)
         log = BoundedLog(job.log_path, on_line)
         free_at_launch = _free_bytes(job.workdir)
+        load_start = host_load()
         launched = time.monotonic()
         watchdog = Watchdog(launched, job.startup_allowance_s, job.budget_s, job.grace_s, job.memory_cap_bytes,
-                            job.disk_cap_bytes, job.max_files)
+                            job.disk_cap_bytes, job.max_files, job.cpu_threads)
         if job.deadline_env:
-            env[job.deadline_env] = f"{watchdog.deadline:.3f}"
+            env[job.deadline_env] = f"{watchdog.deadline_on_budget_clock():.3f}"
         proc = subprocess.Popen(
             argv,
             cwd=job.workdir,
@@ -331,12 +340,14 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
     reader.start()
     exited, exited_at = threading.Event(), []
     killer = _Killer(proc, token, cgroup, exited)
-    # the kill at deadline + grace has its own timer: no measurement, however slow, can delay it
+    # the kill at deadline + grace (on a CPU clock: the wall ceiling) has its own timer: no measurement,
+    # however slow, can delay it
     timer = threading.Timer(max(0.0, watchdog.kill_at() - time.monotonic()), killer.kill)
     timer.daemon = True
     timer.start()
     waiter = threading.Thread(target=_wait_for_exit, args=(proc.pid, exited, exited_at), daemon=True)
     waiter.start()
+    final_cpu = 0.0
     try:
         while waiter.is_alive():
             waiter.join(POLL_S)
@@ -349,24 +360,30 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
         timer.cancel()
         killer.kill()
         waiter.join()
+        final_cpu = process_tree.cpu_seconds([proc.pid])  # exited, not reaped: its own and its waited-for children's
         killer.sweep()
         proc.wait()  # reap only now
         reader.join(timeout=60)  # everything that held the pipe is dead: the reader sees its end
         if not reader.is_alive():
             proc.stdout.close()
     ended = exited_at[0] if exited_at else time.monotonic()
+    watchdog.saw_cpu(final_cpu)
     killed_for = killer.reason
-    if killed_for is None and ended >= watchdog.kill_at():
+    if killed_for is None and watchdog.out_of_time(ended):
         killed_for = "timeout"  # killed by the timer, or out on its own after its time was up
     if cgroup is not None and cgroup.oom_kills() and killed_for in (None, "timeout"):
         killed_for = "memory"
     rc = proc.returncode
+    ceiling = job.cpu_threads > 0 and killed_for == "timeout" and watchdog.cpu_seconds <= watchdog.cpu_limit()
+    compute = compute_record(job.cpu_threads, watchdog.cpu_seconds, ended - launched, watchdog.run_delay_seconds,
+                             load_start, host_load(), stopped_by_wall_ceiling=ceiling)
     return SandboxOutcome(
         exit_code=rc if rc >= 0 else None,
         signal=-rc if rc < 0 else None,
         killed_for=killed_for,
         wall_seconds=ended - launched,
         training_seconds=watchdog.training_seconds(ended),
+        compute=compute,
         peak_rss_bytes=watchdog.peak_memory_bytes,
         peak_disk_bytes=watchdog.peak_disk_bytes,
         log_path=job.log_path,

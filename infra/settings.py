@@ -20,6 +20,9 @@ DEFAULT_GRACE_S = 10.0
 DEFAULT_DISK_CAP_BYTES = 2 * 2**30
 DEFAULT_MAX_FILES = 10_000
 MAX_ARTIFACT_BYTES = 256 * 2**20  # 64 million float32 parameters: ample for 28x28 images
+# A CPU run's budget is CPU time of its allotted cores (infra/watchdog.py). Small 28x28 models gain little
+# past a few threads, and every allotted core a candidate cannot use stretches its wall time.
+DEFAULT_MAX_CPU_THREADS = 4
 # Scoring 10,000 images must never take this long; a model that does is treated as broken.
 DEFAULT_EVAL_TIMEOUT_S = 120.0
 
@@ -34,6 +37,11 @@ def default_memory_cap_bytes() -> int:
     """Half of physical RAM, or AUTORESEARCH_MEMORY_CAP_GB."""
     gb = os.environ.get("AUTORESEARCH_MEMORY_CAP_GB")
     return int(float(gb) * 2**30) if gb else physical_memory_bytes() // 2
+
+
+def default_cpu_threads() -> int:
+    """The cores this process may run on (its CPU affinity), at most DEFAULT_MAX_CPU_THREADS."""
+    return max(1, min(len(os.sched_getaffinity(0)), DEFAULT_MAX_CPU_THREADS))
 
 
 def runs_home(override: str | Path | None = None) -> Path:
@@ -52,6 +60,7 @@ class Limits:
     eval_timeout_s: float = DEFAULT_EVAL_TIMEOUT_S
     disk_cap_bytes: int = DEFAULT_DISK_CAP_BYTES
     max_files: int = DEFAULT_MAX_FILES
+    cpu_threads: int = 0  # allotted cores of a CPU run (0: default_cpu_threads())
 
     def __post_init__(self) -> None:
         if not self.budget_s > 0:
@@ -60,8 +69,12 @@ class Limits:
             raise ValueError("start-up allowance and grace must not be negative")
         if self.memory_cap_bytes == 0:
             object.__setattr__(self, "memory_cap_bytes", default_memory_cap_bytes())
+        if self.cpu_threads < 0:
+            raise ValueError(f"cpu threads must be a positive number, got {self.cpu_threads}")
+        if self.cpu_threads == 0:
+            object.__setattr__(self, "cpu_threads", default_cpu_threads())
 
     @property
     def hard_limit_s(self) -> float:
-        """Wall seconds after launch at which the candidate is SIGKILLed: its deadline plus grace."""
+        """Seconds of the budget's clock after launch at which the candidate is SIGKILLed: deadline plus grace."""
         return self.startup_allowance_s + self.budget_s + self.grace_s

@@ -72,6 +72,7 @@ class Iteration(Base):
     decision: Mapped[str] = mapped_column(String(16), default="")  # baseline, keep, discard, failed
     rule: Mapped[dict] = mapped_column(JSON, default=dict)  # delta, noise floor, threshold, ...
     attempts: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")  # pre-flight and fix attempts
+    runs: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")  # measured runs and their compute
     test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -252,6 +253,7 @@ def iteration_record(row: Iteration, cost_usd: float = 0.0) -> dict[str, Any]:
         "wall_seconds": row.wall_seconds,
         "rule": row.rule,
         "attempts": row.attempts,
+        "runs": row.runs,
         "cost_usd": cost_usd,
         "finished": row.finished_at is not None,
     }

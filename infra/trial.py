@@ -27,7 +27,7 @@ import re
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -62,6 +62,12 @@ class TrialResult:
     log_path: str
     run_dir: str
     isolated: bool
+    compute: dict = field(default_factory=dict)  # what compute it received (infra/compute_record.py)
+
+    @property
+    def contended(self) -> bool:
+        """Measured under a load its budget could not make up for: to be run again, not compared."""
+        return bool(self.compute.get("contended"))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -143,7 +149,7 @@ def train_job(run_dir: Path, limits: Limits, seed: int, split_file: Path, device
     }
     if device:
         env["AUTORESEARCH_DEVICE"] = device
-    gpu = (device or "").startswith("cuda") or (device is None and torch.cuda.is_available())
+    gpu = (device or "").startswith(("cuda", "mps")) or (device is None and torch.cuda.is_available())
     return SandboxJob(
         argv=[sys.executable, "train.py"],
         workdir=work,
@@ -160,15 +166,13 @@ def train_job(run_dir: Path, limits: Limits, seed: int, split_file: Path, device
         hidden=hidden_data_dirs(),
         cap_address_space=not gpu,
         gpu=gpu,
+        cpu_threads=0 if gpu else limits.cpu_threads,  # a GPU is the candidate's alone: its clock is the wall
     )
 
 
 def _failure_status(outcome: SandboxOutcome, log_text: str, limits: Limits) -> tuple[str, str] | None:
     if outcome.killed_for == "timeout":
-        return "timeout", (
-            f"killed (SIGKILL) after {outcome.wall_seconds:.1f} s: still running {limits.grace_s:g} s past its deadline "
-            f"(start-up allowance {limits.startup_allowance_s:g} s + budget {limits.budget_s:g} s)"
-        )
+        return "timeout", _timeout_reason(outcome, limits)
     if outcome.killed_for == "memory":
         return "crashed", f"exceeded the memory cap of {_gib(limits.memory_cap_bytes)} (peak {_gib(outcome.peak_rss_bytes)}); killed"
     if outcome.killed_for == "disk":
@@ -183,6 +187,22 @@ def _failure_status(outcome: SandboxOutcome, log_text: str, limits: Limits) -> t
             return "crashed", f"exceeded the memory cap of {_gib(limits.memory_cap_bytes)}: {crash_reason(log_text, outcome.exit_code, outcome.signal)}"
         return "crashed", crash_reason(log_text, outcome.exit_code, outcome.signal)
     return None
+
+
+def _timeout_reason(outcome: SandboxOutcome, limits: Limits) -> str:
+    compute = outcome.compute
+    if compute.clock == "wall":
+        return (f"killed (SIGKILL) after {outcome.wall_seconds:.1f} s: still running {limits.grace_s:g} s past its deadline "
+                f"(start-up allowance {limits.startup_allowance_s:g} s + budget {limits.budget_s:g} s)")
+    limit = limits.startup_allowance_s + (limits.budget_s + limits.grace_s) * compute.threads
+    if compute.cpu_seconds > limit:
+        return (f"killed (SIGKILL) after {compute.cpu_seconds:.1f} CPU s: still running {limits.grace_s:g} s past its deadline "
+                f"(start-up allowance {limits.startup_allowance_s:g} CPU s + budget {limits.budget_s:g} s on "
+                f"{compute.threads} cores)")
+    why = "kept waiting for a CPU by the machine's load" if compute.contended else "sleeping or blocked"
+    return (f"killed (SIGKILL) at the wall-clock ceiling ({outcome.wall_seconds:.1f} s) after only "
+            f"{compute.cpu_seconds:.1f} CPU s of its {limit:.1f}: {why} "
+            f"({compute.core_share:.0%} of {compute.threads} cores, waited {compute.waiting_share:.0%})")
 
 
 def _result(status: str, reason: str, run_dir: Path, started: float, outcome: SandboxOutcome | None = None) -> TrialResult:
@@ -201,6 +221,7 @@ def _result(status: str, reason: str, run_dir: Path, started: float, outcome: Sa
         log_path=str(log_path),
         run_dir=str(run_dir),
         isolated=outcome.isolated if outcome else False,
+        compute=outcome.compute.as_dict() if outcome else {},
     )
 
 

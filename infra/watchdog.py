@@ -1,15 +1,27 @@
 """
 The kill logic: when a sandboxed process must die, and why.
 
-The clock is the orchestrator's, never the candidate's:
+The clock is the orchestrator's, never the candidate's. On a GPU (each candidate has the device to
+itself) it is the wall clock:
 
     launch ──start-up allowance──> ──budget──> deadline ──grace──> SIGKILL
 
-No candidate trains past its deadline (launch + start-up allowance + budget), and each gets `grace`
-more to save its model. prepare.TrainingBudget is told the deadline and stops at an epoch boundary
-before it (or after `budget` seconds, if that comes first); a candidate that ignores it, never prints
-the budget marker, or trains during "start-up" gains at most the unused allowance and the grace: at
-deadline + grace it is SIGKILLed and scored `timeout`, never `ok`. SIGKILL cannot be caught or deferred.
+On a CPU the wall clock would measure the machine's load, not the candidate (a busy neighbour halves
+its epochs), so the clock is the CPU time of the run's whole process tree, given N allotted cores
+(cpu_threads): the budget means budget x N CPU seconds, whatever else runs on the machine.
+
+    CPU time:  0 ──start-up allowance──> ──budget x N──> deadline ──grace x N──> SIGKILL
+    wall time: launch ─────────── WALL_CEILING x (allowance + budget + grace) ──> SIGKILL
+
+The wall ceiling bounds a run that gets no CPU at all (a machine too busy, or a candidate that
+sleeps); a run it stops while it was kept waiting for a CPU is `contended` (infra/compute_record.py),
+and measured again rather than compared.
+
+No candidate trains past its deadline, and each gets `grace` more to save its model.
+prepare.TrainingBudget is told the deadline and stops at an epoch boundary before it (or after
+`budget` seconds, if that comes first); a candidate that ignores it, never prints the budget marker,
+or trains during "start-up" gains at most the unused allowance and the grace: at deadline + grace it
+is SIGKILLed and scored `timeout`, never `ok`. SIGKILL cannot be caught or deferred.
 
 Resources are watched from outside at every poll: memory (the process tree's RSS, its private tmpfs
 mounts, and memfds or deleted files it holds open) against the memory cap, and the bytes and entries
@@ -21,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BUDGET_MARKER = "budget_start:"
+WALL_CEILING = 4.0  # on a CPU clock: wall seconds allowed per second of allowance + budget + grace
 
 
 @dataclass
@@ -32,26 +45,59 @@ class Watchdog:
     memory_cap_bytes: int
     disk_cap_bytes: int
     max_files: int
+    cpu_threads: int = 0  # 0: the wall clock; N: CPU time, on N allotted cores
     training_started: float | None = None
+    cpu_seconds: float = 0.0  # the most CPU time the run's tree was seen to have used
+    run_delay_seconds: float = 0.0  # the most time it was seen waiting for a CPU
+    cpu_at_training_start: float | None = None
     peak_memory_bytes: int = 0
     peak_disk_bytes: int = 0
+
+    @property
+    def cpu_clock(self) -> bool:
+        return self.cpu_threads > 0
 
     def saw_line(self, line: str, now: float) -> None:
         if self.training_started is None and line.startswith(BUDGET_MARKER):
             self.training_started = now
 
+    def saw_cpu(self, cpu_seconds: float, run_delay_seconds: float = 0.0) -> None:
+        """The tree's CPU time and run delay, read now (readings only ever raise them: a reaped child can
+        hide for a moment)."""
+        self.cpu_seconds = max(self.cpu_seconds, cpu_seconds)
+        self.run_delay_seconds = max(self.run_delay_seconds, run_delay_seconds)
+        if self.training_started is not None and self.cpu_at_training_start is None:
+            self.cpu_at_training_start = self.cpu_seconds
+
     @property
     def deadline(self) -> float:
+        """Wall clock: launch + allowance + budget. CPU clock: CPU seconds by which training must be over."""
+        if self.cpu_clock:
+            return self.startup_allowance_s + self.budget_s * self.cpu_threads
         return self.launched + self.startup_allowance_s + self.budget_s
 
+    def deadline_on_budget_clock(self) -> float:
+        """The deadline as prepare.budget_clock() reads it inside the sandbox (CPU seconds per allotted core)."""
+        return self.deadline / self.cpu_threads if self.cpu_clock else self.deadline
+
+    def cpu_limit(self) -> float:
+        """CPU clock: CPU seconds after which the run is SIGKILLed."""
+        return self.deadline + self.grace_s * self.cpu_threads
+
     def kill_at(self) -> float:
+        """The wall-clock moment of the SIGKILL: deadline + grace, or on a CPU clock the wall ceiling."""
+        if self.cpu_clock:
+            return self.launched + WALL_CEILING * (self.startup_allowance_s + self.budget_s + self.grace_s)
         return self.deadline + self.grace_s
+
+    def out_of_time(self, now: float) -> bool:
+        return now >= self.kill_at() or (self.cpu_clock and self.cpu_seconds > self.cpu_limit())
 
     def verdict(self, now: float, memory_bytes: int, disk_bytes: int = 0, files: int = 0) -> str | None:
         """'timeout', 'memory' or 'disk' if the process must be killed now, else None."""
         self.peak_memory_bytes = max(self.peak_memory_bytes, memory_bytes)
         self.peak_disk_bytes = max(self.peak_disk_bytes, disk_bytes)
-        if now >= self.kill_at():
+        if self.out_of_time(now):
             return "timeout"
         if memory_bytes > self.memory_cap_bytes:
             return "memory"
@@ -60,7 +106,13 @@ class Watchdog:
         return None
 
     def training_seconds(self, ended: float) -> float:
-        """Seconds from the budget marker (or, without one, the end of the start-up allowance) to exit."""
+        """Seconds of training: from the budget marker (or, without one, the end of the start-up allowance)
+        to exit; on a CPU clock in CPU seconds per allotted core, the unit of the budget."""
+        if self.cpu_clock:
+            start = self.startup_allowance_s
+            if self.cpu_at_training_start is not None:
+                start = min(start, self.cpu_at_training_start)
+            return max(0.0, self.cpu_seconds - start) / self.cpu_threads
         start = self.launched + self.startup_allowance_s
         if self.training_started is not None:
             start = min(start, self.training_started)

@@ -33,10 +33,12 @@ from tests.conftest import requires_bwrap
 pytestmark = requires_bwrap
 
 # Small budget; the allowances leave room for torch's import and the export on a loaded 2-core machine.
-LIMITS = Limits(budget_s=2, startup_allowance_s=8, grace_s=10, memory_cap_bytes=6 * 2**30, eval_timeout_s=60)
+# One allotted core: on a CPU clock a single-threaded candidate then reaches its limits as fast as on the wall.
+LIMITS = Limits(budget_s=2, startup_allowance_s=8, grace_s=10, memory_cap_bytes=6 * 2**30, eval_timeout_s=60,
+                cpu_threads=1)
 # Generous bound on the whole trial: hard limit + evaluation.
 WALL_BOUND_S = LIMITS.hard_limit_s + 60
-QUICK = Limits(budget_s=1, startup_allowance_s=3, grace_s=2, memory_cap_bytes=6 * 2**30, eval_timeout_s=60)
+QUICK = Limits(budget_s=1, startup_allowance_s=3, grace_s=2, memory_cap_bytes=6 * 2**30, eval_timeout_s=60, cpu_threads=1)
 
 HEADER = "from prepare import TrainingBudget, load_split, save_model\nimport torch\nfrom torch import nn\n"
 SAVE_LINEAR = "save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))\n"
@@ -470,7 +472,7 @@ def test_budget_ignoring_sigterm_catching_loop_is_killed_at_its_deadline(tmp_pat
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         budget = TrainingBudget()
         while True:  # never asks the budget, never stops
-            time.sleep(0.05)
+            pass
     """, limits=QUICK)
     assert result.status == "timeout"
     assert "SIGKILL" in result.reason and "past its deadline" in result.reason
@@ -482,11 +484,12 @@ def test_budget_ignoring_sigterm_catching_loop_is_killed_at_its_deadline(tmp_pat
 def test_training_past_deadline_plus_grace_is_never_ok(tmp_path, marker):
     """Train beyond the window (with or without the budget marker, without asking the helper), then save."""
     result = trial(tmp_path, f"""
-        import os, time
+        import os
+        from prepare import budget_clock
         deadline = float(os.environ["AUTORESEARCH_DEADLINE"])
         {"TrainingBudget()" if marker else "pass"}
         model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-        while time.monotonic() < deadline + {QUICK.grace_s} + 2:
+        while budget_clock() < deadline + {QUICK.grace_s} + 2:
             model(torch.rand(64, 1, 28, 28)).sum().backward()  # "training" the helper never allowed
         {SAVE_LINEAR}
     """, limits=QUICK)
@@ -496,18 +499,19 @@ def test_training_past_deadline_plus_grace_is_never_ok(tmp_path, marker):
 
 def test_saving_within_the_grace_period_is_the_documented_tolerance(tmp_path):
     result = trial(tmp_path, f"""
-        import os, time
+        import os
+        from prepare import budget_clock
         deadline = float(os.environ["AUTORESEARCH_DEADLINE"])
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
+        while budget_clock() < deadline:  # computes up to its deadline, then saves
+            pass
         {SAVE_LINEAR}
-    """, limits=Limits(budget_s=1, startup_allowance_s=3, grace_s=15, memory_cap_bytes=6 * 2**30))
+    """, limits=Limits(budget_s=1, startup_allowance_s=3, grace_s=15, memory_cap_bytes=6 * 2**30, cpu_threads=1))
     assert result.status == "ok", result.reason
     assert result.train_seconds <= 1 + 3 + 15
 
 
 def test_no_budget_marker_still_killed_at_hard_limit(tmp_path):
-    limits = Limits(budget_s=1, startup_allowance_s=2, grace_s=1, memory_cap_bytes=2**30)
+    limits = Limits(budget_s=1, startup_allowance_s=2, grace_s=1, memory_cap_bytes=2**30, cpu_threads=1)
     started = time.monotonic()
     result = trial(tmp_path, "while True:\n    pass\n", limits=limits, header="")
     assert result.status == "timeout"
@@ -664,8 +668,8 @@ def requires_memory_cgroup():
 
 
 def test_the_kill_is_on_time_however_slow_the_measurements(tmp_path, monkeypatch):
-    """A candidate can make a poll slow (many open files): the kill at deadline + grace has its own timer,
-    and a run that exits after that moment is a timeout even if no kill reached it."""
+    """A candidate can make a poll slow (many open files): a run that has used more than its deadline +
+    grace when it exits is a timeout even if no kill reached it (its CPU time is read from its exit)."""
     import infra.sandbox as sandbox
 
     measure = sandbox._resource_verdict
@@ -676,14 +680,29 @@ def test_the_kill_is_on_time_however_slow_the_measurements(tmp_path, monkeypatch
 
     monkeypatch.setattr(sandbox, "_resource_verdict", slow)
     result = trial(tmp_path, f"""
-        import os, signal, time
+        import os, signal
+        from prepare import budget_clock
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         deadline = float(os.environ["AUTORESEARCH_DEADLINE"])
-        while time.monotonic() < deadline + {QUICK.grace_s} + 1:
-            time.sleep(0.05)
+        while budget_clock() < deadline + {QUICK.grace_s} + 0.5:
+            pass
         {SAVE_LINEAR}
     """, limits=QUICK)
     assert result.status == "timeout", result.reason
+
+
+def test_a_run_that_sleeps_instead_of_computing_meets_the_wall_ceiling(tmp_path, monkeypatch):
+    """On a CPU clock sleeping costs no budget: the wall-clock ceiling, on a timer of its own, still ends it."""
+    import infra.watchdog as watchdog
+
+    monkeypatch.setattr(watchdog, "WALL_CEILING", 2.0)
+    limits = Limits(budget_s=1, startup_allowance_s=3, grace_s=1, memory_cap_bytes=2**30, cpu_threads=1)
+    result = trial(tmp_path, "import time\ntime.sleep(600)\n", limits=limits, header="")
+    assert result.status == "timeout"
+    assert "wall-clock ceiling" in result.reason and "sleeping or blocked" in result.reason, result.reason
+    assert not result.contended
+    assert result.compute["clock"] == "cpu" and result.compute["cpu_seconds"] < 5
+    assert result.signal == 9
 
 
 def test_holding_more_open_files_than_can_be_counted_is_killed(tmp_path):

@@ -28,8 +28,9 @@ CANDIDATES = {
                              "os.symlink('/etc/passwd', 'model.safetensors')\n",
     "03_wants_labels.py": "# reads the validation labels\nimport prepare\nprepare.load_split('val')\n",
     "04_overtime.py": "# trains past its deadline, never asking the budget\nimport os, time\n"
+                      "from prepare import budget_clock\n"
                       "deadline = float(os.environ['AUTORESEARCH_DEADLINE'])\n"
-                      "while time.monotonic() < deadline + 10:\n    time.sleep(0.1)\n" + SAVE,
+                      "while budget_clock() < deadline + 10:\n    pass\n" + SAVE,
     "05_traps.py": "# leaves links named like the orchestrator's files, then saves a real model\nimport os\n"
                    "for name in ('train.log', 'eval', 'seed-5000', 'logits.npy'):\n"
                    "    os.symlink('/proc/self/environ', name)\nos.mkfifo('eval.log')\n" + SAVE,

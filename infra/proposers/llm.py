@@ -17,6 +17,7 @@ from typing import Any
 
 import prepare
 from infra.code_edit import classify_change
+from infra.compute_record import describe
 from infra.pricing import Usage, cost_usd, worst_case_cost_usd
 from infra.proposers.base import Proposal, ProposalContext, StopResearch
 from infra.trial import syntax_error
@@ -133,13 +134,15 @@ def proposal_from(data: dict[str, Any] | None, incumbent: str) -> Proposal:
 def history_text(history: list[dict[str, Any]]) -> str:
     if not history:
         return "No iterations yet."
-    lines = ["iteration | type | status | decision | val_accuracy | delta vs incumbent | hypothesis"]
+    lines = ["iteration | type | status | decision | val_accuracy | delta vs incumbent | epochs | compute | hypothesis"]
     for h in history[-HISTORY_ROWS:]:
         delta = (h.get("rule") or {}).get("delta")
         val = h.get("val_accuracy")
+        runs = h.get("runs") or []
         lines.append(f"{h['iteration']} | {h.get('change_type', '')} | {h['status']} | {h.get('decision', '')} | "
                      f"{f'{val:.4f}' if val is not None else '-'} | {f'{delta:+.4f}' if delta is not None else '-'} | "
-                     f"{h.get('hypothesis', '')}")
+                     f"{h.get('epochs') if h.get('epochs') is not None else '-'} | "
+                     f"{describe(runs[0]) if runs else '-'} | {h.get('hypothesis', '')}")
         if h["status"] != "ok":
             lines.append(f"    reason: {h.get('reason', '')}")
             for tail in (h.get("log_tail") or "").splitlines()[-6:]:
@@ -149,7 +152,10 @@ def history_text(history: list[dict[str, Any]]) -> str:
 
 def hardware_text(hw: dict[str, Any]) -> str:
     per_epoch = hw.get("incumbent_seconds_per_epoch")
-    return (f"Hardware: device {hw.get('device')}; training budget {hw.get('budget_s')} s per candidate. "
+    threads = hw.get("cpu_threads")
+    clock = (f" of CPU time on {threads} allotted cores (torch gets {threads} threads; a busy machine does not "
+             f"shorten it, and more threads only spend it faster)" if threads else " of wall time, the device to itself")
+    return (f"Hardware: device {hw.get('device')}; training budget {hw.get('budget_s')} s{clock} per candidate. "
             f"The incumbent completed {hw.get('incumbent_epochs')} epochs"
             + (f" at {per_epoch:.2f} s per epoch." if per_epoch else "."))
 

@@ -1,0 +1,78 @@
+"""
+What compute a run received, and whether its score can be compared with the others'.
+
+Every training run stores this record with its iteration, so a researcher (and the proposer) can see
+the load a number was measured under:
+
+    clock          cpu (the budget is CPU time of the allotted cores) or wall (a GPU run)
+    threads        the allotted cores (torch threads) on a CPU clock
+    cpu_seconds    CPU time of the run's whole process tree
+    wall_seconds   launch to exit
+    core_share     cpu_seconds / (wall_seconds x threads): 1.0 is every allotted core, all the time
+    waiting_share  time the run was ready to compute but waited for a CPU, per wall second (schedstat)
+    load_start, load_end   the host's 1-minute load average at launch and at exit
+
+A run is `contended` when the clock could not make up for the machine's load: on a CPU clock, the
+wall ceiling stopped it before it had used its CPU budget while it was kept waiting for a CPU; on a
+wall clock, it waited for a CPU for a quarter of its time or more. A contended measurement is run
+again (flows/research.py), never compared as if it were equal.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+CONTENDED_WAITING_SHARE = 0.25
+
+
+def host_load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+@dataclass(frozen=True)
+class ComputeRecord:
+    clock: str
+    threads: int
+    cpu_seconds: float
+    wall_seconds: float
+    core_share: float
+    waiting_share: float
+    load_start: float
+    load_end: float
+    contended: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compute_record(threads: int, cpu_seconds: float, wall_seconds: float, run_delay_seconds: float,
+                   load_start: float, load_end: float, stopped_by_wall_ceiling: bool) -> ComputeRecord:
+    wall = max(wall_seconds, 1e-9)
+    waiting = run_delay_seconds / wall
+    waited = waiting >= CONTENDED_WAITING_SHARE
+    contended = (stopped_by_wall_ceiling and waited) if threads else waited
+    return ComputeRecord(
+        clock="cpu" if threads else "wall",
+        threads=threads,
+        cpu_seconds=round(cpu_seconds, 2),
+        wall_seconds=round(wall_seconds, 2),
+        core_share=round(cpu_seconds / (wall * threads), 3) if threads else 0.0,
+        waiting_share=round(waiting, 3),
+        load_start=load_start,
+        load_end=load_end,
+        contended=contended,
+    )
+
+
+def describe(compute: dict[str, Any]) -> str:
+    """One line for logs, the CLI and the prompt: what the run got."""
+    if "clock" not in compute:  # never reached training (invalid code)
+        return ""
+    if compute["clock"] == "cpu":
+        got = f"{compute['cpu_seconds']:.1f} CPU s in {compute['wall_seconds']:.1f} s wall, {compute['core_share']:.0%} of {compute['threads']} cores"
+    else:
+        got = f"{compute['wall_seconds']:.1f} s wall"
+    flag = ", CONTENDED" if compute.get("contended") else ""
+    return f"{got}, waited {compute['waiting_share']:.0%}, load {compute['load_start']:.1f}->{compute['load_end']:.1f}{flag}"
