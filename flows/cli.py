@@ -111,7 +111,7 @@ def train(
     grace: float = typer.Option(settings.DEFAULT_GRACE_S, "--grace", help="seconds after the deadline to save the model before SIGKILL"),
     startup_allowance: Optional[float] = typer.Option(None, "--startup-allowance", help="seconds for imports and data loading before the budget (default: measured)"),
     memory_cap_gb: Optional[float] = typer.Option(None, "--memory-cap-gb", help="memory cap (default: half of RAM)"),
-    cpu_threads: Optional[int] = typer.Option(None, "--cpu-threads", help="cores allotted to a CPU run; its budget is CPU time of these cores (default: this machine's, at most 4)"),
+    cpu_threads: Optional[int] = typer.Option(None, "--cpu-threads", help="cores allotted to a CPU run; its budget is CPU time of these cores (default 1)"),
     home: Optional[Path] = typer.Option(None, "--home", help="runs directory (default: AUTORESEARCH_HOME or ./runs)"),
 ) -> None:
     """Train one candidate in the sandbox and score it on the validation split."""
@@ -188,7 +188,7 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps"),
     grace: float = typer.Option(settings.DEFAULT_GRACE_S, "--grace", help="seconds after the deadline to save the model before SIGKILL"),
     startup_allowance: Optional[float] = typer.Option(None, "--startup-allowance", help="seconds before the budget for start-up (default: measured once per experiment)"),
-    cpu_threads: Optional[int] = typer.Option(None, "--cpu-threads", help="cores allotted to a CPU run; its budget is CPU time of these cores (default: this machine's, at most 4, fixed at the experiment's first run)"),
+    cpu_threads: Optional[int] = typer.Option(None, "--cpu-threads", help="cores allotted to a CPU run; its budget is CPU time of these cores (default 1, fixed at the experiment's first run)"),
     model: Optional[str] = typer.Option(None, "--model", help="model for claude/openai (default: claude-sonnet-4-6)"),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD cap on proposer calls; the loop ends before a call could pass it"),
     preflight: Optional[bool] = typer.Option(None, "--preflight/--no-preflight", help="smoke-run each candidate first (default: on for claude/openai)"),

@@ -94,12 +94,16 @@ class MemoryCgroup:
         return 0
 
     def remove(self) -> None:
-        """Remove the group once its processes are gone (a few tries: exiting processes leave it late)."""
-        for _ in range(50):
-            try:
-                os.rmdir(self.path)
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                time.sleep(0.02)
+        remove_group(self.path)
+
+
+def remove_group(path: Path) -> None:
+    """Remove a group once its processes are gone (a few tries: exiting processes leave it late)."""
+    for _ in range(50):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)

@@ -11,6 +11,8 @@ With bubblewrap (Debian `bubblewrap`):
 - filesystem: the system and the Python environment read-only, the root read-only, the data hidden,
   only the files named in the job mounted (read-only) and one writable directory; a private /tmp and
   /dev/shm whose use counts against the memory cap;
+- time: on a CPU, CPU time of everything the run ever started (the kernel's cgroup count where one can
+  be made, infra/cpu_cgroup.py, else a /proc sum); on a GPU, wall time (infra/watchdog.py);
 - limits: a memory cgroup at the memory cap where one can be made (infra/memory_cgroup.py), RLIMIT_AS
   on CPU runs, at most MAX_TASKS processes and threads and MAX_OPEN_FILES open files each, no file
   larger than the disk cap, no core dumps; the watchdog (infra/watchdog.py) enforces memory and disk
@@ -39,6 +41,7 @@ from typing import Callable
 
 from infra import process_tree, sandbox_identity, syscall_filter
 from infra.compute_record import ComputeRecord, compute_record, host_load
+from infra.cpu_cgroup import CpuCgroup
 from infra.memory_cgroup import MemoryCgroup
 from infra.output_capture import BoundedLog
 from infra.safe_files import tree_usage
@@ -173,13 +176,16 @@ def bwrap_argv(bwrap: str, job: SandboxJob, userns_fd: int | None, seccomp_fd: i
     return args
 
 
-def _child_setup(job: SandboxJob, private_ipc: bool, cgroup: MemoryCgroup | None) -> Callable[[], None]:
-    """Runs in the child before exec: die with the orchestrator, join the memory cgroup, private IPC, limits."""
+def _child_setup(job: SandboxJob, private_ipc: bool, cgroup: MemoryCgroup | None,
+                 cpu_group: CpuCgroup | None) -> Callable[[], None]:
+    """Runs in the child before exec: die with the orchestrator, join the cgroups, private IPC, limits."""
     def apply() -> None:
         process_tree.die_with_parent()
         os.umask(0o022)
         if cgroup is not None:
             cgroup.enter()
+        if cpu_group is not None:
+            cpu_group.enter()
         if private_ipc:
             sandbox_identity.private_ipc_without_shared_memory()
         if job.cap_address_space:
@@ -264,15 +270,22 @@ def _wait_for_exit(pid: int, exited: threading.Event, exited_at: list[float]) ->
     exited.set()
 
 
-def _resource_verdict(pids: list[int], job: SandboxJob, watchdog: Watchdog, isolated: bool, free_at_launch: int) -> str | None:
-    """Memory and disk, measured from outside, each at a bounded cost."""
+def _cpu_seconds(pids: list[int], cpu_group: CpuCgroup | None) -> float:
+    """The run's CPU time: the kernel's count where there is a group (it keeps the time of children
+    nobody waited for), and never less than the /proc sum."""
+    return max(process_tree.cpu_seconds(pids), cpu_group.seconds() if cpu_group else 0.0)
+
+
+def _resource_verdict(pids: list[int], job: SandboxJob, watchdog: Watchdog, isolated: bool, free_at_launch: int,
+                      cpu_group: CpuCgroup | None) -> str | None:
+    """Time, memory and disk, measured from outside, each at a bounded cost."""
     hidden, fds = process_tree.unlinked_open_file_bytes(pids, MAX_OPEN_FILES_SCANNED)
     if fds > MAX_OPEN_FILES_SCANNED:
         return "open files"
     memory = process_tree.rss_bytes(pids) + hidden
     if isolated:
         memory += process_tree.private_tmpfs_bytes(pids, PRIVATE_TMPFS, job.memory_cap_bytes)
-    watchdog.saw_cpu(process_tree.cpu_seconds(pids), process_tree.run_delay_seconds(pids))
+    watchdog.saw_cpu(_cpu_seconds(pids, cpu_group), process_tree.run_delay_seconds(pids))
     disk, files = tree_usage(job.workdir, job.max_files)
     if free_at_launch - _free_bytes(job.workdir) > job.disk_cap_bytes + DISK_SLACK_BYTES:
         return "disk"  # space that no directory shows: deleted files held open or in flight
@@ -292,15 +305,17 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
     as_root = sandbox_identity.as_root() and bwrap is not None
     token = uuid.uuid4().hex
     cgroup = MemoryCgroup.create(f"autoresearch-{token}", job.memory_cap_bytes)
+    cpu_group = CpuCgroup.create(f"autoresearch-{token}", cgroup)
     try:
-        return _run(job, on_line, bwrap, as_root, token, cgroup)
+        return _run(job, on_line, bwrap, as_root, token, cgroup, cpu_group)
     finally:
-        if cgroup is not None:
-            cgroup.remove()
+        for group in (cpu_group, cgroup):
+            if group is not None:
+                group.remove()
 
 
 def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | None, as_root: bool, token: str,
-         cgroup: MemoryCgroup | None) -> SandboxOutcome:
+         cgroup: MemoryCgroup | None, cpu_group: CpuCgroup | None) -> SandboxOutcome:
     userns_fd = sandbox_identity.user_namespace_fd() if as_root else None
     seccomp_fd = syscall_filter.program_fd() if bwrap else None
     passed = tuple(fd for fd in (userns_fd, seccomp_fd) if fd is not None)
@@ -325,7 +340,7 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
             stderr=subprocess.STDOUT,
             start_new_session=True,
             pass_fds=passed,
-            preexec_fn=_child_setup(job, private_ipc=as_root, cgroup=cgroup),
+            preexec_fn=_child_setup(job, private_ipc=as_root, cgroup=cgroup, cpu_group=cpu_group),
         )
     except BaseException:
         if log is not None:
@@ -353,14 +368,14 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
             waiter.join(POLL_S)
             if waiter.is_alive():
                 verdict = _resource_verdict(process_tree.descendants(proc.pid), job, watchdog, bwrap is not None,
-                                            free_at_launch)
+                                            free_at_launch, cpu_group)
                 if verdict:
                     killer.kill(verdict)
     finally:
         timer.cancel()
         killer.kill()
         waiter.join()
-        final_cpu = process_tree.cpu_seconds([proc.pid])  # exited, not reaped: its own and its waited-for children's
+        final_cpu = _cpu_seconds([proc.pid], cpu_group)  # exited, not reaped: its stat still reads
         killer.sweep()
         proc.wait()  # reap only now
         reader.join(timeout=60)  # everything that held the pipe is dead: the reader sees its end

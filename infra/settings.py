@@ -20,9 +20,10 @@ DEFAULT_GRACE_S = 10.0
 DEFAULT_DISK_CAP_BYTES = 2 * 2**30
 DEFAULT_MAX_FILES = 10_000
 MAX_ARTIFACT_BYTES = 256 * 2**20  # 64 million float32 parameters: ample for 28x28 images
-# A CPU run's budget is CPU time of its allotted cores (infra/watchdog.py). Small 28x28 models gain little
-# past a few threads, and every allotted core a candidate cannot use stretches its wall time.
-DEFAULT_MAX_CPU_THREADS = 4
+# A CPU run's budget is CPU time of its allotted cores (infra/watchdog.py). One by default: with two,
+# the baseline's tiny operations cost twice the CPU time per epoch on a quiet machine as on a busy one
+# (thread hand-offs), so equal CPU time was not equal work (docs/benchmarks.md, benchmarks/fairness.py).
+DEFAULT_CPU_THREADS = 1
 # Scoring 10,000 images must never take this long; a model that does is treated as broken.
 DEFAULT_EVAL_TIMEOUT_S = 120.0
 
@@ -40,8 +41,8 @@ def default_memory_cap_bytes() -> int:
 
 
 def default_cpu_threads() -> int:
-    """The cores this process may run on (its CPU affinity), at most DEFAULT_MAX_CPU_THREADS."""
-    return max(1, min(len(os.sched_getaffinity(0)), DEFAULT_MAX_CPU_THREADS))
+    """DEFAULT_CPU_THREADS, or fewer if this process may run on fewer cores."""
+    return max(1, min(len(os.sched_getaffinity(0)), DEFAULT_CPU_THREADS))
 
 
 def runs_home(override: str | Path | None = None) -> Path:

@@ -691,6 +691,29 @@ def test_the_kill_is_on_time_however_slow_the_measurements(tmp_path, monkeypatch
     assert result.status == "timeout", result.reason
 
 
+def test_children_nobody_waits_for_still_spend_the_cpu_budget(tmp_path):
+    """With SIGCHLD ignored the kernel reaps children and adds their time to no parent: /proc alone would
+    never see short-lived workers. The kernel's cgroup count does."""
+    from infra.cpu_cgroup import accounting_available
+
+    if not accounting_available():
+        pytest.skip("no cpuacct cgroup can be made here: the README lists this gap")
+    result = trial(tmp_path, """
+        import os, signal, time
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        while True:  # the parent idles; each child computes for 0.1 s, less than a poll, and vanishes
+            if os.fork() == 0:
+                start = time.process_time()
+                while time.process_time() - start < 0.1:
+                    pass
+                os._exit(0)
+            time.sleep(0.12)
+    """, limits=QUICK, header="")
+    assert result.status == "timeout"
+    assert "past its deadline" in result.reason, result.reason
+    assert result.compute["cpu_seconds"] > QUICK.startup_allowance_s + QUICK.budget_s
+
+
 def test_a_run_that_sleeps_instead_of_computing_meets_the_wall_ceiling(tmp_path, monkeypatch):
     """On a CPU clock sleeping costs no budget: the wall-clock ceiling, on a timer of its own, still ends it."""
     import infra.watchdog as watchdog

@@ -1,0 +1,192 @@
+"""Equal compute: on a CPU the budget is CPU time of the allotted cores, whatever else keeps the machine busy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import prepare
+from infra import process_tree
+from infra.compute_record import compute_record, describe
+from infra.settings import Limits
+from infra.trial import TrialResult, train_candidate
+from infra.watchdog import WALL_CEILING, Watchdog
+from tests.conftest import requires_bwrap
+
+# --- the clock -----------------------------------------------------------------------
+
+
+def cpu_watchdog(threads: int = 2) -> Watchdog:
+    return Watchdog(launched=1000.0, startup_allowance_s=3.0, budget_s=10.0, grace_s=2.0, memory_cap_bytes=2**30,
+                    disk_cap_bytes=2**30, max_files=100, cpu_threads=threads)
+
+
+def test_on_a_cpu_clock_the_budget_is_cpu_seconds_of_the_allotted_cores():
+    dog = cpu_watchdog(threads=2)
+    assert dog.deadline == 3 + 10 * 2 and dog.cpu_limit() == 3 + (10 + 2) * 2
+    assert dog.deadline_on_budget_clock() == pytest.approx(23 / 2)
+    dog.saw_cpu(26.9)
+    assert dog.verdict(1000.0 + 50, 0) is None, "50 s of wall time for 13 s of budget: nothing on a CPU clock"
+    dog.saw_cpu(27.1)
+    assert dog.verdict(1000.0 + 50, 0) == "timeout"
+
+
+def test_the_wall_ceiling_bounds_a_run_that_gets_no_cpu():
+    dog = cpu_watchdog()
+    assert dog.kill_at() == 1000.0 + WALL_CEILING * (3 + 10 + 2)
+    assert dog.verdict(dog.kill_at() - 0.1, 0) is None
+    assert dog.verdict(dog.kill_at(), 0) == "timeout"
+
+
+def test_cpu_readings_only_ever_raise_the_clock_and_training_is_counted_per_core():
+    dog = cpu_watchdog(threads=2)
+    dog.saw_cpu(5.0)
+    dog.saw_line("budget_start: 10.0", 1001.0)
+    dog.saw_cpu(2.0)  # a child reaped between two reads hides its time for a moment
+    assert dog.cpu_seconds == 5.0 and dog.cpu_at_training_start == 5.0
+    dog.saw_cpu(25.0)  # training counts from the earlier of the marker and the end of the allowance (3 CPU s)
+    assert dog.training_seconds(ended=2000.0) == pytest.approx((25.0 - 3.0) / 2)
+
+
+def test_a_wall_clock_is_unchanged_for_gpu_runs():
+    dog = Watchdog(launched=1000.0, startup_allowance_s=3.0, budget_s=10.0, grace_s=2.0, memory_cap_bytes=2**30,
+                   disk_cap_bytes=2**30, max_files=100)
+    assert dog.deadline == 1013.0 and dog.kill_at() == 1015.0
+    dog.saw_cpu(10_000.0)
+    assert dog.verdict(1014.9, 0) is None and dog.verdict(1015.0, 0) == "timeout"
+
+
+def test_contended_means_the_clock_could_not_make_up_for_the_load():
+    starved = compute_record(2, cpu_seconds=5, wall_seconds=60, run_delay_seconds=40, load_start=3, load_end=4,
+                             stopped_by_wall_ceiling=True)
+    assert starved.contended and starved.clock == "cpu" and starved.core_share == pytest.approx(5 / 120, abs=1e-3)
+    sleeper = compute_record(2, cpu_seconds=1, wall_seconds=60, run_delay_seconds=0.1, load_start=0, load_end=0,
+                             stopped_by_wall_ceiling=True)
+    assert not sleeper.contended, "a candidate that sleeps is not the machine's fault"
+    finished = compute_record(2, cpu_seconds=20, wall_seconds=20, run_delay_seconds=15, load_start=3, load_end=3,
+                              stopped_by_wall_ceiling=False)
+    assert not finished.contended, "a CPU clock makes up for waiting: the run got its whole budget"
+    gpu = compute_record(0, cpu_seconds=20, wall_seconds=20, run_delay_seconds=6, load_start=3, load_end=3,
+                         stopped_by_wall_ceiling=False)
+    assert gpu.contended and gpu.clock == "wall", "on a wall clock, time spent waiting for a CPU is lost"
+    assert "CONTENDED" in describe(gpu.as_dict()) and describe({}) == ""
+
+
+def test_training_budget_on_a_cpu_clock_counts_cpu_time_per_core(monkeypatch, capsys):
+    cpu = {"now": 40.0}
+    monkeypatch.setattr(prepare, "run_cpu_seconds", lambda: cpu["now"])
+    monkeypatch.setenv(prepare.CPU_THREADS_ENV, "2")
+    monkeypatch.setenv(prepare.BUDGET_ENV, "10")
+    monkeypatch.setenv(prepare.DEADLINE_ENV, "28.0")  # on budget_clock(): CPU seconds per allotted core
+    budget = prepare.TrainingBudget()
+    assert "clock: CPU time of 2 cores" in capsys.readouterr().out
+    assert budget.remaining == pytest.approx(8.0)  # 40 CPU s on 2 cores: 20 s per core used, 8 s left
+    cpu["now"] += 6.0  # one epoch: 3 s per core
+    budget.epoch_done()
+    assert budget.epoch_seconds == [pytest.approx(3.0)] and budget.another_epoch_fits()  # 5 s left
+    cpu["now"] += 6.0
+    assert not budget.another_epoch_fits()  # 2 s left, 3 s predicted
+
+
+def test_cpu_time_of_a_tree_includes_children_it_has_reaped(tmp_path):
+    spin = "import time\nwhile time.process_time() < 1.0:\n    pass\n"
+    outer = subprocess.Popen([sys.executable, "-c",
+                              f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {spin!r}])\n"])
+    os.waitid(os.P_PID, outer.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: its stat still reads
+    try:
+        assert process_tree.cpu_seconds([outer.pid]) >= 0.8
+    finally:
+        outer.wait()
+
+
+def test_budget_clock_inside_a_process_counts_its_children():
+    """DataLoader workers and other children spend the run's budget: prepare's clock sees them while they run."""
+    code = textwrap.dedent("""
+        import subprocess, sys, time
+        import prepare
+        spin = "import time\\nwhile time.process_time() < 1.0:\\n    pass\\ntime.sleep(60)"
+        child = subprocess.Popen([sys.executable, "-c", spin])
+        give_up = time.monotonic() + 60
+        while prepare.run_cpu_seconds() - time.process_time() < 0.8 and time.monotonic() < give_up:
+            time.sleep(0.05)
+        print("children counted:", prepare.run_cpu_seconds() - time.process_time() >= 0.8, flush=True)
+        child.kill()
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                         cwd=Path(prepare.__file__).parent)
+    assert "children counted: True" in out.stdout, out.stderr
+
+
+# --- the measured runs ------------------------------------------------------------------
+
+# Fixed work per "epoch" (pure Python: no threads to share, little cache to lose), saved model at the end.
+FIXED_WORK = textwrap.dedent("""
+    from prepare import TrainingBudget, save_model
+    from torch import nn
+    budget = TrainingBudget()
+    while budget.another_epoch_fits():
+        total = 0
+        for i in range(300_000):
+            total += i * i
+        budget.epoch_done()
+    budget.report()
+    save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))
+""")
+BUSY_LOOP = "while True:\n    pass\n"
+
+
+@requires_bwrap
+def test_the_same_candidate_does_the_same_work_on_a_busy_machine(tmp_path):
+    """Every core kept busy by other processes: on a wall clock the candidate would lose a third of its
+    epochs or more; on the CPU clock it completes about as many as on a quiet machine."""
+    limits = Limits(budget_s=3, startup_allowance_s=8, grace_s=10, memory_cap_bytes=4 * 2**30, cpu_threads=1)
+    quiet = train_candidate(FIXED_WORK, tmp_path / "quiet", limits, seed=1)
+    hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(len(os.sched_getaffinity(0)) + 1)]
+    try:
+        busy = train_candidate(FIXED_WORK, tmp_path / "busy", limits, seed=1)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert quiet.status == busy.status == "ok", (quiet.reason, busy.reason)
+    assert busy.compute["core_share"] < 0.9, f"the machine was not busy: {busy.compute}"
+    assert busy.epochs >= 0.8 * quiet.epochs, (quiet.epochs, busy.epochs, quiet.compute, busy.compute)
+    assert busy.epochs <= 1.25 * quiet.epochs, (quiet.epochs, busy.epochs)
+    for result in (quiet, busy):
+        assert result.compute["clock"] == "cpu" and result.compute["threads"] == 1
+        assert result.compute["cpu_seconds"] <= limits.startup_allowance_s + limits.budget_s + limits.grace_s
+
+
+def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeypatch):
+    import flows.research as research
+
+    outcomes = iter([True, False])
+    calls: list[int] = []
+
+    def fake_train(code, run_dir, limits, seed, iteration, device):
+        calls.append(seed)
+        contended = next(outcomes)
+        return TrialResult(status="timeout" if contended else "ok", reason="", val_accuracy=None, val_loss=None,
+                           epochs=3, train_seconds=1.0, wall_seconds=2.0, peak_memory_bytes=0, exit_code=0,
+                           signal=None, log_path="", run_dir=str(run_dir), isolated=True,
+                           compute=compute_record(1, 1.0, 60.0, 50.0 if contended else 0.0, 2.0, 2.0,
+                                                  stopped_by_wall_ceiling=contended).as_dict())
+
+    monkeypatch.setattr(research, "sandboxed_train", fake_train)
+    monkeypatch.setattr(research, "evaluate", lambda trained, *args: trained)
+
+    class FakeRun:
+        ws = type("W", (), {"run_dir": staticmethod(lambda i, seed: Path(f"/nowhere/{i}/{seed}"))})()
+        limits, val = None, None
+        cfg = type("C", (), {"device": None})()
+
+    runs: list[dict] = []
+    result = research.measure(FakeRun(), "code", 4, 1, runs)
+    assert result.status == "ok"
+    assert calls == [4001, 4001], "the same seed, measured again"
+    assert [r["contended"] for r in runs] == [True, False] and all(r["seed"] == 4001 for r in runs)
