@@ -616,7 +616,10 @@ def _summary_main() -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "predict":
-        sys.exit(_predict_main(*sys.argv[2:]))
+        status = _predict_main(*sys.argv[2:])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)  # the logits file is written and closed: skip torch's half-second interpreter teardown
     if len(sys.argv) > 1:
         print("usage: python prepare.py | python prepare.py predict MODEL IMAGES OUT", file=sys.stderr)
         sys.exit(2)
