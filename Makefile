@@ -45,6 +45,7 @@ bench: setup
 	$(PY) benchmarks/data_pipeline.py
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/hostile_output.py
+	$(PY) benchmarks/fairness.py --all-cores
 
 clean:
 	rm -rf $(VENV) *.egg-info

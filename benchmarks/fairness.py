@@ -52,7 +52,10 @@ def main() -> None:
         epochs: dict[tuple[str, str], list[int]] = {}
         accuracy: dict[tuple[str, str], list[float]] = {}
         for condition, pinned in conditions.items():
-            hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(core)]) for core in pinned]
+            # sessions of their own, as another user's jobs would be (autogroup scheduling shares one
+            # fair slice per session)
+            hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(core)], start_new_session=True)
+                    for core in pinned]
             try:
                 for name, path in CANDIDATES.items():
                     for n in range(args.repeats):

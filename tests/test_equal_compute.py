@@ -146,7 +146,10 @@ def test_the_same_candidate_does_the_same_work_on_a_busy_machine(tmp_path):
     epochs or more; on the CPU clock it completes about as many as on a quiet machine."""
     limits = Limits(budget_s=3, startup_allowance_s=8, grace_s=10, memory_cap_bytes=4 * 2**30, cpu_threads=1)
     quiet = train_candidate(FIXED_WORK, tmp_path / "quiet", limits, seed=1)
-    hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(len(os.sched_getaffinity(0)) + 1)]
+    # each in a session of its own: with autogroup scheduling a session shares one fair slice, and the
+    # sandboxed run is a session of its own too
+    hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], start_new_session=True)
+            for _ in range(len(os.sched_getaffinity(0)) + 1)]
     try:
         busy = train_candidate(FIXED_WORK, tmp_path / "busy", limits, seed=1)
     finally:
