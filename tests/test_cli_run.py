@@ -29,8 +29,11 @@ def recorded(tmp_path) -> Path:
     home = tmp_path / "runs"
     store = Store(f"sqlite:///{home / 'autoresearch.db'}")
     exp = store.ensure_experiment("kept", {"budget_s": 5.0})
+    run = {"seed": 0, "status": "ok", "clock": "cpu", "threads": 1, "cpu_seconds": 9.8, "wall_seconds": 10.1,
+           "core_share": 0.97, "waiting_share": 0.01, "load_start": 0.5, "load_end": 0.6, "contended": False}
+    starved = {**run, "seed": 1, "status": "timeout", "core_share": 0.2, "waiting_share": 0.8, "contended": True}
     store.put_iteration(exp.id, 0, status="ok", decision="baseline", hypothesis="baseline", val_accuracy=0.83,
-                        measurements=[0.83, 0.831], finished_at=utcnow())
+                        measurements=[0.83, 0.831], runs=[run, starved, {**run, "seed": 1}], finished_at=utcnow())
     store.put_iteration(exp.id, 1, status="crashed", decision="discard", hypothesis="bigger lr",
                         reason="ValueError: boom", finished_at=utcnow())
     return home
@@ -94,8 +97,10 @@ def test_history_and_status_read_the_store(recorded):
     rows = history_json(recorded)
     assert [(r["iteration"], r["status"], r["decision"]) for r in rows] == [(0, "ok", "baseline"), (1, "crashed", "discard")]
     assert rows[1]["hypothesis"] == "bigger lr" and rows[0]["val_accuracy"] == pytest.approx(0.83)
-    table = cli("history", "kept", home=recorded)
+    assert [r["contended"] for r in rows[0]["runs"]] == [False, True, False] and rows[1]["runs"] == []
+    table = cli("history", "kept", home=recorded, env={"COLUMNS": "200"})
     assert table.returncode == 0 and "bigger lr" in table.stdout
+    assert "97% 20%! 97%" in table.stdout, table.stdout  # each run's share of its cores; ! marks the contended one
     status = cli("status", home=recorded)
     assert status.returncode == 0 and "kept" in status.stdout
     missing = cli("history", "nope", home=recorded)

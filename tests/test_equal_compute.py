@@ -122,6 +122,19 @@ def test_budget_clock_inside_a_process_counts_its_children():
     assert "children counted: True" in out.stdout, out.stderr
 
 
+def test_the_proposer_is_told_the_clock_and_the_compute_each_iteration_got():
+    from infra.proposers.llm import hardware_text, history_text
+
+    record = compute_record(1, cpu_seconds=9.0, wall_seconds=30.0, run_delay_seconds=20.0, load_start=2.5,
+                            load_end=3.0, stopped_by_wall_ceiling=True).as_dict()
+    text = history_text([{"iteration": 3, "status": "timeout", "decision": "discard", "epochs": 4,
+                          "hypothesis": "wider", "runs": [{"seed": 3000, **record}]}])
+    assert "9.0 CPU s in 30.0 s wall, 30% of 1 cores" in text and "CONTENDED" in text and "| 4 |" in text
+    hardware = hardware_text({"device": "cpu", "budget_s": 120, "cpu_threads": 1})
+    assert "120 s of CPU time on 1 allotted cores" in hardware
+    assert "of wall time" in hardware_text({"device": "cuda", "budget_s": 120, "cpu_threads": None})
+
+
 # --- the measured runs ------------------------------------------------------------------
 
 # Fixed work per "epoch" (pure Python: no threads to share, little cache to lose), saved model at the end.
