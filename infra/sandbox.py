@@ -188,6 +188,8 @@ def _child_setup(job: SandboxJob, private_ipc: bool, cgroup: MemoryCgroup | None
             cpu_group.enter()
         if private_ipc:
             sandbox_identity.private_ipc_without_shared_memory()
+        if job.cpu_threads:  # a batch job to the scheduler: longer slices when it shares a core, less cache lost
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
         if job.cap_address_space:
             resource.setrlimit(resource.RLIMIT_AS, (job.memory_cap_bytes, job.memory_cap_bytes))
         resource.setrlimit(resource.RLIMIT_FSIZE, (job.disk_cap_bytes, job.disk_cap_bytes))
