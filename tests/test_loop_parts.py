@@ -174,7 +174,7 @@ def test_store_writes_are_idempotent_per_iteration(tmp_path):
     assert [s.text for s in store.strategies(exp.id)] == ["s0"]
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
     # a second Store on the same file migrates nothing and sees the same data
     assert len(Store(f"sqlite:///{tmp_path / 'a.db'}").iterations(exp.id)) == 1
 
@@ -200,3 +200,28 @@ def test_workspace_commits_keeps_once_with_trailers(tmp_path):
     log = ws.git("log", "-p", "-1")
     assert "Iteration 3: smaller lr" in log and "val_accuracy 0.8300 -> 0.8500 (+0.0200)" in log
     assert "-LEARNING_RATE = 0.1" in log
+
+
+def test_a_store_from_before_run_records_upgrades_and_keeps_its_iterations(tmp_path):
+    """Migration 0003 adds iterations.runs: an existing store upgrades in place, its rows get an empty list."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from infra.store import MIGRATIONS_DIR
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url)
+    command.upgrade(cfg, "0002")
+    with create_engine(url).begin() as conn:
+        conn.exec_driver_sql("INSERT INTO experiments (name, config, status, created_at, updated_at) "
+                             "VALUES ('old', '{}', 'finished', '2026-11-01', '2026-11-01')")
+        conn.exec_driver_sql("INSERT INTO iterations (experiment_id, \"index\", proposer, hypothesis, change_type, "
+                             "code, diff, status, reason, measurements, decision, rule, attempts, started_at) "
+                             "VALUES (1, 0, 'baseline', 'baseline', 'baseline', '', '', 'ok', '', '[0.8]', "
+                             "'baseline', '{}', '[]', '2026-11-01')")
+    store = Store(url)
+    rows = store.iterations(store.experiment("old").id)
+    assert [(r.index, r.status, r.measurements, r.runs) for r in rows] == [(0, "ok", [0.8], [])]
