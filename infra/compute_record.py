@@ -9,13 +9,17 @@ the load a number was measured under:
     cpu_seconds    CPU time of the run's whole process tree
     wall_seconds   launch to exit
     core_share     cpu_seconds / (wall_seconds x threads): 1.0 is every allotted core, all the time
-    waiting_share  time the run was ready to compute but waited for a CPU, per wall second (schedstat)
+    waiting_share  time its processes were ready to compute but waited for a CPU, per wall second
+                   (schedstat; informational: a run can make its processes wait for each other)
+    free_cores     the cores the rest of the machine left it, on average: all cores minus what every
+                   other process (and the kernel) used while it ran (/proc/stat minus its own CPU time)
     load_start, load_end   the host's 1-minute load average at launch and at exit
 
-A run is `contended` when the clock could not make up for the machine's load: on a CPU clock, the
-wall ceiling stopped it before it had used its CPU budget while it was kept waiting for a CPU; on a
-wall clock, it waited for a CPU for a quarter of its time or more. A contended measurement is run
-again (flows/research.py), never compared as if it were equal.
+A run is `contended` when the clock could not make up for the machine's load, judged from outside the
+run: the rest of the machine left it less than CONTENDED_FREE_SHARE of the cores it needed (its
+allotted cores; one on a wall clock) and, on a CPU clock, the wall ceiling stopped it before it had used
+its CPU budget. A candidate cannot fake that: its own processes count as its own, not as the machine's.
+A contended measurement is run again (flows/research.py), never compared as if it were equal.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-CONTENDED_WAITING_SHARE = 0.25
+CONTENDED_FREE_SHARE = 0.75
 
 
 def host_load() -> float:
@@ -39,6 +43,7 @@ class ComputeRecord:
     wall_seconds: float
     core_share: float
     waiting_share: float
+    free_cores: float
     load_start: float
     load_end: float
     contended: bool
@@ -48,18 +53,20 @@ class ComputeRecord:
 
 
 def compute_record(threads: int, cpu_seconds: float, wall_seconds: float, run_delay_seconds: float,
-                   load_start: float, load_end: float, stopped_by_wall_ceiling: bool) -> ComputeRecord:
+                   others_busy_seconds: float, cores: int, load_start: float, load_end: float,
+                   stopped_by_wall_ceiling: bool) -> ComputeRecord:
     wall = max(wall_seconds, 1e-9)
-    waiting = run_delay_seconds / wall
-    waited = waiting >= CONTENDED_WAITING_SHARE
-    contended = (stopped_by_wall_ceiling and waited) if threads else waited
+    free_cores = max(0.0, cores - max(0.0, others_busy_seconds) / wall)
+    starved = free_cores < CONTENDED_FREE_SHARE * (threads or 1)
+    contended = starved and (stopped_by_wall_ceiling or not threads)
     return ComputeRecord(
         clock="cpu" if threads else "wall",
         threads=threads,
         cpu_seconds=round(cpu_seconds, 2),
         wall_seconds=round(wall_seconds, 2),
         core_share=round(cpu_seconds / (wall * threads), 3) if threads else 0.0,
-        waiting_share=round(waiting, 3),
+        waiting_share=round(run_delay_seconds / wall, 3),
+        free_cores=round(free_cores, 2),
         load_start=load_start,
         load_end=load_end,
         contended=contended,
@@ -75,4 +82,5 @@ def describe(compute: dict[str, Any]) -> str:
     else:
         got = f"{compute['wall_seconds']:.1f} s wall"
     flag = ", CONTENDED" if compute.get("contended") else ""
-    return f"{got}, waited {compute['waiting_share']:.0%}, load {compute['load_start']:.1f}->{compute['load_end']:.1f}{flag}"
+    free = f", {compute['free_cores']:.1f} cores left free" if "free_cores" in compute else ""
+    return f"{got}, waited {compute['waiting_share']:.0%}{free}, load {compute['load_start']:.1f}->{compute['load_end']:.1f}{flag}"

@@ -62,6 +62,18 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / _TICKS
 
 
+def host_busy_seconds() -> float:
+    """CPU time every CPU of the machine has spent on anything (everything in /proc/stat but idle and
+    iowait; stolen time counts, it was not ours to use), in seconds."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / _TICKS  # user nice system idle iowait irq softirq steal (guest is in user)
+
+
 def run_delay_seconds(pids: list[int]) -> float:
     """Time the processes' main threads spent runnable but waiting for a CPU (schedstat): contention."""
     total = 0

@@ -279,18 +279,22 @@ def _cpu_seconds(pids: list[int], cpu_group: CpuCgroup | None) -> float:
 
 
 def _resource_verdict(pids: list[int], job: SandboxJob, watchdog: Watchdog, isolated: bool, free_at_launch: int,
-                      cpu_group: CpuCgroup | None) -> str | None:
-    """Time, memory and disk, measured from outside, each at a bounded cost."""
-    hidden, fds = process_tree.unlinked_open_file_bytes(pids, MAX_OPEN_FILES_SCANNED)
-    if fds > MAX_OPEN_FILES_SCANNED:
-        return "open files"
+                      cgroup: MemoryCgroup | None, cpu_group: CpuCgroup | None) -> str | None:
+    """Time, memory and disk, measured from outside, each at a bounded cost; the cheap checks first."""
+    watchdog.saw_cpu(_cpu_seconds(pids, cpu_group), process_tree.run_delay_seconds(pids))
+    if watchdog.out_of_time(time.monotonic()):
+        return "timeout"
+    if free_at_launch - _free_bytes(job.workdir) > job.disk_cap_bytes + DISK_SLACK_BYTES:
+        return "disk"  # space that no directory shows: deleted files held open or in flight
+    hidden = 0
+    if cgroup is None:  # a memory cgroup charges memfds and tmpfs itself: the scan (its cost the run's to set) is not needed
+        hidden, fds = process_tree.unlinked_open_file_bytes(pids, MAX_OPEN_FILES_SCANNED)
+        if fds > MAX_OPEN_FILES_SCANNED:
+            return "open files"
     memory = process_tree.rss_bytes(pids) + hidden
     if isolated:
         memory += process_tree.private_tmpfs_bytes(pids, PRIVATE_TMPFS, job.memory_cap_bytes)
-    watchdog.saw_cpu(_cpu_seconds(pids, cpu_group), process_tree.run_delay_seconds(pids))
     disk, files = tree_usage(job.workdir, job.max_files)
-    if free_at_launch - _free_bytes(job.workdir) > job.disk_cap_bytes + DISK_SLACK_BYTES:
-        return "disk"  # space that no directory shows: deleted files held open or in flight
     return watchdog.verdict(time.monotonic(), memory, disk, files)
 
 
@@ -327,7 +331,7 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
         env = _base_env(job, token)
         log = BoundedLog(job.log_path, on_line)
         free_at_launch = _free_bytes(job.workdir)
-        load_start = host_load()
+        load_start, busy_start = host_load(), process_tree.host_busy_seconds()
         launched = time.monotonic()
         watchdog = Watchdog(launched, job.startup_allowance_s, job.budget_s, job.grace_s, job.memory_cap_bytes,
                             job.disk_cap_bytes, job.max_files, job.cpu_threads)
@@ -364,13 +368,13 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
     timer.start()
     waiter = threading.Thread(target=_wait_for_exit, args=(proc.pid, exited, exited_at), daemon=True)
     waiter.start()
-    final_cpu = 0.0
+    final_cpu = busy_at_exit = 0.0
     try:
         while waiter.is_alive():
             waiter.join(POLL_S)
             if waiter.is_alive():
                 verdict = _resource_verdict(process_tree.descendants(proc.pid), job, watchdog, bwrap is not None,
-                                            free_at_launch, cpu_group)
+                                            free_at_launch, cgroup, cpu_group)
                 if verdict:
                     killer.kill(verdict)
     finally:
@@ -378,6 +382,7 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
         killer.kill()
         waiter.join()
         final_cpu = _cpu_seconds([proc.pid], cpu_group)  # exited, not reaped: its stat still reads
+        busy_at_exit = process_tree.host_busy_seconds()
         killer.sweep()
         proc.wait()  # reap only now
         reader.join(timeout=60)  # everything that held the pipe is dead: the reader sees its end
@@ -392,8 +397,9 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
         killed_for = "memory"
     rc = proc.returncode
     ceiling = job.cpu_threads > 0 and killed_for == "timeout" and watchdog.cpu_seconds <= watchdog.cpu_limit()
+    others_busy = busy_at_exit - busy_start - watchdog.cpu_seconds  # the machine's work that was not this run's
     compute = compute_record(job.cpu_threads, watchdog.cpu_seconds, ended - launched, watchdog.run_delay_seconds,
-                             load_start, host_load(), stopped_by_wall_ceiling=ceiling)
+                             others_busy, os.cpu_count() or 1, load_start, host_load(), stopped_by_wall_ceiling=ceiling)
     return SandboxOutcome(
         exit_code=rc if rc >= 0 else None,
         signal=-rc if rc < 0 else None,

@@ -61,19 +61,24 @@ def test_a_wall_clock_is_unchanged_for_gpu_runs():
     assert dog.verdict(1014.9, 0) is None and dog.verdict(1015.0, 0) == "timeout"
 
 
-def test_contended_means_the_clock_could_not_make_up_for_the_load():
-    starved = compute_record(2, cpu_seconds=5, wall_seconds=60, run_delay_seconds=40, load_start=3, load_end=4,
-                             stopped_by_wall_ceiling=True)
-    assert starved.contended and starved.clock == "cpu" and starved.core_share == pytest.approx(5 / 120, abs=1e-3)
-    sleeper = compute_record(2, cpu_seconds=1, wall_seconds=60, run_delay_seconds=0.1, load_start=0, load_end=0,
-                             stopped_by_wall_ceiling=True)
-    assert not sleeper.contended, "a candidate that sleeps is not the machine's fault"
-    finished = compute_record(2, cpu_seconds=20, wall_seconds=20, run_delay_seconds=15, load_start=3, load_end=3,
-                              stopped_by_wall_ceiling=False)
-    assert not finished.contended, "a CPU clock makes up for waiting: the run got its whole budget"
-    gpu = compute_record(0, cpu_seconds=20, wall_seconds=20, run_delay_seconds=6, load_start=3, load_end=3,
-                         stopped_by_wall_ceiling=False)
-    assert gpu.contended and gpu.clock == "wall", "on a wall clock, time spent waiting for a CPU is lost"
+def test_contended_means_the_rest_of_the_machine_left_too_little_and_the_clock_could_not_make_up():
+    def record(threads=1, cpu=5.0, wall=60.0, delay=0.0, others=0.0, ceiling=True):
+        return compute_record(threads, cpu_seconds=cpu, wall_seconds=wall, run_delay_seconds=delay,
+                              others_busy_seconds=others, cores=2, load_start=3, load_end=4,
+                              stopped_by_wall_ceiling=ceiling)
+
+    starved = record(others=1.8 * 60)  # other work used 1.8 of the 2 cores: 0.2 left for a run that needs 1
+    assert starved.contended and starved.free_cores == pytest.approx(0.2) and starved.clock == "cpu"
+    assert starved.core_share == pytest.approx(5 / 60, abs=1e-3)
+    assert not record(others=0.5).contended, "a candidate that sleeps is not the machine's fault"
+    self_made = record(delay=67.0, others=0.1 * 60)  # its own processes queued behind each other (red team)
+    assert self_made.waiting_share > 1 and not self_made.contended, "waiting behind itself is not the machine's load"
+    assert not record(threads=2, others=0.4 * 60).contended, "1.6 free cores are 80% of 2"
+    assert record(threads=2, others=0.6 * 60).contended, "1.4 free cores are 70% of 2"
+    assert not record(cpu=20, wall=20, others=1.9 * 20, ceiling=False).contended, \
+        "a CPU clock makes up for the load: the run got its whole budget"
+    gpu = record(threads=0, cpu=20, wall=20, others=1.5 * 20, ceiling=False)
+    assert gpu.contended and gpu.clock == "wall", "on a wall clock, cores lost to other work are lost time"
     assert "CONTENDED" in describe(gpu.as_dict()) and describe({}) == ""
 
 
@@ -125,11 +130,12 @@ def test_budget_clock_inside_a_process_counts_its_children():
 def test_the_proposer_is_told_the_clock_and_the_compute_each_iteration_got():
     from infra.proposers.llm import hardware_text, history_text
 
-    record = compute_record(1, cpu_seconds=9.0, wall_seconds=30.0, run_delay_seconds=20.0, load_start=2.5,
-                            load_end=3.0, stopped_by_wall_ceiling=True).as_dict()
+    record = compute_record(1, cpu_seconds=9.0, wall_seconds=30.0, run_delay_seconds=20.0, others_busy_seconds=54.0,
+                            cores=2, load_start=2.5, load_end=3.0, stopped_by_wall_ceiling=True).as_dict()
     text = history_text([{"iteration": 3, "status": "timeout", "decision": "discard", "epochs": 4,
                           "hypothesis": "wider", "runs": [{"seed": 3000, **record}]}])
-    assert "9.0 CPU s in 30.0 s wall, 30% of 1 cores" in text and "CONTENDED" in text and "| 4 |" in text
+    assert "9.0 CPU s in 30.0 s wall, 30% of 1 cores" in text and "0.2 cores left free" in text
+    assert "CONTENDED" in text and "| 4 |" in text
     hardware = hardware_text({"device": "cpu", "budget_s": 120, "cpu_threads": 1})
     assert "120 s of CPU time on 1 allotted cores" in hardware
     assert "of wall time" in hardware_text({"device": "cuda", "budget_s": 120, "cpu_threads": None})
@@ -190,7 +196,7 @@ def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeyp
         return TrialResult(status="timeout" if contended else "ok", reason="", val_accuracy=None, val_loss=None,
                            epochs=3, train_seconds=1.0, wall_seconds=2.0, peak_memory_bytes=0, exit_code=0,
                            signal=None, log_path="", run_dir=str(run_dir), isolated=True,
-                           compute=compute_record(1, 1.0, 60.0, 50.0 if contended else 0.0, 2.0, 2.0,
+                           compute=compute_record(1, 1.0, 60.0, 0.0, (1.9 if contended else 0.0) * 60, 2, 2.0, 2.0,
                                                   stopped_by_wall_ceiling=contended).as_dict())
 
     monkeypatch.setattr(research, "sandboxed_train", fake_train)

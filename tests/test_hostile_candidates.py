@@ -714,6 +714,31 @@ def test_children_nobody_waits_for_still_spend_the_cpu_budget(tmp_path):
     assert result.compute["cpu_seconds"] > QUICK.startup_allowance_s + QUICK.budget_s
 
 
+def test_a_run_cannot_make_itself_contended_to_be_measured_again(tmp_path, monkeypatch):
+    """Found by the red team: processes pinned to one CPU that wake together queue behind each other, so
+    their run delay exceeded the wall time and the run was flagged contended (re-run twice, with a false
+    reason). Contention is now judged from outside: what the rest of the machine left free."""
+    import infra.watchdog as watchdog
+
+    monkeypatch.setattr(watchdog, "WALL_CEILING", 2.0)
+    limits = Limits(budget_s=1, startup_allowance_s=3, grace_s=1, memory_cap_bytes=2**30, cpu_threads=1)
+    result = trial(tmp_path, """
+        import os, time
+        for _ in range(20):
+            if os.fork() == 0:
+                os.sched_setaffinity(0, {0})
+                while True:  # wake at the same instant as the others, spin briefly, sleep
+                    time.sleep(0.2 - time.time() % 0.2)
+                    end = time.perf_counter() + 0.0005
+                    while time.perf_counter() < end:
+                        pass
+        time.sleep(600)
+    """, limits=limits, header="")
+    assert result.status == "timeout"
+    assert not result.contended, result.compute
+    assert "sleeping or blocked" in result.reason, result.reason
+
+
 def test_a_run_that_sleeps_instead_of_computing_meets_the_wall_ceiling(tmp_path, monkeypatch):
     """On a CPU clock sleeping costs no budget: the wall-clock ceiling, on a timer of its own, still ends it."""
     import infra.watchdog as watchdog
@@ -728,7 +753,13 @@ def test_a_run_that_sleeps_instead_of_computing_meets_the_wall_ceiling(tmp_path,
     assert result.signal == 9
 
 
-def test_holding_more_open_files_than_can_be_counted_is_killed(tmp_path):
+def test_holding_more_open_files_than_can_be_counted_is_killed(tmp_path, monkeypatch):
+    """Where no memory cgroup can be made the watchdog scans open files for memfds and deleted files, at a
+    cost the run sets: more than it can scan is a kill. (With a cgroup the kernel charges them and the
+    scan is skipped: the red team made each poll take 4 s through it.)"""
+    import infra.sandbox as sandbox
+
+    monkeypatch.setattr(sandbox.MemoryCgroup, "create", classmethod(lambda cls, name, limit: None))
     result = trial(tmp_path, """
         import os, time
         for _ in range(24):
