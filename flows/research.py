@@ -65,7 +65,7 @@ class ExperimentConfig:
     fix_attempts: int = 2
     grace_s: float = settings.DEFAULT_GRACE_S
     startup_allowance_s: float | None = None  # None: measured once for the experiment (infra/startup_allowance.py)
-    cpu_threads: int | None = None  # allotted cores of CPU runs (None: this machine's, fixed at the first run)
+    cpu_threads: int | None = None  # allotted cores of CPU runs (None: settings.DEFAULT_CPU_THREADS, fixed at the first run)
     rule: dict[str, float] = field(default_factory=dict)
 
     def limits(self) -> settings.Limits:
@@ -101,7 +101,7 @@ class Run:
         self.preflight = cfg.preflight if cfg.preflight is not None else cfg.proposer in LLM_SPECS
 
     def _resolve_cpu_threads(self) -> None:
-        """The experiment's stored allotted cores, or this machine's: the same CPU budget for every candidate."""
+        """The experiment's stored allotted cores, or the default: the same CPU budget for every candidate."""
         if self.cfg.cpu_threads is None:
             self.cfg.cpu_threads = self.exp.config.get("cpu_threads") or settings.default_cpu_threads()
 
