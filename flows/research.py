@@ -196,8 +196,9 @@ def seed_of(iteration: int, n: int) -> int:
 
 def run_record(seed: int, result: TrialResult) -> dict[str, Any]:
     """One measured run as the store keeps it: what it scored and the compute it received."""
+    per_second = result.epochs / result.train_seconds if result.epochs and result.train_seconds else None
     return {"seed": seed, "status": result.status, "val_accuracy": result.val_accuracy, "epochs": result.epochs,
-            "train_seconds": result.train_seconds, **result.compute}
+            "train_seconds": result.train_seconds, "epochs_per_second": per_second, **result.compute}
 
 
 def measure(run: Run, code: str, iteration: int, n: int, runs: list[dict[str, Any]]) -> TrialResult:

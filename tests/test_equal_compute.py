@@ -212,3 +212,4 @@ def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeyp
     assert result.status == "ok"
     assert calls == [4001, 4001], "the same seed, measured again"
     assert [r["contended"] for r in runs] == [True, False] and all(r["seed"] == 4001 for r in runs)
+    assert runs[-1]["epochs_per_second"] == pytest.approx(3.0), "throughput on the budget's clock: 3 epochs in 1 s"
