@@ -150,14 +150,15 @@ class Run:
 
     def context(self, iteration: int) -> ProposalContext:
         inc = self.incumbent()
+        device = prepare.get_device()
         per_epoch = inc.train_seconds / inc.epochs if inc.train_seconds and inc.epochs else None
         return ProposalContext(
             iteration=iteration,
             incumbent_code=inc.code,
             strategy=self.strategy(),
             history=self.history(),
-            hardware={"device": str(prepare.get_device()), "budget_s": self.cfg.budget_s,
-                      "cpu_threads": self.limits.cpu_threads if prepare.get_device().type == "cpu" else None,
+            hardware={"device": str(device), "budget_s": self.cfg.budget_s,
+                      "cpu_threads": self.limits.cpu_threads if device.type == "cpu" else None,
                       "incumbent_epochs": inc.epochs, "incumbent_seconds_per_epoch": per_epoch},
             seed=self.exp.id,
             max_cost_left=self.cost_left(),

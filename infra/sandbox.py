@@ -85,6 +85,8 @@ class SandboxOutcome:
     wall_seconds: float
     training_seconds: float  # in budget units: wall seconds, or CPU seconds per allotted core
     compute: ComputeRecord
+    cpu_limit_s: float | None  # CPU clock: the CPU seconds after which it is SIGKILLed (None on a wall clock)
+    stopped_by_wall_ceiling: bool  # CPU clock: killed at the wall ceiling, not for its CPU time
     peak_rss_bytes: int  # peak memory the watchdog saw: RSS of the tree + private tmpfs + unlinked open files
     peak_disk_bytes: int
     log_path: Path
@@ -407,6 +409,8 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
         wall_seconds=ended - launched,
         training_seconds=watchdog.training_seconds(ended),
         compute=compute,
+        cpu_limit_s=watchdog.cpu_limit() if watchdog.cpu_clock else None,
+        stopped_by_wall_ceiling=ceiling,
         peak_rss_bytes=watchdog.peak_memory_bytes,
         peak_disk_bytes=watchdog.peak_disk_bytes,
         log_path=job.log_path,

@@ -194,14 +194,13 @@ def _timeout_reason(outcome: SandboxOutcome, limits: Limits) -> str:
     if compute.clock == "wall":
         return (f"killed (SIGKILL) after {outcome.wall_seconds:.1f} s: still running {limits.grace_s:g} s past its deadline "
                 f"(start-up allowance {limits.startup_allowance_s:g} s + budget {limits.budget_s:g} s)")
-    limit = limits.startup_allowance_s + (limits.budget_s + limits.grace_s) * compute.threads
-    if compute.cpu_seconds > limit:
+    if not outcome.stopped_by_wall_ceiling:
         return (f"killed (SIGKILL) after {compute.cpu_seconds:.1f} CPU s: still running {limits.grace_s:g} s past its deadline "
                 f"(start-up allowance {limits.startup_allowance_s:g} CPU s + budget {limits.budget_s:g} s on "
                 f"{compute.threads} cores)")
     why = "kept waiting for a CPU by the machine's load" if compute.contended else "sleeping or blocked"
     return (f"killed (SIGKILL) at the wall-clock ceiling ({outcome.wall_seconds:.1f} s) after only "
-            f"{compute.cpu_seconds:.1f} CPU s of its {limit:.1f}: {why} "
+            f"{compute.cpu_seconds:.1f} CPU s of its {outcome.cpu_limit_s:.1f}: {why} "
             f"({compute.core_share:.0%} of {compute.threads} cores, waited {compute.waiting_share:.0%})")
 
 

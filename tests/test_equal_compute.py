@@ -109,6 +109,29 @@ def test_cpu_time_of_a_tree_includes_children_it_has_reaped(tmp_path):
         outer.wait()
 
 
+def test_cpu_time_is_read_right_whatever_name_a_process_gives_itself():
+    """A candidate names its processes: /proc/<pid>/stat then holds ')', spaces and fake fields after the pid."""
+    code = textwrap.dedent("""
+        import ctypes, os, sys, time
+        name = sys.argv[1].encode()
+        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(name), 0, 0, 0)  # PR_SET_NAME
+        while time.process_time() < 1.0:
+            pass
+        print("named", flush=True)
+        time.sleep(60)
+    """)
+    for name in (") Z 1 1 1 1", "x) R 0 0 0 999", "a\n) S 9"):
+        child = subprocess.Popen([sys.executable, "-c", code, name], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout.readline() == "named\n"
+            assert process_tree.cpu_seconds([child.pid]) >= 0.9, name
+            assert child.pid in process_tree.descendants(os.getpid()), name
+            assert process_tree.parent(child.pid) == os.getpid(), name
+        finally:
+            child.kill()
+            child.wait()
+
+
 def test_budget_clock_inside_a_process_counts_its_children():
     """DataLoader workers and other children spend the run's budget: prepare's clock sees them while they run."""
     code = textwrap.dedent("""
