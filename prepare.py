@@ -303,10 +303,15 @@ def run_cpu_seconds() -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def allotted_cpu_threads() -> int:
+    """The cores the budget counts on a CPU (AUTORESEARCH_CPU_THREADS), 0 when the clock is the wall's."""
+    return int(os.environ.get(CPU_THREADS_ENV, "0") or 0)
+
+
 def budget_clock() -> float:
     """Now, on the budget's clock, in seconds. On a CPU (AUTORESEARCH_CPU_THREADS=N) that is CPU time of
     this run per allotted core, so a busy machine does not shorten anyone's training; else the wall clock."""
-    threads = int(os.environ.get(CPU_THREADS_ENV, "0") or 0)
+    threads = allotted_cpu_threads()
     return run_cpu_seconds() / threads if threads > 0 else time.monotonic()
 
 
@@ -324,7 +329,7 @@ class TrainingBudget:
         if self.seconds <= 0:
             raise ValueError(f"{BUDGET_ENV} must be positive, got {self.seconds}")
         self.epoch_seconds: list[float] = []
-        self.threads = int(os.environ.get(CPU_THREADS_ENV, "0") or 0)
+        self.threads = allotted_cpu_threads()
         self.wall_start = time.monotonic()
         self.start = budget_clock()
         self._epoch_start = self.start
