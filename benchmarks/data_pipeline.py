@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import prepare  # noqa: E402
 from cnn3 import three_block_cnn  # noqa: E402
-from infra.evaluation import evaluate_artifact  # noqa: E402
+from infra.sandbox.evaluation import evaluate_artifact  # noqa: E402
 from infra.settings import Limits  # noqa: E402
 
 BATCH_SIZE = 32

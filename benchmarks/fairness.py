@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import prepare  # noqa: E402
-from infra.compute_record import describe  # noqa: E402
+from infra.sandbox.compute_record import describe  # noqa: E402
+from infra.sandbox.startup_allowance import measure_startup_allowance  # noqa: E402
+from infra.sandbox.trial import run_trial  # noqa: E402
 from infra.settings import BASELINE_TRAIN_PY, Limits  # noqa: E402
-from infra.startup_allowance import measure_startup_allowance  # noqa: E402
-from infra.trial import run_trial  # noqa: E402
 
 CANDIDATES = {"baseline": BASELINE_TRAIN_PY, "small_cnn": Path(__file__).with_name("small_cnn_train.py")}
 BUSY_LOOP = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"

@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import prepare  # noqa: E402
-from infra import process_tree  # noqa: E402
+from infra.sandbox import process_tree  # noqa: E402
+from infra.sandbox.startup_allowance import measure_startup_allowance  # noqa: E402
+from infra.sandbox.trial import train_candidate  # noqa: E402
 from infra.settings import Limits  # noqa: E402
-from infra.startup_allowance import measure_startup_allowance  # noqa: E402
-from infra.trial import train_candidate  # noqa: E402
 
 FLOOD = """
 import sys

@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import infra.trial as trial  # noqa: E402
+import infra.sandbox.trial as trial  # noqa: E402
 import prepare  # noqa: E402
+from infra.sandbox.startup_allowance import measure_startup_allowance  # noqa: E402
 from infra.settings import BASELINE_TRAIN_PY, Limits  # noqa: E402
-from infra.startup_allowance import measure_startup_allowance  # noqa: E402
 import tasks.evaluate as evaluate_task  # noqa: E402
 import tasks.sandboxed_train as train_task  # noqa: E402
 from flows.research import research  # noqa: E402

@@ -1,1 +1,3 @@
-"""Prefect flows and the `autoresearch` command line."""
+"""Prefect flows: the research loop."""
+
+import infra  # noqa: F401  (Prefect's offline settings, before any flow imports prefect)

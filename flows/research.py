@@ -14,32 +14,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from infra.prefect_env import apply_offline_defaults
+from prefect import flow
 
-apply_offline_defaults()
-
-from prefect import flow  # noqa: E402
-
-import prepare  # noqa: E402
-from infra import settings  # noqa: E402
-from infra.acceptance_rule import RuleConfig  # noqa: E402
-from infra.code_edit import unified_diff  # noqa: E402
-from infra.compute_record import describe  # noqa: E402
-from infra.failpoints import failpoint  # noqa: E402
-from infra.lock import experiment_lock  # noqa: E402
-from infra.program import read_program, strategy_of, with_strategy  # noqa: E402
-from infra.proposers import LLM_SPECS, Proposal, ProposalContext, StopResearch  # noqa: E402
-from infra.startup_allowance import measure_startup_allowance  # noqa: E402
-from infra.store import Iteration, Store, iteration_record, utcnow  # noqa: E402
-from infra.trial import TrialResult, log_tail  # noqa: E402
-from infra.workspace import Workspace  # noqa: E402
-from tasks.decide import keep_or_discard  # noqa: E402
-from tasks.evaluate import evaluate, test_report  # noqa: E402
-from tasks.preflight import preflight  # noqa: E402
-from tasks.propose import fix_candidate, propose_edit  # noqa: E402
-from tasks.report import publish_artifacts, publish_strategy_diff  # noqa: E402
-from tasks.revise_strategy import revise_strategy  # noqa: E402
-from tasks.sandboxed_train import sandboxed_train  # noqa: E402
+import prepare
+from infra import settings
+from infra.failpoints import failpoint
+from infra.proposers import LLM_SPECS, Proposal, ProposalContext, StopResearch
+from infra.research.acceptance_rule import RuleConfig
+from infra.research.code_edit import unified_diff
+from infra.research.lock import experiment_lock
+from infra.research.program import read_program, strategy_of, with_strategy
+from infra.research.workspace import Workspace
+from infra.sandbox.compute_record import describe
+from infra.sandbox.startup_allowance import measure_startup_allowance
+from infra.sandbox.trial import TrialResult, log_tail
+from infra.store import Iteration, Store, iteration_record, utcnow
+from tasks.decide import keep_or_discard
+from tasks.evaluate import evaluate, test_report
+from tasks.preflight import preflight
+from tasks.propose import fix_candidate, propose_edit
+from tasks.report import publish_artifacts, publish_strategy_diff
+from tasks.revise_strategy import revise_strategy
+from tasks.sandboxed_train import sandboxed_train
 
 
 class ConfigMismatch(ValueError):
@@ -64,7 +60,7 @@ class ExperimentConfig:
     preflight: bool | None = None  # smoke-run candidates first (None: only for language-model proposers)
     fix_attempts: int = 2
     grace_s: float = settings.DEFAULT_GRACE_S
-    startup_allowance_s: float | None = None  # None: measured once for the experiment (infra/startup_allowance.py)
+    startup_allowance_s: float | None = None  # None: measured once for the experiment (infra/sandbox/startup_allowance.py)
     cpu_threads: int | None = None  # allotted cores of CPU runs (None: settings.DEFAULT_CPU_THREADS, fixed at the first run)
     rule: dict[str, float] = field(default_factory=dict)
 
@@ -204,7 +200,7 @@ def run_record(seed: int, result: TrialResult) -> dict[str, Any]:
 
 def measure(run: Run, code: str, iteration: int, n: int, runs: list[dict[str, Any]]) -> TrialResult:
     """The n-th measured run of an iteration's code (re-run from scratch if an earlier attempt was interrupted).
-    A run the machine's load starved (infra/compute_record.py) is measured again, at most
+    A run the machine's load starved (infra/sandbox/compute_record.py) is measured again, at most
     MAX_CONTENDED_RERUNS times; every attempt is appended to runs."""
     seed = seed_of(iteration, n)
     for attempt in range(MAX_CONTENDED_RERUNS + 1):

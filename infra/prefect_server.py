@@ -18,8 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from infra.prefect_env import apply_offline_defaults
-from infra.process_tree import die_with_parent
+from infra.sandbox.process_tree import die_with_parent
 
 
 def _free_port() -> int:
@@ -56,7 +55,6 @@ def _drain_background_senders() -> None:
 @contextmanager
 def prefect_api(log_dir: Path) -> Iterator[str]:
     """Yield the API URL in use; a private server lives exactly as long as the block."""
-    apply_offline_defaults()
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return

@@ -12,7 +12,7 @@ PREPARE_PY = REPO_ROOT / "prepare.py"
 BASELINE_TRAIN_PY = REPO_ROOT / "baseline" / "train.py"
 
 # Start-up (interpreter, imports, data to the device) comes before the budget: every candidate gets
-# the same allowance for it (by default measured once per experiment: infra/startup_allowance.py).
+# the same allowance for it (by default measured once per experiment: infra/sandbox/startup_allowance.py).
 DEFAULT_STARTUP_ALLOWANCE_S = 30.0
 # After the deadline, time to save the model before SIGKILL: the documented tolerance on the budget.
 DEFAULT_GRACE_S = 10.0
@@ -20,7 +20,7 @@ DEFAULT_GRACE_S = 10.0
 DEFAULT_DISK_CAP_BYTES = 2 * 2**30
 DEFAULT_MAX_FILES = 10_000
 MAX_ARTIFACT_BYTES = 256 * 2**20  # 64 million float32 parameters: ample for 28x28 images
-# A CPU run's budget is CPU time of its allotted cores (infra/watchdog.py). One by default: with two,
+# A CPU run's budget is CPU time of its allotted cores (infra/sandbox/watchdog.py). One by default: with two,
 # the baseline's tiny operations cost twice the CPU time per epoch on a quiet machine as on a busy one
 # (thread hand-offs), so equal CPU time was not equal work (docs/benchmarks.md, benchmarks/fairness.py).
 DEFAULT_CPU_THREADS = 1

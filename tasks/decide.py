@@ -1,11 +1,11 @@
-"""Task: keep or discard, by the noise-aware acceptance rule (infra/acceptance_rule.py)."""
+"""Task: keep or discard, by the noise-aware acceptance rule (infra/research/acceptance_rule.py)."""
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra.acceptance_rule import Decision, RuleConfig, decide
+from infra.research.acceptance_rule import Decision, RuleConfig, decide
 
 
 @task(name="decide", task_run_name="decide-{iteration}", cache_policy=NO_CACHE)

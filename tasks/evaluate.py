@@ -8,8 +8,8 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from infra.sandbox.trial import TrialResult, score_artifact, score_trial
 from infra.settings import Limits
-from infra.trial import TrialResult, score_artifact, score_trial
 
 
 @task(name="evaluate", task_run_name="evaluate-{iteration}-seed-{seed}", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)

@@ -8,8 +8,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from infra.sandbox.trial import PREFLIGHT_IMAGES, TrialResult, train_candidate
 from infra.settings import Limits
-from infra.trial import PREFLIGHT_IMAGES, TrialResult, train_candidate
 
 PREFLIGHT_BUDGET_S = 2.0
 

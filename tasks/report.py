@@ -12,8 +12,8 @@ from prefect.artifacts import (create_image_artifact, create_markdown_artifact, 
                                create_table_artifact)
 from prefect.cache_policies import NO_CACHE
 
-from infra.code_edit import unified_diff
 from infra.plot import progress_png
+from infra.research.code_edit import unified_diff
 
 TABLE_COLUMNS = ("iteration", "status", "decision", "val_accuracy", "test_accuracy", "cost_usd", "change_type",
                  "hypothesis", "reason")

@@ -8,8 +8,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from infra.failpoints import failpoint
+from infra.sandbox.trial import TrialResult, train_candidate
 from infra.settings import Limits
-from infra.trial import TrialResult, train_candidate
 
 
 @task(name="train", task_run_name="train-{iteration}-seed-{seed}", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)

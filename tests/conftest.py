@@ -76,9 +76,8 @@ def _no_network() -> None:
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect API for every in-process flow test (about 10 s to start)."""
-    from infra.prefect_env import apply_offline_defaults
+    import infra  # noqa: F401  (Prefect's offline settings first)
 
-    apply_offline_defaults()
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=90):

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from infra.acceptance_rule import RuleConfig, decide, naive_decide
+from infra.research.acceptance_rule import RuleConfig, decide, naive_decide
 
 # Noise measured here: the baseline recipe over 6 seeds at a 20 s budget.
 BASELINE_SCORES = [0.761, 0.835, 0.838, 0.841, 0.844, 0.846]
@@ -45,7 +45,7 @@ def test_rule_still_keeps_real_improvements():
 
 
 def test_t_quantile_matches_tables():
-    from infra.acceptance_rule import t_quantile
+    from infra.research.acceptance_rule import t_quantile
 
     assert t_quantile(0.975, 3) == pytest.approx(3.182, rel=0.01)
     assert t_quantile(0.99, 10) == pytest.approx(2.764, rel=0.01)

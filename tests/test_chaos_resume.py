@@ -11,12 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from infra import process_tree
-from infra.code_edit import set_constants
-from infra.lock import lock_holder
+from infra.research.code_edit import set_constants
+from infra.research.lock import lock_holder
+from infra.research.workspace import Workspace
+from infra.sandbox import process_tree
 from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT
 from infra.store import Store
-from infra.workspace import Workspace
 from tests.conftest import requires_bwrap, requires_real_data
 
 pytestmark = [requires_real_data, requires_bwrap]
@@ -32,7 +32,7 @@ def run_cli(home: Path, replay: Path, failpoint: str | None) -> subprocess.Compl
     output = home.parent / f"cli-{failpoint or 'final'}.log"
     with open(output, "w") as sink:
         done = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "run", "--experiment", "chaos", "--iterations", "3", "--budget", "1",
+            [sys.executable, "-m", "infra.cli", "run", "--experiment", "chaos", "--iterations", "3", "--budget", "1",
              "--proposer", f"replay:{replay}", "--baseline", str(baseline), "--home", str(home)],
             cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=600)
     done.stderr = output.read_text()

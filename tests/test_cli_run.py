@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.lock import experiment_lock
+from infra.research.lock import experiment_lock
 from infra.settings import REPO_ROOT
 from infra.store import Store, utcnow
 from tests.conftest import requires_bwrap, requires_real_data
@@ -19,7 +19,7 @@ from tests.conftest import requires_bwrap, requires_real_data
 def cli(*args: str, home: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     full_env.pop("PREFECT_API_URL", None)
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args, "--home", str(home)], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "infra.cli", *args, "--home", str(home)], cwd=REPO_ROOT,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from infra.cli import app
 from infra.settings import BASELINE_TRAIN_PY
 from tests.conftest import requires_bwrap, requires_real_data
 
 runner = CliRunner()
-AUTORESEARCH = [sys.executable, "-m", "flows.cli"]
+AUTORESEARCH = [sys.executable, "-m", "infra.cli"]
 
 
 def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 import prepare
-from infra import process_tree
-from infra.compute_record import compute_record, describe
+from infra.sandbox import process_tree
+from infra.sandbox.compute_record import compute_record, describe
+from infra.sandbox.trial import TrialResult, train_candidate
+from infra.sandbox.watchdog import WALL_CEILING, Watchdog
 from infra.settings import Limits
-from infra.trial import TrialResult, train_candidate
-from infra.watchdog import WALL_CEILING, Watchdog
 from tests.conftest import requires_bwrap
 
 # --- the clock -----------------------------------------------------------------------

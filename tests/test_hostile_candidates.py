@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 
 import prepare
-from infra import process_tree, sandbox_identity
-from infra.sandbox import MAX_TASKS, SandboxJob, run_sandboxed
+from infra.sandbox import identity as sandbox_identity
+from infra.sandbox import process_tree
+from infra.sandbox.run import MAX_TASKS, SandboxJob, run_sandboxed
+from infra.sandbox.trial import run_trial
 from infra.settings import PREPARE_PY, REPO_ROOT, Limits
-from infra.trial import run_trial
 from tests.conftest import requires_bwrap
 
 pytestmark = requires_bwrap
@@ -659,7 +660,7 @@ def test_a_file_larger_than_the_disk_cap_cannot_be_written(tmp_path):
 # --- found by the red team ---------------------------------------------------------
 
 def requires_memory_cgroup():
-    from infra.memory_cgroup import MemoryCgroup
+    from infra.sandbox.memory_cgroup import MemoryCgroup
 
     group = MemoryCgroup.create(f"autoresearch-probe-{uuid.uuid4().hex[:8]}", 2**30)
     if group is None:
@@ -670,7 +671,7 @@ def requires_memory_cgroup():
 def test_the_kill_is_on_time_however_slow_the_measurements(tmp_path, monkeypatch):
     """A candidate can make a poll slow (many open files): a run that has used more than its deadline +
     grace when it exits is a timeout even if no kill reached it (its CPU time is read from its exit)."""
-    import infra.sandbox as sandbox
+    import infra.sandbox.run as sandbox
 
     measure = sandbox._resource_verdict
 
@@ -694,7 +695,7 @@ def test_the_kill_is_on_time_however_slow_the_measurements(tmp_path, monkeypatch
 def test_children_nobody_waits_for_still_spend_the_cpu_budget(tmp_path):
     """With SIGCHLD ignored the kernel reaps children and adds their time to no parent: /proc alone would
     never see short-lived workers. The kernel's cgroup count does."""
-    from infra.cpu_cgroup import accounting_available
+    from infra.sandbox.cpu_cgroup import accounting_available
 
     if not accounting_available():
         pytest.skip("no cpuacct cgroup can be made here: the README lists this gap")
@@ -718,7 +719,7 @@ def test_a_run_cannot_make_itself_contended_to_be_measured_again(tmp_path, monke
     """Found by the red team: processes pinned to one CPU that wake together queue behind each other, so
     their run delay exceeded the wall time and the run was flagged contended (re-run twice, with a false
     reason). Contention is now judged from outside: what the rest of the machine left free."""
-    import infra.watchdog as watchdog
+    import infra.sandbox.watchdog as watchdog
 
     monkeypatch.setattr(watchdog, "WALL_CEILING", 2.0)
     limits = Limits(budget_s=1, startup_allowance_s=3, grace_s=1, memory_cap_bytes=2**30, cpu_threads=1)
@@ -741,7 +742,7 @@ def test_a_run_cannot_make_itself_contended_to_be_measured_again(tmp_path, monke
 
 def test_a_run_that_sleeps_instead_of_computing_meets_the_wall_ceiling(tmp_path, monkeypatch):
     """On a CPU clock sleeping costs no budget: the wall-clock ceiling, on a timer of its own, still ends it."""
-    import infra.watchdog as watchdog
+    import infra.sandbox.watchdog as watchdog
 
     monkeypatch.setattr(watchdog, "WALL_CEILING", 2.0)
     limits = Limits(budget_s=1, startup_allowance_s=3, grace_s=1, memory_cap_bytes=2**30, cpu_threads=1)
@@ -757,7 +758,7 @@ def test_holding_more_open_files_than_can_be_counted_is_killed(tmp_path, monkeyp
     """Where no memory cgroup can be made the watchdog scans open files for memfds and deleted files, at a
     cost the run sets: more than it can scan is a kill. (With a cgroup the kernel charges them and the
     scan is skipped: the red team made each poll take 4 s through it.)"""
-    import infra.sandbox as sandbox
+    import infra.sandbox.run as sandbox
 
     monkeypatch.setattr(sandbox.MemoryCgroup, "create", classmethod(lambda cls, name, limit: None))
     result = trial(tmp_path, """
@@ -800,7 +801,7 @@ def test_memory_in_flight_over_a_socket_counts_against_the_cap(tmp_path):
 
 
 def test_disk_in_flight_over_a_socket_counts_against_the_disk_cap(tmp_path, monkeypatch):
-    import infra.sandbox as sandbox
+    import infra.sandbox.run as sandbox
 
     monkeypatch.setattr(sandbox, "DISK_SLACK_BYTES", 128 * 2**20)
     result = trial(tmp_path, _in_flight("deleted file"), header="",
@@ -887,7 +888,7 @@ def test_the_next_honest_run_scores_as_before(tmp_path):
 def test_kernel_buffers_and_fast_disk_reservations_are_refused(tmp_path):
     """Socket buffers (netlink, TCP, UDP) are kernel memory no cgroup counts, and fallocate reserves disk
     faster than any poll: the syscall filter refuses them; AF_UNIX sockets (DataLoader workers) still work."""
-    from infra.syscall_filter import program
+    from infra.sandbox.syscall_filter import program
 
     if program() is None:
         pytest.skip("no syscall filter for this architecture")
@@ -923,7 +924,7 @@ def test_the_evaluator_reads_an_artifact_whatever_its_mode(tmp_path):
     """safetensors writes its files 0600; the sandbox user must still read the orchestrator's copy."""
     from torch import nn
 
-    from infra.evaluation import evaluate_artifact
+    from infra.sandbox.evaluation import evaluate_artifact
 
     artifact = prepare.save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), tmp_path / "art")
     artifact.chmod(0o600)

@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 
 import prepare
+from infra.research.workspace import GIT_SAFETY, Workspace
 from infra.settings import BASELINE_TRAIN_PY
 from infra.store import Store
-from infra.workspace import GIT_SAFETY, Workspace
 from tests.conftest import requires_bwrap
 from tests.test_hostile_candidates import sandbox_user_processes
 

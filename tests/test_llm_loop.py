@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.pricing import DEFAULT_PRICES
+from infra.proposers.pricing import DEFAULT_PRICES
 from infra.store import Store
 from tests.fake_llm import (USAGE, FakeLLMServer, anthropic_tool_use, openai_function_call, request_text)
 from tests.conftest import requires_bwrap, requires_real_data

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from infra.code_edit import set_constants
-from infra.pricing import DEFAULT_PRICES, Usage, cost_usd
 from infra.proposers import ProposalContext, ProposerError, make_proposer, resolve_spec
 from infra.proposers.llm import SpendingCapReached, apply_edits, InvalidProposal
+from infra.proposers.pricing import DEFAULT_PRICES, Usage, cost_usd
+from infra.research.code_edit import set_constants
 from infra.settings import BASELINE_TRAIN_PY
 from tests.fake_llm import (USAGE, FakeLLMServer, anthropic_error, anthropic_tool_use, openai_function_call,
                             request_text)

@@ -10,15 +10,15 @@ import sys
 
 import pytest
 
-from infra.code_edit import classify_change, set_constants, tunable_constants, unified_diff
-from infra.lock import LockHeld, experiment_lock, lock_holder
-from infra.program import ProgramError, read_program, strategy_of, with_strategy
 from infra.proposers import ProposalContext, ProposerError, make_proposer, resolve_spec
 from infra.proposers.offline import OfflineProposer, parse_search_block, step_sizes
 from infra.proposers.replay import ReplayProposer
+from infra.research.code_edit import classify_change, set_constants, tunable_constants, unified_diff
+from infra.research.lock import LockHeld, experiment_lock, lock_holder
+from infra.research.program import ProgramError, read_program, strategy_of, with_strategy
+from infra.research.workspace import Workspace
 from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT
 from infra.store import Store, StoreError, iteration_record
-from infra.workspace import Workspace
 
 BASELINE = BASELINE_TRAIN_PY.read_text()
 
@@ -145,7 +145,7 @@ def test_lock_refuses_a_second_live_run_and_recovers_from_a_killed_one(tmp_path)
                 pass
     assert lock_holder(tmp_path / "exp") is None
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import time, pathlib; from infra.lock import experiment_lock\n"
+        "import time, pathlib; from infra.research.lock import experiment_lock\n"
         f"with experiment_lock(pathlib.Path({str(tmp_path / 'exp')!r})):\n"
         "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     assert holder.stdout.readline().strip() == "held"

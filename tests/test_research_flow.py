@@ -6,10 +6,10 @@ from pathlib import Path
 
 
 from infra import failpoints
-from infra.code_edit import set_constants
+from infra.research.code_edit import set_constants
+from infra.research.workspace import Workspace
 from infra.settings import BASELINE_TRAIN_PY
 from infra.store import Store
-from infra.workspace import Workspace
 from tests.conftest import requires_bwrap, requires_real_data
 
 pytestmark = [requires_real_data, requires_bwrap]

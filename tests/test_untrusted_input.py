@@ -8,10 +8,10 @@ import threading
 
 import pytest
 
-from infra.output_capture import MAX_LINE_CHARS, BoundedLog, clean
-from infra.safe_files import UnsafeFile, copy_out, read_untrusted, remove_tree, tree_usage
-from infra.trial import reported_epochs
-from infra.watchdog import Watchdog
+from infra.sandbox.output_capture import MAX_LINE_CHARS, BoundedLog, clean
+from infra.sandbox.safe_files import UnsafeFile, copy_out, read_untrusted, remove_tree, tree_usage
+from infra.sandbox.trial import reported_epochs
+from infra.sandbox.watchdog import Watchdog
 
 
 def test_read_untrusted_takes_only_a_bounded_regular_file(tmp_path):

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from infra.pricing import Usage
 from infra.proposers.base import ProposerError
 from infra.proposers.llm import MAX_OUTPUT_TOKENS, PREPARE_CONTRACT, ROLE_AND_RULES, LLMProposer, ToolAnswer
+from infra.proposers.pricing import Usage
 
 DEFAULT_MODEL = "claude-sonnet-4-6"
 MAX_RETRIES = 4

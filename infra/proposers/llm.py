@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import prepare
-from infra.code_edit import classify_change
-from infra.compute_record import describe
-from infra.pricing import Usage, cost_usd, worst_case_cost_usd
 from infra.proposers.base import Proposal, ProposalContext, StopResearch
-from infra.trial import syntax_error
+from infra.proposers.pricing import Usage, cost_usd, worst_case_cost_usd
+from infra.research.code_edit import classify_change
+from infra.sandbox.compute_record import describe
+from infra.sandbox.trial import syntax_error
 
 MAX_OUTPUT_TOKENS = 8192
 HISTORY_ROWS = 30

@@ -22,8 +22,8 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from infra.code_edit import Number, set_constants, tunable_constants
 from infra.proposers.base import Proposal, ProposalContext
+from infra.research.code_edit import Number, set_constants, tunable_constants
 
 INITIAL_LOG_STEP = math.log(2.0)
 GROW, SHRINK = 1.5, 1.5 ** -0.25

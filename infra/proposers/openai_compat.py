@@ -13,9 +13,9 @@ import os
 import re
 from typing import Any
 
-from infra.pricing import Usage
 from infra.proposers.base import ProposerError
 from infra.proposers.llm import MAX_OUTPUT_TOKENS, PREPARE_CONTRACT, ROLE_AND_RULES, LLMProposer, ToolAnswer
+from infra.proposers.pricing import Usage
 
 MAX_RETRIES = 4
 TIMEOUT_S = 600.0

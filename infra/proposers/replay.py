@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra.code_edit import classify_change
 from infra.proposers.base import Proposal, ProposalContext
+from infra.research.code_edit import classify_change
 
 
 def first_comment(code: str) -> str:

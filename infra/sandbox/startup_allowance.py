@@ -1,6 +1,6 @@
 """
 The start-up allowance: the time every candidate gets before its budget starts, for the interpreter,
-torch's import and the training split reaching the device, on the budget's clock (infra/watchdog.py:
+torch's import and the training split reaching the device, on the budget's clock (infra/sandbox/watchdog.py:
 CPU seconds of the run on a CPU, wall seconds on a GPU).
 
 Measured, not guessed: a fixed reference start-up (this module's REFERENCE, the orchestrator's code,
@@ -18,10 +18,10 @@ import os
 from pathlib import Path
 
 import prepare
-from infra.safe_files import remove_tree
-from infra.sandbox import run_sandboxed
+from infra.sandbox.run import run_sandboxed
+from infra.sandbox.safe_files import remove_tree
+from infra.sandbox.trial import fresh_run_dir, read_log, train_job
 from infra.settings import Limits
-from infra.trial import fresh_run_dir, read_log, train_job
 
 REFERENCE = "import torch\nimport prepare\n\nprepare.load_split('train', prepare.get_device())\n"
 PROBE_LIMIT_S = 300.0  # a start-up slower than this is a broken machine, not a slow one

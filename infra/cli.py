@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from infra import settings
-from infra.compute_record import describe
+from infra.sandbox.compute_record import describe
 
 app = typer.Typer(help="Autoresearch for Fashion-MNIST.", no_args_is_help=True, add_completion=False)
 err = Console(stderr=True)
@@ -122,13 +122,13 @@ def train(
     check_data()
     from dataclasses import replace
 
-    from infra.trial import run_trial
+    from infra.sandbox.trial import run_trial
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     run_dir = settings.runs_home(home) / "scratch" / f"{stamp}-{path.stem}"
     code = path.read_text()
     if startup_allowance is None:
-        from infra.startup_allowance import measure_startup_allowance
+        from infra.sandbox.startup_allowance import measure_startup_allowance
 
         try:
             measured = measure_startup_allowance(run_dir.with_name(run_dir.name + "-startup-probe"), device,
@@ -201,7 +201,7 @@ def run(
         fail("--iterations and --fix-attempts must be >= 0, --revise-every and --repeats >= 1")
     if max_cost is not None and max_cost <= 0:
         fail(f"--max-cost must be positive, got {max_cost}")
-    from infra.program import ProgramError, read_program
+    from infra.research.program import ProgramError, read_program
     from infra.proposers import ProposerError, resolve_spec
 
     try:
@@ -210,7 +210,7 @@ def run(
         fail(str(exc))
     if not baseline.is_file():
         fail(f"no such baseline file: {baseline}")
-    from infra.trial import syntax_error
+    from infra.sandbox.trial import syntax_error
 
     problem = syntax_error(baseline.read_text())
     if problem:
@@ -223,14 +223,14 @@ def run(
     check_data()
     home_dir = settings.runs_home(home)
     store = open_store(db, home_dir)
-    from infra.lock import lock_holder
+    from infra.research.lock import lock_holder
 
     holder = lock_holder(home_dir / experiment)
     if holder:
         fail(f"experiment {experiment!r} is already running ({holder})")
     out.print(f"proposer: {why}")
     from flows.research import ConfigMismatch, research
-    from infra.lock import LockHeld
+    from infra.research.lock import LockHeld
     from infra.prefect_server import prefect_api
 
     config = dict(name=experiment, iterations=iterations, budget_s=budget, proposer=spec, revise_every=revise_every,
@@ -303,7 +303,7 @@ def status(
     home: Optional[Path] = typer.Option(None, "--home"),
 ) -> None:
     """Experiments in the store: progress, best, and whether a run holds them now."""
-    from infra.lock import lock_holder
+    from infra.research.lock import lock_holder
 
     home_dir = settings.runs_home(home)
     store = open_store(db, home_dir)

@@ -4,7 +4,7 @@ The experiment workspace, runs/<experiment>/:
     train.py            the incumbent
     program.md          the experiment's own program (its Strategy section is revised)
     progress.png        validation accuracy per iteration
-    iterations/NNNN/    each candidate: seed-K/ per measured run (infra/trial.py's layout), preflight-A/
+    iterations/NNNN/    each candidate: seed-K/ per measured run (infra/sandbox/trial.py's layout), preflight-A/
     .git                every kept change is a commit: `git log -p` reads as the research log
 
 The store is the source of truth; `sync_git` makes the git history agree with it
@@ -49,7 +49,7 @@ class Workspace:
         return self.root / "iterations" / f"{index:04d}"
 
     def run_dir(self, index: int, seed: int) -> Path:
-        """One measured run of an iteration (infra/trial.py's layout)."""
+        """One measured run of an iteration (infra/sandbox/trial.py's layout)."""
         return self.iteration_dir(index) / f"seed-{seed}"
 
     def prune_models(self, index: int, keep: Path | None) -> None:

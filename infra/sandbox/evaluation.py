@@ -4,7 +4,7 @@ Independent evaluation: the metric no candidate can fake.
 A separate, sandboxed process runs prepare.py's fixed `predict` on the candidate's artifact (a format
 without code: prepare.load_artifact) and on images it is given without labels, and writes logits into
 the one directory it may write. Only this orchestrator holds the labels; it takes the logits file as
-untrusted data (infra/safe_files.py), checks dtype, shape and finiteness, and computes accuracy and
+untrusted data (infra/sandbox/safe_files.py), checks dtype, shape and finiteness, and computes accuracy and
 loss itself.
 
     <eval dir>/images.npy     the images, written by the orchestrator, mounted read-only
@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 import prepare
-from infra.safe_files import UnsafeFile, read_untrusted, remove_tree, write_private
-from infra.sandbox import SandboxJob, run_sandboxed
-from infra.sandbox_identity import give_to_sandbox
+from infra.sandbox.identity import give_to_sandbox
+from infra.sandbox.run import SandboxJob, run_sandboxed
+from infra.sandbox.safe_files import UnsafeFile, read_untrusted, remove_tree, write_private
 from infra.settings import PREPARE_PY, Limits
 
 EVAL_ERROR_PREFIX = "eval_error:"

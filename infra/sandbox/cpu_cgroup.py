@@ -1,7 +1,7 @@
 """
 The kernel's CPU accounting for each sandboxed run, where the machine lets the orchestrator make a group.
 
-Summing /proc (infra/process_tree.py) misses a child nobody waited for: a process whose parent ignores
+Summing /proc (infra/sandbox/process_tree.py) misses a child nobody waited for: a process whose parent ignores
 SIGCHLD is reaped by the kernel and its CPU time is added to no one, so a candidate could compute in
 short-lived children the CPU clock never sees. A cgroup's usage counts every task that ever ran in it,
 reaped or not. cgroup v1: a group in the cpuacct hierarchy (cpuacct.usage, nanoseconds); cgroup v2:
@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.memory_cgroup import CGROUP_ROOT, MemoryCgroup, remove_group
+from infra.sandbox.memory_cgroup import CGROUP_ROOT, MemoryCgroup, remove_group
 
 
 def _own_cpuacct_dir() -> Path | None:

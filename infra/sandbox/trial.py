@@ -2,12 +2,12 @@
 One trial: a candidate train.py through the sandbox, then independent evaluation.
 
 A run directory belongs to the orchestrator; the candidate can write only work/ inside it, and
-nothing the orchestrator reads or writes is in work/ (infra/safe_files.py):
+nothing the orchestrator reads or writes is in work/ (infra/sandbox/safe_files.py):
 
     train.py            the candidate's code, as proposed
-    train.log           its output, written here by the orchestrator (bounded: infra/output_capture.py)
+    train.log           its output, written here by the orchestrator (bounded: infra/sandbox/output_capture.py)
     model.safetensors   its saved model, copied out of work/ after it exited (a regular file, bounded size)
-    eval/, test-eval/   the evaluation processes' inputs, outputs and logs (infra/evaluation.py)
+    eval/, test-eval/   the evaluation processes' inputs, outputs and logs (infra/sandbox/evaluation.py)
     work/               the candidate's working directory, its only writable place; deleted after the run
     data/train.pt       the training split, written fresh for this run, mounted read-only; deleted after
 
@@ -34,10 +34,10 @@ from typing import Callable
 import torch
 
 import prepare
-from infra.evaluation import evaluate_artifact, hidden_data_dirs
-from infra.safe_files import UnsafeFile, copy_out, remove_tree, write_private
-from infra.sandbox import MAX_OPEN_FILES_SCANNED, SandboxJob, SandboxOutcome, run_sandboxed
-from infra.sandbox_identity import give_to_sandbox
+from infra.sandbox.evaluation import evaluate_artifact, hidden_data_dirs
+from infra.sandbox.identity import give_to_sandbox
+from infra.sandbox.run import MAX_OPEN_FILES_SCANNED, SandboxJob, SandboxOutcome, run_sandboxed
+from infra.sandbox.safe_files import UnsafeFile, copy_out, remove_tree, write_private
 from infra.settings import MAX_ARTIFACT_BYTES, PREPARE_PY, Limits
 
 MEMORY_ERROR_PATTERNS = ("MemoryError", "can't allocate memory", "Cannot allocate memory", "std::bad_alloc", "out of memory")
@@ -62,7 +62,7 @@ class TrialResult:
     log_path: str
     run_dir: str
     isolated: bool
-    compute: dict = field(default_factory=dict)  # what compute it received (infra/compute_record.py)
+    compute: dict = field(default_factory=dict)  # what compute it received (infra/sandbox/compute_record.py)
 
     @property
     def contended(self) -> bool:
@@ -93,7 +93,7 @@ def reported_epochs(log_text: str) -> int | None:
 
 
 def read_log(log_path: str | Path) -> str:
-    """A log the orchestrator wrote (bounded by infra/output_capture.py), or '' if there is none."""
+    """A log the orchestrator wrote (bounded by infra/sandbox/output_capture.py), or '' if there is none."""
     path = Path(log_path)
     return path.read_text(errors="replace") if path.is_file() and not path.is_symlink() else ""
 

@@ -15,7 +15,7 @@ its epochs), so the clock is the CPU time of the run's whole process tree, given
 
 The wall ceiling bounds a run that gets no CPU at all (a machine too busy, or a candidate that
 sleeps); a run it stops while the rest of the machine left it too few free cores is `contended`
-(infra/compute_record.py), and measured again rather than compared.
+(infra/sandbox/compute_record.py), and measured again rather than compared.
 
 No candidate trains past its deadline, and each gets `grace` more to save its model.
 prepare.TrainingBudget is told the deadline and stops at an epoch boundary before it (or after

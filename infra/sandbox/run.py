@@ -3,21 +3,21 @@ The sandbox: run one command with only what it needs, as a user that owns nothin
 
 With bubblewrap (Debian `bubblewrap`):
 - identity: an unprivileged host uid with no capabilities, no setuid, no nested user namespaces
-  (infra/sandbox_identity.py); nothing it can see is writable but its own directory;
+  (infra/sandbox/identity.py); nothing it can see is writable but its own directory;
 - namespaces: no network (private loopback only), its own PID namespace (killing it ends every
   descendant, setsid'ed or double-forked), its own IPC namespace without SysV shared memory;
 - system calls: sockets other than AF_UNIX, fallocate, io_uring and a few more refused
-  (infra/syscall_filter.py);
+  (infra/sandbox/syscall_filter.py);
 - filesystem: the system and the Python environment read-only, the root read-only, the data hidden,
   only the files named in the job mounted (read-only) and one writable directory; a private /tmp and
   /dev/shm whose use counts against the memory cap;
 - time: on a CPU, CPU time of everything the run ever started (the kernel's cgroup count where one can
-  be made, infra/cpu_cgroup.py, else a /proc sum); on a GPU, wall time (infra/watchdog.py);
-- limits: a memory cgroup at the memory cap where one can be made (infra/memory_cgroup.py), RLIMIT_AS
+  be made, infra/sandbox/cpu_cgroup.py, else a /proc sum); on a GPU, wall time (infra/sandbox/watchdog.py);
+- limits: a memory cgroup at the memory cap where one can be made (infra/sandbox/memory_cgroup.py), RLIMIT_AS
   on CPU runs, at most MAX_TASKS processes and threads and MAX_OPEN_FILES open files each, no file
-  larger than the disk cap, no core dumps; the watchdog (infra/watchdog.py) enforces memory and disk
+  larger than the disk cap, no core dumps; the watchdog (infra/sandbox/watchdog.py) enforces memory and disk
   from outside at every poll, and a timer thread of its own kills at deadline + grace;
-- output: read through infra/output_capture.py (bounded lines, bounded log, bounded memory).
+- output: read through infra/sandbox/output_capture.py (bounded lines, bounded log, bounded memory).
 
 Without bubblewrap the command runs as a plain subprocess in its own session; a warning says once
 that isolation is weaker. The kill logic, limits and output bounds apply either way.
@@ -39,13 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from infra import process_tree, sandbox_identity, syscall_filter
-from infra.compute_record import ComputeRecord, compute_record, host_load
-from infra.cpu_cgroup import CpuCgroup
-from infra.memory_cgroup import MemoryCgroup
-from infra.output_capture import BoundedLog
-from infra.safe_files import tree_usage
-from infra.watchdog import Watchdog
+from infra.sandbox import identity as sandbox_identity
+from infra.sandbox import process_tree, syscall_filter
+from infra.sandbox.compute_record import ComputeRecord, compute_record, host_load
+from infra.sandbox.cpu_cgroup import CpuCgroup
+from infra.sandbox.memory_cgroup import MemoryCgroup
+from infra.sandbox.output_capture import BoundedLog
+from infra.sandbox.safe_files import tree_usage
+from infra.sandbox.watchdog import Watchdog
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 PRIVATE_TMPFS = ("/tmp", "/dev/shm")
@@ -74,7 +75,7 @@ class SandboxJob:
     hidden: list[Path] = field(default_factory=list)  # host paths to hide even if under a system dir
     cap_address_space: bool = True
     gpu: bool = False
-    cpu_threads: int = 0  # 0: the wall clock; N: a CPU-time budget on N allotted cores (infra/watchdog.py)
+    cpu_threads: int = 0  # 0: the wall clock; N: a CPU-time budget on N allotted cores (infra/sandbox/watchdog.py)
 
 
 @dataclass
@@ -132,7 +133,7 @@ def _parent_dirs(paths: list[Path]) -> list[str]:
 
 
 def bwrap_argv(bwrap: str, job: SandboxJob, userns_fd: int | None, seccomp_fd: int | None = None) -> list[str]:
-    if userns_fd is not None:  # root: our own user namespace (see infra/sandbox_identity.py)
+    if userns_fd is not None:  # root: our own user namespace (see infra/sandbox/identity.py)
         identity = ["--userns", str(userns_fd)]
         namespaces = ["--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]  # IPC: made before exec
     else:
@@ -140,7 +141,7 @@ def bwrap_argv(bwrap: str, job: SandboxJob, userns_fd: int | None, seccomp_fd: i
                     "--cap-drop", "ALL", "--disable-userns"]
         namespaces = ["--unshare-all"]
     args = [bwrap, *identity, *namespaces, "--die-with-parent", "--new-session", "--proc", "/proc", "--dev", "/dev"]
-    if seccomp_fd is not None:  # infra/syscall_filter.py
+    if seccomp_fd is not None:  # infra/sandbox/syscall_filter.py
         args += ["--seccomp", str(seccomp_fd)]
     for mount in PRIVATE_TMPFS:  # bounded; the watchdog counts their use as memory
         args += ["--perms", "1777", "--size", str(job.memory_cap_bytes), "--tmpfs", mount]
