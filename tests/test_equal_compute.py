@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,13 @@ from tests.conftest import requires_bwrap
 # --- the clock -----------------------------------------------------------------------
 
 
+LIMITS = Limits(budget_s=10.0, startup_allowance_s=3.0, grace_s=2.0, memory_cap_bytes=2**30, disk_cap_bytes=2**30,
+                max_files=100, cpu_threads=1)
+
+
 def cpu_watchdog(threads: int = 2) -> Watchdog:
-    return Watchdog(launched=1000.0, startup_allowance_s=3.0, budget_s=10.0, grace_s=2.0, memory_cap_bytes=2**30,
-                    disk_cap_bytes=2**30, max_files=100, cpu_threads=threads)
+    return Watchdog(launched=1000.0, limits=LIMITS if threads == 1 else replace(LIMITS, cpu_threads=threads),
+                    cpu_clock=True)
 
 
 def test_on_a_cpu_clock_the_budget_is_cpu_seconds_of_the_allotted_cores():
@@ -54,8 +59,7 @@ def test_cpu_readings_only_ever_raise_the_clock_and_training_is_counted_per_core
 
 
 def test_a_wall_clock_is_unchanged_for_gpu_runs():
-    dog = Watchdog(launched=1000.0, startup_allowance_s=3.0, budget_s=10.0, grace_s=2.0, memory_cap_bytes=2**30,
-                   disk_cap_bytes=2**30, max_files=100)
+    dog = Watchdog(launched=1000.0, limits=LIMITS)
     assert dog.deadline == 1013.0 and dog.kill_at() == 1015.0
     dog.saw_cpu(10_000.0)
     assert dog.verdict(1014.9, 0) is None and dog.verdict(1015.0, 0) == "timeout"

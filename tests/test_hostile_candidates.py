@@ -573,7 +573,8 @@ def test_watchdog_kills_on_tree_rss_without_rlimit(tmp_path):
     grow = "import time\nhold = []\nwhile True:\n    hold.append(b'x' * 50_000_000)\n    time.sleep(0.05)\n"
     outcome = run_sandboxed(SandboxJob(
         argv=[os.sys.executable, "-c", grow], workdir=workdir, log_path=tmp_path / "log",
-        startup_allowance_s=30, budget_s=0, grace_s=0, memory_cap_bytes=512 * 2**20, cap_address_space=False,
+        limits=Limits(budget_s=30, startup_allowance_s=0, grace_s=0, memory_cap_bytes=512 * 2**20),
+        cap_address_space=False,
     ))
     assert outcome.killed_for == "memory"  # by the watchdog, or by the kernel in the run's memory cgroup
     assert outcome.peak_rss_bytes < 2 * 2**30

@@ -12,6 +12,7 @@ from infra.sandbox.output_capture import MAX_LINE_CHARS, BoundedLog, clean
 from infra.sandbox.safe_files import UnsafeFile, copy_out, read_untrusted, remove_tree, tree_usage
 from infra.sandbox.trial import reported_epochs
 from infra.sandbox.watchdog import Watchdog
+from infra.settings import Limits
 
 
 def test_read_untrusted_takes_only_a_bounded_regular_file(tmp_path):
@@ -131,8 +132,8 @@ def test_printed_epochs_are_parsed_strictly(text, expected):
 
 
 def test_watchdog_deadline_is_the_same_whatever_the_candidate_prints():
-    dog = Watchdog(launched=100.0, startup_allowance_s=5, budget_s=10, grace_s=2, memory_cap_bytes=10,
-                   disk_cap_bytes=10, max_files=3)
+    dog = Watchdog(launched=100.0, limits=Limits(budget_s=10, startup_allowance_s=5, grace_s=2, memory_cap_bytes=10,
+                                                 disk_cap_bytes=10, max_files=3))
     assert dog.deadline == 115.0 and dog.kill_at() == 117.0
     dog.saw_line("budget_start: 10.0", 112.0)  # a late marker buys nothing
     assert dog.kill_at() == 117.0

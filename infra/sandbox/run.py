@@ -47,6 +47,7 @@ from infra.sandbox.memory_cgroup import MemoryCgroup
 from infra.sandbox.output_capture import BoundedLog
 from infra.sandbox.safe_files import tree_usage
 from infra.sandbox.watchdog import Watchdog
+from infra.settings import Limits
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 PRIVATE_TMPFS = ("/tmp", "/dev/shm")
@@ -63,19 +64,19 @@ class SandboxJob:
     argv: list[str]
     workdir: Path  # the only writable directory: created by the caller, given to the sandbox user
     log_path: Path  # written by the orchestrator from the process's output; never inside workdir
-    startup_allowance_s: float
-    budget_s: float
-    grace_s: float
-    memory_cap_bytes: int
-    disk_cap_bytes: int = 2 * 2**30
-    max_files: int = 10_000
+    limits: Limits  # the timing (budget, allowance, grace) and the memory and disk caps
     env: dict[str, str] = field(default_factory=dict)
     deadline_env: str | None = None  # if set, the deadline (time.monotonic()) is passed in this variable
     ro_paths: list[Path] = field(default_factory=list)  # mounted read-only at the same path inside
     hidden: list[Path] = field(default_factory=list)  # host paths to hide even if under a system dir
     cap_address_space: bool = True
     gpu: bool = False
-    cpu_threads: int = 0  # 0: the wall clock; N: a CPU-time budget on N allotted cores (infra/sandbox/watchdog.py)
+    cpu_clock: bool = False  # the budget is CPU time of limits.cpu_threads cores (else the wall clock: infra/sandbox/watchdog.py)
+
+    @property
+    def cpu_threads(self) -> int:
+        """The allotted cores of a CPU-clock run; 0 on the wall clock."""
+        return self.limits.cpu_threads if self.cpu_clock else 0
 
 
 @dataclass
@@ -144,7 +145,7 @@ def bwrap_argv(bwrap: str, job: SandboxJob, userns_fd: int | None, seccomp_fd: i
     if seccomp_fd is not None:  # infra/sandbox/syscall_filter.py
         args += ["--seccomp", str(seccomp_fd)]
     for mount in PRIVATE_TMPFS:  # bounded; the watchdog counts their use as memory
-        args += ["--perms", "1777", "--size", str(job.memory_cap_bytes), "--tmpfs", mount]
+        args += ["--perms", "1777", "--size", str(job.limits.memory_cap_bytes), "--tmpfs", mount]
     bound: list[Path] = []
     binds: list[str] = []
     for d in SYSTEM_DIRS:
@@ -194,8 +195,8 @@ def _child_setup(job: SandboxJob, private_ipc: bool, cgroup: MemoryCgroup | None
         if job.cpu_threads:  # a batch job to the scheduler: longer slices when it shares a core, less cache lost
             os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
         if job.cap_address_space:
-            resource.setrlimit(resource.RLIMIT_AS, (job.memory_cap_bytes, job.memory_cap_bytes))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (job.disk_cap_bytes, job.disk_cap_bytes))
+            resource.setrlimit(resource.RLIMIT_AS, (job.limits.memory_cap_bytes, job.limits.memory_cap_bytes))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (job.limits.disk_cap_bytes, job.limits.disk_cap_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
         if private_ipc:  # root: counted per sandbox user namespace (a user's limit would count all its processes)
@@ -287,7 +288,7 @@ def _resource_verdict(pids: list[int], job: SandboxJob, watchdog: Watchdog, isol
     watchdog.saw_cpu(_cpu_seconds(pids, cpu_group), process_tree.run_delay_seconds(pids))
     if watchdog.out_of_time(time.monotonic()):
         return "timeout"
-    if free_at_launch - _free_bytes(job.workdir) > job.disk_cap_bytes + DISK_SLACK_BYTES:
+    if free_at_launch - _free_bytes(job.workdir) > job.limits.disk_cap_bytes + DISK_SLACK_BYTES:
         return "disk"  # space that no directory shows: deleted files held open or in flight
     hidden = 0
     if cgroup is None:  # a memory cgroup charges memfds and tmpfs itself: the scan (its cost the run's to set) is not needed
@@ -296,8 +297,8 @@ def _resource_verdict(pids: list[int], job: SandboxJob, watchdog: Watchdog, isol
             return "open files"
     memory = process_tree.rss_bytes(pids) + hidden
     if isolated:
-        memory += process_tree.private_tmpfs_bytes(pids, PRIVATE_TMPFS, job.memory_cap_bytes)
-    disk, files = tree_usage(job.workdir, job.max_files)
+        memory += process_tree.private_tmpfs_bytes(pids, PRIVATE_TMPFS, job.limits.memory_cap_bytes)
+    disk, files = tree_usage(job.workdir, job.limits.max_files)
     return watchdog.verdict(time.monotonic(), memory, disk, files)
 
 
@@ -313,7 +314,7 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
         warn_unisolated()
     as_root = sandbox_identity.as_root() and bwrap is not None
     token = uuid.uuid4().hex
-    cgroup = MemoryCgroup.create(f"autoresearch-{token}", job.memory_cap_bytes)
+    cgroup = MemoryCgroup.create(f"autoresearch-{token}", job.limits.memory_cap_bytes)
     cpu_group = CpuCgroup.create(f"autoresearch-{token}", cgroup)
     try:
         return _run(job, on_line, bwrap, as_root, token, cgroup, cpu_group)
@@ -336,8 +337,7 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
         free_at_launch = _free_bytes(job.workdir)
         load_start, busy_start = host_load(), process_tree.host_busy_seconds()
         launched = time.monotonic()
-        watchdog = Watchdog(launched, job.startup_allowance_s, job.budget_s, job.grace_s, job.memory_cap_bytes,
-                            job.disk_cap_bytes, job.max_files, job.cpu_threads)
+        watchdog = Watchdog(launched, job.limits, job.cpu_clock)
         if job.deadline_env:
             env[job.deadline_env] = f"{watchdog.deadline_on_budget_clock():.3f}"
         proc = subprocess.Popen(

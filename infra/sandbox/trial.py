@@ -154,19 +154,14 @@ def train_job(run_dir: Path, limits: Limits, seed: int, split_file: Path, device
         argv=[sys.executable, "train.py"],
         workdir=work,
         log_path=run_dir / "train.log",
-        startup_allowance_s=limits.startup_allowance_s,
-        budget_s=limits.budget_s,
-        grace_s=limits.grace_s,
-        memory_cap_bytes=limits.memory_cap_bytes,
-        disk_cap_bytes=limits.disk_cap_bytes,
-        max_files=limits.max_files,
+        limits=limits,
         env=env,
         deadline_env=prepare.DEADLINE_ENV,
         ro_paths=[PREPARE_PY, split_file],
         hidden=hidden_data_dirs(),
         cap_address_space=not gpu,
         gpu=gpu,
-        cpu_threads=0 if gpu else limits.cpu_threads,  # a GPU is the candidate's alone: its clock is the wall
+        cpu_clock=not gpu,  # a GPU is the candidate's alone: its clock is the wall
     )
 
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from infra.settings import Limits
+
 BUDGET_MARKER = "budget_start:"
 WALL_CEILING = 4.0  # on a CPU clock: wall seconds allowed per second of allowance + budget + grace
 
@@ -39,13 +41,8 @@ WALL_CEILING = 4.0  # on a CPU clock: wall seconds allowed per second of allowan
 @dataclass
 class Watchdog:
     launched: float
-    startup_allowance_s: float
-    budget_s: float
-    grace_s: float
-    memory_cap_bytes: int
-    disk_cap_bytes: int
-    max_files: int
-    cpu_threads: int = 0  # 0: the wall clock; N: CPU time, on N allotted cores
+    limits: Limits
+    cpu_clock: bool = False  # the budget is CPU time of limits.cpu_threads cores; else the wall clock
     training_started: float | None = None
     cpu_seconds: float = 0.0  # the most CPU time the run's tree was seen to have used
     run_delay_seconds: float = 0.0  # the most time it was seen waiting for a CPU
@@ -54,8 +51,8 @@ class Watchdog:
     peak_disk_bytes: int = 0
 
     @property
-    def cpu_clock(self) -> bool:
-        return self.cpu_threads > 0
+    def cpu_threads(self) -> int:
+        return self.limits.cpu_threads if self.cpu_clock else 0
 
     def saw_line(self, line: str, now: float) -> None:
         if self.training_started is None and line.startswith(BUDGET_MARKER):
@@ -73,8 +70,8 @@ class Watchdog:
     def deadline(self) -> float:
         """Wall clock: launch + allowance + budget. CPU clock: CPU seconds by which training must be over."""
         if self.cpu_clock:
-            return self.startup_allowance_s + self.budget_s * self.cpu_threads
-        return self.launched + self.startup_allowance_s + self.budget_s
+            return self.limits.startup_allowance_s + self.limits.budget_s * self.cpu_threads
+        return self.launched + self.limits.startup_allowance_s + self.limits.budget_s
 
     def deadline_on_budget_clock(self) -> float:
         """The deadline as prepare.budget_clock() reads it inside the sandbox (CPU seconds per allotted core)."""
@@ -82,13 +79,13 @@ class Watchdog:
 
     def cpu_limit(self) -> float:
         """CPU clock: CPU seconds after which the run is SIGKILLed."""
-        return self.deadline + self.grace_s * self.cpu_threads
+        return self.deadline + self.limits.grace_s * self.cpu_threads
 
     def kill_at(self) -> float:
         """The wall-clock moment of the SIGKILL: deadline + grace, or on a CPU clock the wall ceiling."""
         if self.cpu_clock:
-            return self.launched + WALL_CEILING * (self.startup_allowance_s + self.budget_s + self.grace_s)
-        return self.deadline + self.grace_s
+            return self.launched + WALL_CEILING * (self.limits.startup_allowance_s + self.limits.budget_s + self.limits.grace_s)
+        return self.deadline + self.limits.grace_s
 
     def out_of_time(self, now: float) -> bool:
         return now >= self.kill_at() or (self.cpu_clock and self.cpu_seconds > self.cpu_limit())
@@ -99,9 +96,9 @@ class Watchdog:
         self.peak_disk_bytes = max(self.peak_disk_bytes, disk_bytes)
         if self.out_of_time(now):
             return "timeout"
-        if memory_bytes > self.memory_cap_bytes:
+        if memory_bytes > self.limits.memory_cap_bytes:
             return "memory"
-        if disk_bytes > self.disk_cap_bytes or files > self.max_files:
+        if disk_bytes > self.limits.disk_cap_bytes or files > self.limits.max_files:
             return "disk"
         return None
 
@@ -109,11 +106,11 @@ class Watchdog:
         """Seconds of training: from the budget marker (or, without one, the end of the start-up allowance)
         to exit; on a CPU clock in CPU seconds per allotted core, the unit of the budget."""
         if self.cpu_clock:
-            start = self.startup_allowance_s
+            start = self.limits.startup_allowance_s
             if self.cpu_at_training_start is not None:
                 start = min(start, self.cpu_at_training_start)
             return max(0.0, self.cpu_seconds - start) / self.cpu_threads
-        start = self.launched + self.startup_allowance_s
+        start = self.launched + self.limits.startup_allowance_s
         if self.training_started is not None:
             start = min(start, self.training_started)
         return max(0.0, ended - start)
