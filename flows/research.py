@@ -9,7 +9,7 @@ workspace's git history and train.py are brought into agreement with the store f
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,8 @@ from prefect import flow
 import prepare
 from infra import settings
 from infra.failpoints import failpoint
-from infra.proposers import LLM_SPECS, Proposal, ProposalContext, StopResearch
+from infra.proposers import Proposal, ProposalContext, StopResearch, is_language_model
+from infra.records import ChangeType, IterationRecord, Status, Verdict
 from infra.research.acceptance_rule import RuleConfig
 from infra.research.code_edit import unified_diff
 from infra.research.lock import experiment_lock
@@ -28,7 +29,7 @@ from infra.research.workspace import Workspace
 from infra.sandbox.compute_record import describe
 from infra.sandbox.startup_allowance import measure_startup_allowance
 from infra.sandbox.trial import TrialResult, log_tail
-from infra.store import Iteration, Store, iteration_record, utcnow
+from infra.store import Iteration, Store, utcnow
 from tasks.decide import keep_or_discard
 from tasks.evaluate import evaluate, test_report
 from tasks.preflight import preflight
@@ -94,7 +95,7 @@ class Run:
         self._resolve_startup_allowance()
         self._check_same_settings()
         self.limits = cfg.limits()
-        self.preflight = cfg.preflight if cfg.preflight is not None else cfg.proposer in LLM_SPECS
+        self.preflight = cfg.preflight if cfg.preflight is not None else is_language_model(cfg.proposer)
 
     def _resolve_cpu_threads(self) -> None:
         """The experiment's stored allotted cores, or the default: the same CPU budget for every candidate."""
@@ -123,18 +124,15 @@ class Run:
         return self.store.iterations(self.exp.id, finished_only=True)
 
     def incumbent(self) -> Iteration:
-        kept = [r for r in self.finished() if r.decision in ("baseline", "keep")]
-        return kept[-1]
+        return [r for r in self.finished() if Verdict(r.decision).kept][-1]
 
-    def history(self) -> list[dict[str, Any]]:
+    def history(self) -> list[IterationRecord]:
         """Finished iterations; failed ones carry the tail of their log, for the proposer to learn from."""
-        records = []
-        costs = self.store.cost_by_iteration(self.exp.id)
-        for row in self.finished():
-            record = iteration_record(row, costs.get(row.index, 0.0))
-            if row.status not in ("ok", "running"):
-                record["log_tail"] = log_tail(self.ws.run_dir(row.index, seed_of(row.index, 0)) / "train.log", 8)
-            records.append(record)
+        records = self.store.records(self.exp.id, finished_only=True)
+        for record in records:
+            if record.status != Status.OK:
+                run_dir = self.ws.run_dir(record.iteration, seed_of(record.iteration, 0))
+                record.log_tail = log_tail(run_dir / "train.log", 8)
         return records
 
     def cost_left(self) -> float | None:
@@ -176,9 +174,9 @@ class Run:
         committed = set(self.ws.committed_iterations())
         previous = None
         for row in finished:
-            if row.decision == "keep" and row.index not in committed:
+            if row.decision == Verdict.KEEP and row.index not in committed:
                 self.ws.commit_keep(row.index, row.hypothesis, previous.val_accuracy, row.val_accuracy, row.code)
-            if row.decision in ("baseline", "keep"):
+            if Verdict(row.decision).kept:
                 previous = row
         if previous is not None and self.ws.train_py.read_text() != previous.code:
             self.ws.train_py.write_text(previous.code)
@@ -217,30 +215,32 @@ def measure(run: Run, code: str, iteration: int, n: int, runs: list[dict[str, An
 def add_seed_run(run: Run, code: str, i: int, scores: list[float], runs: list[dict[str, Any]]) -> bool:
     """One more run of a candidate with the next seed; its score joins scores if ok."""
     extra = measure(run, code, i, len(scores), runs)
-    if extra.status == "ok":
+    if extra.status == Status.OK:
         scores.append(extra.val_accuracy)
-    return extra.status == "ok"
+    return extra.status == Status.OK
+
+
+# what a measured run and an iteration record have in common: status, reason, val_accuracy, epochs, ...
+TRIAL_FIELDS = tuple(f.name for f in fields(TrialResult) if f.name in {g.name for g in fields(IterationRecord)})
 
 
 def trial_fields(result: TrialResult) -> dict[str, Any]:
-    return {"status": result.status, "reason": result.reason, "val_accuracy": result.val_accuracy,
-            "val_loss": result.val_loss, "epochs": result.epochs, "train_seconds": result.train_seconds,
-            "wall_seconds": result.wall_seconds}
+    return {name: getattr(result, name) for name in TRIAL_FIELDS}
 
 
 def run_baseline(run: Run) -> None:
     code = run.ws.train_py.read_text()
     runs: list[dict[str, Any]] = []
     results = [measure(run, code, 0, n, runs) for n in range(run.cfg.repeats)]
-    scores = [r.val_accuracy for r in results if r.status == "ok"]
+    scores = [r.val_accuracy for r in results if r.status == Status.OK]
     if not scores:
         raise RuntimeError(f"the baseline failed every run: {results[0].status}: {results[0].reason}")
-    first_ok = next(r for r in results if r.status == "ok")
+    first_ok = next(r for r in results if r.status == Status.OK)
     test_acc = test_report(Path(first_ok.run_dir), run.test, run.limits, 0)
     run.store.put_iteration(
-        run.exp.id, 0, proposer="baseline", hypothesis="baseline", change_type="baseline", code=code, diff="",
+        run.exp.id, 0, proposer="baseline", hypothesis="baseline", change_type=ChangeType.BASELINE, code=code, diff="",
         **{**trial_fields(first_ok), "val_accuracy": statistics.fmean(scores)},
-        measurements=scores, runs=runs, decision="baseline", rule={}, test_accuracy=test_acc, finished_at=utcnow())
+        measurements=scores, runs=runs, decision=Verdict.BASELINE, rule={}, test_accuracy=test_acc, finished_at=utcnow())
     print(f"iteration 0 (baseline): val_accuracy {statistics.fmean(scores):.4f} over {len(scores)} runs {scores}")
 
 
@@ -259,7 +259,7 @@ def pass_preflight(run: Run, i: int, ctx: ProposalContext, proposal: Proposal) -
                           run.cfg.device)
         tail = log_tail(smoke.log_path)
         attempts.append({"attempt": attempt, "note": note, "status": smoke.status, "reason": smoke.reason, "log_tail": tail})
-        if smoke.status == "ok":
+        if smoke.status == Status.OK:
             return proposal, attempts
         if attempt == run.cfg.fix_attempts:
             return replace(proposal, error=f"pre-flight failed after {attempt} fix attempts: {smoke.reason}"), attempts
@@ -287,38 +287,40 @@ def run_iteration(run: Run, i: int) -> bool:
     if not proposal.error and run.preflight:
         proposal, attempts = pass_preflight(run, i, ctx, proposal)
     base = dict(proposer=run.cfg.proposer.split(":")[0], hypothesis=proposal.hypothesis,
-                change_type=proposal.change_type, code=proposal.code,
+                change_type=proposal.change_type, expected_effect=proposal.expected_effect, memory=proposal.memory,
+                code=proposal.code,
                 diff=unified_diff(incumbent.code, proposal.code), propose_seconds=propose_seconds, attempts=attempts)
     if proposal.error:  # never reaches training; recorded, and the loop goes on
-        run.store.put_iteration(run.exp.id, i, **base, status="invalid", reason=proposal.error, decision="discard",
+        run.store.put_iteration(run.exp.id, i, **base, status=Status.INVALID, reason=proposal.error,
+                                decision=Verdict.DISCARD,
                                 rule={}, measurements=[], val_accuracy=None, started_at=utcnow(), finished_at=utcnow())
         print(f"iteration {i}/{run.cfg.iterations}: failed proposal: {proposal.error}")
         return True
-    run.store.put_iteration(run.exp.id, i, **base, status="running", decision="", rule={}, measurements=[],
+    run.store.put_iteration(run.exp.id, i, **base, status=Status.RUNNING, decision=Verdict.PENDING, rule={}, measurements=[],
                             started_at=utcnow(), finished_at=None)
     runs: list[dict[str, Any]] = []
     first = measure(run, proposal.code, i, 0, runs)
     scores, decision, test_acc = [], None, None
-    if first.status == "ok":
+    if first.status == Status.OK:
         scores = [first.val_accuracy]
         decision = keep_or_discard(incumbent.measurements, scores, run.rule, i)
-        while decision.verdict == "confirm":
+        while decision.verdict == Verdict.CONFIRM:
             if not add_seed_run(run, proposal.code, i, scores, runs):
                 break
             decision = keep_or_discard(incumbent.measurements, scores, run.rule, i)
-        if decision.verdict == "keep":
+        if decision.verdict == Verdict.KEEP:
             for _ in range(run.cfg.repeats):  # the new incumbent's own noise, from more seeds
                 add_seed_run(run, proposal.code, i, scores, runs)
             test_acc = test_report(Path(first.run_dir), run.test, run.limits, i)
-    verdict = decision.verdict if decision and decision.verdict == "keep" else "discard"
+    verdict = Verdict.KEEP if decision and decision.verdict == Verdict.KEEP else Verdict.DISCARD
     failpoint("decided", i)
     run.store.put_iteration(
         run.exp.id, i, **base, **{**trial_fields(first), "val_accuracy": statistics.fmean(scores) if scores else None},
         measurements=scores, runs=runs, decision=verdict, rule=decision.as_dict() if decision else {},
         test_accuracy=test_acc, finished_at=utcnow())
     failpoint("recorded", i)
-    run.ws.prune_models(i, keep=Path(first.run_dir) if verdict == "keep" else None)
-    if verdict == "keep":
+    run.ws.prune_models(i, keep=Path(first.run_dir) if verdict == Verdict.KEEP else None)
+    if verdict == Verdict.KEEP:
         run.ws.commit_keep(i, proposal.hypothesis, incumbent.val_accuracy, statistics.fmean(scores), proposal.code)
     delta = f"delta {decision.delta:+.4f} vs threshold {decision.threshold:.4f}" if decision else first.reason
     print(f"iteration {i}/{run.cfg.iterations}: {first.status} {verdict} "
@@ -345,9 +347,10 @@ def maybe_revise(run: Run, i: int) -> None:
 
 
 def publish(run: Run, i: int) -> None:
-    incumbent = run.incumbent()
-    publish_artifacts(run.cfg.name, i, run.cfg.iterations, run.history(), run.strategy(), run.baseline_code,
-                      iteration_record(incumbent), incumbent.code, run.ws.root)
+    history = run.history()
+    best = [r for r in history if r.kept][-1]
+    publish_artifacts(run.cfg.name, i, run.cfg.iterations, history, run.strategy(), run.baseline_code, best,
+                      run.incumbent().code, run.ws.root)
 
 
 @flow(name="research", log_prints=True, retries=1, retry_delay_seconds=10, persist_result=False)
@@ -375,7 +378,7 @@ def research(config: dict[str, Any]) -> dict[str, Any]:
                 break
             publish(run, i)
         run.store.set_experiment(run.exp.id, status=status)
-        best = iteration_record(run.incumbent())
+        best = [r for r in run.history() if r.kept][-1].as_dict()
     print(f"best: iteration {best['iteration']} val_accuracy {best['val_accuracy']:.4f} "
           f"test_accuracy {best['test_accuracy']} | {best['hypothesis']}")
     return best

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from infra import settings
+from infra.records import IterationRecord, Status
 from infra.sandbox.compute_record import describe
 
 app = typer.Typer(help="Autoresearch for Fashion-MNIST.", no_args_is_help=True, add_completion=False)
@@ -210,7 +211,7 @@ def run(
         fail(str(exc))
     if not baseline.is_file():
         fail(f"no such baseline file: {baseline}")
-    from infra.sandbox.trial import syntax_error
+    from infra.research.code_edit import syntax_error
 
     problem = syntax_error(baseline.read_text())
     if problem:
@@ -260,34 +261,35 @@ def history(
     """Every iteration of an experiment: status, decision, accuracy, hypothesis."""
     import json
 
-    from infra.store import iteration_record
-
     check_name(experiment)
     store = open_store(db, settings.runs_home(home))
     exp = store.experiment(experiment)
     if exp is None:
         fail(f"no experiment named {experiment!r} in {store.url}", code=1)
-    costs = store.cost_by_iteration(exp.id)
-    rows = [iteration_record(r, costs.get(r.index, 0.0)) for r in store.iterations(exp.id)]
+    rows = store.records(exp.id)
     if json_out:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps([r.as_dict() for r in rows], indent=2, default=str))
         return
     table = Table(title=f"{experiment} ({exp.status})", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("it", "status", "decision", "val", "test", "runs", "delta/thresh", "epochs", "cores", "cost $"):
         table.add_column(column, no_wrap=True)
     table.add_column(escape("hypothesis [reason]"), ratio=1, overflow="fold")
     for r in rows:
-        rule = r["rule"] or {}
-        table.add_row(str(r["iteration"]), r["status"], r["decision"] or "-",
-                      f"{r['val_accuracy']:.4f}" if r["val_accuracy"] is not None else "-",
-                      f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-",
-                      str(len(r["measurements"] or [])),
-                      f"{rule['delta']:+.4f}/{rule['threshold']:.4f}" if "threshold" in rule else "-",
-                      str(r["epochs"]) if r["epochs"] is not None else "-", cores_column(r["runs"]),
-                      f"{r['cost_usd']:.4f}",
-                      escape(r["hypothesis"] if r["status"] == "ok" else f"{r['hypothesis']} [{r['reason']}]"))
+        table.add_row(str(r.iteration), r.status, r.decision or "-",
+                      f"{r.val_accuracy:.4f}" if r.val_accuracy is not None else "-",
+                      f"{r.test_accuracy:.4f}" if r.test_accuracy is not None else "-",
+                      str(len(r.measurements)),
+                      f"{r.rule['delta']:+.4f}/{r.rule['threshold']:.4f}" if "threshold" in r.rule else "-",
+                      str(r.epochs) if r.epochs is not None else "-", cores_column(r.runs),
+                      f"{r.cost_usd:.4f}", escape(hypothesis_column(r)))
     out.print(table)
     out.print(f"proposer cost: ${store.total_cost(exp.id):.4f} in total")
+
+
+def hypothesis_column(r: IterationRecord) -> str:
+    """The hypothesis, what it expected, and why it failed, if it did."""
+    text = r.hypothesis + (f" (expects: {r.expected_effect})" if r.expected_effect else "")
+    return text if r.status == Status.OK else f"{text} [{r.reason}]"
 
 
 def cores_column(runs: list[dict]) -> str:
@@ -311,11 +313,11 @@ def status(
     for column in ("name", "status", "live", "iterations", "kept", "best val", "best test", "budget"):
         table.add_column(column)
     for exp in store.experiments():
-        rows = store.iterations(exp.id, finished_only=True)
-        kept = [r for r in rows if r.decision in ("baseline", "keep")]
+        rows = store.records(exp.id, finished_only=True)
+        kept = [r for r in rows if r.kept]
         best = kept[-1] if kept else None
         holder = lock_holder(home_dir / exp.name)
-        table.add_row(exp.name, exp.status, holder or "no", str(max((r.index for r in rows), default=-1)),
+        table.add_row(exp.name, exp.status, holder or "no", str(max((r.iteration for r in rows), default=-1)),
                       str(len(kept) - 1 if kept else 0),
                       f"{best.val_accuracy:.4f}" if best else "-",
                       f"{best.test_accuracy:.4f}" if best and best.test_accuracy is not None else "-",

@@ -13,6 +13,7 @@ from prefect.artifacts import (create_image_artifact, create_markdown_artifact, 
 from prefect.cache_policies import NO_CACHE
 
 from infra.plot import progress_png
+from infra.records import IterationRecord
 from infra.research.code_edit import unified_diff
 
 TABLE_COLUMNS = ("iteration", "status", "decision", "val_accuracy", "test_accuracy", "cost_usd", "change_type",
@@ -29,20 +30,20 @@ def _fmt(value: Any) -> Any:
 
 
 @task(name="report", task_run_name="report-{iteration}", cache_policy=NO_CACHE)
-def publish_artifacts(experiment: str, iteration: int, total: int, rows: list[dict[str, Any]], strategy: str,
-                      baseline_code: str, best: dict[str, Any], best_code: str, workspace: Path) -> None:
-    table = [{c: _fmt(r.get(c)) for c in TABLE_COLUMNS} for r in rows]
+def publish_artifacts(experiment: str, iteration: int, total: int, rows: list[IterationRecord], strategy: str,
+                      baseline_code: str, best: IterationRecord, best_code: str, workspace: Path) -> None:
+    table = [{c: _fmt(r.as_dict()[c]) for c in TABLE_COLUMNS} for r in rows]
     create_table_artifact(table, key=artifact_key(experiment, "history"), description=f"{experiment}: every iteration")
-    done = sum(1 for r in rows if r["finished"] and r["iteration"] > 0)
+    done = sum(1 for r in rows if r.finished and r.iteration > 0)
     create_progress_artifact(min(100.0, 100.0 * done / max(1, total)), key=artifact_key(experiment, "progress"),
                              description=f"{done} of {total} iterations")
     diff = unified_diff(baseline_code, best_code, "baseline/train.py", "best/train.py") or "(the baseline itself)"
     create_markdown_artifact(
-        f"# Best so far: iteration {best['iteration']}\n\n"
-        f"- validation accuracy (mean of {len(best['measurements'])} runs): **{best['val_accuracy']:.4f}**\n"
-        f"- held-out test accuracy: {best['test_accuracy'] if best['test_accuracy'] is not None else 'n/a'}\n"
-        f"- proposer cost so far: ${sum(r.get('cost_usd') or 0.0 for r in rows):.4f}\n"
-        f"- hypothesis: {best['hypothesis']}\n\n## Diff against the baseline\n\n```diff\n{diff}\n```\n",
+        f"# Best so far: iteration {best.iteration}\n\n"
+        f"- validation accuracy (mean of {len(best.measurements)} runs): **{best.val_accuracy:.4f}**\n"
+        f"- held-out test accuracy: {best.test_accuracy if best.test_accuracy is not None else 'n/a'}\n"
+        f"- proposer cost so far: ${sum(r.cost_usd for r in rows):.4f}\n"
+        f"- hypothesis: {best.hypothesis}\n\n## Diff against the baseline\n\n```diff\n{diff}\n```\n",
         key=artifact_key(experiment, "best"), description="the incumbent and its diff")
     create_markdown_artifact(f"# Current strategy\n\n{strategy}\n", key=artifact_key(experiment, "strategy"),
                              description="program.md's Strategy section in use")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import prepare
+from infra.records import ChangeType, IterationRecord, Status, Verdict
 
 REAL_DATA_AVAILABLE = any(
     (d / "train-images-idx3-ubyte.gz").exists() or (d / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
@@ -82,3 +83,12 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+def record(iteration: int, **fields) -> IterationRecord:
+    """A finished iteration record for proposer tests; fields not given are empty."""
+    defaults = dict(status=Status.OK, decision=Verdict.DISCARD, val_accuracy=None, val_loss=None, test_accuracy=None,
+                    measurements=[], hypothesis="", expected_effect="", change_type=ChangeType.PARAMETRIC,
+                    proposer="test", reason="", epochs=None, train_seconds=None, wall_seconds=None,
+                    propose_seconds=None, rule={}, attempts=[], runs=[], memory={}, finished=True)
+    return IterationRecord(iteration=iteration, **{**defaults, **fields})

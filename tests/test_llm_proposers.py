@@ -7,8 +7,10 @@ import pytest
 from infra.proposers import ProposalContext, ProposerError, make_proposer, resolve_spec
 from infra.proposers.llm import SpendingCapReached, apply_edits, InvalidProposal
 from infra.proposers.pricing import DEFAULT_PRICES, Usage, cost_usd
+from infra.records import ChangeType, Status, Verdict
 from infra.research.code_edit import set_constants
 from infra.settings import BASELINE_TRAIN_PY
+from tests.conftest import record
 from tests.fake_llm import (USAGE, FakeLLMServer, anthropic_error, anthropic_tool_use, openai_function_call,
                             request_text)
 
@@ -26,11 +28,11 @@ ADAM_EDIT = {
 
 def ctx(**kw) -> ProposalContext:
     base = dict(iteration=4, incumbent_code=BASELINE, strategy="Try Adam before anything structural.",
-                history=[{"iteration": 1, "status": "crashed", "decision": "discard", "val_accuracy": None,
-                          "change_type": "structural", "hypothesis": "a CNN", "reason": "RuntimeError: shapes",
-                          "rule": {}, "log_tail": "Traceback (most recent call last)\nRuntimeError: shapes"},
-                         {"iteration": 2, "status": "ok", "decision": "keep", "val_accuracy": 0.85,
-                          "change_type": "parametric", "hypothesis": "lower lr", "rule": {"delta": 0.012}}],
+                history=[record(1, status=Status.CRASHED, change_type=ChangeType.STRUCTURAL, hypothesis="a CNN",
+                                reason="RuntimeError: shapes",
+                                log_tail="Traceback (most recent call last)\nRuntimeError: shapes"),
+                         record(2, decision=Verdict.KEEP, val_accuracy=0.85, hypothesis="lower lr",
+                                rule={"delta": 0.012})],
                 hardware={"device": "cpu", "budget_s": 120, "incumbent_epochs": 42, "incumbent_seconds_per_epoch": 2.8})
     base.update(kw)
     return ProposalContext(**base)

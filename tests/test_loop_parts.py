@@ -18,7 +18,9 @@ from infra.research.lock import LockHeld, experiment_lock, lock_holder
 from infra.research.program import ProgramError, read_program, strategy_of, with_strategy
 from infra.research.workspace import Workspace
 from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT
-from infra.store import Store, StoreError, iteration_record
+from infra.records import Verdict
+from infra.store import Store, StoreError
+from tests.conftest import record
 
 BASELINE = BASELINE_TRAIN_PY.read_text()
 
@@ -69,7 +71,8 @@ def test_offline_proposals_are_valid_single_constant_edits_and_reproducible():
 
 def test_offline_step_size_follows_the_one_fifth_rule():
     def outcome(decision):
-        return {"hypothesis": "Set LEARNING_RATE from 0.1 to 0.2", "decision": decision, "rule": {"delta": 0.01}}
+        return record(1, hypothesis="Set LEARNING_RATE from 0.1 to 0.2", decision=decision, rule={"delta": 0.01},
+                      memory={"constant": "LEARNING_RATE", "old": 0.1, "new": 0.2})
 
     start = step_sizes([])["LEARNING_RATE"]
     assert step_sizes([outcome("keep")])["LEARNING_RATE"] == pytest.approx(start * 1.5)
@@ -79,10 +82,10 @@ def test_offline_step_size_follows_the_one_fifth_rule():
 
 
 def test_offline_strategy_revision_shifts_the_search_distribution():
-    history = [{"iteration": k, "hypothesis": "Set BATCH_SIZE from 32 to 64", "decision": "discard", "rule": {"delta": -0.01}}
-               for k in range(1, 5)]
-    history.append({"iteration": 5, "hypothesis": "Set LEARNING_RATE from 0.1 to 0.2", "decision": "keep",
-                    "rule": {"delta": 0.02}})
+    history = [record(k, hypothesis="Set BATCH_SIZE from 32 to 64", decision=Verdict.DISCARD, rule={"delta": -0.01},
+                      memory={"constant": "BATCH_SIZE", "old": 32, "new": 64}) for k in range(1, 5)]
+    history.append(record(5, hypothesis="Set LEARNING_RATE from 0.1 to 0.2", decision=Verdict.KEEP, rule={"delta": 0.02},
+                          memory={"constant": "LEARNING_RATE", "old": 0.1, "new": 0.2}))
     text, lessons = OfflineProposer().revise_strategy(ctx(6, history))
     search = parse_search_block(text)
     assert search["weights"]["LEARNING_RATE"] > search["weights"]["MOMENTUM"] > search["weights"]["BATCH_SIZE"]
@@ -167,14 +170,14 @@ def test_store_writes_are_idempotent_per_iteration(tmp_path):
                         rule={"delta": -0.01}, finished_at=None)
     rows = store.iterations(exp.id)
     assert len(rows) == 1 and rows[0].status == "ok" and rows[0].hypothesis == "h"
-    assert iteration_record(rows[0])["rule"] == {"delta": -0.01}
+    assert store.records(exp.id)[0].rule == {"delta": -0.01} and store.records(exp.id)[0].decision == Verdict.DISCARD
     assert store.iterations(exp.id, finished_only=True) == []
     store.add_strategy(exp.id, 0, 0, "s0")
     store.add_strategy(exp.id, 0, 0, "s0 again")
     assert [s.text for s in store.strategies(exp.id)] == ["s0"]
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0003"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0004"
     # a second Store on the same file migrates nothing and sees the same data
     assert len(Store(f"sqlite:///{tmp_path / 'a.db'}").iterations(exp.id)) == 1
 
@@ -203,7 +206,8 @@ def test_workspace_commits_keeps_once_with_trailers(tmp_path):
 
 
 def test_a_store_from_before_run_records_upgrades_and_keeps_its_iterations(tmp_path):
-    """Migration 0003 adds iterations.runs: an existing store upgrades in place, its rows get an empty list."""
+    """Migrations 0003 and 0004 add iterations.runs, expected_effect and memory: an existing store upgrades in
+    place; the offline searcher's old moves get their structured memory from their hypothesis, once."""
     from alembic import command
     from alembic.config import Config
     from sqlalchemy import create_engine
@@ -222,6 +226,14 @@ def test_a_store_from_before_run_records_upgrades_and_keeps_its_iterations(tmp_p
                              "code, diff, status, reason, measurements, decision, rule, attempts, started_at) "
                              "VALUES (1, 0, 'baseline', 'baseline', 'baseline', '', '', 'ok', '', '[0.8]', "
                              "'baseline', '{}', '[]', '2026-11-01')")
+        conn.exec_driver_sql("INSERT INTO iterations (experiment_id, \"index\", proposer, hypothesis, change_type, "
+                             "code, diff, status, reason, measurements, decision, rule, attempts, started_at) "
+                             "VALUES (1, 1, 'offline', 'Set USE_BIAS from True to False', 'parametric', '', '', "
+                             "'ok', '', '[0.79]', 'discard', '{\"delta\": -0.01}', '[]', '2026-11-01')")
     store = Store(url)
     rows = store.iterations(store.experiment("old").id)
-    assert [(r.index, r.status, r.measurements, r.runs) for r in rows] == [(0, "ok", [0.8], [])]
+    assert [(r.index, r.status, r.measurements, r.runs) for r in rows] == [(0, "ok", [0.8], []), (1, "ok", [0.79], [])]
+    records = store.records(store.experiment("old").id)
+    assert [(r.memory, r.expected_effect) for r in records] == [
+        ({}, ""), ({"constant": "USE_BIAS", "old": True, "new": False}, "")]
+    assert step_sizes(records)["USE_BIAS"] < step_sizes([])["USE_BIAS"]  # the offline searcher reads it back

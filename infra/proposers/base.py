@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from infra.records import ChangeType, IterationRecord
+
 
 class ProposerError(ValueError):
     """A proposer spec that cannot be used."""
@@ -17,11 +19,12 @@ class StopResearch(RuntimeError):
 @dataclass
 class Proposal:
     hypothesis: str
-    change_type: str  # parametric, structural, none
+    change_type: ChangeType
     code: str
     expected_effect: str = ""
     error: str = ""  # set when the proposer failed to produce a valid candidate
     calls: list[dict[str, Any]] = field(default_factory=list)  # language-model calls and their cost
+    memory: dict[str, Any] = field(default_factory=dict)  # stored with the iteration; the proposer reads it back
 
 
 @dataclass
@@ -29,7 +32,7 @@ class ProposalContext:
     iteration: int
     incumbent_code: str
     strategy: str  # the Strategy section of the experiment's program.md
-    history: list[dict[str, Any]] = field(default_factory=list)  # finished iterations, oldest first
+    history: list[IterationRecord] = field(default_factory=list)  # finished iterations, oldest first
     hardware: dict[str, Any] = field(default_factory=dict)  # device, budget, incumbent epochs, s/epoch
     seed: int = 0
     max_cost_left: float | None = None  # USD the proposer may still spend (None: no cap)
@@ -41,5 +44,19 @@ class Proposer(Protocol):
     def propose(self, ctx: ProposalContext) -> Proposal | None:
         """The next candidate, or None when this proposer has nothing more to try."""
 
+    def fix(self, ctx: ProposalContext, candidate: Proposal, error: str, log_tail: str) -> Proposal:
+        """A corrected candidate after a pre-flight crash; a Proposal with error set when it cannot fix it."""
+
     def revise_strategy(self, ctx: ProposalContext) -> tuple[str, str]:
         """(new Strategy section text, lessons learned) from the history so far."""
+
+
+class CannotFix:
+    """For proposers without a model to ask: a crashed candidate stays crashed, the iteration is recorded as
+    failed, and the loop goes on."""
+
+    name = ""
+
+    def fix(self, ctx: ProposalContext, candidate: Proposal, error: str, log_tail: str) -> Proposal:
+        return Proposal(hypothesis=candidate.hypothesis, change_type=candidate.change_type, code=candidate.code,
+                        error=f"the {self.name} proposer cannot fix a candidate that crashed: {error}")

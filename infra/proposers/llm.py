@@ -18,9 +18,9 @@ from typing import Any
 import prepare
 from infra.proposers.base import Proposal, ProposalContext, StopResearch
 from infra.proposers.pricing import Usage, cost_usd, worst_case_cost_usd
-from infra.research.code_edit import classify_change
+from infra.records import ChangeType, IterationRecord, Status
+from infra.research.code_edit import classify_change, syntax_error
 from infra.sandbox.compute_record import describe
-from infra.sandbox.trial import syntax_error
 
 MAX_OUTPUT_TOKENS = 8192
 HISTORY_ROWS = 30
@@ -127,25 +127,25 @@ def proposal_from(data: dict[str, Any] | None, incumbent: str) -> Proposal:
     if code == incumbent:
         raise InvalidProposal("the new train.py is identical to the incumbent")
     measured = classify_change(incumbent, code)  # trust the AST over the model's label
-    return Proposal(hypothesis=data["hypothesis"].strip(), change_type=measured if measured != "none" else data["change_type"],
+    return Proposal(hypothesis=data["hypothesis"].strip(),
+                    change_type=measured if measured != ChangeType.NONE else ChangeType(data["change_type"]),
                     code=code, expected_effect=str(data.get("expected_effect", "")))
 
 
-def history_text(history: list[dict[str, Any]]) -> str:
+def history_text(history: list[IterationRecord]) -> str:
     if not history:
         return "No iterations yet."
     lines = ["iteration | type | status | decision | val_accuracy | delta vs incumbent | epochs | compute | hypothesis"]
     for h in history[-HISTORY_ROWS:]:
-        delta = (h.get("rule") or {}).get("delta")
-        val = h.get("val_accuracy")
-        runs = h.get("runs") or []
-        lines.append(f"{h['iteration']} | {h.get('change_type', '')} | {h['status']} | {h.get('decision', '')} | "
-                     f"{f'{val:.4f}' if val is not None else '-'} | {f'{delta:+.4f}' if delta is not None else '-'} | "
-                     f"{h.get('epochs') if h.get('epochs') is not None else '-'} | "
-                     f"{describe(runs[0]) if runs else '-'} | {h.get('hypothesis', '')}")
-        if h["status"] != "ok":
-            lines.append(f"    reason: {h.get('reason', '')}")
-            for tail in (h.get("log_tail") or "").splitlines()[-6:]:
+        delta = h.rule.get("delta")
+        lines.append(f"{h.iteration} | {h.change_type} | {h.status} | {h.decision} | "
+                     f"{f'{h.val_accuracy:.4f}' if h.val_accuracy is not None else '-'} | "
+                     f"{f'{delta:+.4f}' if delta is not None else '-'} | "
+                     f"{h.epochs if h.epochs is not None else '-'} | "
+                     f"{describe(h.runs[0]) if h.runs else '-'} | {h.hypothesis}")
+        if h.status != Status.OK:
+            lines.append(f"    reason: {h.reason}")
+            for tail in h.log_tail.splitlines()[-6:]:
                 lines.append(f"    | {tail}")
     return "\n".join(lines)
 
@@ -240,7 +240,7 @@ class LLMProposer:
                 error = str(exc)
                 turns = turns + self._reask(answer, error)
         return Proposal(hypothesis=answer.data.get("hypothesis", "") if isinstance(answer.data, dict) else "",
-                        change_type="", code=ctx.incumbent_code, error=f"invalid proposal after one re-ask: {error}",
+                        change_type=ChangeType.UNKNOWN, code=ctx.incumbent_code, error=f"invalid proposal after one re-ask: {error}",
                         calls=self.calls)
 
     def propose(self, ctx: ProposalContext) -> Proposal:

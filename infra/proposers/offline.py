@@ -7,7 +7,10 @@ only numbers and switches, so the loop runs anywhere (and tests run without a ke
 - One constant per proposal, rewritten through the AST (always valid Python).
 - Step sizes adapt per constant by the 1/5th success rule: a kept change grows the
   step by 1.5x, a discarded one shrinks it by 1.5^(1/4), so a fifth of tries succeeding
-  holds it steady. Steps are recomputed from the history, so resume needs no state.
+  holds it steady. Steps are recomputed from the history, so resume needs no state:
+  each move is stored with its iteration as structured memory (constant, old, new).
+- A candidate that crashes its pre-flight is not fixed (no model to ask): the iteration
+  is recorded as failed and the search goes on.
 - Strategy revision reads the history, re-weights which constants to try and which
   direction, and writes that as a readable Strategy section with a JSON block the
   next proposals read.
@@ -22,13 +25,13 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from infra.proposers.base import Proposal, ProposalContext
+from infra.proposers.base import CannotFix, Proposal, ProposalContext
+from infra.records import ChangeType, IterationRecord, Verdict
 from infra.research.code_edit import Number, set_constants, tunable_constants
 
 INITIAL_LOG_STEP = math.log(2.0)
 GROW, SHRINK = 1.5, 1.5 ** -0.25
 UNIT_INTERVAL_HINTS = ("MOMENTUM", "DROPOUT", "BETA", "SMOOTHING")
-HYPOTHESIS = re.compile(r"^Set (\w+) from (\S+) to (\S+)")
 SEARCH_BLOCK = re.compile(r"```json offline-search\n(.*?)\n```", re.DOTALL)
 
 
@@ -42,22 +45,18 @@ def parse_search_block(strategy: str) -> dict[str, Any]:
         return {}
 
 
-def _offline_tries(history: list[dict[str, Any]]) -> list[tuple[str, float, float, bool, float]]:
-    """(name, old, new, kept, delta) for every finished offline proposal."""
+def _offline_tries(history: list[IterationRecord]) -> list[tuple[str, float, float, bool, float]]:
+    """(name, old, new, kept, delta) for every decided move of this searcher, from its stored memory."""
     tries = []
     for item in history:
-        match = HYPOTHESIS.match(item.get("hypothesis") or "")
-        if match and item.get("decision") in ("keep", "discard"):
-            try:
-                old, new = float(match.group(2)), float(match.group(3))
-            except ValueError:
-                old, new = 0.0, 1.0  # booleans
-            delta = (item.get("rule") or {}).get("delta") or 0.0
-            tries.append((match.group(1), old, new, item["decision"] == "keep", delta))
+        move = item.memory
+        if "constant" in move and item.decision in (Verdict.KEEP, Verdict.DISCARD):
+            old, new = float(move["old"]), float(move["new"])  # a switch: False -> True reads as 0 -> 1
+            tries.append((move["constant"], old, new, item.decision == Verdict.KEEP, item.rule.get("delta") or 0.0))
     return tries
 
 
-def step_sizes(history: list[dict[str, Any]]) -> dict[str, float]:
+def step_sizes(history: list[IterationRecord]) -> dict[str, float]:
     """Per-constant log-step after replaying the 1/5th success rule over the history."""
     steps: dict[str, float] = defaultdict(lambda: INITIAL_LOG_STEP)
     for name, _, _, kept, _ in _offline_tries(history):
@@ -80,7 +79,7 @@ def _perturb(name: str, value: Number, step: float, up: bool, rng: random.Random
     return float(f"{new:.4g}")
 
 
-class OfflineProposer:
+class OfflineProposer(CannotFix):
     name = "offline"
 
     def propose(self, ctx: ProposalContext) -> Proposal | None:
@@ -102,9 +101,10 @@ class OfflineProposer:
         code = set_constants(ctx.incumbent_code, {name: new})
         return Proposal(
             hypothesis=f"Set {name} from {old} to {new}",
-            change_type="parametric",
+            change_type=ChangeType.PARAMETRIC,
             code=code,
             expected_effect=f"log-step {step:.2f} {'up' if up else 'down'}",
+            memory={"constant": name, "old": old, "new": new},
         )
 
     def revise_strategy(self, ctx: ProposalContext) -> tuple[str, str]:

@@ -3,14 +3,16 @@ The replay proposer: the train.py files in a directory, in name order, one per i
 
 Re-runs a research history on other hardware (do its decisions hold there?), checks a
 known-good recipe, and lets tests drive the loop with exact candidates. The hypothesis
-is the file's first comment line.
+is the file's first comment line. A candidate that crashes its pre-flight is not fixed
+(the files cannot change): the iteration is recorded as failed and the replay goes on.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from infra.proposers.base import Proposal, ProposalContext
+from infra.proposers.base import CannotFix, Proposal, ProposalContext
+from infra.records import Verdict
 from infra.research.code_edit import classify_change
 
 
@@ -21,7 +23,7 @@ def first_comment(code: str) -> str:
     return ""
 
 
-class ReplayProposer:
+class ReplayProposer(CannotFix):
     name = "replay"
 
     def __init__(self, directory: Path):
@@ -36,7 +38,7 @@ class ReplayProposer:
                         change_type=classify_change(ctx.incumbent_code, code), code=code)
 
     def revise_strategy(self, ctx: ProposalContext) -> tuple[str, str]:
-        kept = [h for h in ctx.history if h.get("decision") == "keep"]
+        kept = [h for h in ctx.history if h.decision == Verdict.KEEP]
         text = (f"Replay of {len(self.files)} fixed candidates; nothing to revise. "
                 f"After iteration {ctx.iteration - 1}: {len(kept)} kept.\n")
-        return text, "; ".join(f"iteration {h['iteration']}: {h['hypothesis']}" for h in kept) or "none kept"
+        return text, "; ".join(f"iteration {h.iteration}: {h.hypothesis}" for h in kept) or "none kept"

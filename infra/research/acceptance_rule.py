@@ -25,6 +25,8 @@ import statistics
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 
+from infra.records import Verdict
+
 
 @dataclass(frozen=True)
 class RuleConfig:
@@ -37,7 +39,7 @@ class RuleConfig:
 
 @dataclass(frozen=True)
 class Decision:
-    verdict: str  # keep, discard, confirm
+    verdict: Verdict  # keep, discard, confirm
     delta: float
     sigma: float
     threshold: float
@@ -47,7 +49,7 @@ class Decision:
     n_candidate: int
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "verdict": str(self.verdict)}
 
 
 def t_quantile(p: float, dof: float) -> float:
@@ -75,14 +77,14 @@ def decide(incumbent_scores: list[float], candidate_scores: list[float], cfg: Ru
     threshold = max(cfg.min_delta, t_quantile(cfg.confidence, dof) * sigma * math.sqrt(1 / n_inc + 1 / n_cand))
     delta = cand_mean - inc_mean
     if delta > threshold:
-        verdict = "keep"
+        verdict = Verdict.KEEP
     elif delta > threshold / 2 and n_cand <= cfg.confirm_runs:
-        verdict = "confirm"
+        verdict = Verdict.CONFIRM
     else:
-        verdict = "discard"
+        verdict = Verdict.DISCARD
     return Decision(verdict, delta, sigma, threshold, inc_mean, cand_mean, n_inc, n_cand)
 
 
-def naive_decide(incumbent_best: float, candidate: float) -> str:
+def naive_decide(incumbent_best: float, candidate: float) -> Verdict:
     """What most loops do: keep any improvement over the incumbent's single (luckiest) score."""
-    return "keep" if candidate > incumbent_best else "discard"
+    return Verdict.KEEP if candidate > incumbent_best else Verdict.DISCARD

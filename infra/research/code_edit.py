@@ -1,5 +1,6 @@
 """
-Editing and comparing train.py through its AST: the tunable constants, exact rewrites, change types.
+Editing and comparing train.py through its AST: whether it compiles, the tunable constants, exact rewrites,
+change types.
 
 Tunable constants are module-level `UPPER_CASE = <int | float | bool>` assignments
 (a leading minus allowed). Rewrites replace only the literal's source span, so
@@ -11,7 +12,23 @@ from __future__ import annotations
 import ast
 import difflib
 
+from infra.records import ChangeType
+
 Number = int | float | bool
+MAX_CODE_BYTES = 1024 * 1024
+
+
+def syntax_error(code: str) -> str | None:
+    """Why code is not a train.py that can run, or None. Never raises, whatever the text."""
+    if len(code.encode("utf-8", errors="replace")) > MAX_CODE_BYTES:
+        return f"train.py is larger than {MAX_CODE_BYTES // 1024} KiB"
+    try:
+        compile(code, "train.py", "exec")
+    except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes in the source
+        return f"syntax error at line {getattr(exc, 'lineno', None)}: {getattr(exc, 'msg', exc)}"
+    except (MemoryError, RecursionError, OverflowError) as exc:  # pathological nesting or length
+        return f"train.py cannot be compiled: {type(exc).__name__}"
+    return None
 
 
 def _literal(node: ast.expr) -> Number | None:
@@ -77,18 +94,18 @@ class _BlankConstants(ast.NodeTransformer):
         return node
 
 
-def classify_change(old: str, new: str) -> str:
-    """'none' (comments or layout only), 'parametric' (only tunable constants) or 'structural'
+def classify_change(old: str, new: str) -> ChangeType:
+    """NONE (comments or layout only), PARAMETRIC (only tunable constants) or STRUCTURAL
     (also for code that cannot be parsed or is nested too deeply to walk: it never raises)."""
     try:
         old_tree, new_tree = ast.parse(old), ast.parse(new)
         if ast.dump(old_tree) == ast.dump(new_tree):
-            return "none"
+            return ChangeType.NONE
         blank_old = ast.dump(_BlankConstants().visit(old_tree))
         blank_new = ast.dump(_BlankConstants().visit(new_tree))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return "structural"
-    return "parametric" if blank_old == blank_new else "structural"
+        return ChangeType.STRUCTURAL
+    return ChangeType.PARAMETRIC if blank_old == blank_new else ChangeType.STRUCTURAL
 
 
 def unified_diff(old: str, new: str, old_name: str = "incumbent/train.py", new_name: str = "candidate/train.py") -> str:

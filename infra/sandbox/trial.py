@@ -34,6 +34,8 @@ from typing import Callable
 import torch
 
 import prepare
+from infra.records import Status
+from infra.research.code_edit import syntax_error
 from infra.sandbox.evaluation import evaluate_artifact, hidden_data_dirs
 from infra.sandbox.identity import give_to_sandbox
 from infra.sandbox.run import MAX_OPEN_FILES_SCANNED, SandboxJob, SandboxOutcome, run_sandboxed
@@ -44,12 +46,11 @@ MEMORY_ERROR_PATTERNS = ("MemoryError", "can't allocate memory", "Cannot allocat
 ERROR_LINE = re.compile(r"^(\w+(\.\w+)*(Error|Exception|Interrupt)|FAIL|Traceback|error)\b.*")
 EPOCHS_LINE = re.compile(r"^epochs: ([0-9]{1,9})$", flags=re.MULTILINE | re.ASCII)
 PREFLIGHT_IMAGES = 2000
-MAX_CODE_BYTES = 1024 * 1024
 
 
 @dataclass
 class TrialResult:
-    status: str
+    status: Status
     reason: str
     val_accuracy: float | None
     val_loss: float | None
@@ -71,19 +72,6 @@ class TrialResult:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
-
-
-def syntax_error(code: str) -> str | None:
-    """Why code is not a train.py that can run, or None. Never raises, whatever the text."""
-    if len(code.encode("utf-8", errors="replace")) > MAX_CODE_BYTES:
-        return f"train.py is larger than {MAX_CODE_BYTES // 1024} KiB"
-    try:
-        compile(code, "train.py", "exec")
-    except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes in the source
-        return f"syntax error at line {getattr(exc, 'lineno', None)}: {getattr(exc, 'msg', exc)}"
-    except (MemoryError, RecursionError, OverflowError) as exc:  # pathological nesting or length
-        return f"train.py cannot be compiled: {type(exc).__name__}"
-    return None
 
 
 def reported_epochs(log_text: str) -> int | None:
@@ -165,22 +153,22 @@ def train_job(run_dir: Path, limits: Limits, seed: int, split_file: Path, device
     )
 
 
-def _failure_status(outcome: SandboxOutcome, log_text: str, limits: Limits) -> tuple[str, str] | None:
+def _failure_status(outcome: SandboxOutcome, log_text: str, limits: Limits) -> tuple[Status, str] | None:
     if outcome.killed_for == "timeout":
-        return "timeout", _timeout_reason(outcome, limits)
+        return Status.TIMEOUT, _timeout_reason(outcome, limits)
     if outcome.killed_for == "memory":
-        return "crashed", f"exceeded the memory cap of {_gib(limits.memory_cap_bytes)} (peak {_gib(outcome.peak_rss_bytes)}); killed"
+        return Status.CRASHED, f"exceeded the memory cap of {_gib(limits.memory_cap_bytes)} (peak {_gib(outcome.peak_rss_bytes)}); killed"
     if outcome.killed_for == "disk":
-        return "crashed", (f"wrote more than the disk cap ({_gib(limits.disk_cap_bytes)} or {limits.max_files} files "
+        return Status.CRASHED, (f"wrote more than the disk cap ({_gib(limits.disk_cap_bytes)} or {limits.max_files} files "
                            "in its directory, or that much space held in deleted files); killed")
     if outcome.killed_for == "open files":
-        return "crashed", f"held more than {MAX_OPEN_FILES_SCANNED} open files, more than the watchdog accounts for; killed"
+        return Status.CRASHED, f"held more than {MAX_OPEN_FILES_SCANNED} open files, more than the watchdog accounts for; killed"
     if outcome.signal == signal.SIGXFSZ:
-        return "crashed", f"wrote a file larger than the disk cap of {_gib(limits.disk_cap_bytes)} (SIGXFSZ)"
+        return Status.CRASHED, f"wrote a file larger than the disk cap of {_gib(limits.disk_cap_bytes)} (SIGXFSZ)"
     if outcome.exit_code != 0:
         if any(p in log_text for p in MEMORY_ERROR_PATTERNS):
-            return "crashed", f"exceeded the memory cap of {_gib(limits.memory_cap_bytes)}: {crash_reason(log_text, outcome.exit_code, outcome.signal)}"
-        return "crashed", crash_reason(log_text, outcome.exit_code, outcome.signal)
+            return Status.CRASHED, f"exceeded the memory cap of {_gib(limits.memory_cap_bytes)}: {crash_reason(log_text, outcome.exit_code, outcome.signal)}"
+        return Status.CRASHED, crash_reason(log_text, outcome.exit_code, outcome.signal)
     return None
 
 
@@ -199,7 +187,7 @@ def _timeout_reason(outcome: SandboxOutcome, limits: Limits) -> str:
             f"({compute.core_share:.0%} of {compute.threads} cores, waited {compute.waiting_share:.0%})")
 
 
-def _result(status: str, reason: str, run_dir: Path, started: float, outcome: SandboxOutcome | None = None) -> TrialResult:
+def _result(status: Status, reason: str, run_dir: Path, started: float, outcome: SandboxOutcome | None = None) -> TrialResult:
     log_path = run_dir / "train.log"
     return TrialResult(
         status=status,
@@ -247,7 +235,7 @@ def train_candidate(
     if problem:
         write_private(run_dir / "train.log", (problem + "\n").encode(), 0o644)
         _clean_up(work)
-        return _result("invalid", problem, run_dir, started)
+        return _result(Status.INVALID, problem, run_dir, started)
     try:
         split_file = prepare.write_train_split(run_dir / "data" / "train.pt", split_limit, order_seed=seed)
         split_file.chmod(0o444)
@@ -257,11 +245,11 @@ def train_candidate(
         if failure:
             return _result(*failure, run_dir, started, outcome)
         if _file_hash(PREPARE_PY) != prepare_hash:
-            return _result("invalid", "prepare.py was modified during the run; nothing from it is trusted", run_dir, started, outcome)
+            return _result(Status.INVALID, "prepare.py was modified during the run; nothing from it is trusted", run_dir, started, outcome)
         rejected = _take_artifact(work, run_dir)
         if rejected:
-            return _result("invalid", rejected, run_dir, started, outcome)
-        return _result("ok", "trained", run_dir, started, outcome)
+            return _result(Status.INVALID, rejected, run_dir, started, outcome)
+        return _result(Status.OK, "trained", run_dir, started, outcome)
     finally:
         _clean_up(work, run_dir / "data")
 
@@ -282,13 +270,13 @@ def score_artifact(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, li
 
 def score_trial(trained: TrialResult, val: tuple[torch.Tensor, torch.Tensor], limits: Limits) -> TrialResult:
     """Fill in validation accuracy and loss from independent evaluation; a bad model becomes invalid."""
-    if trained.status != "ok":
+    if trained.status != Status.OK:
         return trained
     started = time.monotonic()
     evaluation = score_artifact(Path(trained.run_dir), *val, limits)
     wall = trained.wall_seconds + time.monotonic() - started
     if not evaluation.ok:
-        return replace(trained, status="invalid", reason=evaluation.reason, wall_seconds=wall)
+        return replace(trained, status=Status.INVALID, reason=evaluation.reason, wall_seconds=wall)
     return replace(trained, reason="ok", val_accuracy=evaluation.accuracy, val_loss=evaluation.loss, wall_seconds=wall)
 
 

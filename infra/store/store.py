@@ -11,7 +11,6 @@ to pickle one.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +21,8 @@ from sqlalchemy import (JSON, Float, ForeignKey, Integer, String, Text, UniqueCo
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from infra.records import IterationRecord
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -57,10 +58,11 @@ class Iteration(Base):
     index: Mapped[int] = mapped_column(Integer)
     proposer: Mapped[str] = mapped_column(String(64), default="")
     hypothesis: Mapped[str] = mapped_column(Text, default="")
-    change_type: Mapped[str] = mapped_column(String(16), default="")  # baseline, parametric, structural
+    expected_effect: Mapped[str] = mapped_column(Text, default="", server_default="")
+    change_type: Mapped[str] = mapped_column(String(16), default="")  # infra/records.py ChangeType
     code: Mapped[str] = mapped_column(Text, default="")
     diff: Mapped[str] = mapped_column(Text, default="")
-    status: Mapped[str] = mapped_column(String(16), default="running")  # running, ok, crashed, timeout, invalid
+    status: Mapped[str] = mapped_column(String(16), default="running")  # infra/records.py Status
     reason: Mapped[str] = mapped_column(Text, default="")
     val_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -69,10 +71,11 @@ class Iteration(Base):
     wall_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     propose_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     measurements: Mapped[list] = mapped_column(JSON, default=list)  # validation accuracy of every seed run
-    decision: Mapped[str] = mapped_column(String(16), default="")  # baseline, keep, discard, failed
+    decision: Mapped[str] = mapped_column(String(16), default="")  # infra/records.py Verdict
     rule: Mapped[dict] = mapped_column(JSON, default=dict)  # delta, noise floor, threshold, ...
     attempts: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")  # pre-flight and fix attempts
     runs: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")  # measured runs and their compute
+    memory: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")  # the proposer's structured memory
     test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -200,6 +203,12 @@ class Store:
                 q = q.where(Iteration.finished_at.is_not(None))
             return list(s.scalars(q.order_by(Iteration.index)))
 
+    def records(self, experiment_id: int, finished_only: bool = False) -> list[IterationRecord]:
+        """The iterations as typed records, each with the cost of its proposer calls."""
+        costs = self.cost_by_iteration(experiment_id)
+        return [IterationRecord.from_row(row, costs.get(row.index, 0.0))
+                for row in self.iterations(experiment_id, finished_only)]
+
     # --- strategy and proposer calls ----------------------------------------
 
     def add_strategy(self, experiment_id: int, version: int, after_iteration: int, text: str, lessons: str = "") -> None:
@@ -232,32 +241,3 @@ class Store:
         with self.session() as s:
             rows = s.scalars(select(ProposerCall.cost_usd).where(ProposerCall.experiment_id == experiment_id))
             return float(sum(rows))
-
-
-def iteration_record(row: Iteration, cost_usd: float = 0.0) -> dict[str, Any]:
-    """A JSON-friendly view of one iteration (for `history --json` and artifacts)."""
-    return {
-        "iteration": row.index,
-        "status": row.status,
-        "decision": row.decision,
-        "val_accuracy": row.val_accuracy,
-        "val_loss": row.val_loss,
-        "test_accuracy": row.test_accuracy,
-        "measurements": row.measurements,
-        "hypothesis": row.hypothesis,
-        "change_type": row.change_type,
-        "proposer": row.proposer,
-        "reason": row.reason,
-        "epochs": row.epochs,
-        "train_seconds": row.train_seconds,
-        "wall_seconds": row.wall_seconds,
-        "rule": row.rule,
-        "attempts": row.attempts,
-        "runs": row.runs,
-        "cost_usd": cost_usd,
-        "finished": row.finished_at is not None,
-    }
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, indent=2, default=str)

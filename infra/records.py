@@ -1,0 +1,101 @@
+"""
+One iteration, as everything downstream of the store reads it: its status, the verdict on it,
+its change type, and the typed record that the history, the prompt, the report and the CLI share.
+
+The store's table (infra/store/store.py) is the schema; IterationRecord is its one read view,
+filled from a row by column name, so a new column needs a field here and nowhere else.
+The enums are StrEnums: their values are the strings in the database, so old rows read as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    """How a candidate's run ended (infra/sandbox/trial.py says what each means)."""
+
+    RUNNING = "running"  # recorded before training; replaced when the iteration is decided
+    OK = "ok"
+    CRASHED = "crashed"
+    TIMEOUT = "timeout"
+    INVALID = "invalid"
+
+
+class Verdict(StrEnum):
+    """What was decided about an iteration (infra/research/acceptance_rule.py)."""
+
+    PENDING = ""  # not decided yet: the iteration is still running
+    BASELINE = "baseline"
+    KEEP = "keep"
+    DISCARD = "discard"
+    CONFIRM = "confirm"  # the rule's close call: measure the candidate again (never stored)
+
+    @property
+    def kept(self) -> bool:
+        """The iteration's code became the incumbent."""
+        return self in (Verdict.BASELINE, Verdict.KEEP)
+
+
+class ChangeType(StrEnum):
+    """What a candidate changed, measured on the code (infra/research/code_edit.py), not taken from its label."""
+
+    UNKNOWN = ""  # a proposal that never became code
+    BASELINE = "baseline"
+    PARAMETRIC = "parametric"  # only UPPER_CASE constants
+    STRUCTURAL = "structural"
+    NONE = "none"  # the same program
+
+
+@dataclass
+class IterationRecord:
+    iteration: int
+    status: Status
+    decision: Verdict
+    val_accuracy: float | None  # the mean of its measured runs
+    val_loss: float | None
+    test_accuracy: float | None  # kept iterations only: the held-out test set, reported, never decided on
+    measurements: list[float]  # validation accuracy of every ok measured run
+    hypothesis: str
+    expected_effect: str
+    change_type: ChangeType
+    proposer: str
+    reason: str
+    epochs: int | None  # the first measured run's, as the orchestrator measured it
+    train_seconds: float | None
+    wall_seconds: float | None
+    propose_seconds: float | None
+    rule: dict[str, Any]  # the acceptance rule's numbers: delta, threshold, sigma, n_incumbent, n_candidate, ...
+    attempts: list[dict[str, Any]]  # pre-flight runs and fixes: attempt, note, status, reason, log_tail
+    runs: list[dict[str, Any]]  # every measured run: seed, status, val_accuracy, epochs, and its compute record
+    memory: dict[str, Any]  # what the proposer asked to remember of this move (structured, never parsed from prose)
+    finished: bool
+    cost_usd: float = 0.0  # the proposer's calls for this iteration
+    log_tail: str = ""  # failed iterations: the end of their training log, for the proposer to learn from
+
+    @property
+    def kept(self) -> bool:
+        return self.decision.kept
+
+    @property
+    def seconds_per_epoch(self) -> float | None:
+        return self.train_seconds / self.epochs if self.train_seconds and self.epochs else None
+
+    @classmethod
+    def from_row(cls, row: Any, cost_usd: float = 0.0) -> IterationRecord:
+        """From a store row (infra/store/store.py's Iteration), column by column."""
+        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)
+                  if f.name not in ("iteration", "finished", "cost_usd", "log_tail")}
+        return cls(**{**values, "iteration": row.index, "finished": row.finished_at is not None, "cost_usd": cost_usd,
+                      "status": Status(row.status), "decision": Verdict(row.decision),
+                      "change_type": ChangeType(row.change_type), "memory": row.memory or {},
+                      "expected_effect": row.expected_effect or "", "attempts": row.attempts or [],
+                      "runs": row.runs or [], "rule": row.rule or {}, "measurements": row.measurements or []})
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly (`history --json`, artifacts): the enums as their strings."""
+        return {key: (str(value) if isinstance(value, StrEnum) else value)
+                for key, value in dataclasses.asdict(self).items()}
