@@ -9,7 +9,7 @@ workspace's git history and train.py are brought into agreement with the store f
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,10 @@ from prefect import flow
 
 import prepare
 from infra import settings
+from infra.experiment_config import FIXED_SETTINGS, ExperimentConfig
 from infra.failpoints import failpoint
-from infra.proposers import Proposal, ProposalContext, StopResearch, is_language_model
+from infra.proposers import Proposal, ProposalContext, StopResearch
 from infra.records import ChangeType, IterationRecord, Status, Verdict
-from infra.research.acceptance_rule import RuleConfig
 from infra.research.code_edit import unified_diff
 from infra.research.lock import experiment_lock
 from infra.research.program import read_program, strategy_of, with_strategy
@@ -43,40 +43,7 @@ class ConfigMismatch(ValueError):
     """A resumed experiment was asked to run under different fixed settings."""
 
 
-@dataclass
-class ExperimentConfig:
-    name: str
-    iterations: int = 20
-    budget_s: float = 120.0
-    proposer: str = "offline"  # resolved spec
-    revise_every: int = 5
-    repeats: int = 2  # baseline runs, and extra runs of each newly kept incumbent
-    home: str = ""
-    db_url: str = ""
-    program_path: str = str(settings.REPO_ROOT / "program.md")
-    baseline_path: str = str(settings.BASELINE_TRAIN_PY)
-    device: str | None = None
-    model: str | None = None  # language-model proposers: the model (None: the provider's default)
-    max_cost: float | None = None  # USD cap on proposer calls for the whole experiment
-    preflight: bool | None = None  # smoke-run candidates first (None: only for language-model proposers)
-    fix_attempts: int = 2
-    grace_s: float = settings.DEFAULT_GRACE_S
-    startup_allowance_s: float | None = None  # None: measured once for the experiment (infra/sandbox/startup_allowance.py)
-    cpu_threads: int | None = None  # allotted cores of CPU runs (None: settings.DEFAULT_CPU_THREADS, fixed at the first run)
-    rule: dict[str, float] = field(default_factory=dict)
-
-    def limits(self) -> settings.Limits:
-        assert self.startup_allowance_s is not None, "resolve the start-up allowance first"
-        return settings.Limits(budget_s=self.budget_s, grace_s=self.grace_s, startup_allowance_s=self.startup_allowance_s,
-                               cpu_threads=self.cpu_threads or 0)
-
-    def rule_config(self) -> RuleConfig:
-        return RuleConfig(**self.rule)
-
-
 MAX_CONTENDED_RERUNS = 2  # how often a run starved by the machine's load is measured again
-
-FIXED_SETTINGS = ("budget_s", "grace_s", "startup_allowance_s", "cpu_threads", "repeats", "device")
 
 
 class Run:
@@ -90,12 +57,12 @@ class Run:
         self.val = prepare.load_split_uint8("val")
         self.test = prepare.load_split_uint8("test")
         self.baseline_code = Path(cfg.baseline_path).read_text()
-        self.exp = self.store.ensure_experiment(cfg.name, asdict(cfg))
+        self.exp = self.store.ensure_experiment(cfg.name, cfg.model_dump())
         self._resolve_cpu_threads()
         self._resolve_startup_allowance()
         self._check_same_settings()
         self.limits = cfg.limits()
-        self.preflight = cfg.preflight if cfg.preflight is not None else is_language_model(cfg.proposer)
+        self.preflight = cfg.preflight if cfg.preflight is not None else cfg.language_model
 
     def _resolve_cpu_threads(self) -> None:
         """The experiment's stored allotted cores, or the default: the same CPU budget for every candidate."""
@@ -322,9 +289,12 @@ def run_iteration(run: Run, i: int) -> bool:
     run.ws.prune_models(i, keep=Path(first.run_dir) if verdict == Verdict.KEEP else None)
     if verdict == Verdict.KEEP:
         run.ws.commit_keep(i, proposal.hypothesis, incumbent.val_accuracy, statistics.fmean(scores), proposal.code)
+    # the numbers the decision used: the mean of the candidate's runs, its delta and the threshold
+    score = f"val_accuracy {decision.candidate_mean:.4f} (mean of {decision.n_candidate} runs)" if decision else "no score"
+    if decision and len(scores) > decision.n_candidate:  # a new incumbent's extra seeds, for its own noise
+        score += f"; {statistics.fmean(scores):.4f} over all {len(scores)} runs"
     delta = f"delta {decision.delta:+.4f} vs threshold {decision.threshold:.4f}" if decision else first.reason
-    print(f"iteration {i}/{run.cfg.iterations}: {first.status} {verdict} "
-          f"val_accuracy {scores[0] if scores else None} ({delta}) | {proposal.hypothesis}")
+    print(f"iteration {i}/{run.cfg.iterations}: {first.status} {verdict} {score} ({delta}) | {proposal.hypothesis}")
     return True
 
 
@@ -354,13 +324,13 @@ def publish(run: Run, i: int) -> None:
 
 
 @flow(name="research", log_prints=True, retries=1, retry_delay_seconds=10, persist_result=False)
-def research(config: dict[str, Any]) -> dict[str, Any]:
+def research(config: ExperimentConfig) -> dict[str, Any]:
     """Run (or resume) one experiment until `iterations` iterations have finished."""
-    cfg = ExperimentConfig(**config)
+    cfg = config.model_copy()  # the run resolves the allowance and the cores in it; the caller's stays as given
     run = Run(cfg)
     with experiment_lock(run.ws.root):
         run.sync()
-        run.store.set_experiment(run.exp.id, status="running", config=asdict(cfg))
+        run.store.set_experiment(run.exp.id, status="running", config=cfg.model_dump())
         if not run.finished():
             run_baseline(run)
             publish(run, 0)

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from infra import settings
+from infra.experiment_config import ExperimentConfig, default, explain
 from infra.records import IterationRecord, Status
 from infra.sandbox.compute_record import describe
 
@@ -160,8 +161,7 @@ def train(
 
 def check_name(name: str) -> None:
     if not settings.NAME_PATTERN.match(name):
-        fail(f"invalid experiment name {name!r}: use letters, digits, '.', '_' and '-' (no path characters), "
-             "at most 64, starting with a letter or digit")
+        fail(f"invalid experiment name {name!r}: {settings.NAME_RULE}")
 
 
 def open_store(db: Optional[str], home: Path):
@@ -174,56 +174,54 @@ def open_store(db: Optional[str], home: Path):
         fail(str(exc))
 
 
+# run's options are ExperimentConfig's fields (infra/experiment_config.py): its defaults, its checks
+OPTION_OF_FIELD = {"name": "--experiment", "budget_s": "--budget", "grace_s": "--grace", "db_url": "--db",
+                   "startup_allowance_s": "--startup-allowance", "program_path": "--program",
+                   "baseline_path": "--baseline"}
+
+
 @app.command()
 def run(
-    experiment: str = typer.Option("default", "--experiment", "-e", help="experiment name (resumes if it exists)"),
-    iterations: int = typer.Option(20, "--iterations", help="iterations after the baseline (iteration 0)"),
-    budget: float = typer.Option(120.0, "--budget", help="training budget per candidate, seconds"),
+    experiment: str = typer.Option(default("name"), "--experiment", "-e", help="experiment name (resumes if it exists)"),
+    iterations: int = typer.Option(default("iterations"), "--iterations", help="iterations after the baseline (iteration 0)"),
+    budget: float = typer.Option(default("budget_s"), "--budget", help="training budget per candidate, seconds"),
     proposer: str = typer.Option("auto", "--proposer", help="auto, offline, claude, openai or replay:DIR"),
-    revise_every: int = typer.Option(5, "--revise-every", help="revise the strategy every N iterations"),
-    repeats: int = typer.Option(2, "--repeats", help="seeds for the baseline and for each newly kept incumbent"),
-    program: Path = typer.Option(settings.REPO_ROOT / "program.md", "--program", help="program.md to start from"),
-    baseline: Path = typer.Option(settings.BASELINE_TRAIN_PY, "--baseline", help="train.py to start from (iteration 0)"),
+    revise_every: int = typer.Option(default("revise_every"), "--revise-every", help="revise the strategy every N iterations"),
+    repeats: int = typer.Option(default("repeats"), "--repeats", help="seeds for the baseline and for each newly kept incumbent"),
+    program: Path = typer.Option(default("program_path"), "--program", help="program.md to start from"),
+    baseline: Path = typer.Option(default("baseline_path"), "--baseline", help="train.py to start from (iteration 0)"),
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL (default: sqlite under --home; AUTORESEARCH_DB_URL)"),
     home: Optional[Path] = typer.Option(None, "--home", help="runs directory (default: AUTORESEARCH_HOME or ./runs)"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps"),
-    grace: float = typer.Option(settings.DEFAULT_GRACE_S, "--grace", help="seconds after the deadline to save the model before SIGKILL"),
-    startup_allowance: Optional[float] = typer.Option(None, "--startup-allowance", help="seconds before the budget for start-up (default: measured once per experiment)"),
-    cpu_threads: Optional[int] = typer.Option(None, "--cpu-threads", help="cores allotted to a CPU run; its budget is CPU time of these cores (default 1, fixed at the experiment's first run)"),
-    model: Optional[str] = typer.Option(None, "--model", help="model for claude/openai (default: claude-sonnet-4-6)"),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD cap on proposer calls; the loop ends before a call could pass it"),
-    preflight: Optional[bool] = typer.Option(None, "--preflight/--no-preflight", help="smoke-run each candidate first (default: on for claude/openai)"),
-    fix_attempts: int = typer.Option(2, "--fix-attempts", help="fixes asked for after a pre-flight crash"),
+    device: Optional[str] = typer.Option(default("device"), "--device", help="cpu, cuda, cuda:N or mps"),
+    grace: float = typer.Option(default("grace_s"), "--grace", help="seconds after the deadline to save the model before SIGKILL"),
+    startup_allowance: Optional[float] = typer.Option(default("startup_allowance_s"), "--startup-allowance", help="seconds before the budget for start-up (default: measured once per experiment)"),
+    cpu_threads: Optional[int] = typer.Option(default("cpu_threads"), "--cpu-threads", help="cores allotted to a CPU run; its budget is CPU time of these cores (default 1, fixed at the experiment's first run)"),
+    model: Optional[str] = typer.Option(default("model"), "--model", help="model for claude/openai (default: claude-sonnet-4-6)"),
+    max_cost: Optional[float] = typer.Option(default("max_cost"), "--max-cost", help="USD cap on proposer calls; the loop ends before a call could pass it"),
+    preflight: Optional[bool] = typer.Option(default("preflight"), "--preflight/--no-preflight", help="smoke-run each candidate first (default: on for claude/openai)"),
+    fix_attempts: int = typer.Option(default("fix_attempts"), "--fix-attempts", help="fixes asked for after a pre-flight crash"),
 ) -> None:
     """Run (or resume) the research loop on Prefect."""
-    check_name(experiment)
-    make_limits(budget, grace, startup_allowance, None, cpu_threads)
-    if iterations < 0 or revise_every < 1 or repeats < 1 or fix_attempts < 0:
-        fail("--iterations and --fix-attempts must be >= 0, --revise-every and --repeats >= 1")
-    if max_cost is not None and max_cost <= 0:
-        fail(f"--max-cost must be positive, got {max_cost}")
-    from infra.research.program import ProgramError, read_program
+    from pydantic import ValidationError
+
     from infra.proposers import ProposerError, resolve_spec
 
-    try:
-        read_program(program)
-    except ProgramError as exc:
-        fail(str(exc))
-    if not baseline.is_file():
-        fail(f"no such baseline file: {baseline}")
-    from infra.research.code_edit import syntax_error
-
-    problem = syntax_error(baseline.read_text())
-    if problem:
-        fail(f"baseline {baseline}: {problem}")
     try:
         spec, why = resolve_spec(proposer)
     except ProposerError as exc:
         fail(str(exc))
+    try:
+        config = ExperimentConfig(
+            name=experiment, iterations=iterations, budget_s=budget, proposer=spec, revise_every=revise_every,
+            repeats=repeats, home=str(settings.runs_home(home)), db_url=db or "", program_path=str(program.resolve()),
+            baseline_path=str(baseline.resolve()), device=device, grace_s=grace, startup_allowance_s=startup_allowance,
+            cpu_threads=cpu_threads, model=model, max_cost=max_cost, preflight=preflight, fix_attempts=fix_attempts)
+    except ValidationError as exc:
+        fail(explain(exc, OPTION_OF_FIELD))
     check_device(device)
     check_data()
-    home_dir = settings.runs_home(home)
-    store = open_store(db, home_dir)
+    home_dir = Path(config.home)
+    open_store(config.db_url, home_dir)
     from infra.research.lock import lock_holder
 
     holder = lock_holder(home_dir / experiment)
@@ -231,15 +229,9 @@ def run(
         fail(f"experiment {experiment!r} is already running ({holder})")
     out.print(f"proposer: {why}")
     from flows.research import ConfigMismatch, research
-    from infra.research.lock import LockHeld
     from infra.prefect_server import prefect_api
+    from infra.research.lock import LockHeld
 
-    config = dict(name=experiment, iterations=iterations, budget_s=budget, proposer=spec, revise_every=revise_every,
-                  repeats=repeats, home=str(home_dir), db_url=store.url, program_path=str(program.resolve()),
-                  baseline_path=str(baseline.resolve()),
-                  device=device, grace_s=grace, startup_allowance_s=startup_allowance, cpu_threads=cpu_threads,
-                  model=model, max_cost=max_cost,
-                  preflight=preflight, fix_attempts=fix_attempts)
     try:
         with prefect_api(home_dir) as api_url:
             out.print(f"prefect API: {api_url}")

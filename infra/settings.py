@@ -27,7 +27,8 @@ DEFAULT_CPU_THREADS = 1
 # Scoring 10,000 images must never take this long; a model that does is treated as broken.
 DEFAULT_EVAL_TIMEOUT_S = 120.0
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # experiment names: they become directory names
+NAME_RULE = "use letters, digits, '.', '_' and '-' (no path characters), at most 64, starting with a letter or digit"
 
 
 def physical_memory_bytes() -> int:

@@ -1,0 +1,127 @@
+"""
+An experiment's configuration: one typed, validated object, the one place for its defaults and checks.
+
+The CLI builds it from its options (its defaults are these), the research flow takes it as its
+parameter (Prefect validates it, the UI shows it, a deployment carries it), and the store keeps it
+with the experiment. A bad value fails here, with the field's name, before anything runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from infra import settings
+from infra.proposers import ProposerError, is_language_model
+from infra.research.acceptance_rule import RuleConfig
+from infra.research.code_edit import syntax_error
+from infra.research.program import read_program
+from infra.store import default_db_url
+
+# what a resumed experiment must keep: changing any of them would give later candidates other compute
+FIXED_SETTINGS = ("budget_s", "grace_s", "startup_allowance_s", "cpu_threads", "repeats", "device")
+
+
+class ExperimentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field("default", description="experiment name (resumes if it exists)")
+    iterations: int = Field(20, ge=0, description="iterations after the baseline (iteration 0)")
+    budget_s: float = Field(120.0, gt=0, description="training budget per candidate, seconds")
+    proposer: str = Field("offline", description="resolved proposer spec: offline, replay:DIR, claude or openai")
+    revise_every: int = Field(5, ge=1, description="revise the strategy every N iterations")
+    repeats: int = Field(2, ge=1, description="seeds for the baseline and for each newly kept incumbent")
+    home: str = Field("", description="runs directory ('': AUTORESEARCH_HOME or ./runs)")
+    db_url: str = Field("", description="SQLAlchemy URL ('': AUTORESEARCH_DB_URL or sqlite under home)")
+    program_path: str = Field(str(settings.REPO_ROOT / "program.md"), description="program.md to start from")
+    baseline_path: str = Field(str(settings.BASELINE_TRAIN_PY), description="train.py to start from (iteration 0)")
+    device: str | None = Field(None, description="cpu, cuda, cuda:N or mps (None: the best available)")
+    model: str | None = Field(None, description="model of a language-model proposer (None: the provider's default)")
+    max_cost: float | None = Field(None, gt=0, description="USD cap on proposer calls for the whole experiment")
+    preflight: bool | None = Field(None, description="smoke-run candidates first (None: for language models only)")
+    fix_attempts: int = Field(2, ge=0, description="fixes asked for after a pre-flight crash")
+    grace_s: float = Field(settings.DEFAULT_GRACE_S, ge=0, description="seconds after the deadline to save the model")
+    startup_allowance_s: float | None = Field(None, ge=0, description="None: measured once for the experiment")
+    cpu_threads: int | None = Field(None, ge=1, description="allotted cores of CPU runs (None: 1, fixed at the first run)")
+    rule: dict[str, float] = Field(default_factory=dict, description="acceptance rule settings (RuleConfig)")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not settings.NAME_PATTERN.match(name):
+            raise ValueError(f"invalid experiment name {name!r}: {settings.NAME_RULE}")
+        return name
+
+    @field_validator("proposer")
+    @classmethod
+    def _known_proposer(cls, spec: str) -> str:
+        try:
+            is_language_model(spec)
+        except ProposerError as exc:
+            raise ValueError(str(exc)) from None
+        return spec
+
+    @field_validator("rule")
+    @classmethod
+    def _rule_settings(cls, rule: dict[str, float]) -> dict[str, float]:
+        try:
+            RuleConfig(**rule)
+        except TypeError as exc:
+            raise ValueError(f"unknown acceptance rule setting: {exc}") from None
+        return rule
+
+    @field_validator("program_path")
+    @classmethod
+    def _readable_program(cls, path: str) -> str:
+        read_program(Path(path))  # ProgramError is a ValueError: it says what is wrong
+        return path
+
+    @field_validator("baseline_path")
+    @classmethod
+    def _runnable_baseline(cls, path: str) -> str:
+        if not Path(path).is_file():
+            raise ValueError(f"no such baseline file: {path}")
+        problem = syntax_error(Path(path).read_text(errors="replace"))
+        if problem:
+            raise ValueError(f"baseline {path}: {problem}")
+        return path
+
+    @model_validator(mode="after")
+    def _where_results_live(self) -> ExperimentConfig:
+        if not self.home:
+            self.home = str(settings.runs_home())
+        if not self.db_url:
+            self.db_url = os.environ.get("AUTORESEARCH_DB_URL") or default_db_url(Path(self.home))
+        return self
+
+    @property
+    def language_model(self) -> bool:
+        return is_language_model(self.proposer)
+
+    def limits(self) -> settings.Limits:
+        assert self.startup_allowance_s is not None, "resolve the start-up allowance first"
+        return settings.Limits(budget_s=self.budget_s, grace_s=self.grace_s, startup_allowance_s=self.startup_allowance_s,
+                               cpu_threads=self.cpu_threads or 0)
+
+    def rule_config(self) -> RuleConfig:
+        return RuleConfig(**self.rule)
+
+
+def default(field: str) -> Any:
+    """A field's default, for the CLI's options."""
+    return ExperimentConfig.model_fields[field].default
+
+
+def explain(exc: ValidationError, names: dict[str, str] | None = None) -> str:
+    """Each bad field: which one (by its name in names, e.g. a CLI option, if given), what is wrong, what was given."""
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "config"
+        where = (names or {}).get(field, f"--{field.replace('_', '-')}" if names is not None else field)
+        message = error["msg"].removeprefix("Value error, ")
+        ours = error["type"] == "value_error"  # our validators' messages say what was given
+        lines.append(f"{where}: {message}" if ours else f"{where}: {message} (got {error['input']!r})")
+    return "; ".join(lines)
