@@ -8,6 +8,8 @@ workspace's git history and train.py are brought into agreement with the store f
 
 from __future__ import annotations
 
+import functools
+import os
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -18,6 +20,7 @@ from infra.prefect_env import apply_offline_defaults
 
 apply_offline_defaults()
 
+import torch  # noqa: E402
 from prefect import flow  # noqa: E402
 
 import prepare  # noqa: E402
@@ -148,18 +151,35 @@ class Run:
         versions = self.store.strategies(self.exp.id)
         return versions[-1].text if versions else ""
 
+    @staticmethod
+    @functools.cache
+    def device_facts(device: str | None) -> dict[str, Any]:
+        """The training device as the proposer is told it; asked once per process (CUDA queries are not free).
+        device: the experiment's --device (None: what prepare.get_device() picks, as in the sandbox)."""
+        resolved = torch.device(device) if device else prepare.get_device()
+        if resolved.type == "cuda":
+            props = torch.cuda.get_device_properties(resolved)
+            return {"device": str(resolved), "device_name": torch.cuda.get_device_name(resolved),
+                    "device_memory_gib": round(props.total_memory / 2**30, 1)}
+        return {"device": resolved.type}
+
     def context(self, iteration: int) -> ProposalContext:
+        """What the proposer sees: the whole program.md, the incumbent's record, the rule, the history, the hardware."""
         inc = self.incumbent()
-        device = prepare.get_device()
-        per_epoch = inc.train_seconds / inc.epochs if inc.train_seconds and inc.epochs else None
+        hardware = {**self.device_facts(self.cfg.device), "budget_s": self.cfg.budget_s,
+                    "startup_allowance_s": self.limits.startup_allowance_s, "grace_s": self.limits.grace_s,
+                    "cpu_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+                    "memory_cap_gib": round(self.limits.memory_cap_bytes / 2**30, 1)}
+        hardware["cpu_threads"] = self.limits.cpu_threads if hardware["device"] == "cpu" else None
         return ProposalContext(
             iteration=iteration,
             incumbent_code=inc.code,
             strategy=self.strategy(),
+            program=read_program(self.ws.program_md),
+            incumbent=iteration_record(inc),
+            rule=self.rule,
             history=self.history(),
-            hardware={"device": str(device), "budget_s": self.cfg.budget_s,
-                      "cpu_threads": self.limits.cpu_threads if device.type == "cpu" else None,
-                      "incumbent_epochs": inc.epochs, "incumbent_seconds_per_epoch": per_epoch},
+            hardware=hardware,
             seed=self.exp.id,
             max_cost_left=self.cost_left(),
         )

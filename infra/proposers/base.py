@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from infra.acceptance_rule import RuleConfig
+
 
 class ProposerError(ValueError):
     """A proposer spec that cannot be used."""
@@ -28,9 +30,12 @@ class Proposal:
 class ProposalContext:
     iteration: int
     incumbent_code: str
-    strategy: str  # the Strategy section of the experiment's program.md
+    strategy: str  # the Strategy section of the experiment's program.md (what a revision rewrites)
+    program: str = ""  # the whole program.md of the experiment (goal, rules, strategy): what the model reads
+    incumbent: dict[str, Any] = field(default_factory=dict)  # the incumbent's iteration record (as history rows)
+    rule: RuleConfig = field(default_factory=RuleConfig)  # the experiment's acceptance rule
     history: list[dict[str, Any]] = field(default_factory=list)  # finished iterations, oldest first
-    hardware: dict[str, Any] = field(default_factory=dict)  # device, budget, incumbent epochs, s/epoch
+    hardware: dict[str, Any] = field(default_factory=dict)  # device, cores, threads, memory cap, budget
     seed: int = 0
     max_cost_left: float | None = None  # USD the proposer may still spend (None: no cap)
 
