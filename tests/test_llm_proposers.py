@@ -304,3 +304,11 @@ def test_model_strategy_revision(claude_env):
     assert server.requests[0]["tool_choice"]["name"] == "revise_strategy"
     assert "Rewrite the research strategy" in request_text(server.requests[0])
     assert set_constants(BASELINE, {}) == BASELINE
+
+
+def test_readme_shows_the_prompt_the_code_builds():
+    from infra.proposers.prompt_example import END, README, START, readme_block
+
+    text = README.read_text()
+    assert text[text.index(START):text.index(END) + len(END)] == readme_block(), \
+        "README's prompt example is stale: run python -m infra.proposers.prompt_example --readme"

@@ -349,7 +349,9 @@ def hardware_text(hw: dict[str, Any]) -> str:
     if hw.get("device_name"):
         memory = f", {hw['device_memory_gib']:g} GiB" if hw.get("device_memory_gib") else ""
         device += f" ({hw['device_name']}{memory})"
-    lines = [f"Hardware: device {device}; training budget {hw.get('budget_s')} s{clock} per candidate."]
+    budget = hw.get("budget_s")
+    budget = format(budget, "g") if isinstance(budget, (int, float)) else budget
+    lines = [f"Hardware: device {device}; training budget {budget} s{clock} per candidate."]
     if hw.get("startup_allowance_s") is not None:
         lines.append(f"Start-up allowance {hw['startup_allowance_s']:g} s before the budget starts; the deadline's "
                      f"grace before SIGKILL {hw.get('grace_s', 0):g} s.")
