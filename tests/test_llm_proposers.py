@@ -129,6 +129,13 @@ def test_gpu_facts_are_stated():
     assert "16 CPU cores" in text and "62.9 GiB" in text
 
 
+def test_the_scoring_contract_states_the_real_preflight():
+    from infra.proposers import llm
+    from tasks.preflight import PREFLIGHT_BUDGET_S
+
+    assert llm.PREFLIGHT_BUDGET_S == PREFLIGHT_BUDGET_S
+
+
 def test_the_fixed_prefix_is_long_enough_to_cache():
     # the text every call shares, before program.md: cached only from MIN_CACHEABLE_TOKENS on (chars / 4 is generous
     # to the count for code and English alike, so the real prefix, tools included, is longer still)

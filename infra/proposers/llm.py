@@ -42,7 +42,7 @@ LOG_TAIL_LINES = 6
 # Anthropic caches a prefix only from this many tokens on (Sonnet; Opus and Haiku need more or as much).
 MIN_CACHEABLE_TOKENS = 1024
 CHARS_PER_TOKEN = 4  # a conservative estimate for English and code (tokenizers average about 4 or fewer)
-PREFLIGHT_BUDGET_S = 2  # tasks/preflight.py's smoke budget, stated to the model
+PREFLIGHT_BUDGET_S = 2  # tasks/preflight.py's (a test keeps them equal; importing it here would pull in Prefect)
 
 ROLE = """You are an ML research agent. You improve train.py, a PyTorch training script for \
 Fashion-MNIST (10 classes, 28x28 grey images), one change at a time. The experiment's program.md, which \
