@@ -8,12 +8,15 @@ workspace's git history and train.py are brought into agreement with the store f
 
 from __future__ import annotations
 
+import functools
+import os
 import statistics
 from dataclasses import fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import flow
 
 import prepare
@@ -109,18 +112,36 @@ class Run:
         versions = self.store.strategies(self.exp.id)
         return versions[-1].text if versions else ""
 
+    @staticmethod
+    @functools.cache
+    def device_facts(device: str | None) -> dict[str, Any]:
+        """The training device as the proposer is told it; asked once per process (CUDA queries are not free).
+        device: the experiment's --device (None: what prepare.get_device() picks, as in the sandbox)."""
+        resolved = torch.device(device) if device else prepare.get_device()
+        if resolved.type == "cuda":
+            props = torch.cuda.get_device_properties(resolved)
+            return {"device": str(resolved), "device_name": torch.cuda.get_device_name(resolved),
+                    "device_memory_gib": round(props.total_memory / 2**30, 1)}
+        return {"device": resolved.type}
+
     def context(self, iteration: int) -> ProposalContext:
+        """What the proposer sees: the whole program.md, the incumbent's record, the rule, the history, the hardware."""
         inc = self.incumbent()
-        device = prepare.get_device()
-        per_epoch = inc.train_seconds / inc.epochs if inc.train_seconds and inc.epochs else None
+        history = self.history()
+        hardware = {**self.device_facts(self.cfg.device), "budget_s": self.cfg.budget_s,
+                    "startup_allowance_s": self.limits.startup_allowance_s, "grace_s": self.limits.grace_s,
+                    "cpu_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+                    "memory_cap_gib": round(self.limits.memory_cap_bytes / 2**30, 1)}
+        hardware["cpu_threads"] = self.limits.cpu_threads if hardware["device"] == "cpu" else None
         return ProposalContext(
             iteration=iteration,
             incumbent_code=inc.code,
             strategy=self.strategy(),
-            history=self.history(),
-            hardware={"device": str(device), "budget_s": self.cfg.budget_s,
-                      "cpu_threads": self.limits.cpu_threads if device.type == "cpu" else None,
-                      "incumbent_epochs": inc.epochs, "incumbent_seconds_per_epoch": per_epoch},
+            program=read_program(self.ws.program_md),
+            incumbent=next(r for r in reversed(history) if r.kept),
+            rule=self.rule,
+            history=history,
+            hardware=hardware,
             seed=self.exp.id,
             max_cost_left=self.cost_left(),
         )

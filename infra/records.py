@@ -10,7 +10,7 @@ The enums are StrEnums: their values are the strings in the database, so old row
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -53,26 +53,26 @@ class ChangeType(StrEnum):
 @dataclass
 class IterationRecord:
     iteration: int
-    status: Status
-    decision: Verdict
-    val_accuracy: float | None  # the mean of its measured runs
-    val_loss: float | None
-    test_accuracy: float | None  # kept iterations only: the held-out test set, reported, never decided on
-    measurements: list[float]  # validation accuracy of every ok measured run
-    hypothesis: str
-    expected_effect: str
-    change_type: ChangeType
-    proposer: str
-    reason: str
-    epochs: int | None  # the first measured run's, as the orchestrator measured it
-    train_seconds: float | None
-    wall_seconds: float | None
-    propose_seconds: float | None
-    rule: dict[str, Any]  # the acceptance rule's numbers: delta, threshold, sigma, n_incumbent, n_candidate, ...
-    attempts: list[dict[str, Any]]  # pre-flight runs and fixes: attempt, note, status, reason, log_tail
-    runs: list[dict[str, Any]]  # every measured run: seed, status, val_accuracy, epochs, and its compute record
-    memory: dict[str, Any]  # what the proposer asked to remember of this move (structured, never parsed from prose)
-    finished: bool
+    status: Status = Status.RUNNING
+    decision: Verdict = Verdict.PENDING
+    val_accuracy: float | None = None  # the mean of its measured runs
+    val_loss: float | None = None
+    test_accuracy: float | None = None  # kept iterations only: the held-out test set, reported, never decided on
+    measurements: list[float] = field(default_factory=list)  # validation accuracy of every ok measured run
+    hypothesis: str = ""
+    expected_effect: str = ""
+    change_type: ChangeType = ChangeType.UNKNOWN
+    proposer: str = ""
+    reason: str = ""
+    epochs: int | None = None  # the first measured run's, as the orchestrator measured it
+    train_seconds: float | None = None
+    wall_seconds: float | None = None
+    propose_seconds: float | None = None
+    rule: dict[str, Any] = field(default_factory=dict)  # the acceptance rule's numbers: delta, threshold, sigma, ...
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # pre-flight runs and fixes: attempt, note, status, ...
+    runs: list[dict[str, Any]] = field(default_factory=list)  # every measured run: seed, status, epochs, its compute
+    memory: dict[str, Any] = field(default_factory=dict)  # what the proposer asked to remember of this move
+    finished: bool = False
     cost_usd: float = 0.0  # the proposer's calls for this iteration
     log_tail: str = ""  # failed iterations: the end of their training log, for the proposer to learn from
 

@@ -24,6 +24,9 @@ MAX_ARTIFACT_BYTES = 256 * 2**20  # 64 million float32 parameters: ample for 28x
 # the baseline's tiny operations cost twice the CPU time per epoch on a quiet machine as on a busy one
 # (thread hand-offs), so equal CPU time was not equal work (docs/benchmarks.md, benchmarks/fairness.py).
 DEFAULT_CPU_THREADS = 1
+# The pre-flight: a smoke run of a language model's candidate, before any budget is spent on it.
+PREFLIGHT_BUDGET_S = 2.0
+PREFLIGHT_IMAGES = 2000
 # Scoring 10,000 images must never take this long; a model that does is treated as broken.
 DEFAULT_EVAL_TIMEOUT_S = 120.0
 

@@ -8,10 +8,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from infra.sandbox.trial import PREFLIGHT_IMAGES, TrialResult, train_candidate
-from infra.settings import Limits
-
-PREFLIGHT_BUDGET_S = 2.0
+from infra.sandbox.trial import TrialResult, train_candidate
+from infra.settings import PREFLIGHT_BUDGET_S, PREFLIGHT_IMAGES, Limits
 
 
 @task(name="preflight", task_run_name="preflight-{iteration}-attempt-{attempt}", cache_policy=NO_CACHE, retries=1,

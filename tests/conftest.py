@@ -86,9 +86,9 @@ def prefect_harness():
 
 
 def record(iteration: int, **fields) -> IterationRecord:
-    """A finished iteration record for proposer tests; fields not given are empty."""
-    defaults = dict(status=Status.OK, decision=Verdict.DISCARD, val_accuracy=None, val_loss=None, test_accuracy=None,
-                    measurements=[], hypothesis="", expected_effect="", change_type=ChangeType.PARAMETRIC,
-                    proposer="test", reason="", epochs=None, train_seconds=None, wall_seconds=None,
-                    propose_seconds=None, rule={}, attempts=[], runs=[], memory={}, finished=True)
-    return IterationRecord(iteration=iteration, **{**defaults, **fields})
+    """A finished iteration record for proposer tests (status, decision and change type may be given as strings)."""
+    values = {"status": Status.OK, "decision": Verdict.DISCARD, "change_type": ChangeType.PARAMETRIC, "finished": True,
+              **fields}
+    values.update(status=Status(values["status"]), decision=Verdict(values["decision"]),
+                  change_type=ChangeType(values["change_type"]))
+    return IterationRecord(iteration=iteration, **values)

@@ -3,6 +3,8 @@ Local fake language-model servers for the tests: the Anthropic Messages API and 
 chat completions API, speaking just enough of each for the real SDKs pointed at them.
 
 A responder maps (path, request JSON) to (status, response JSON); every request is recorded.
+The Anthropic side models prompt caching (PromptCache): the usage it reports says what a real
+server would have cached and read, so the tests see whether the proposer's prefix is shared.
 """
 
 from __future__ import annotations
@@ -15,11 +17,66 @@ from typing import Any, Callable
 Responder = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]]]
 
 
+CHARS_PER_TOKEN = 4
+MIN_CACHEABLE_TOKENS = 1024  # Sonnet's minimum cacheable prompt length
+
+
+def canonical(value: Any) -> str:
+    """A request part as a cache key: sorted JSON without the cache_control markers themselves."""
+    def strip(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k != "cache_control"}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+    return json.dumps(strip(value), sort_keys=True, separators=(",", ":"))
+
+
+def estimated_tokens(value: Any) -> int:
+    return len(canonical(value)) // CHARS_PER_TOKEN
+
+
+class PromptCache:
+    """Anthropic's prompt caching as documented: the request is read in the order tools -> system ->
+    (tool_choice) -> messages; a block with cache_control is a breakpoint, and the prefix up to it is
+    cached if it is at least MIN_CACHEABLE_TOKENS long. A prefix seen before is read from the cache
+    (the longest one counts), the rest up to the last breakpoint is written, the remainder is input.
+    tool_choice sits before the messages because changing it invalidates only the messages' cache."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def items(body: dict[str, Any]) -> list[Any]:
+        system = body.get("system") or []
+        items: list[Any] = [["tool", t] for t in body.get("tools") or []]
+        items += [["system", b] for b in ([{"type": "text", "text": system}] if isinstance(system, str) else system)]
+        items.append(["tool_choice", body.get("tool_choice")])
+        for message in body.get("messages") or []:
+            content = message["content"]
+            for block in [{"type": "text", "text": content}] if isinstance(content, str) else content:
+                items.append([message["role"], block])
+        return items
+
+    def usage(self, body: dict[str, Any], output_tokens: int) -> dict[str, int]:
+        items = self.items(body)
+        breakpoints = [i for i, (_, block) in enumerate(items) if isinstance(block, dict) and "cache_control" in block]
+        prefixes = [(canonical([body.get("model"), items[:i + 1]]), estimated_tokens(items[:i + 1])) for i in breakpoints]
+        cacheable = [(key, tokens) for key, tokens in prefixes if tokens >= MIN_CACHEABLE_TOKENS]
+        with self.lock:
+            read = max((tokens for key, tokens in cacheable if key in self.seen), default=0)
+            self.seen.update(key for key, _ in cacheable)
+        write = max(0, (cacheable[-1][1] if cacheable else 0) - read)
+        return {"input_tokens": max(1, estimated_tokens(items) - read - write), "output_tokens": output_tokens,
+                "cache_creation_input_tokens": write, "cache_read_input_tokens": read}
+
+
 class FakeLLMServer:
-    def __init__(self, responder: Responder):
+    def __init__(self, responder: Responder, prompt_cache: bool = True):
         self.responder = responder
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.usages: list[dict[str, int]] = []  # the usage each successful answer reported, in order
+        self.cache = PromptCache() if prompt_cache else None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -28,6 +85,10 @@ class FakeLLMServer:
                 server.requests.append(body)
                 server.headers.append(dict(self.headers))
                 status, payload = server.responder(self.path, body)
+                if status == 200 and payload.get("type") == "message" and server.cache is not None:
+                    payload = {**payload, "usage": server.cache.usage(body, payload["usage"]["output_tokens"])}
+                if status == 200:
+                    server.usages.append(payload.get("usage", {}))
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from sqlalchemy import select
+
 from infra.proposers.pricing import DEFAULT_PRICES
-from infra.store import Store
-from tests.fake_llm import (USAGE, FakeLLMServer, anthropic_tool_use, openai_function_call, request_text)
+from infra.store import ProposerCall, Store
+from tests.fake_llm import FakeLLMServer, anthropic_tool_use, openai_function_call, request_text
 from tests.conftest import requires_bwrap, requires_real_data
 from tests.test_llm_proposers import ADAM_EDIT, KEY
 
@@ -115,11 +117,23 @@ def test_claude_loop(tmp_path, prefect_harness, monkeypatch):
         store, exp_id, home = run_loop(tmp_path, "claude", None)
     check_loop(store, exp_id, server.requests)
     assert all(r["system"][-1]["cache_control"] == {"type": "ephemeral"} for r in server.requests)
-    # costs add up from the usage fields: every call was billed the scripted usage
+    assert all("## Goal" in r["system"][-1]["text"] and "## Rules" in r["system"][-1]["text"] for r in server.requests)
+    # the fix of iteration 2 shares its propose call's prefix: tools, system, incumbent, situation
+    texts = [request_text(r) for r in server.requests]
+    fix_at = next(i for i, t in enumerate(texts) if "failed a short pre-flight run" in t)
+    assert "Propose iteration 2" in texts[fix_at - 1]
+    assert server.usages[fix_at]["cache_read_input_tokens"] > server.usages[fix_at - 1]["cache_read_input_tokens"]
+    with store.session() as session:  # the stored calls say so too
+        stored = [(c.purpose, c.cache_read_tokens) for c in session.scalars(
+            select(ProposerCall).where(ProposerCall.experiment_id == exp_id).order_by(ProposerCall.id))]
+    assert [purpose for purpose, _ in stored[fix_at - 1:fix_at + 1]] == ["propose", "fix"]
+    assert stored[fix_at][1] == server.usages[fix_at]["cache_read_input_tokens"] > 0
+    # costs add up from the usage fields the (caching) fake reported
     p = DEFAULT_PRICES["claude-sonnet-4-6"]
-    per_call = (USAGE["input_tokens"] * p["input"] + USAGE["output_tokens"] * p["output"]
-                + USAGE["cache_creation_input_tokens"] * p["cache_write"]) / 1e6
-    assert store.total_cost(exp_id) == pytest.approx(per_call * len(server.requests))
+    billed = sum((u["input_tokens"] * p["input"] + u["output_tokens"] * p["output"]
+                  + u["cache_creation_input_tokens"] * p["cache_write"] + u["cache_read_input_tokens"] * p["cache_read"]) / 1e6
+                 for u in server.usages)
+    assert store.total_cost(exp_id) == pytest.approx(billed)
     assert sum(store.cost_by_iteration(exp_id).values()) == pytest.approx(store.total_cost(exp_id))
     # the API key is nowhere: not in the store, the workspace, or the Prefect logs and flow parameters
     for path in home.rglob("*"):

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from infra.proposers import ProposalContext, ProposerError, make_proposer, resolve_spec
-from infra.proposers.llm import SpendingCapReached, apply_edits, InvalidProposal
+from infra.proposers import Proposal, ProposalContext, ProposerError, make_proposer, resolve_spec
+from infra.proposers.llm import (FIXED_TEXT, MIN_CACHEABLE_TOKENS, TOOLS, InvalidProposal, SpendingCapReached,
+                                 apply_edits, estimated_tokens, hardware_text)
 from infra.proposers.pricing import DEFAULT_PRICES, Usage, cost_usd
-from infra.records import ChangeType, Status, Verdict
+from infra.research.acceptance_rule import RuleConfig, decide
 from infra.research.code_edit import set_constants
-from infra.settings import BASELINE_TRAIN_PY
+from infra.research.program import read_program, with_strategy
+from infra.sandbox.compute_record import compute_record
+from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT
 from tests.conftest import record
 from tests.fake_llm import (USAGE, FakeLLMServer, anthropic_error, anthropic_tool_use, openai_function_call,
                             request_text)
 
 BASELINE = BASELINE_TRAIN_PY.read_text()
+STRATEGY = "Try Adam before anything structural."
+PROGRAM = with_strategy(read_program(REPO_ROOT / "program.md"), STRATEGY)
 KEY = "sk-ant-test-SECRET-0123456789"
 ADAM_EDIT = {
     "hypothesis": "Adam at lr 1e-3 converges faster than plain SGD in a short budget",
@@ -24,16 +29,46 @@ ADAM_EDIT = {
               {"search": "torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)",
                "replace": "torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)"}],
 }
+ADAM = apply_edits(BASELINE, ADAM_EDIT["edits"])
+
+QUIET = compute_record(1, cpu_seconds=128.0, wall_seconds=131.0, run_delay_seconds=0.5, others_busy_seconds=40.0,
+                       cores=2, load_start=1.0, load_end=1.2, stopped_by_wall_ceiling=False).as_dict()
+BUSY = compute_record(1, cpu_seconds=61.0, wall_seconds=150.0, run_delay_seconds=80.0, others_busy_seconds=260.0,
+                      cores=2, load_start=3.0, load_end=3.5, stopped_by_wall_ceiling=True).as_dict()
+
+
+def run(seed: int, status: str, acc: float | None, epochs: int, seconds: float, compute: dict = QUIET) -> dict:
+    return {"seed": seed, "status": status, "val_accuracy": acc, "epochs": epochs, "train_seconds": seconds,
+            "epochs_per_second": epochs / seconds, **compute}
+
+
+BASELINE_SCORES = [0.8391, 0.8419]
+CLOSE_CALL = decide(BASELINE_SCORES, [0.8555, 0.8530])  # confirmed, then discarded
+BASELINE_ROW = record(**{"iteration": 0, "status": "ok", "decision": "baseline", "val_accuracy": 0.8405,
+                "measurements": BASELINE_SCORES, "change_type": "baseline", "hypothesis": "baseline", "epochs": 14,
+                "train_seconds": 119.2, "rule": {}, "attempts": [],
+                "runs": [run(0, "ok", 0.8391, 14, 119.2), run(1, "ok", 0.8419, 14, 118.8)]})
+HISTORY = [
+    BASELINE_ROW,
+    record(**{"iteration": 1, "status": "timeout", "decision": "discard", "val_accuracy": None, "measurements": [],
+     "change_type": "structural", "hypothesis": "a CNN", "epochs": 3, "train_seconds": 139.5,
+     "reason": "killed (SIGKILL) after 149.5 CPU s: still running 10 s past its deadline", "rule": {},
+     "attempts": [{"attempt": 0, "note": "a CNN", "status": "crashed", "reason": "RuntimeError: shapes"},
+                  {"attempt": 1, "note": "fixed: flatten before the linear layer", "status": "ok", "reason": "ok"}],
+     "runs": [run(1000, "timeout", None, 3, 139.5)], "log_tail": "epoch 3 train_loss 0.41\nkilled"}),
+    record(**{"iteration": 2, "status": "ok", "decision": "discard", "val_accuracy": CLOSE_CALL.candidate_mean,
+     "measurements": [0.8555, 0.8530], "change_type": "parametric", "hypothesis": "lower lr",
+     "expected_effect": "+1 point", "epochs": 13, "train_seconds": 117.0, "rule": CLOSE_CALL.as_dict(),
+     "attempts": [{"attempt": 0, "note": "lower lr", "status": "ok", "reason": "ok"}],
+     "runs": [run(2000, "ok", 0.8555, 13, 117.0), run(2001, "ok", 0.8530, 12, 118.1, BUSY)]}),
+]
+HARDWARE = {"device": "cpu", "budget_s": 120, "startup_allowance_s": 8, "grace_s": 10, "cpu_cores": 2,
+            "usable_cores": 2, "memory_cap_gib": 3.9, "cpu_threads": 1}
 
 
 def ctx(**kw) -> ProposalContext:
-    base = dict(iteration=4, incumbent_code=BASELINE, strategy="Try Adam before anything structural.",
-                history=[record(1, status=Status.CRASHED, change_type=ChangeType.STRUCTURAL, hypothesis="a CNN",
-                                reason="RuntimeError: shapes",
-                                log_tail="Traceback (most recent call last)\nRuntimeError: shapes"),
-                         record(2, decision=Verdict.KEEP, val_accuracy=0.85, hypothesis="lower lr",
-                                rule={"delta": 0.012})],
-                hardware={"device": "cpu", "budget_s": 120, "incumbent_epochs": 42, "incumbent_seconds_per_epoch": 2.8})
+    base = dict(iteration=4, incumbent_code=BASELINE, strategy=STRATEGY, program=PROGRAM, incumbent=BASELINE_ROW,
+                rule=RuleConfig(), history=HISTORY, hardware=HARDWARE)
     base.update(kw)
     return ProposalContext(**base)
 
@@ -47,24 +82,128 @@ def claude_env(monkeypatch):
     return point_at
 
 
-def test_request_carries_strategy_incumbent_history_hardware_and_cache_control(claude_env):
+def test_request_carries_program_rule_history_hardware_and_cache_control(claude_env):
     with FakeLLMServer(lambda path, body: (200, anthropic_tool_use("propose_train_py", ADAM_EDIT))) as server:
         claude_env(server)
         proposal = make_proposer("claude").propose(ctx())
     assert proposal.error == "" and "torch.optim.Adam" in proposal.code and "LEARNING_RATE = 0.001" in proposal.code
-    assert proposal.change_type == "structural"
+    assert proposal.change_type == "structural" and proposal.expected_effect == "+2 points"
     body = server.requests[0]
     assert body["model"] == "claude-sonnet-4-6"
-    assert body["system"][-1]["cache_control"] == {"type": "ephemeral"}
-    assert "load_split" in body["system"][0]["text"] and "TrainingBudget" in body["system"][0]["text"]
-    stable, task = body["messages"][0]["content"]
-    assert stable["cache_control"] == {"type": "ephemeral"} and "cache_control" not in task
-    assert "Try Adam before anything structural." in stable["text"] and "LEARNING_RATE = 0.1" in stable["text"]
-    assert "42 epochs at 2.80 s per epoch" in task["text"] and "budget 120 s" in task["text"]
-    assert "lower lr" in task["text"] and "+0.0120" in task["text"] and "RuntimeError: shapes" in task["text"]
+    assert [t["name"] for t in body["tools"]] == ["propose_train_py", "revise_strategy"]
     assert body["tool_choice"] == {"type": "tool", "name": "propose_train_py"}
+    fixed, program = body["system"]
+    assert fixed["cache_control"] == program["cache_control"] == {"type": "ephemeral"}
+    assert "load_split" in fixed["text"] and "TrainingBudget" in fixed["text"] and "raw pixels in [0, 1]" in fixed["text"]
+    # the whole program.md, Goal and Rules included, reaches the model; its rules are not restated elsewhere
+    assert "## Goal" in program["text"] and "## Rules" in program["text"] and STRATEGY in program["text"]
+    assert "Raise validation accuracy on Fashion-MNIST" in program["text"]
+    assert "Edit train.py only" in program["text"] and "Edit train.py only" not in fixed["text"]
+    incumbent, situation, task = body["messages"][0]["content"]
+    assert incumbent["cache_control"] == situation["cache_control"] == {"type": "ephemeral"} and "cache_control" not in task
+    assert "LEARNING_RATE = 0.1" in incumbent["text"] and "Propose iteration 4" in task["text"]
+    text = situation["text"]
+    # the threshold a one-run candidate must beat now, from the rule itself
+    now = decide(BASELINE_SCORES, [0.84], RuleConfig())
+    assert f"more than {now.threshold:.4f}" in text and "0.8391, 0.8419; mean 0.8405" in text
+    assert f"{decide(BASELINE_SCORES, [0.84, 0.84]).threshold:.4f}" in text  # after a confirmation run
+    # each history row: its decision's numbers, epochs and seconds, how it ended, the pre-flight fix
+    assert (f"discard: mean {CLOSE_CALL.candidate_mean:.4f} of 2 runs, delta {CLOSE_CALL.delta:+.4f} <= threshold "
+            f"{CLOSE_CALL.threshold:.4f}") in text
+    assert "| 14 | 119.2 | 8.51 |" in text and "| 3 | 139.5 | 46.50 |" in text and "| 13 | 117.0 | 9.00 |" in text
+    assert "seed 2001: stopped itself at an epoch boundary, val_accuracy 0.8530; 12 epochs in 118.1 s (9.84 s per epoch)" in text
+    assert "seed 1000: killed at the deadline (timeout); 3 epochs in 139.5 s" in text and "10 s past its deadline" in text
+    assert "attempt 0 crashed: RuntimeError: shapes; attempt 1 (fix: fixed: flatten before the linear layer) ok" in text
+    assert "expected: +1 point" in text
+    # the device facts, and that the latest measurement was taken under load
+    assert "device cpu; training budget 120 s of CPU time on 1 allotted cores" in text
+    assert "2 CPU cores (2 usable by the sandbox); memory cap per candidate 3.9 GiB" in text
+    assert "latest measured run (iteration 2, seed 2001) had 0.3 cores left free" in text and "CONTENDED" in text
     headers = {k.lower(): v for k, v in server.headers[0].items()}
     assert KEY in headers.get("x-api-key", "") + headers.get("authorization", "")  # the key goes to the API only
+
+
+def test_gpu_facts_are_stated():
+    text = hardware_text({"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3", "device_memory_gib": 79.1,
+                          "budget_s": 120, "cpu_threads": None, "cpu_cores": 16, "usable_cores": 16, "memory_cap_gib": 62.9})
+    assert "device cuda (NVIDIA H100 80GB HBM3, 79.1 GiB)" in text and "of wall time" in text
+    assert "16 CPU cores" in text and "62.9 GiB" in text
+
+
+def test_the_fixed_prefix_is_long_enough_to_cache():
+    # the text every call shares, before program.md: cached only from MIN_CACHEABLE_TOKENS on (chars / 4 is generous
+    # to the count for code and English alike, so the real prefix, tools included, is longer still)
+    assert estimated_tokens(FIXED_TEXT) >= MIN_CACHEABLE_TOKENS
+    assert estimated_tokens(FIXED_TEXT + str(TOOLS)) >= 1.5 * MIN_CACHEABLE_TOKENS
+
+
+def crashed_candidate() -> Proposal:
+    return Proposal(hypothesis="Adam", change_type="structural", code=ADAM.replace("BATCH_SIZE = 32", "BATCH_SIZE = 0"))
+
+
+FIX = {"hypothesis": "fixed: a positive batch size", "change_type": "parametric", "expected_effect": "runs",
+       "edits": [{"search": "BATCH_SIZE = 0", "replace": "BATCH_SIZE = 64"}]}
+
+
+def test_propose_then_fix_reads_the_shared_prefix_from_the_cache(claude_env):
+    answers = [anthropic_tool_use("propose_train_py", ADAM_EDIT), anthropic_tool_use("propose_train_py", FIX)]
+    with FakeLLMServer(lambda path, body: (200, answers.pop(0))) as server:
+        claude_env(server)
+        proposer = make_proposer("claude")
+        first = proposer.propose(ctx())
+        fixed = proposer.fix(ctx(), crashed_candidate(), "crashed: range() arg 3 must not be zero", "ValueError")
+    propose_call, fix_call = fixed.calls
+    assert first.error == fixed.error == ""
+    assert propose_call["cache_write_tokens"] > 0 and propose_call["cache_read_tokens"] == 0
+    # tools, system, incumbent and situation are one prefix: the fix pays only for its task
+    assert fix_call["purpose"] == "fix" and fix_call["cache_read_tokens"] >= propose_call["cache_write_tokens"]
+    assert fix_call["cache_read_tokens"] == server.usages[1]["cache_read_input_tokens"]
+    assert fix_call["cost_usd"] < propose_call["cost_usd"]
+
+
+def test_propose_then_revise_shares_tools_and_system(claude_env):
+    revised = {"strategy": "Adam next.", "lessons": "SGD tweaks are within noise"}
+    answers = [anthropic_tool_use("propose_train_py", ADAM_EDIT), anthropic_tool_use("revise_strategy", revised)]
+    with FakeLLMServer(lambda path, body: (200, answers.pop(0))) as server:
+        claude_env(server)
+        proposer = make_proposer("claude")
+        proposer.propose(ctx())
+        assert proposer.revise_strategy(ctx()) == ("Adam next.", "SGD tweaks are within noise")
+    assert server.requests[0]["tools"] == server.requests[1]["tools"]
+    assert server.requests[0]["system"] == server.requests[1]["system"]
+    assert proposer.calls[1]["purpose"] == "revise" and proposer.calls[1]["cache_read_tokens"] >= estimated_tokens(FIXED_TEXT)
+
+
+def test_a_short_prefix_is_not_cached():
+    from tests.fake_llm import PromptCache
+
+    cache, body = PromptCache(), {"model": "m", "system": [{"type": "text", "text": "short", "cache_control": {}}],
+                                  "messages": [{"role": "user", "content": "hi"}]}
+    assert cache.usage(body, 1)["cache_creation_input_tokens"] == 0 == cache.usage(body, 1)["cache_read_input_tokens"]
+
+
+def test_fix_change_type_is_measured_against_the_incumbent(claude_env):
+    with FakeLLMServer(lambda path, body: (200, anthropic_tool_use("propose_train_py", FIX))) as server:
+        claude_env(server)
+        fixed = make_proposer("claude").fix(ctx(), crashed_candidate(), "crashed", "ValueError")
+    # the edit applies to the failed candidate (its search text is only there) ...
+    assert fixed.error == "" and "BATCH_SIZE = 64" in fixed.code and "torch.optim.Adam" in fixed.code
+    # ... and the change is judged against the incumbent: Adam is structural, whatever the fix alone looks like
+    assert fixed.change_type == "structural"
+    task = server.requests[0]["messages"][0]["content"][-1]["text"]
+    assert "failed a short pre-flight run" in task and "BATCH_SIZE = 0" in task
+
+
+def test_missing_expected_effect_is_reasked(claude_env):
+    without = {k: v for k, v in ADAM_EDIT.items() if k != "expected_effect"}
+    answers = [anthropic_tool_use("propose_train_py", without), anthropic_tool_use("propose_train_py", ADAM_EDIT)]
+    with FakeLLMServer(lambda path, body: (200, answers.pop(0))) as server:
+        claude_env(server)
+        proposal = make_proposer("claude").propose(ctx())
+    assert len(server.requests) == 2 and proposal.error == "" and proposal.expected_effect == "+2 points"
+    result = server.requests[1]["messages"][2]["content"][0]
+    assert result["is_error"] is True and "expected_effect" in result["content"]
+    assert [c["purpose"] for c in proposal.calls] == ["propose", "propose-reask"]
 
 
 def test_overloaded_and_server_errors_are_retried(claude_env):
@@ -101,7 +240,7 @@ def test_invalid_python_and_bad_edits_never_become_proposals():
 
 def test_costs_add_up_from_usage_fields(claude_env):
     answers = [(200, anthropic_tool_use("propose_train_py", ADAM_EDIT))]
-    with FakeLLMServer(lambda path, body: answers[0]) as server:
+    with FakeLLMServer(lambda path, body: answers[0], prompt_cache=False) as server:  # the scripted usage, as billed
         claude_env(server)
         proposal = make_proposer("claude").propose(ctx())
     p = DEFAULT_PRICES["claude-sonnet-4-6"]
@@ -137,7 +276,11 @@ def test_openai_compatible_function_calling_and_reask(monkeypatch):
     assert proposal.error == "" and "torch.optim.Adam" in proposal.code
     first, second = server.requests
     assert first["tools"][0]["function"]["name"] == "propose_train_py"
-    assert "Try Adam before anything structural." in request_text(first)
+    assert STRATEGY in request_text(first) and "## Rules" in first["messages"][0]["content"]
+    assert [t["function"]["name"] for t in first["tools"]] == ["propose_train_py", "revise_strategy"]
+    assert first["tool_choice"] == {"type": "function", "function": {"name": "propose_train_py"}}
+    # prefix-stable for automatic prefix caching: the re-ask only appends
+    assert second["messages"][:2] == first["messages"]
     assert second["messages"][-1]["role"] == "tool" and "not valid JSON" in second["messages"][-1]["content"]
     assert all(c["cost_usd"] == 0.0 for c in proposal.calls)  # 'local' models cost nothing
 
@@ -162,3 +305,11 @@ def test_model_strategy_revision(claude_env):
     assert server.requests[0]["tool_choice"]["name"] == "revise_strategy"
     assert "Rewrite the research strategy" in request_text(server.requests[0])
     assert set_constants(BASELINE, {}) == BASELINE
+
+
+def test_readme_shows_the_prompt_the_code_builds():
+    from infra.proposers.prompt_example import END, README, START, readme_block
+
+    text = README.read_text()
+    assert text[text.index(START):text.index(END) + len(END)] == readme_block(), \
+        "README's prompt example is stale: run python -m infra.proposers.prompt_example --readme"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from infra.records import ChangeType, IterationRecord
+from infra.research.acceptance_rule import RuleConfig
 
 
 class ProposerError(ValueError):
@@ -31,9 +32,12 @@ class Proposal:
 class ProposalContext:
     iteration: int
     incumbent_code: str
-    strategy: str  # the Strategy section of the experiment's program.md
+    strategy: str  # the Strategy section of the experiment's program.md (what a revision rewrites)
+    program: str = ""  # the whole program.md of the experiment (goal, rules, strategy): what the model reads
+    incumbent: IterationRecord | None = None  # the incumbent's record: its runs, mean and spread
+    rule: RuleConfig = field(default_factory=RuleConfig)  # the experiment's acceptance rule
     history: list[IterationRecord] = field(default_factory=list)  # finished iterations, oldest first
-    hardware: dict[str, Any] = field(default_factory=dict)  # device, budget, incumbent epochs, s/epoch
+    hardware: dict[str, Any] = field(default_factory=dict)  # device, cores, threads, memory cap, budget
     seed: int = 0
     max_cost_left: float | None = None  # USD the proposer may still spend (None: no cap)
 

@@ -3,14 +3,26 @@ What every language-model proposer shares: the prompt, the tool schemas, validat
 the one re-ask, cost accounting and the spending cap. Providers (claude.py,
 openai_compat.py) only say how to send a request and read a tool call.
 
-Prompt layout (stable prefix first, so prompt caching can reuse it):
-    system   role and rules + prepare.py's API contract                     [cached]
-    user     the current Strategy (program.md) + the incumbent train.py     [cached]
-             the hardware facts + a compact history + the task
+Prompt layout (Prompt below). Anthropic caches in the order tools -> system -> messages,
+so what never changes comes first and every call (propose, fix, revise) sends the same
+prefix: both tools (tool_choice forces the one wanted), then
+
+    system   the fixed text: role and tool usage, the scoring contract,
+             the acceptance rule, prepare.py's API                          [cache breakpoint]
+    system   the experiment's whole program.md (Goal, Rules, Strategy)      [cache breakpoint]
+    user     the incumbent train.py                                         [cache breakpoint]
+    user     the situation: hardware and budget, the incumbent's runs and
+             the margin to beat now, the history with each decision's numbers [cache breakpoint]
+    user     the task: propose, fix a crashed candidate, or revise the strategy
+
+Each rule the model works under has one source, program.md; the fixed text states only
+how candidates are measured and how to answer. `python -m infra.proposers.prompt_example`
+prints a whole request (the README's "What the model sees" is its output).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,31 +31,81 @@ import prepare
 from infra.proposers.base import Proposal, ProposalContext, StopResearch
 from infra.proposers.pricing import Usage, cost_usd, worst_case_cost_usd
 from infra.records import ChangeType, IterationRecord, Status
+from infra.research import acceptance_rule
+from infra.research.acceptance_rule import RuleConfig, decide
 from infra.research.code_edit import classify_change, syntax_error
 from infra.sandbox.compute_record import describe
+from infra.settings import PREFLIGHT_BUDGET_S, PREFLIGHT_IMAGES
 
 MAX_OUTPUT_TOKENS = 8192
 HISTORY_ROWS = 30
+LOG_TAIL_LINES = 6
+# Anthropic caches a prefix only from this many tokens on (Sonnet; Opus and Haiku need more or as much).
+MIN_CACHEABLE_TOKENS = 1024
+CHARS_PER_TOKEN = 4  # a conservative estimate for English and code (tokenizers average about 4 or fewer)
 
-ROLE_AND_RULES = """You are an ML research agent. You improve train.py, a PyTorch training script for \
-Fashion-MNIST (10 classes, 28x28 grey images), one change at a time.
+ROLE = """You are an ML research agent. You improve train.py, a PyTorch training script for \
+Fashion-MNIST (10 classes, 28x28 grey images), one change at a time. The experiment's program.md, which \
+follows this text, sets the goal, the rules you work under and the current research strategy; this text \
+only says how to answer and how each candidate is measured.
 
-How you are judged: each candidate train.py is trained in a sandbox for a fixed wall-clock budget on the \
-hardware described below, then fixed code scores the model it saved on 10,000 validation images it never \
-sees. A change is kept only if its validation accuracy beats the incumbent's mean by more than the measured \
-noise (several seeds). Printing accuracy achieves nothing; only the saved model counts.
+# How to answer
 
-Rules:
-- Return the whole new train.py, or exact search/replace edits to the incumbent, through the tool.
-- One idea per change, stated as a falsifiable hypothesis. Say whether it is parametric (only the \
-UPPER_CASE constants change) or structural.
-- Use prepare.py's API as documented; do not re-implement data loading. No network, no other files.
-- Stop at an epoch boundary when TrainingBudget.another_epoch_fits() says no, call budget.epoch_done() \
-after every epoch, then save_model(model). Reason about what fits the budget: the incumbent's epochs and \
-seconds per epoch are given.
-- Keep UPPER_CASE hyperparameters at the top of the file."""
+Every request offers two tools; its tool_choice names the one to call.
 
-PREPARE_CONTRACT = "prepare.py (fixed; you cannot change it) documents its API as follows:\n" + (prepare.__doc__ or "")
+- propose_train_py: the next candidate. `hypothesis`: the one idea, stated so that the result can refute \
+it. `change_type`: parametric (only UPPER_CASE constants change) or structural (anything else); the \
+orchestrator re-measures it from the code, against the incumbent. `expected_effect`: the change in \
+validation accuracy and in completed epochs you expect. Then either `train_py` (the whole new file) or \
+`edits` (exact search/replace pairs; each search text must occur exactly once). Edits apply to the \
+incumbent train.py, or, when you are asked to fix a candidate that crashed, to that candidate.
+- revise_strategy: a new Strategy section for program.md (`strategy`, markdown without its heading) and \
+`lessons`, one lesson per line.
+
+An answer that misses a required field, whose edits do not apply, that is not valid Python or that \
+changes nothing is sent back once with the error; a second invalid answer is recorded as a failed \
+iteration, never trained."""
+
+SCORING_CONTRACT = f"""# How a candidate is measured (fixed code; train.py cannot change any of it)
+
+1. Pre-flight. Before any budget is spent, the candidate trains for {PREFLIGHT_BUDGET_S:g} s on the first \
+{PREFLIGHT_IMAGES:,} training images in the same sandbox. If it crashes, its traceback comes back to you with \
+a request for a fix, and the fix is measured like any candidate.
+2. Training. A fresh directory holds train.py and a read-only prepare.py, without network access. The only \
+data it can reach is the training split: each measured run gets {prepare.RUN_SUBSET:.0%} of the \
+50,000 training images, chosen by its seed. The budget runs on one clock (prepare.budget_clock): on a \
+CPU it is CPU time of the allotted cores, counted per allotted core (a budget of 120 s on 2 cores is 240 CPU \
+seconds in all; torch gets that many threads, more threads or worker processes only spend it faster, and a \
+busy machine does not shorten it); on a GPU it is wall time. Start-up (interpreter, imports, data onto the \
+device) has its own allowance before the budget starts. TrainingBudget ends training at an epoch boundary \
+when the next epoch is predicted not to fit; a run still going at its deadline plus the grace period is \
+killed (SIGKILL) and never scored, as is one that passes the memory cap or the disk cap.
+3. Scoring. save_model exports the model (eval mode, on the CPU, in batches of {prepare.EVAL_BATCH_SIZE}) \
+as a core ATen graph. Fixed code in another process runs that graph on the {prepare.VAL_SIZE:,} validation \
+images and computes the accuracy from labels train.py never sees. Those images are raw pixels in [0, 1], \
+N x 1 x 28 x 28, exactly as load_split returns them: any normalisation belongs inside the model's \
+forward(), or the scored model sees other inputs than the trained one did. Nothing train.py prints is \
+ever the metric.
+4. Decision, by the acceptance rule below. A candidate is kept only if the mean of its runs beats the \
+incumbent's mean by more than the rule's threshold. A close call (its delta above half the threshold) gets \
+confirmation runs with other seeds (how many: see the margin below), and the threshold is recomputed for the mean of its runs. A kept \
+candidate is run again with more seeds and becomes the incumbent: its runs set the noise from then on. \
+Crashes, timeouts and models that cannot be scored are discarded with their reason.
+
+# The facts each request gives you, after program.md
+
+The incumbent train.py (the best so far). The hardware and the budget. The incumbent's runs and the \
+margin a candidate must beat now. The history, oldest first: for each iteration its decision with the \
+numbers that made it (the mean of its runs, how many runs, its delta against the incumbent's mean at the \
+time, and the threshold it had to beat then); the epochs it completed and its training seconds, both \
+measured by the orchestrator on the budget's clock; how each run ended (it stopped itself at an epoch \
+boundary, or it was killed at the deadline, or it crashed, with the reason and the last lines of its \
+log); the compute each run received (CONTENDED marks a run the machine's load starved; it is measured \
+again); and the pre-flight attempts when the first version crashed and was fixed."""
+
+ACCEPTANCE_RULE = "# The acceptance rule (infra/research/acceptance_rule.py)\n" + (acceptance_rule.__doc__ or "")
+PREPARE_CONTRACT = "# prepare.py (fixed; you cannot change it) documents its API as follows\n" + (prepare.__doc__ or "")
+FIXED_TEXT = "\n\n".join([ROLE, SCORING_CONTRACT, ACCEPTANCE_RULE.rstrip(), PREPARE_CONTRACT.rstrip()])
 
 PROPOSE_TOOL = {
     "name": "propose_train_py",
@@ -57,7 +119,8 @@ PROPOSE_TOOL = {
             "train_py": {"type": "string", "description": "the whole new train.py (or use edits)"},
             "edits": {
                 "type": "array",
-                "description": "exact search/replace edits to the incumbent; each search must occur exactly once",
+                "description": "exact search/replace edits to the incumbent (to the failed candidate when fixing one); "
+                               "each search must occur exactly once",
                 "items": {"type": "object", "properties": {"search": {"type": "string"}, "replace": {"type": "string"}},
                           "required": ["search", "replace"]},
             },
@@ -79,6 +142,9 @@ REVISE_TOOL = {
     },
 }
 
+# Sent on every call, in this order, so that propose, fix and revise share one cached prefix.
+TOOLS = [PROPOSE_TOOL, REVISE_TOOL]
+
 
 class InvalidProposal(ValueError):
     """A tool answer that cannot become a runnable train.py."""
@@ -86,6 +152,26 @@ class InvalidProposal(ValueError):
 
 class SpendingCapReached(StopResearch):
     """The next call could pass --max-cost."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One request's text in cache order; each part but the task ends at a cache breakpoint."""
+
+    fixed: str  # system: the same for every call of every experiment
+    program: str  # system: the experiment's program.md (changes when the strategy is revised)
+    incumbent: str  # user: the incumbent train.py
+    situation: str  # user: hardware, the margin to beat, the history (the same for a propose and its fixes)
+    task: str  # user: what this call asks for
+
+    def system(self) -> list[str]:
+        return [self.fixed, self.program]
+
+    def user(self) -> list[str]:
+        return [self.incumbent, self.situation, self.task]
+
+    def chars(self) -> int:
+        return sum(len(part) for part in self.system() + self.user())
 
 
 @dataclass
@@ -96,29 +182,43 @@ class ToolAnswer:
     error: str = ""  # why data is unusable as JSON, when it is
 
 
+def estimated_tokens(text: str) -> int:
+    return len(text) // CHARS_PER_TOKEN
+
+
+# --- validation ------------------------------------------------------------------
+
+def missing_fields(data: dict[str, Any], tool: dict[str, Any]) -> list[str]:
+    """The fields the tool's schema requires that the answer lacks or leaves empty (the schema is the one list)."""
+    return [key for key in tool["input_schema"]["required"] if not isinstance(data.get(key), str) or not data[key].strip()]
+
+
 def apply_edits(code: str, edits: list[dict[str, str]]) -> str:
     for n, edit in enumerate(edits, 1):
         search, replace = edit.get("search", ""), edit.get("replace", "")
         count = code.count(search) if search else 0
         if count != 1:
-            raise InvalidProposal(f"edit {n}: its search text occurs {count} times in the incumbent; it must occur exactly once")
+            raise InvalidProposal(f"edit {n}: its search text occurs {count} times in the code it edits; it must occur exactly once")
         code = code.replace(search, replace, 1)
     return code
 
 
-def proposal_from(data: dict[str, Any] | None, incumbent: str) -> Proposal:
-    """Validate a tool answer; InvalidProposal says what is wrong, for the re-ask."""
+def proposal_from(data: dict[str, Any] | None, incumbent: str, edit_base: str | None = None) -> Proposal:
+    """Validate a tool answer; InvalidProposal says what is wrong, for the re-ask.
+    Edits apply to edit_base (a crashed candidate being fixed; the incumbent by default); the change
+    type is always measured against the incumbent, the code the candidate will be compared with."""
+    edit_base = incumbent if edit_base is None else edit_base
     if not data:
         raise InvalidProposal("no propose_train_py tool call in the answer")
-    for key in ("hypothesis", "change_type"):
-        if not isinstance(data.get(key), str) or not data[key].strip():
-            raise InvalidProposal(f"missing or empty field {key!r}")
+    missing = missing_fields(data, PROPOSE_TOOL)
+    if missing:
+        raise InvalidProposal(f"missing or empty field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
     if data["change_type"] not in ("parametric", "structural"):
         raise InvalidProposal(f"change_type must be 'parametric' or 'structural', got {data['change_type']!r}")
     if isinstance(data.get("train_py"), str) and data["train_py"].strip():
         code = data["train_py"]
     elif isinstance(data.get("edits"), list) and data["edits"]:
-        code = apply_edits(incumbent, data["edits"])
+        code = apply_edits(edit_base, data["edits"])
     else:
         raise InvalidProposal("give either train_py (the whole file) or a non-empty list of edits")
     problem = syntax_error(code)
@@ -126,64 +226,180 @@ def proposal_from(data: dict[str, Any] | None, incumbent: str) -> Proposal:
         raise InvalidProposal(f"the new train.py is not valid Python: {problem}")
     if code == incumbent:
         raise InvalidProposal("the new train.py is identical to the incumbent")
+    if code == edit_base:
+        raise InvalidProposal("the new train.py is identical to the failed candidate; it would crash again")
     measured = classify_change(incumbent, code)  # trust the AST over the model's label
-    return Proposal(hypothesis=data["hypothesis"].strip(),
-                    change_type=measured if measured != ChangeType.NONE else ChangeType(data["change_type"]),
-                    code=code, expected_effect=str(data.get("expected_effect", "")))
+    return Proposal(hypothesis=data["hypothesis"].strip(), change_type=measured if measured != ChangeType.NONE else ChangeType(data["change_type"]),
+                    code=code, expected_effect=data["expected_effect"].strip())
+
+
+# --- the situation: what the history rows say ------------------------------------------
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def seconds_per_epoch(train_seconds: float | None, epochs: int | None) -> float | None:
+    return train_seconds / epochs if train_seconds and epochs else None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+RUN_ENDINGS = {"ok": "stopped itself at an epoch boundary", "timeout": "killed at the deadline (timeout)",
+               "crashed": "crashed", "invalid": "trained, but its model could not be scored"}
+
+
+def run_line(run: dict[str, Any]) -> str:
+    """One measured run, from the orchestrator's record: how it ended, epochs, seconds, the compute it got."""
+    per_epoch = seconds_per_epoch(run.get("train_seconds"), run.get("epochs"))
+    score = f", val_accuracy {run['val_accuracy']:.4f}" if run.get("val_accuracy") is not None else ""
+    compute = describe(run)
+    return (f"seed {run.get('seed')}: {RUN_ENDINGS.get(run.get('status', ''), run.get('status', ''))}{score}; "
+            f"{_num(run.get('epochs'), 'd')} epochs in {_num(run.get('train_seconds'), '.1f')} s "
+            f"({_num(per_epoch, '.2f')} s per epoch)" + (f"; {compute}" if compute else ""))
+
+
+def decision_text(f: IterationRecord) -> str:
+    """The decision with the numbers that made it: mean of n runs, delta, threshold."""
+    r = f.rule
+    if r.get("delta") is None:
+        if f.measurements:
+            return f"{f.decision}: mean {statistics.fmean(f.measurements):.4f} of {_plural(len(f.measurements), 'run')}"
+        return f.decision or "-"
+    mean = r.get("candidate_mean", f.val_accuracy)
+    n = r.get("n_candidate", len(f.measurements))
+    threshold = r.get("threshold")
+    versus = "" if threshold is None else f" {'>' if r['delta'] > threshold else '<='} threshold {threshold:.4f}"
+    return f"{f.decision}: mean {_num(mean, '.4f')} of {_plural(n, 'run')}, delta {r['delta']:+.4f}{versus}"
+
+
+def preflight_text(attempts: list[dict[str, Any]]) -> str:
+    """The pre-flight crash and fix, if any ('' when the first version ran)."""
+    if len(attempts) <= 1 and all(a.get("status") == "ok" for a in attempts):
+        return ""
+    steps = []
+    for a in attempts:
+        fix = f" (fix: {a.get('note')})" if a.get("attempt") else ""  # attempt 0 is the proposal itself
+        reason = f": {a.get('reason')}" if a.get("status") != "ok" and a.get("reason") else ""
+        steps.append(f"attempt {a.get('attempt')}{fix} {a.get('status')}{reason}")
+    return "pre-flight: " + "; ".join(steps)
+
+
+HISTORY_HEADER = ("iteration | type | status | decision (mean of its runs, delta vs the incumbent then, threshold then) | "
+                  "epochs | training s | s per epoch | hypothesis")
 
 
 def history_text(history: list[IterationRecord]) -> str:
     if not history:
         return "No iterations yet."
-    lines = ["iteration | type | status | decision | val_accuracy | delta vs incumbent | epochs | compute | hypothesis"]
-    for h in history[-HISTORY_ROWS:]:
-        delta = h.rule.get("delta")
-        lines.append(f"{h.iteration} | {h.change_type} | {h.status} | {h.decision} | "
-                     f"{f'{h.val_accuracy:.4f}' if h.val_accuracy is not None else '-'} | "
-                     f"{f'{delta:+.4f}' if delta is not None else '-'} | "
-                     f"{h.epochs if h.epochs is not None else '-'} | "
-                     f"{describe(h.runs[0]) if h.runs else '-'} | {h.hypothesis}")
-        if h.status != Status.OK:
-            lines.append(f"    reason: {h.reason}")
-            for tail in h.log_tail.splitlines()[-6:]:
-                lines.append(f"    | {tail}")
+    lines = [HISTORY_HEADER]
+    for f in history[-HISTORY_ROWS:]:
+        lines.append(f"{f.iteration} | {f.change_type} | {f.status} | {decision_text(f)} | {_num(f.epochs, 'd')} | "
+                     f"{_num(f.train_seconds, '.1f')} | {_num(f.seconds_per_epoch, '.2f')} | "
+                     f"{f.hypothesis}")
+        if f.expected_effect:
+            lines.append(f"    expected: {f.expected_effect}")
+        lines.extend(f"    run {run_line(run)}" for run in f.runs)
+        if preflight_text(f.attempts):
+            lines.append(f"    {preflight_text(f.attempts)}")
+        if f.status != Status.OK:
+            lines.append(f"    reason: {f.reason}")
+            lines.extend(f"    | {tail}" for tail in f.log_tail.splitlines()[-LOG_TAIL_LINES:])
     return "\n".join(lines)
 
 
 def hardware_text(hw: dict[str, Any]) -> str:
-    per_epoch = hw.get("incumbent_seconds_per_epoch")
     threads = hw.get("cpu_threads")
     clock = (f" of CPU time on {threads} allotted cores (torch gets {threads} threads; a busy machine does not "
              f"shorten it, and more threads only spend it faster)" if threads else " of wall time, the device to itself")
-    return (f"Hardware: device {hw.get('device')}; training budget {hw.get('budget_s')} s{clock} per candidate. "
-            f"The incumbent completed {hw.get('incumbent_epochs')} epochs"
-            + (f" at {per_epoch:.2f} s per epoch." if per_epoch else "."))
+    device = str(hw.get("device"))
+    if hw.get("device_name"):
+        memory = f", {hw['device_memory_gib']:g} GiB" if hw.get("device_memory_gib") else ""
+        device += f" ({hw['device_name']}{memory})"
+    budget = hw.get("budget_s")
+    budget = format(budget, "g") if isinstance(budget, (int, float)) else budget
+    lines = [f"Hardware: device {device}; training budget {budget} s{clock} per candidate."]
+    if hw.get("startup_allowance_s") is not None:
+        lines.append(f"Start-up allowance {hw['startup_allowance_s']:g} s before the budget starts; the deadline's "
+                     f"grace before SIGKILL {hw.get('grace_s', 0):g} s.")
+    if hw.get("cpu_cores"):
+        lines.append(f"Machine: {hw['cpu_cores']} CPU cores ({hw.get('usable_cores', hw['cpu_cores'])} usable by the "
+                     f"sandbox); memory cap per candidate {hw.get('memory_cap_gib', 0):g} GiB of host memory.")
+    return "\n".join(lines)
 
 
-def stable_context(ctx: ProposalContext) -> str:
-    return (f"## Current research strategy (program.md)\n\n{ctx.strategy}\n\n"
-            f"## Incumbent train.py (the best so far)\n\n```python\n{ctx.incumbent_code}\n```")
+def load_text(history: list[IterationRecord]) -> str:
+    """Whether the latest measurement was taken under load (from its compute record)."""
+    measured = [(f.iteration, run) for f in history for run in f.runs if "clock" in run]
+    if not measured:
+        return "No measured runs yet: the machine's load is unknown."
+    iteration, run = measured[-1]
+    state = ("CONTENDED: the machine's load starved it (such runs are measured again)" if run.get("contended")
+             else "not contended")
+    free = f"{run['free_cores']:.1f} cores left free by the rest of the machine, " if "free_cores" in run else ""
+    return f"Load: the latest measured run (iteration {iteration}, seed {run.get('seed')}) had {free}{state}."
 
+
+def incumbent_text(f: IterationRecord | None, rule: RuleConfig) -> str:
+    """The incumbent's runs, mean and spread, and the margin a candidate must beat now (the rule's own numbers)."""
+    if f is None:
+        return "No incumbent measured yet."
+    lines = [f"The incumbent is iteration {f.iteration} ({f.hypothesis})."]
+    if f.measurements:
+        mean = statistics.fmean(f.measurements)
+        spread = f"{statistics.stdev(f.measurements):.4f}" if len(f.measurements) > 1 else "unknown from one run"
+        # The threshold depends only on the incumbent's runs and the candidate's run count, not its score.
+        first = decide(f.measurements, [mean], rule)
+        lines.append(f"Its {_plural(len(f.measurements), 'measured run')}: "
+                     f"{', '.join(f'{s:.4f}' for s in f.measurements)}; mean {mean:.4f}, spread (sample standard "
+                     f"deviation) {spread}; noise per run pooled with the rule's prior: sigma {first.sigma:.4f}.")
+        lines.append(f"To be kept now, a candidate's first run must beat that mean by more than {first.threshold:.4f} "
+                     f"(score above {mean + first.threshold:.4f}).")
+        if rule.confirm_runs:
+            confirmed = decide(f.measurements, [mean, mean], rule)
+            lines.append(f"A first run between +{first.threshold / 2:.4f} and +{first.threshold:.4f} gets up to "
+                         f"{_plural(rule.confirm_runs, 'confirmation run')}; with 2 runs the mean of its runs must beat "
+                         f"the incumbent's mean by more than {confirmed.threshold:.4f}.")
+    if f.runs:
+        lines.append("Its runs:")
+        lines.extend(f"    run {run_line(run)}" for run in f.runs)
+    return "\n".join(lines)
+
+
+def situation(ctx: ProposalContext) -> str:
+    return (f"# Hardware and budget\n\n{hardware_text(ctx.hardware)}\n{load_text(ctx.history)}\n\n"
+            f"# The incumbent and the margin to beat now\n\n{incumbent_text(ctx.incumbent, ctx.rule)}\n\n"
+            f"# History (oldest first)\n\n{history_text(ctx.history)}")
+
+
+# --- the tasks --------------------------------------------------------------------------
 
 def propose_task(ctx: ProposalContext) -> str:
-    return (f"{hardware_text(ctx.hardware)}\n\n## History (oldest first)\n\n{history_text(ctx.history)}\n\n"
-            f"## Task\n\nPropose iteration {ctx.iteration}: one change most likely to raise validation accuracy "
+    return (f"# Task\n\nPropose iteration {ctx.iteration}: one change most likely to raise validation accuracy "
             "within the budget. Call propose_train_py.")
 
 
 def fix_task(candidate: Proposal, error: str, log_tail: str) -> str:
-    return (f"Your candidate for this iteration ({candidate.hypothesis}) failed a short pre-flight run on a small "
-            f"subset, before any budget was spent: {error}\n\nIts train.py:\n```python\n{candidate.code}\n```\n\n"
+    return (f"# Task\n\nYour candidate for this iteration ({candidate.hypothesis}) failed a short pre-flight run on a "
+            f"small subset, before any budget was spent: {error}\n\nIts train.py:\n```python\n{candidate.code}\n```\n\n"
             f"Last lines of its output (the traceback):\n```\n{log_tail}\n```\n\n"
             "Fix it so that it runs, keeping the same idea. Call propose_train_py with the whole corrected train.py, "
-            "or with edits to the failed candidate.")
+            "or with edits to the failed candidate; its change type is measured against the incumbent.")
 
 
 def revise_task(ctx: ProposalContext) -> str:
-    return (f"{hardware_text(ctx.hardware)}\n\n## History (oldest first)\n\n{history_text(ctx.history)}\n\n"
-            "## Task\n\nRewrite the research strategy from these results: what to try next, what to stop trying, "
-            "and lessons learned (for example 'normalisation changes need more epochs to show their value'). "
-            "Call revise_strategy.")
+    return ("# Task\n\nRewrite the research strategy (the Strategy section of program.md, above) from these results: "
+            "what to try next, what to stop trying, and lessons learned (for example 'normalisation changes need "
+            "more epochs to show their value'). Call revise_strategy.")
+
+
+def prompt(ctx: ProposalContext, task: str) -> Prompt:
+    return Prompt(fixed=FIXED_TEXT,
+                  program=f"# program.md (this experiment's program)\n\n{ctx.program.strip()}",
+                  incumbent=f"# Incumbent train.py (the best so far)\n\n```python\n{ctx.incumbent_code}\n```",
+                  situation=situation(ctx), task=task)
 
 
 class LLMProposer:
@@ -198,7 +414,8 @@ class LLMProposer:
 
     # --- provider hooks ---------------------------------------------------------
 
-    def _send(self, stable: str, task: str, tool: dict[str, Any], history: list[Any]) -> ToolAnswer:
+    def _send(self, prompt: Prompt, tool_name: str, turns: list[Any]) -> ToolAnswer:
+        """One request: TOOLS, prompt in its cache order, turns after it; tool_choice forces tool_name."""
         raise NotImplementedError
 
     def _reask(self, answer: ToolAnswer, error: str) -> list[Any]:
@@ -207,14 +424,14 @@ class LLMProposer:
 
     # --- shared --------------------------------------------------------------------
 
-    def _call(self, purpose: str, stable: str, task: str, tool: dict[str, Any], turns: list[Any]) -> ToolAnswer:
-        prompt_chars = len(ROLE_AND_RULES) + len(PREPARE_CONTRACT) + len(stable) + len(task) + sum(len(str(t)) for t in turns)
+    def _call(self, purpose: str, prompt: Prompt, tool_name: str, turns: list[Any]) -> ToolAnswer:
+        prompt_chars = prompt.chars() + len(str(TOOLS)) + sum(len(str(t)) for t in turns)
         spent = sum(c["cost_usd"] for c in self.calls)
         if self.max_cost_left is not None and spent + worst_case_cost_usd(prompt_chars, MAX_OUTPUT_TOKENS, self.model) > self.max_cost_left:
             raise SpendingCapReached(f"the next {purpose} call could pass the spending cap "
                                      f"(${self.max_cost_left - spent:.4f} left)")
         started = time.monotonic()
-        answer = self._send(stable, task, tool, turns)
+        answer = self._send(prompt, tool_name, turns)
         self.calls.append({"purpose": purpose, "model": self.model, "input_tokens": answer.usage.input_tokens,
                            "output_tokens": answer.usage.output_tokens,
                            "cache_write_tokens": answer.usage.cache_write_tokens,
@@ -222,18 +439,18 @@ class LLMProposer:
                            "cost_usd": cost_usd(answer.usage, self.model), "latency_s": time.monotonic() - started})
         return answer
 
-    def _ask_for_proposal(self, ctx: ProposalContext, purpose: str, task: str, base_code: str) -> Proposal:
+    def _ask_for_proposal(self, ctx: ProposalContext, purpose: str, task: str, edit_base: str) -> Proposal:
         """One answer and, if it is invalid, one re-ask; then a failed proposal (error set)."""
         self.max_cost_left = ctx.max_cost_left
-        stable = stable_context(ctx)
+        request = prompt(ctx, task)
         turns: list[Any] = []
         error = ""
         for attempt in range(2):
-            answer = self._call(purpose if attempt == 0 else f"{purpose}-reask", stable, task, PROPOSE_TOOL, turns)
+            answer = self._call(purpose if attempt == 0 else f"{purpose}-reask", request, PROPOSE_TOOL["name"], turns)
             try:
                 if answer.error:
                     raise InvalidProposal(answer.error)
-                proposal = proposal_from(answer.data, base_code)
+                proposal = proposal_from(answer.data, ctx.incumbent_code, edit_base)
                 proposal.calls = self.calls
                 return proposal
             except InvalidProposal as exc:
@@ -252,12 +469,13 @@ class LLMProposer:
     def revise_strategy(self, ctx: ProposalContext) -> tuple[str, str]:
         """A new Strategy section and lessons; one re-ask, then the strategy stays as it is."""
         self.max_cost_left = ctx.max_cost_left
+        request = prompt(ctx, revise_task(ctx))
         turns: list[Any] = []
         for attempt in range(2):
-            answer = self._call("revise" if attempt == 0 else "revise-reask", stable_context(ctx), revise_task(ctx),
-                                REVISE_TOOL, turns)
+            answer = self._call("revise" if attempt == 0 else "revise-reask", request, REVISE_TOOL["name"], turns)
             data = answer.data or {}
-            if isinstance(data.get("strategy"), str) and data["strategy"].strip():
-                return data["strategy"].strip(), str(data.get("lessons", "")).strip()
-            turns = turns + self._reask(answer, "revise_strategy needs a non-empty 'strategy' string")
+            missing = missing_fields(data, REVISE_TOOL)
+            if not missing:
+                return data["strategy"].strip(), data["lessons"].strip()
+            turns = turns + self._reask(answer, f"revise_strategy needs non-empty strings: {', '.join(missing)}")
         return ctx.strategy, "strategy revision failed: no valid answer; the strategy is unchanged"

@@ -4,6 +4,9 @@ An OpenAI-compatible proposer (vLLM, Ollama, llama.cpp server, or OpenAI itself)
 OPENAI_BASE_URL (or --openai-base-url) points it at the server; OPENAI_API_KEY if the server wants
 one. Same contract as Claude: a forced function call, or, for servers without tool calling, a JSON
 object in the reply. Cost comes from the price table ('local' models cost nothing).
+Servers with automatic prefix caching (OpenAI, vLLM) reuse the longest prefix seen before, so the
+request keeps llm.py's order: the same tools, then the fixed text and program.md, then the
+incumbent and the situation, the task last.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import re
 from typing import Any
 
 from infra.proposers.base import ProposerError
-from infra.proposers.llm import MAX_OUTPUT_TOKENS, PREPARE_CONTRACT, ROLE_AND_RULES, LLMProposer, ToolAnswer
+from infra.proposers.llm import MAX_OUTPUT_TOKENS, TOOLS, LLMProposer, Prompt, ToolAnswer
 from infra.proposers.pricing import Usage
 
 MAX_RETRIES = 4
@@ -38,15 +41,16 @@ class OpenAICompatProposer(LLMProposer):
         self.client = openai.OpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
                                     max_retries=MAX_RETRIES, timeout=TIMEOUT_S)
 
-    def _send(self, stable: str, task: str, tool: dict[str, Any], turns: list[Any]) -> ToolAnswer:
-        function = {"name": tool["name"], "description": tool["description"], "parameters": tool["input_schema"]}
+    def _send(self, prompt: Prompt, tool_name: str, turns: list[Any]) -> ToolAnswer:
+        functions = [{"type": "function", "function": {"name": t["name"], "description": t["description"],
+                                                       "parameters": t["input_schema"]}} for t in TOOLS]
         response = self.client.chat.completions.create(
             model=self.model,
             max_tokens=MAX_OUTPUT_TOKENS,
-            messages=[{"role": "system", "content": f"{ROLE_AND_RULES}\n\n{PREPARE_CONTRACT}"},
-                      {"role": "user", "content": f"{stable}\n\n{task}"}, *turns],
-            tools=[{"type": "function", "function": function}],
-            tool_choice={"type": "function", "function": {"name": tool["name"]}},
+            messages=[{"role": "system", "content": "\n\n".join(prompt.system())},
+                      {"role": "user", "content": "\n\n".join(prompt.user())}, *turns],
+            tools=functions,
+            tool_choice={"type": "function", "function": {"name": tool_name}},
         )
         u = response.usage
         cached = getattr(getattr(u, "prompt_tokens_details", None), "cached_tokens", 0) or 0 if u else 0
@@ -55,7 +59,7 @@ class OpenAICompatProposer(LLMProposer):
         text = (message.tool_calls[0].function.arguments if message.tool_calls
                 else (JSON_OBJECT.search(message.content or "") or [None])[0])
         if text is None:
-            return ToolAnswer(None, message, usage, error=f"no {tool['name']} function call and no JSON object in the reply")
+            return ToolAnswer(None, message, usage, error=f"no {tool_name} function call and no JSON object in the reply")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

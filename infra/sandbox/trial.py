@@ -45,7 +45,6 @@ from infra.settings import MAX_ARTIFACT_BYTES, PREPARE_PY, Limits
 MEMORY_ERROR_PATTERNS = ("MemoryError", "can't allocate memory", "Cannot allocate memory", "std::bad_alloc", "out of memory")
 ERROR_LINE = re.compile(r"^(\w+(\.\w+)*(Error|Exception|Interrupt)|FAIL|Traceback|error)\b.*")
 EPOCHS_LINE = re.compile(r"^epochs: ([0-9]{1,9})$", flags=re.MULTILINE | re.ASCII)
-PREFLIGHT_IMAGES = 2000
 
 
 @dataclass

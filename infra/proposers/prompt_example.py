@@ -1,0 +1,112 @@
+"""
+One whole propose request as the model sees it, built by the code that builds the real ones.
+
+    python -m infra.proposers.prompt_example            print it
+    python -m infra.proposers.prompt_example --readme   rewrite README.md's "What the model sees" block
+
+The example context is fixed (the baseline train.py, the repository's program.md, a two-row history,
+a two-core CPU), so the output changes only when the prompt code, prepare.py's API doc, the
+acceptance rule's doc, baseline/train.py or program.md change; tests/test_llm_proposers.py checks
+that the README block is this output.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from infra.proposers.base import ProposalContext
+from infra.proposers.llm import TOOLS, Prompt, estimated_tokens, prompt, propose_task
+from infra.records import ChangeType, IterationRecord, Status, Verdict
+from infra.research.acceptance_rule import RuleConfig, decide
+from infra.research.program import read_program
+from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT
+
+README = REPO_ROOT / "README.md"
+START, END = "<!-- prompt-example:start -->", "<!-- prompt-example:end -->"
+FENCE = "`````"  # longer than any fence inside the prompt (train.py is shown in ``` blocks)
+
+
+def _compute(cpu_seconds: float, wall_seconds: float, free_cores: float, contended: bool = False) -> dict:
+    """A compute record as infra/sandbox/compute_record.py stores it (fixed numbers, so the example is reproducible)."""
+    return {"clock": "cpu", "threads": 1, "cpu_seconds": cpu_seconds, "wall_seconds": wall_seconds,
+            "core_share": round(cpu_seconds / wall_seconds, 3), "waiting_share": 0.01, "free_cores": free_cores,
+            "load_start": 1.0, "load_end": 1.1, "contended": contended}
+
+
+def _run(seed: int, status: str, acc: float | None, epochs: int, seconds: float, compute: dict) -> dict:
+    return {"seed": seed, "status": status, "val_accuracy": acc, "epochs": epochs, "train_seconds": seconds,
+            "epochs_per_second": round(epochs / seconds, 4), **compute}
+
+
+def example_context() -> ProposalContext:
+    """Iteration 2 of a CPU experiment: the baseline measured twice; a candidate fixed at pre-flight, a close call, discarded."""
+    baseline_scores = [0.8391, 0.8419]
+    rule = RuleConfig()
+    momentum_scores = [0.8564, 0.8548]  # a close call: confirmed by a second seed, then discarded
+    close_call = decide(baseline_scores, momentum_scores, rule)
+    baseline = IterationRecord(
+        iteration=0, status=Status.OK, decision=Verdict.BASELINE, val_accuracy=0.8405, measurements=baseline_scores,
+        change_type=ChangeType.BASELINE, hypothesis="baseline", epochs=14, train_seconds=119.2, finished=True,
+        runs=[_run(0, "ok", 0.8391, 14, 119.2, _compute(127.9, 130.6, 1.7)),
+              _run(1, "ok", 0.8419, 14, 118.8, _compute(127.6, 130.2, 1.8))])
+    momentum = IterationRecord(
+        iteration=1, status=Status.OK, decision=close_call.verdict, val_accuracy=close_call.candidate_mean,
+        measurements=momentum_scores, change_type=ChangeType.PARAMETRIC,
+        hypothesis="SGD momentum 0.9 with lr 0.02 averages the noisy batch-32 gradients",
+        expected_effect="+1.5 points, the same 14 epochs", epochs=14, train_seconds=119.5, rule=close_call.as_dict(),
+        runs=[_run(1000, "ok", 0.8564, 14, 119.5, _compute(128.3, 131.0, 1.7)),
+              _run(1001, "ok", 0.8548, 14, 119.1, _compute(128.0, 130.8, 1.6))],
+        attempts=[{"attempt": 0, "note": "SGD momentum 0.9 with lr 0.02", "status": "crashed",
+                   "reason": "NameError: name 'MOMENTUM_' is not defined"},
+                  {"attempt": 1, "note": "fixed: the constant's name", "status": "ok", "reason": "ok"}], finished=True)
+    return ProposalContext(
+        iteration=2, incumbent_code=BASELINE_TRAIN_PY.read_text(), strategy="",
+        program=read_program(REPO_ROOT / "program.md"), incumbent=baseline, rule=rule, history=[baseline, momentum],
+        hardware={"device": "cpu", "budget_s": 120.0, "startup_allowance_s": 8.0, "grace_s": 10.0, "cpu_threads": 1,
+                  "cpu_cores": 2, "usable_cores": 2, "memory_cap_gib": 3.9})
+
+
+def example_prompt() -> Prompt:
+    ctx = example_context()
+    return prompt(ctx, propose_task(ctx))
+
+
+def render(request: Prompt) -> str:
+    """The request's parts in the order the API reads them, each headed by where it goes and whether it is cached."""
+    cached_chars = len(json.dumps(TOOLS)) + len(request.fixed)
+    parts = [
+        ("tools (both on every call; tool_choice forces propose_train_py here)", json.dumps(TOOLS, indent=1)),
+        (f"system 1: the fixed text [cache breakpoint; with the tools {cached_chars:,} chars, about "
+         f"{cached_chars // 4:,} tokens at 4 chars per token]", request.fixed),
+        ("system 2: program.md [cache breakpoint]", request.program),
+        ("user 1: the incumbent [cache breakpoint]", request.incumbent),
+        ("user 2: the situation [cache breakpoint]", request.situation),
+        ("user 3: the task (not cached)", request.task),
+    ]
+    return "\n\n".join(f"======== {title} ========\n\n{text}" for title, text in parts)
+
+
+def readme_block() -> str:
+    return f"{START}\n{FENCE}text\n{render(example_prompt())}\n{FENCE}\n{END}"
+
+
+def write_readme() -> None:
+    text = README.read_text()
+    start, end = text.index(START), text.index(END) + len(END)
+    README.write_text(text[:start] + readme_block() + text[end:])
+
+
+def main() -> None:
+    if "--readme" in sys.argv[1:]:
+        write_readme()
+        print(f"rewrote the prompt example in {README}")
+    else:
+        print(render(example_prompt()))
+        request = example_prompt()
+        print(f"\n(fixed text: {len(request.fixed):,} chars, about {estimated_tokens(request.fixed):,} tokens)",
+              file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
