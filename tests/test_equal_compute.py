@@ -17,6 +17,7 @@ from infra.sandbox.compute_record import compute_record, describe
 from infra.sandbox.trial import TrialResult, train_candidate
 from infra.sandbox.watchdog import WALL_CEILING, Watchdog
 from infra.settings import Limits
+from tests.conftest import record as make_record
 from tests.conftest import requires_bwrap
 
 # --- the clock -----------------------------------------------------------------------
@@ -159,8 +160,8 @@ def test_the_proposer_is_told_the_clock_and_the_compute_each_iteration_got():
 
     record = compute_record(1, cpu_seconds=9.0, wall_seconds=30.0, run_delay_seconds=20.0, others_busy_seconds=54.0,
                             cores=2, load_start=2.5, load_end=3.0, stopped_by_wall_ceiling=True).as_dict()
-    text = history_text([{"iteration": 3, "status": "timeout", "decision": "discard", "epochs": 4,
-                          "hypothesis": "wider", "runs": [{"seed": 3000, **record}]}])
+    text = history_text([make_record(3, status="timeout", decision="discard", epochs=4, hypothesis="wider",
+                                     runs=[{"seed": 3000, **record}])])
     assert "9.0 CPU s in 30.0 s wall, 30% of 1 cores" in text and "0.2 cores left free" in text
     assert "CONTENDED" in text and "| 4 |" in text
     hardware = hardware_text({"device": "cpu", "budget_s": 120, "cpu_threads": 1})
