@@ -328,8 +328,9 @@ def maybe_revise(run: Run, i: int) -> None:
     if any(v.version == version for v in run.store.strategies(run.exp.id)):
         return
     previous = run.strategy()
-    text, lessons, calls = revise_strategy(run.cfg.proposer, run.cfg.model, run.context(i), after)
-    record_calls(run, after, calls)
+    revision = revise_strategy(run.cfg.proposer, run.cfg.model, run.context(i), after)
+    text, lessons = revision.strategy, revision.lessons
+    record_calls(run, after, revision.calls)
     run.store.add_strategy(run.exp.id, version, after, text, lessons)
     publish_strategy_diff(run.cfg.name, version, previous, text, lessons)
     run.ws.program_md.write_text(with_strategy(read_program(run.ws.program_md), text))

@@ -152,7 +152,7 @@ def test_propose_then_fix_reads_the_shared_prefix_from_the_cache(claude_env):
         proposer = make_proposer("claude")
         first = proposer.propose(ctx())
         fixed = proposer.fix(ctx(), crashed_candidate(), "crashed: range() arg 3 must not be zero", "ValueError")
-    propose_call, fix_call = fixed.calls
+    (propose_call,), (fix_call,) = first.calls, fixed.calls  # each result carries the calls made for it
     assert first.error == fixed.error == ""
     assert propose_call["cache_write_tokens"] > 0 and propose_call["cache_read_tokens"] == 0
     # tools, system, incumbent and situation are one prefix: the fix pays only for its task
@@ -168,7 +168,9 @@ def test_propose_then_revise_shares_tools_and_system(claude_env):
         claude_env(server)
         proposer = make_proposer("claude")
         proposer.propose(ctx())
-        assert proposer.revise_strategy(ctx()) == ("Adam next.", "SGD tweaks are within noise")
+        revision = proposer.revise_strategy(ctx())
+        assert (revision.strategy, revision.lessons) == ("Adam next.", "SGD tweaks are within noise")
+        assert [c["purpose"] for c in revision.calls] == ["revise"]  # each result carries the calls made for it
     assert server.requests[0]["tools"] == server.requests[1]["tools"]
     assert server.requests[0]["system"] == server.requests[1]["system"]
     assert proposer.calls[1]["purpose"] == "revise" and proposer.calls[1]["cache_read_tokens"] >= estimated_tokens(FIXED_TEXT)
@@ -300,7 +302,8 @@ def test_model_strategy_revision(claude_env):
     revised = {"strategy": "Stop tuning SGD. Try Adam, then a small MLP.", "lessons": "SGD tweaks are within noise"}
     with FakeLLMServer(lambda path, body: (200, anthropic_tool_use("revise_strategy", revised))) as server:
         claude_env(server)
-        text, lessons = make_proposer("claude").revise_strategy(ctx())
+        revision = make_proposer("claude").revise_strategy(ctx())
+        text, lessons = revision.strategy, revision.lessons
     assert text == revised["strategy"] and lessons == revised["lessons"]
     assert server.requests[0]["tool_choice"]["name"] == "revise_strategy"
     assert "Rewrite the research strategy" in request_text(server.requests[0])

@@ -86,7 +86,9 @@ def test_offline_strategy_revision_shifts_the_search_distribution():
                       memory={"constant": "BATCH_SIZE", "old": 32, "new": 64}) for k in range(1, 5)]
     history.append(record(5, hypothesis="Set LEARNING_RATE from 0.1 to 0.2", decision=Verdict.KEEP, rule={"delta": 0.02},
                           memory={"constant": "LEARNING_RATE", "old": 0.1, "new": 0.2}))
-    text, lessons = OfflineProposer().revise_strategy(ctx(6, history))
+    revision = OfflineProposer().revise_strategy(ctx(6, history))
+    text, lessons = revision.strategy, revision.lessons
+    assert revision.calls == []  # no language model, no calls
     search = parse_search_block(text)
     assert search["weights"]["LEARNING_RATE"] > search["weights"]["MOMENTUM"] > search["weights"]["BATCH_SIZE"]
     assert search["p_up"]["LEARNING_RATE"] > 0.5 and search["p_up"]["BATCH_SIZE"] < 0.5

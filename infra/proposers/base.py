@@ -29,6 +29,13 @@ class Proposal:
 
 
 @dataclass
+class Revision:
+    strategy: str  # the new Strategy section of program.md
+    lessons: str  # lessons learned, one per line
+    calls: list[dict[str, Any]] = field(default_factory=list)  # language-model calls and their cost
+
+
+@dataclass
 class ProposalContext:
     iteration: int
     incumbent_code: str
@@ -51,8 +58,8 @@ class Proposer(Protocol):
     def fix(self, ctx: ProposalContext, candidate: Proposal, error: str, log_tail: str) -> Proposal:
         """A corrected candidate after a pre-flight crash; a Proposal with error set when it cannot fix it."""
 
-    def revise_strategy(self, ctx: ProposalContext) -> tuple[str, str]:
-        """(new Strategy section text, lessons learned) from the history so far."""
+    def revise_strategy(self, ctx: ProposalContext) -> Revision:
+        """A new Strategy section and the lessons learned, from the history so far."""
 
 
 class CannotFix:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import prepare
-from infra.proposers.base import Proposal, ProposalContext, StopResearch
+from infra.proposers.base import Proposal, ProposalContext, Revision, StopResearch
 from infra.proposers.pricing import Usage, cost_usd, worst_case_cost_usd
 from infra.records import ChangeType, IterationRecord, Status
 from infra.research import acceptance_rule
@@ -445,20 +445,21 @@ class LLMProposer:
         request = prompt(ctx, task)
         turns: list[Any] = []
         error = ""
+        first_call = len(self.calls)  # the result carries the calls made for it
         for attempt in range(2):
             answer = self._call(purpose if attempt == 0 else f"{purpose}-reask", request, PROPOSE_TOOL["name"], turns)
             try:
                 if answer.error:
                     raise InvalidProposal(answer.error)
                 proposal = proposal_from(answer.data, ctx.incumbent_code, edit_base)
-                proposal.calls = self.calls
+                proposal.calls = self.calls[first_call:]
                 return proposal
             except InvalidProposal as exc:
                 error = str(exc)
                 turns = turns + self._reask(answer, error)
         return Proposal(hypothesis=answer.data.get("hypothesis", "") if isinstance(answer.data, dict) else "",
                         change_type=ChangeType.UNKNOWN, code=ctx.incumbent_code, error=f"invalid proposal after one re-ask: {error}",
-                        calls=self.calls)
+                        calls=self.calls[first_call:])
 
     def propose(self, ctx: ProposalContext) -> Proposal:
         return self._ask_for_proposal(ctx, "propose", propose_task(ctx), ctx.incumbent_code)
@@ -466,16 +467,18 @@ class LLMProposer:
     def fix(self, ctx: ProposalContext, candidate: Proposal, error: str, log_tail: str) -> Proposal:
         return self._ask_for_proposal(ctx, "fix", fix_task(candidate, error, log_tail), candidate.code)
 
-    def revise_strategy(self, ctx: ProposalContext) -> tuple[str, str]:
+    def revise_strategy(self, ctx: ProposalContext) -> Revision:
         """A new Strategy section and lessons; one re-ask, then the strategy stays as it is."""
         self.max_cost_left = ctx.max_cost_left
         request = prompt(ctx, revise_task(ctx))
         turns: list[Any] = []
+        first_call = len(self.calls)
         for attempt in range(2):
             answer = self._call("revise" if attempt == 0 else "revise-reask", request, REVISE_TOOL["name"], turns)
             data = answer.data or {}
             missing = missing_fields(data, REVISE_TOOL)
             if not missing:
-                return data["strategy"].strip(), data["lessons"].strip()
+                return Revision(data["strategy"].strip(), data["lessons"].strip(), self.calls[first_call:])
             turns = turns + self._reask(answer, f"revise_strategy needs non-empty strings: {', '.join(missing)}")
-        return ctx.strategy, "strategy revision failed: no valid answer; the strategy is unchanged"
+        return Revision(ctx.strategy, "strategy revision failed: no valid answer; the strategy is unchanged",
+                        self.calls[first_call:])

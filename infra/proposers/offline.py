@@ -25,7 +25,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
-from infra.proposers.base import CannotFix, Proposal, ProposalContext
+from infra.proposers.base import CannotFix, Proposal, ProposalContext, Revision
 from infra.records import ChangeType, IterationRecord, Verdict
 from infra.research.code_edit import Number, set_constants, tunable_constants
 
@@ -107,7 +107,7 @@ class OfflineProposer(CannotFix):
             memory={"constant": name, "old": old, "new": new},
         )
 
-    def revise_strategy(self, ctx: ProposalContext) -> tuple[str, str]:
+    def revise_strategy(self, ctx: ProposalContext) -> Revision:
         tries = _offline_tries(ctx.history)
         constants = tunable_constants(ctx.incumbent_code)
         stats: dict[str, dict[str, float]] = {n: {"tries": 0, "keeps": 0, "up_keeps": 0, "down_keeps": 0,
@@ -143,4 +143,4 @@ class OfflineProposer(CannotFix):
             + "\n".join(lines)
             + f"\n\n```json offline-search\n{block}\n```\n"
         )
-        return text, "\n".join(lessons) or "no parametric change has been kept yet"
+        return Revision(text, "\n".join(lessons) or "no parametric change has been kept yet")

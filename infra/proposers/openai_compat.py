@@ -1,7 +1,7 @@
 """
 An OpenAI-compatible proposer (vLLM, Ollama, llama.cpp server, or OpenAI itself) through the `openai` SDK.
 
-OPENAI_BASE_URL (or --openai-base-url) points it at the server; OPENAI_API_KEY if the server wants
+OPENAI_BASE_URL points it at the server; OPENAI_API_KEY if the server wants
 one. Same contract as Claude: a forced function call, or, for servers without tool calling, a JSON
 object in the reply. Cost comes from the price table ('local' models cost nothing).
 Servers with automatic prefix caching (OpenAI, vLLM) reuse the longest prefix seen before, so the

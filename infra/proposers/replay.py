@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra.proposers.base import CannotFix, Proposal, ProposalContext
+from infra.proposers.base import CannotFix, Proposal, ProposalContext, Revision
 from infra.records import Verdict
 from infra.research.code_edit import classify_change
 
@@ -37,8 +37,8 @@ class ReplayProposer(CannotFix):
         return Proposal(hypothesis=first_comment(code) or f"replay of {path.name}",
                         change_type=classify_change(ctx.incumbent_code, code), code=code)
 
-    def revise_strategy(self, ctx: ProposalContext) -> tuple[str, str]:
+    def revise_strategy(self, ctx: ProposalContext) -> Revision:
         kept = [h for h in ctx.history if h.decision == Verdict.KEEP]
         text = (f"Replay of {len(self.files)} fixed candidates; nothing to revise. "
                 f"After iteration {ctx.iteration - 1}: {len(kept)} kept.\n")
-        return text, "; ".join(f"iteration {h.iteration}: {h.hypothesis}" for h in kept) or "none kept"
+        return Revision(text, "; ".join(f"iteration {h.iteration}: {h.hypothesis}" for h in kept) or "none kept")
