@@ -239,7 +239,8 @@ def record_calls(run: Run, i: int, calls: list[dict[str, Any]]) -> None:
 
 def pass_preflight(run: Run, i: int, ctx: ProposalContext, proposal: Proposal) -> tuple[Proposal, list[dict[str, Any]]]:
     """Smoke-run the candidate; on a crash send the traceback back for a fix, up to fix_attempts times.
-    The iteration keeps the original hypothesis; each attempt records what was tried and how it ended."""
+    The iteration keeps the original hypothesis and expected effect; each attempt records what was tried and how it
+    ended."""
     attempts: list[dict[str, Any]] = []
     note = proposal.hypothesis
     for attempt in range(run.cfg.fix_attempts + 1):
@@ -256,7 +257,7 @@ def pass_preflight(run: Run, i: int, ctx: ProposalContext, proposal: Proposal) -
         if fixed.error:
             return replace(proposal, error=f"fix attempt {attempt + 1}: {fixed.error}"), attempts
         note = fixed.hypothesis
-        proposal = replace(fixed, hypothesis=proposal.hypothesis)
+        proposal = replace(fixed, hypothesis=proposal.hypothesis, expected_effect=proposal.expected_effect)
     return proposal, attempts
 
 

@@ -35,7 +35,7 @@ def recorded(tmp_path) -> Path:
     store.put_iteration(exp.id, 0, status="ok", decision="baseline", hypothesis="baseline", val_accuracy=0.83,
                         measurements=[0.83, 0.831], runs=[run, starved, {**run, "seed": 1}], finished_at=utcnow())
     store.put_iteration(exp.id, 1, status="crashed", decision="discard", hypothesis="bigger lr",
-                        reason="ValueError: boom", finished_at=utcnow())
+                        expected_effect="+1 point", reason="ValueError: boom", finished_at=utcnow())
     return home
 
 
@@ -48,8 +48,11 @@ def history_json(home: Path, name: str = "kept") -> list[dict]:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--budget", "0"], "budget must be a positive number"),
-        (["--budget", "-1"], "budget must be a positive number"),
+        (["--budget", "0"], "--budget: Input should be greater than 0 (got 0.0)"),
+        (["--budget", "-1"], "--budget: Input should be greater than 0 (got -1.0)"),
+        (["--repeats", "0"], "--repeats: Input should be greater than or equal to 1 (got 0)"),
+        (["--iterations", "-1"], "--iterations: Input should be greater than or equal to 0 (got -1)"),
+        (["--max-cost", "0"], "--max-cost: Input should be greater than 0"),
         (["--proposer", "gpt5"], "unknown proposer 'gpt5'"),
         (["--proposer", "replay:/no/such/dir"], "replay directory not found"),
         (["--program", "/no/such/program.md"], "cannot read program file"),
@@ -87,10 +90,10 @@ def test_unreadable_program_md(recorded, tmp_path):
     program = tmp_path / "program.md"
     program.write_text("# no strategy section\n")
     done = cli("run", "--experiment", "kept", "--program", str(program), home=recorded)
-    assert done.returncode == 2 and "no '## Strategy' section" in done.stderr
+    assert done.returncode == 2 and "no '## Strategy' section" in " ".join(done.stderr.split())
     program.write_bytes(b"\xff\xfe not utf-8 \xff")
     done = cli("run", "--experiment", "kept", "--program", str(program), home=recorded)
-    assert done.returncode == 2 and "cannot read program file" in done.stderr
+    assert done.returncode == 2 and "cannot read program file" in " ".join(done.stderr.split())
 
 
 def test_history_and_status_read_the_store(recorded):
@@ -99,7 +102,8 @@ def test_history_and_status_read_the_store(recorded):
     assert rows[1]["hypothesis"] == "bigger lr" and rows[0]["val_accuracy"] == pytest.approx(0.83)
     assert [r["contended"] for r in rows[0]["runs"]] == [False, True, False] and rows[1]["runs"] == []
     table = cli("history", "kept", home=recorded, env={"COLUMNS": "200"})
-    assert table.returncode == 0 and "bigger lr" in table.stdout
+    assert table.returncode == 0 and "bigger lr (expects: +1 point) [ValueError: boom]" in table.stdout
+    assert rows[1]["expected_effect"] == "+1 point"
     assert "97% 20%! 97%" in table.stdout, table.stdout  # each run's share of its cores; ! marks the contended one
     status = cli("status", home=recorded)
     assert status.returncode == 0 and "kept" in status.stdout

@@ -76,6 +76,7 @@ def check_loop(store: Store, exp_id: int, requests: list[dict]) -> None:
     adam, mlp, failed = rows[1], rows[2], rows[3]
     # 1: the Adam edit was trained, evaluated and decided by the rule
     assert adam.status == "ok" and "torch.optim.Adam" in adam.code and adam.val_accuracy > 0.5
+    assert adam.expected_effect == ADAM_EDIT["expected_effect"]  # checked, and stored with the iteration
     for row in (adam, mlp):  # decided by the rule, whichever way the noise fell
         assert (row.decision == "keep") == (row.rule["delta"] > row.rule["threshold"]), row.rule
     # 2: the broken MLP crashed at pre-flight, the traceback went back, the fix was trained for real
@@ -85,6 +86,7 @@ def check_loop(store: Store, exp_id: int, requests: list[dict]) -> None:
     assert len(fix_requests) == 1 and "Traceback" in request_text(fix_requests[0])
     assert "mat1 and mat2 shapes cannot be multiplied" in request_text(fix_requests[0])
     assert mlp.code == MLP and mlp.status == "ok" and mlp.val_accuracy > 0.8
+    assert mlp.expected_effect == "+4 points"  # the idea's, not the fix's
     # 3: malformed twice: a failed proposal, recorded, never trained
     assert failed.status == "invalid" and "invalid proposal after one re-ask" in failed.reason
     assert failed.decision == "discard" and failed.val_accuracy is None

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from infra.proposers import ProposalContext, ProposerError, make_proposer, resolve_spec
+from infra.proposers import ProposalContext, ProposerError, is_language_model, make_proposer, resolve_spec
 from infra.proposers.offline import OfflineProposer, parse_search_block, step_sizes
 from infra.proposers.replay import ReplayProposer
 from infra.research.code_edit import classify_change, set_constants, tunable_constants, unified_diff
@@ -121,6 +121,11 @@ def test_proposer_specs(tmp_path, monkeypatch):
     with pytest.raises(ProposerError, match="replay directory not found"):
         resolve_spec(f"replay:{tmp_path / 'missing'}")
     (tmp_path / "a.py").write_text(BASELINE)
+    with pytest.raises(ProposerError, match="takes no argument"):
+        resolve_spec("offline:fast")
+    with pytest.raises(ProposerError, match="replay directory not found"):
+        resolve_spec("replay:")
+    assert is_language_model("claude") and not is_language_model(f"replay:{tmp_path}")
     spec, _ = resolve_spec(f"replay:{tmp_path}")
     assert isinstance(make_proposer(spec), ReplayProposer)
 

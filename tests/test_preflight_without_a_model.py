@@ -43,7 +43,7 @@ def assert_failed_preflight(record, home, name: str, message: str) -> None:
     assert message in log.read_text(), "the crashed pre-flight's log is kept"
 
 
-def test_replay_with_preflight_records_the_crash_and_goes_on(tmp_path, synthetic_data, prefect_harness):
+def test_replay_with_preflight_records_the_crash_and_goes_on(tmp_path, synthetic_data, prefect_harness, capsys):
     replay = tmp_path / "replay"
     replay.mkdir()
     (replay / "01_crash.py").write_text(CRASH)
@@ -52,6 +52,10 @@ def test_replay_with_preflight_records_the_crash_and_goes_on(tmp_path, synthetic
     assert [r.iteration for r in records] == [0, 1, 2] and all(r.finished for r in records)
     assert_failed_preflight(records[1], tmp_path / "runs", "replayed", "shapes do not match")
     assert records[2].status == Status.OK and records[2].attempts[0]["status"] == Status.OK
+    # the console line shows the numbers the decision used: the mean of the candidate's runs, its delta
+    rule = records[2].rule
+    assert (f"iteration 2/2: ok discard val_accuracy {rule['candidate_mean']:.4f} (mean of {rule['n_candidate']} "
+            f"runs) (delta {rule['delta']:+.4f} vs threshold {rule['threshold']:.4f})") in capsys.readouterr().out
 
 
 def test_offline_with_preflight_records_the_crash_and_goes_on(tmp_path, synthetic_data, prefect_harness):
