@@ -320,6 +320,29 @@ def history(
     out.print(f"proposer cost: ${store.total_cost(exp.id):.4f} in total")
 
 
+@app.command()
+def report(
+    experiment: str = typer.Argument(..., help="experiment name"),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="the HTML file (default: <home>/<experiment>/report.html)"),
+    db: Optional[str] = typer.Option(None, "--db"),
+    home: Optional[Path] = typer.Option(None, "--home"),
+) -> None:
+    """One self-contained HTML page: progress plot, every iteration, kept diffs, strategy versions, cost."""
+    from infra.report_html import report_for
+
+    check_name(experiment)
+    home_dir = settings.runs_home(home)
+    store = open_store(db, home_dir)
+    try:
+        page = report_for(store, experiment)
+    except KeyError:
+        fail(f"no experiment named {experiment!r} in {store.url}", code=1)
+    path = out_path or home_dir / experiment / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    out.print(f"report: {path.resolve()}", highlight=False, soft_wrap=True)
+
+
 def hypothesis_column(r: IterationRecord) -> str:
     """The hypothesis, what it expected, and why it failed, if it did."""
     text = r.hypothesis + (f" (expects: {r.expected_effect})" if r.expected_effect else "")
