@@ -20,17 +20,19 @@ $(STAMP): pyproject.toml Makefile
 	$(MAKE) data
 	touch $(STAMP)
 
-# bubblewrap isolates candidates; Debian ships Fashion-MNIST. Both need root and apt-get: skipped politely otherwise.
+# bubblewrap isolates candidates; Debian ships Fashion-MNIST; headless chromium lets the tests look at the Prefect UI
+# and the HTML report. All need root and apt-get: skipped politely otherwise.
 system-packages:
 	@missing=""; \
 	command -v bwrap >/dev/null 2>&1 || missing="$$missing bubblewrap"; \
 	test -d /usr/share/datasets/fashion-mnist || missing="$$missing dataset-fashion-mnist"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -z "$$missing" ]; then echo "system packages: present"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "system packages: installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || \
-		echo "system packages: apt-get failed; continuing (no isolation without bubblewrap; data will be downloaded)"; \
-	else echo "system packages: skipping$$missing (needs root and apt-get): without bubblewrap candidates run unisolated; data is downloaded instead"; fi
+		echo "system packages: apt-get failed; continuing (no isolation without bubblewrap; data will be downloaded; browser tests skip)"; \
+	else echo "system packages: skipping$$missing (needs root and apt-get): without bubblewrap candidates run unisolated; data is downloaded instead; browser tests skip without chromium"; fi
 
 data:
 	$(PY) prepare.py

@@ -346,7 +346,8 @@ def publish(run: Run, i: int) -> None:
                       run.incumbent().code, run.ws.root)
 
 
-@flow(name="research", log_prints=True, retries=1, retry_delay_seconds=10, persist_result=False)
+# the flow run is named by its experiment, so the UI lists "research-overnight", not a random name
+@flow(name="research", flow_run_name="research-{config.name}", log_prints=True, retries=1, retry_delay_seconds=10, persist_result=False)
 def research(config: ExperimentConfig) -> dict[str, Any]:
     """Run (or resume) one experiment until `iterations` iterations have finished."""
     cfg = config.model_copy()  # the run resolves the allowance and the cores in it; the caller's stays as given

@@ -244,6 +244,48 @@ def run(
 
 
 @app.command()
+def ui(
+    port: int = typer.Option(4200, "--port", help="port on 127.0.0.1"),
+    background: bool = typer.Option(False, "--background", help="detach: the server outlives this command"),
+    stop_it: bool = typer.Option(False, "--stop", help="stop the recorded server"),
+    home: Optional[Path] = typer.Option(None, "--home", help="runs directory (default: AUTORESEARCH_HOME or ./runs)"),
+) -> None:
+    """A persistent Prefect server with its UI; `run` reports to it while it is up. Ctrl-C or --stop ends it."""
+    from infra import prefect_ui
+
+    home_dir = settings.runs_home(home)
+    if stop_it:
+        out.print(f"prefect UI: {prefect_ui.stop(home_dir)}", highlight=False)
+        return
+    live = prefect_ui.running(home_dir)
+    if live is not None:
+        fail(f"a Prefect server is already running at {live.ui_url} (pid {live.pid}); "
+             f"stop it first: autoresearch ui --stop", code=1)
+    try:
+        proc, record = prefect_ui.start(home_dir, port, background)
+    except prefect_ui.ServerError as exc:
+        fail(str(exc), code=1)
+    out.print(f"prefect UI: {record.ui_url}", highlight=False)
+    out.print(f"prefect API: {record.url} (pid {record.pid}; recorded in {home_dir / 'prefect-server.json'}, "
+              f"log {home_dir / prefect_ui.SERVER_LOG})", highlight=False)
+    if background:
+        out.print("stop it with: autoresearch ui --stop", highlight=False)
+        return
+    out.print("Ctrl-C stops it", highlight=False)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:  # the terminal sent SIGINT to the server too: it is already shutting down
+        prefect_ui.terminate(proc.pid)
+        out.print(f"prefect UI: stopped the Prefect server (pid {proc.pid})", highlight=False)
+        return
+    finally:
+        prefect_ui.forget(home_dir, record)
+    if proc.returncode != 0:
+        fail(f"the Prefect server exited with code {proc.returncode}; see {home_dir / prefect_ui.SERVER_LOG}", code=1)
+    out.print(f"prefect UI: the Prefect server stopped (pid {proc.pid})", highlight=False)  # `ui --stop` elsewhere
+
+
+@app.command()
 def history(
     experiment: str = typer.Argument(..., help="experiment name"),
     json_out: bool = typer.Option(False, "--json", help="one JSON array of iteration records"),
@@ -276,6 +318,29 @@ def history(
                       f"{r.cost_usd:.4f}", escape(hypothesis_column(r)))
     out.print(table)
     out.print(f"proposer cost: ${store.total_cost(exp.id):.4f} in total")
+
+
+@app.command()
+def report(
+    experiment: str = typer.Argument(..., help="experiment name"),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="the HTML file (default: <home>/<experiment>/report.html)"),
+    db: Optional[str] = typer.Option(None, "--db"),
+    home: Optional[Path] = typer.Option(None, "--home"),
+) -> None:
+    """One self-contained HTML page: progress plot, every iteration, kept diffs, strategy versions, cost."""
+    from infra.report_html import report_for
+
+    check_name(experiment)
+    home_dir = settings.runs_home(home)
+    store = open_store(db, home_dir)
+    try:
+        page = report_for(store, experiment)
+    except KeyError:
+        fail(f"no experiment named {experiment!r} in {store.url}", code=1)
+    path = out_path or home_dir / experiment / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    out.print(f"report: {path.resolve()}", highlight=False, soft_wrap=True)
 
 
 def hypothesis_column(r: IterationRecord) -> str:

@@ -20,6 +20,8 @@ REAL_DATA_AVAILABLE = any(
 )
 requires_real_data = pytest.mark.skipif(not REAL_DATA_AVAILABLE, reason="real Fashion-MNIST not installed (make setup)")
 requires_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+requires_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
+                                       reason="chromium not installed (make setup installs Debian's chromium)")
 
 
 def idx_images(images: np.ndarray) -> bytes:

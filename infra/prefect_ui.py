@@ -1,0 +1,151 @@
+"""
+The persistent Prefect server with its UI (`autoresearch ui`): started, recorded, stopped.
+
+Prefect's own `prefect server start` runs it, bound to 127.0.0.1. Its PREFECT_HOME (its database,
+prefect.db, and the UI's build) is <home>/prefect-ui/ and its log <home>/prefect-ui.log, so the
+runs home holds everything an experiment left behind. The record <home>/prefect-server.json
+(infra/prefect_server.py) is how `autoresearch run` finds it, and how `--stop` finds its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from infra.prefect_server import ServerRecord, read_record, record_path, wait_healthy, write_record
+from infra.sandbox.process_tree import die_with_parent
+
+DEFAULT_PORT = 4200
+HOST = "127.0.0.1"  # never another interface: the API has no authentication
+SERVER_HOME = "prefect-ui"
+SERVER_LOG = "prefect-ui.log"
+STARTUP_TIMEOUT_S = 120.0  # a cold start migrates a fresh database: 15-20 s on 2 busy cores, more under load
+STOP_TIMEOUT_S = 20.0
+
+
+class ServerError(RuntimeError):
+    """The server could not be started or stopped; the message says why."""
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie (a detached server's reaper may be slow to collect it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def is_server_process(record: ServerRecord) -> bool:
+    """The recorded PID is still `prefect server start` on the recorded port (PIDs are reused)."""
+    try:
+        argv = Path(f"/proc/{record.pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return (alive(record.pid) and "prefect" in argv and argv[argv.index("prefect") + 1:][:2] == ["server", "start"]
+            and "--port" in argv and argv[argv.index("--port") + 1:][:1] == [str(record.port)])
+
+
+def server_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
+
+
+def server_env(home: Path, port: int) -> dict[str, str]:
+    """The server's settings: everything under the runs home, bound to loopback, no analytics."""
+    prefect_home = home / SERVER_HOME
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home),
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
+           "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "true"}
+    # a client setting inherited from the caller would point the UI's own requests at another API
+    for key in ("PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_UI_URL"):
+        env.pop(key, None)
+    return env
+
+
+def start(home: Path, port: int, background: bool) -> tuple[subprocess.Popen, ServerRecord]:
+    """Start the server, wait until it answers, record it. In the foreground it dies with this process;
+    in the background it has its own session, so it outlives the terminal."""
+    if port_in_use(port):
+        raise ServerError(f"port {port} on {HOST} is in use; choose another with --port")
+    home.mkdir(parents=True, exist_ok=True)
+    (home / SERVER_HOME).mkdir(exist_ok=True)
+    with open(home / SERVER_LOG, "ab") as log:
+        proc = subprocess.Popen(server_command(port), env=server_env(home, port), stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, start_new_session=background,
+                                preexec_fn=None if background else die_with_parent)
+    record = ServerRecord(url=f"http://{HOST}:{port}/api", pid=proc.pid, port=port)
+    try:
+        wait_healthy(record.url, proc, STARTUP_TIMEOUT_S)
+    except RuntimeError as exc:
+        terminate(proc.pid)
+        raise ServerError(f"{exc}; see {home / SERVER_LOG}") from None
+    write_record(home, record)
+    return proc, record
+
+
+def terminate(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM (uvicorn shuts down cleanly on it), then SIGKILL if it is still there after timeout."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.1)
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        while alive(pid):
+            _reap(pid)
+            time.sleep(0.05)
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    """Collect our own child (the foreground server); a detached one is someone else's to reap."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def stop(home: Path) -> str:
+    """Stop the recorded server and remove its record; say what was done."""
+    record = read_record(home)
+    if record is None:
+        record_path(home).unlink(missing_ok=True)
+        return f"no Prefect server recorded in {record_path(home)}"
+    if not is_server_process(record):
+        record_path(home).unlink(missing_ok=True)
+        return f"removed a stale record: pid {record.pid} is not the Prefect server on port {record.port}"
+    terminate(record.pid)
+    record_path(home).unlink(missing_ok=True)
+    return f"stopped the Prefect server (pid {record.pid}, {record.ui_url})"
+
+
+def forget(home: Path, record: ServerRecord) -> None:
+    """Remove the record if it is still this server's (another `ui` may have replaced it since)."""
+    if read_record(home) == record:
+        record_path(home).unlink(missing_ok=True)
+
+
+def running(home: Path) -> ServerRecord | None:
+    """The recorded server if its process is still the server (no network: --stop and a second `ui` use it)."""
+    record = read_record(home)
+    return record if record is not None and is_server_process(record) else None
