@@ -43,7 +43,7 @@ def assert_failed_preflight(record, home, name: str, message: str) -> None:
     assert message in log.read_text(), "the crashed pre-flight's log is kept"
 
 
-def test_replay_with_preflight_records_the_crash_and_goes_on(tmp_path, synthetic_data, prefect_harness, capsys):
+def test_replay_with_preflight_records_the_crash_and_goes_on(tmp_path, synthetic_data, prefect_harness, capsys, caplog):
     replay = tmp_path / "replay"
     replay.mkdir()
     (replay / "01_crash.py").write_text(CRASH)
@@ -54,8 +54,10 @@ def test_replay_with_preflight_records_the_crash_and_goes_on(tmp_path, synthetic
     assert records[2].status == Status.OK and records[2].attempts[0]["status"] == Status.OK
     # the console line shows the numbers the decision used: the mean of the candidate's runs, its delta
     rule = records[2].rule
+    printed = capsys.readouterr()  # Prefect's log_prints sends it to stdout, stderr or the log, by its handlers
     assert (f"iteration 2/2: ok discard val_accuracy {rule['candidate_mean']:.4f} (mean of {rule['n_candidate']} "
-            f"runs) (delta {rule['delta']:+.4f} vs threshold {rule['threshold']:.4f})") in capsys.readouterr().out
+            f"runs) (delta {rule['delta']:+.4f} vs threshold {rule['threshold']:.4f})") in (
+        printed.out + printed.err + caplog.text)
 
 
 def test_offline_with_preflight_records_the_crash_and_goes_on(tmp_path, synthetic_data, prefect_harness):
