@@ -47,6 +47,12 @@ class ExperimentConfig(BaseModel):
     startup_allowance_s: float | None = Field(None, ge=0, description="None: measured once for the experiment")
     cpu_threads: int | None = Field(None, ge=1, description="allotted cores of CPU runs (None: 1, fixed at the first run)")
     rule: dict[str, float] = Field(default_factory=dict, description="acceptance rule settings (RuleConfig)")
+    # for scheduled (overnight) runs: each run adds `iterations`, and ends cleanly before its time is up
+    new_iterations: bool = Field(False, description="iterations counts new ones per run, not the experiment's total")
+    stop_after_s: float | None = Field(None, gt=0, description="end the run between iterations before this many "
+                                                                "seconds since it started (None: no limit)")
+    crash_limit: int = Field(2, ge=1, description="an iteration the orchestrator died in this many times is "
+                                                  "recorded as failed and skipped")
 
     @field_validator("name")
     @classmethod
