@@ -102,14 +102,26 @@ def automations(experiment: str, deployment_id: UUID) -> list:
 
 
 def ensure_automations(experiment: str, deployment_id: UUID) -> None:
-    """Create them, replacing any of the same names: deploying twice leaves one of each."""
+    """Create them once: an existing one with the same definition is kept, not recreated, because a new
+    automation has not seen the heartbeats that came before it and would never mark those runs crashed
+    (a restarted `deploy` after a SIGKILL is exactly when that matters). A changed one is replaced."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         for automation in automations(experiment, deployment_id):
-            for old in client.read_automations_by_name(automation.name):
+            existing = client.read_automations_by_name(automation.name)
+            if len(existing) == 1 and definition(existing[0]) == definition(automation):
+                continue
+            for old in existing:
                 client.delete_automation(old.id)
             client.create_automation(automation)
+
+
+def definition(automation) -> dict:
+    """What an automation does, without its ids (the server gives every trigger its own)."""
+    dumped = automation.model_dump(mode="json", include={"trigger", "actions", "enabled"})
+    dumped["trigger"].pop("id", None)
+    return dumped
 
 
 def serve_forever(deployment) -> None:
