@@ -474,7 +474,7 @@ def status(
     home_dir = settings.runs_home(home)
     store = open_store(db, home_dir)
     table = Table(title=f"experiments in {store.url}")
-    for column in ("name", "status", "live", "iterations", "kept", "best val", "best test", "budget"):
+    for column in ("name", "status", "live", "iterations", "kept", "best val", "best test", "budget", "crashes"):
         table.add_column(column)
     for exp in store.experiments():
         rows = store.records(exp.id, finished_only=True)
@@ -485,7 +485,26 @@ def status(
                       str(len(kept) - 1 if kept else 0),
                       f"{best.val_accuracy:.4f}" if best else "-",
                       f"{best.test_accuracy:.4f}" if best and best.test_accuracy is not None else "-",
-                      f"{exp.config.get('budget_s')} s")
+                      f"{exp.config.get('budget_s')} s",
+                      str(sum(r.orchestrator_crashes for r in store.records(exp.id))))  # runs that died mid-iteration
+    out.print(table)
+    if connect_to_server(home_dir):
+        scheduled_runs()
+
+
+def scheduled_runs() -> None:
+    """The latest runs of deployed experiments: which crashed, which resumed after a crash."""
+    from infra import deployments
+
+    runs = deployments.recent_runs()
+    if not runs:
+        return
+    table = Table(title="latest runs of deployed experiments (autoresearch deployments)")
+    for column in ("flow run", "experiment", "state", "started", "after a crash"):
+        table.add_column(column)
+    for r in runs:
+        table.add_row(escape(r.name), escape(r.deployment), r.state,
+                      r.started.strftime("%Y-%m-%d %H:%M:%S") if r.started else "-", "resumed" if r.resumed else "")
     out.print(table)
 
 
