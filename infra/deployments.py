@@ -191,18 +191,20 @@ class RunInfo:
 def recent_runs(limit: int = 20) -> list[RunInfo]:
     """The latest runs of research deployments, oldest first; a run after a Crashed one is marked resumed."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
         names = {d.id: d.name for d in client.read_deployments(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])))}
+        # runs that started (a schedule leaves many that never will: due later, or cancelled as a collision)
         runs = [r for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-                                                 sort=FlowRunSort.START_TIME_DESC, limit=limit)
-                if r.deployment_id in names and r.start_time is not None]
+                                                 flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
+                                                 sort=FlowRunSort.START_TIME_DESC, limit=10 * limit)
+                if r.deployment_id in names and not (r.state_name == "Cancelled" and r.run_count == 0)]
     infos, crashed_before = [], set()
     for r in reversed(runs):
         infos.append(RunInfo(r.name, names[r.deployment_id], r.state_name or "-", r.start_time,
                              r.deployment_id in crashed_before))
         (crashed_before.add if r.state_name == "Crashed" else crashed_before.discard)(r.deployment_id)
-    return infos
+    return infos[-limit:]

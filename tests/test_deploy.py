@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from infra.deployments import SILENCE_S
 from infra.prefect_server import free_port
@@ -26,7 +27,24 @@ from infra.settings import REPO_ROOT
 from infra.store import Store
 from tests.conftest import requires_bwrap, requires_real_data
 
-pytestmark = [requires_real_data, requires_bwrap]
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give exactly one of --cron"),
+    (["--cron", "0 22 * * *", "--interval", "10"], "give exactly one of --cron"),
+    (["--cron", "every night"], "--cron 'every night' is not a valid cron string"),
+    (["--interval", "0"], "--interval must be positive"),
+    (["--interval", "10", "--hours", "-1"], "--hours must be positive"),
+    (["--interval", "10", "--budget", "0"], "--budget: Input should be greater than 0"),
+])
+def test_bad_deploy_input_fails_clearly(tmp_path, args, message):
+    done = cli(tmp_path, "deploy", "--experiment", "night", *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "error:" in done.stderr and message in " ".join(done.stderr.split())
+
+
+def test_deploy_without_a_server_says_how_to_start_one(tmp_path):
+    done = cli(tmp_path, "deploy", "--experiment", "night", "--interval", "10")
+    assert done.returncode == 1 and "autoresearch ui --background" in " ".join(done.stderr.split())
 
 
 def cli(home: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -72,6 +90,8 @@ def flow_runs(api: str) -> list[dict]:
     return [r for r in response.json() if r["start_time"] is not None]
 
 
+@requires_real_data
+@requires_bwrap
 def test_deploy_survives_sigkill_and_resumes(tmp_path):
     home = tmp_path / "runs"
     log = tmp_path / "deploy.log"
@@ -108,6 +128,10 @@ def test_deploy_survives_sigkill_and_resumes(tmp_path):
         assert resumed and resumed[0]["deployment_id"] == killed["deployment_id"]
         status = cli(home, "status")
         assert status.returncode == 0 and "Crashed" in status.stdout and "resumed" in status.stdout, status.stdout
+        unknown = cli(home, "deploy", "--remove", "nosuch")
+        assert unknown.returncode == 1 and "no deployment named 'nosuch'" in unknown.stderr
+        removed = cli(home, "deploy", "--remove", "night")
+        assert removed.returncode == 0 and "night" not in cli(home, "deployments").stdout
     finally:
         kill_group(deploy)
         cli(home, "ui", "--stop")
