@@ -283,33 +283,28 @@ def deploy(
 ) -> None:
     """Schedule an experiment (each run resumes it, adding --iterations) and serve its runs here until Ctrl-C."""
     from infra import deployments
-    from infra.prefect_server import recorded_server
 
-    schedule: dict = {}
-    if remove_it is None:  # bad input first: no server needed to say so
-        try:
-            schedule = deployments.schedule_of(cron, interval)
-        except deployments.DeploymentError as exc:
-            fail(str(exc))
-        if hours is not None and hours <= 0:
-            fail(f"--hours must be positive, got {hours:g}")
     home_dir = settings.runs_home(home)
-    api_url = os.environ.get("PREFECT_API_URL") or getattr(recorded_server(home_dir), "url", None)
-    if api_url is None:  # a private API would die with this command, and with it the schedule and the automations
-        fail("deploy needs a persistent Prefect server: start one with `autoresearch ui --background`", code=1)
-    os.environ["PREFECT_API_URL"] = api_url  # this process, the runner and every flow run it starts
     if remove_it is not None:
         check_name(remove_it)
+        use_server(home_dir)
         try:
             deployments.remove(remove_it)
         except deployments.DeploymentError as exc:
             fail(str(exc), code=1)
         out.print(f"removed the deployment research/{remove_it} and its automations", highlight=False)
         return
+    try:  # bad input first: no server needed to say so
+        schedule = deployments.schedule_of(cron, interval)
+    except deployments.DeploymentError as exc:
+        fail(str(exc))
+    if hours is not None and hours <= 0:
+        fail(f"--hours must be positive, got {hours:g}")
     config, why = experiment_config(experiment, iterations, budget, proposer, revise_every, repeats, program, baseline,
                                     db, home, device, grace, startup_allowance, cpu_threads, model, max_cost, preflight,
                                     fix_attempts, new_iterations=True,
                                     stop_after_s=hours * 3600 if hours is not None else None)
+    api_url = use_server(home_dir)
     check_device(device)
     check_data()
     open_store(config.db_url, home_dir)
@@ -318,6 +313,13 @@ def deploy(
     out.print(f"prefect API: {api_url}; deployment research/{experiment}, {next(iter(schedule))} "
               f"{cron or interval}; Ctrl-C stops serving (the schedule is paused)", highlight=False)
     deployments.serve_forever(deployments.build(config, cron, interval))
+
+
+def use_server(home_dir: Path) -> str:
+    """The persistent Prefect API (PREFECT_API_URL or `autoresearch ui`'s), for this process and what it starts."""
+    if not connect_to_server(home_dir):  # a private API would die with this command, and the schedule with it
+        fail("deploy needs a persistent Prefect server: start one with `autoresearch ui --background`", code=1)
+    return os.environ["PREFECT_API_URL"]
 
 
 @app.command(name="deployments")
