@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 from dataclasses import fields, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -382,6 +382,17 @@ def last_wall_seconds(run: Run) -> float:
     return max(0.0, (finished[-1].finished_at - finished[-1].started_at).total_seconds())
 
 
+def deadline_of(cfg: ExperimentConfig, started: float) -> float | None:
+    """The run's deadline on the monotonic clock: the earlier of stop_after_s and stop_at's next occurrence."""
+    limits = [cfg.stop_after_s] if cfg.stop_after_s is not None else []
+    if cfg.stop_at is not None:
+        now = datetime.now().astimezone()
+        hour, minute = map(int, cfg.stop_at.split(":"))
+        at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        limits.append(((at if at > now else at + timedelta(days=1)) - now).total_seconds())
+    return started + min(limits) if limits else None
+
+
 def out_of_time(run: Run, deadline: float | None, i: int) -> str | None:
     """Why iteration i should not start (it would likely run past the run's deadline), or None."""
     if deadline is None:
@@ -389,8 +400,8 @@ def out_of_time(run: Run, deadline: float | None, i: int) -> str | None:
     left, needed = deadline - time.monotonic(), last_wall_seconds(run)
     if needed < left:
         return None
-    return (f"stopping before iteration {i}: {max(left, 0):.0f} s left of the run's {run.cfg.stop_after_s:g} s, "
-            f"and the last iteration took {needed:.0f} s")
+    return (f"stopping before iteration {i}: {max(left, 0):.0f} s left before the run's end "
+            f"(--hours {run.cfg.stop_after_s}, --until {run.cfg.stop_at}), and the last iteration took {needed:.0f} s")
 
 
 # the flow run is named by its experiment, so the UI lists "research-overnight", not a random name
@@ -398,7 +409,7 @@ def out_of_time(run: Run, deadline: float | None, i: int) -> str | None:
 def research(config: ExperimentConfig) -> dict[str, Any]:
     """Run (or resume) one experiment until `iterations` iterations have finished."""
     started = time.monotonic()
-    deadline = started + config.stop_after_s if config.stop_after_s is not None else None
+    deadline = deadline_of(config, started)
     cfg = config.model_copy()  # the run resolves the allowance and the cores in it; the caller's stays as given
     run = Run(cfg)
     with experiment_lock(run.ws.root):

@@ -177,7 +177,7 @@ def open_store(db: Optional[str], home: Path):
 # run's options are ExperimentConfig's fields (infra/experiment_config.py): its defaults, its checks
 OPTION_OF_FIELD = {"name": "--experiment", "budget_s": "--budget", "grace_s": "--grace", "db_url": "--db",
                    "startup_allowance_s": "--startup-allowance", "program_path": "--program",
-                   "baseline_path": "--baseline", "stop_after_s": "--hours"}
+                   "baseline_path": "--baseline", "stop_after_s": "--hours", "stop_at": "--until"}
 
 
 def experiment_config(experiment: str, iterations: int, budget: float, proposer: str, revise_every: int, repeats: int,
@@ -261,6 +261,7 @@ def deploy(
     cron: Optional[str] = typer.Option(None, "--cron", help='when to run, a cron string, e.g. "0 22 * * *" (UTC)'),
     interval: Optional[float] = typer.Option(None, "--interval", help="or: every SECONDS"),
     hours: Optional[float] = typer.Option(None, "--hours", help="each run ends cleanly between iterations before H hours"),
+    until: Optional[str] = typer.Option(None, "--until", help="or before this local time, HH:MM (e.g. 07:00)"),
     remove_it: Optional[str] = typer.Option(None, "--remove", help="remove the deployment of this experiment, and stop"),
     experiment: str = typer.Option(default("name"), "--experiment", "-e", help="experiment name (resumes if it exists)"),
     iterations: int = typer.Option(default("iterations"), "--iterations", help="new iterations per scheduled run"),
@@ -303,7 +304,7 @@ def deploy(
     config, why = experiment_config(experiment, iterations, budget, proposer, revise_every, repeats, program, baseline,
                                     db, home, device, grace, startup_allowance, cpu_threads, model, max_cost, preflight,
                                     fix_attempts, new_iterations=True,
-                                    stop_after_s=hours * 3600 if hours is not None else None)
+                                    stop_after_s=hours * 3600 if hours is not None else None, stop_at=until)
     api_url = use_server(home_dir)
     check_device(device)
     check_data()

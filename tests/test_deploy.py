@@ -35,6 +35,7 @@ from tests.conftest import requires_bwrap, requires_real_data
     (["--interval", "0"], "--interval must be positive"),
     (["--interval", "10", "--hours", "-1"], "--hours must be positive"),
     (["--interval", "10", "--budget", "0"], "--budget: Input should be greater than 0"),
+    (["--interval", "10", "--until", "25:00"], "--until: '25:00' is not a time of day HH:MM"),
 ])
 def test_bad_deploy_input_fails_clearly(tmp_path, args, message):
     done = cli(tmp_path, "deploy", "--experiment", "night", *args)

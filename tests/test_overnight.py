@@ -10,9 +10,22 @@ from infra.research.workspace import Workspace
 from infra.store import Store, utcnow
 from tests.conftest import requires_bwrap, requires_real_data
 
-pytestmark = [requires_real_data, requires_bwrap]
 
 
+def test_deadline_is_the_earlier_of_hours_and_until():
+    from datetime import datetime, timedelta
+
+    from flows.research import deadline_of
+    from infra.experiment_config import ExperimentConfig
+
+    assert deadline_of(ExperimentConfig(), 100.0) is None
+    assert deadline_of(ExperimentConfig(stop_after_s=60), 100.0) == 160.0
+    soon = (datetime.now() + timedelta(minutes=2)).strftime("%H:%M")  # its next occurrence: within 2 minutes
+    assert 100.0 < deadline_of(ExperimentConfig(stop_at=soon, stop_after_s=3600), 100.0) <= 100.0 + 120
+
+
+@requires_real_data
+@requires_bwrap
 def test_crash_loop_guard_time_limit_and_new_iterations(tmp_path, prefect_harness):
     from flows.research import research
 
