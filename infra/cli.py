@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich import box
@@ -256,36 +257,33 @@ def run(
     out.print(f"history: autoresearch history {experiment}   research log: git -C {home_dir / experiment} log -p")
 
 
+def with_options_of(source: Callable[..., None]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command source's options too, after its own (one list of run's options, one help text each)."""
+    def give(command: Callable[..., None]) -> Callable[..., None]:
+        own = inspect.signature(command, eval_str=True).parameters
+        shared = [p for name, p in inspect.signature(source, eval_str=True).parameters.items() if name not in own]
+        params = [p for p in own.values() if p.kind is not p.VAR_KEYWORD] + shared
+        command.__signature__ = inspect.Signature(params)  # what Typer reads
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+    return give
+
+
 @app.command()
+@with_options_of(run)
 def deploy(
     cron: Optional[str] = typer.Option(None, "--cron", help='when to run, a cron string, e.g. "0 22 * * *" (UTC)'),
     interval: Optional[float] = typer.Option(None, "--interval", help="or: every SECONDS"),
     hours: Optional[float] = typer.Option(None, "--hours", help="each run ends cleanly between iterations before H hours"),
     until: Optional[str] = typer.Option(None, "--until", help="or before this local time, HH:MM (e.g. 07:00)"),
     remove_it: Optional[str] = typer.Option(None, "--remove", help="remove the deployment of this experiment, and stop"),
-    experiment: str = typer.Option(default("name"), "--experiment", "-e", help="experiment name (resumes if it exists)"),
     iterations: int = typer.Option(default("iterations"), "--iterations", help="new iterations per scheduled run"),
-    budget: float = typer.Option(default("budget_s"), "--budget", help="training budget per candidate, seconds"),
-    proposer: str = typer.Option("auto", "--proposer", help="auto, offline, claude, openai or replay:DIR"),
-    revise_every: int = typer.Option(default("revise_every"), "--revise-every", help="revise the strategy every N iterations"),
-    repeats: int = typer.Option(default("repeats"), "--repeats", help="seeds for the baseline and for each newly kept incumbent"),
-    program: Path = typer.Option(default("program_path"), "--program", help="program.md to start from"),
-    baseline: Path = typer.Option(default("baseline_path"), "--baseline", help="train.py to start from (iteration 0)"),
-    db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL (default: sqlite under --home; AUTORESEARCH_DB_URL)"),
-    home: Optional[Path] = typer.Option(None, "--home", help="runs directory (default: AUTORESEARCH_HOME or ./runs)"),
-    device: Optional[str] = typer.Option(default("device"), "--device", help="cpu, cuda, cuda:N or mps"),
-    grace: float = typer.Option(default("grace_s"), "--grace", help="seconds after the deadline to save the model before SIGKILL"),
-    startup_allowance: Optional[float] = typer.Option(default("startup_allowance_s"), "--startup-allowance", help="seconds before the budget for start-up (default: measured once per experiment)"),
-    cpu_threads: Optional[int] = typer.Option(default("cpu_threads"), "--cpu-threads", help="cores allotted to a CPU run; its budget is CPU time of these cores (default 1, fixed at the experiment's first run)"),
-    model: Optional[str] = typer.Option(default("model"), "--model", help="model for claude/openai (default: claude-sonnet-4-6)"),
-    max_cost: Optional[float] = typer.Option(default("max_cost"), "--max-cost", help="USD cap on proposer calls; the loop ends before a call could pass it"),
-    preflight: Optional[bool] = typer.Option(default("preflight"), "--preflight/--no-preflight", help="smoke-run each candidate first (default: on for claude/openai)"),
-    fix_attempts: int = typer.Option(default("fix_attempts"), "--fix-attempts", help="fixes asked for after a pre-flight crash"),
+    **options: Any,
 ) -> None:
     """Schedule an experiment (each run resumes it, adding --iterations) and serve its runs here until Ctrl-C."""
     from infra import deployments
 
-    home_dir = settings.runs_home(home)
+    home_dir = settings.runs_home(options["home"])
     if remove_it is not None:
         check_name(remove_it)
         use_server(home_dir)
@@ -301,17 +299,15 @@ def deploy(
         fail(str(exc))
     if hours is not None and hours <= 0:
         fail(f"--hours must be positive, got {hours:g}")
-    config, why = experiment_config(experiment, iterations, budget, proposer, revise_every, repeats, program, baseline,
-                                    db, home, device, grace, startup_allowance, cpu_threads, model, max_cost, preflight,
-                                    fix_attempts, new_iterations=True,
+    config, why = experiment_config(iterations=iterations, **options, new_iterations=True,
                                     stop_after_s=hours * 3600 if hours is not None else None, stop_at=until)
     api_url = use_server(home_dir)
-    check_device(device)
+    check_device(options["device"])
     check_data()
     open_store(config.db_url, home_dir)
     os.chdir(settings.REPO_ROOT)  # the deployment's entrypoint, flows/research.py:research, is relative to it
     out.print(f"proposer: {why}")
-    out.print(f"prefect API: {api_url}; deployment research/{experiment}, {next(iter(schedule))} "
+    out.print(f"prefect API: {api_url}; deployment research/{config.name}, {next(iter(schedule))} "
               f"{cron or interval}; Ctrl-C stops serving (the schedule is paused)", highlight=False)
     deployments.serve_forever(deployments.build(config, cron, interval))
 
