@@ -24,7 +24,7 @@ from infra import settings
 from infra.experiment_config import FIXED_SETTINGS, ExperimentConfig
 from infra.failpoints import failpoint
 from infra.proposers import Proposal, ProposalContext, StopResearch
-from infra.records import ChangeType, IterationRecord, Status, Verdict
+from infra.records import ChangeType, IterationRecord, Status, Verdict, incumbent_of
 from infra.research.code_edit import unified_diff
 from infra.research.lock import experiment_lock
 from infra.research.program import read_program, strategy_of, with_strategy
@@ -138,7 +138,7 @@ class Run:
             incumbent_code=inc.code,
             strategy=self.strategy(),
             program=read_program(self.ws.program_md),
-            incumbent=next(r for r in reversed(history) if r.kept),
+            incumbent=incumbent_of(history),
             rule=self.rule,
             history=history,
             hardware=hardware,
@@ -341,9 +341,8 @@ def maybe_revise(run: Run, i: int) -> None:
 
 def publish(run: Run, i: int) -> None:
     history = run.history()
-    best = [r for r in history if r.kept][-1]
-    publish_artifacts(run.cfg.name, i, run.cfg.iterations, history, run.strategy(), run.baseline_code, best,
-                      run.incumbent().code, run.ws.root)
+    publish_artifacts(run.cfg.name, i, run.cfg.iterations, history, run.strategy(), run.baseline_code,
+                      incumbent_of(history), run.incumbent().code, run.ws.root)
 
 
 # the flow run is named by its experiment, so the UI lists "research-overnight", not a random name
@@ -372,7 +371,7 @@ def research(config: ExperimentConfig) -> dict[str, Any]:
                 break
             publish(run, i)
         run.store.set_experiment(run.exp.id, status=status)
-        best = [r for r in run.history() if r.kept][-1].as_dict()
+        best = incumbent_of(run.history()).as_dict()
     print(f"best: iteration {best['iteration']} val_accuracy {best['val_accuracy']:.4f} "
           f"test_accuracy {best['test_accuracy']} | {best['hypothesis']}")
     return best

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from infra import settings
 from infra.experiment_config import ExperimentConfig, default, explain
-from infra.records import IterationRecord, Status
+from infra.records import IterationRecord, Status, incumbent_of
 from infra.sandbox.compute_record import describe
 
 app = typer.Typer(help="Autoresearch for Fashion-MNIST.", no_args_is_help=True, add_completion=False)
@@ -160,14 +160,15 @@ def train(
 
 
 def check_name(name: str) -> None:
-    if not settings.NAME_PATTERN.match(name):
-        fail(f"invalid experiment name {name!r}: {settings.NAME_RULE}")
+    problem = settings.name_problem(name)
+    if problem:
+        fail(problem)
 
 
 def open_store(db: Optional[str], home: Path):
-    from infra.store import Store, StoreError, default_db_url
+    from infra.store import Store, StoreError, results_db_url
 
-    url = db or os.environ.get("AUTORESEARCH_DB_URL") or default_db_url(home)
+    url = results_db_url(home, db)
     try:
         return Store(url)
     except StoreError as exc:
@@ -372,7 +373,7 @@ def status(
     for exp in store.experiments():
         rows = store.records(exp.id, finished_only=True)
         kept = [r for r in rows if r.kept]
-        best = kept[-1] if kept else None
+        best = incumbent_of(rows)
         holder = lock_holder(home_dir / exp.name)
         table.add_row(exp.name, exp.status, holder or "no", str(max((r.iteration for r in rows), default=-1)),
                       str(len(kept) - 1 if kept else 0),

@@ -8,7 +8,6 @@ with the experiment. A bad value fails here, with the field's name, before anyth
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from infra.proposers import ProposerError, is_language_model
 from infra.research.acceptance_rule import RuleConfig
 from infra.research.code_edit import syntax_error
 from infra.research.program import read_program
-from infra.store import default_db_url
+from infra.store import results_db_url
 
 # what a resumed experiment must keep: changing any of them would give later candidates other compute
 FIXED_SETTINGS = ("budget_s", "grace_s", "startup_allowance_s", "cpu_threads", "repeats", "device")
@@ -51,8 +50,9 @@ class ExperimentConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _valid_name(cls, name: str) -> str:
-        if not settings.NAME_PATTERN.match(name):
-            raise ValueError(f"invalid experiment name {name!r}: {settings.NAME_RULE}")
+        problem = settings.name_problem(name)
+        if problem:
+            raise ValueError(problem)
         return name
 
     @field_validator("proposer")
@@ -94,7 +94,7 @@ class ExperimentConfig(BaseModel):
         if not self.home:
             self.home = str(settings.runs_home())
         if not self.db_url:
-            self.db_url = os.environ.get("AUTORESEARCH_DB_URL") or default_db_url(Path(self.home))
+            self.db_url = results_db_url(Path(self.home))
         return self
 
     @property

@@ -82,7 +82,7 @@ class IterationRecord:
 
     @property
     def seconds_per_epoch(self) -> float | None:
-        return self.train_seconds / self.epochs if self.train_seconds and self.epochs else None
+        return seconds_per_epoch(self.train_seconds, self.epochs)
 
     @classmethod
     def from_row(cls, row: Any, cost_usd: float = 0.0) -> IterationRecord:
@@ -99,3 +99,13 @@ class IterationRecord:
         """JSON-friendly (`history --json`, artifacts): the enums as their strings."""
         return {key: (str(value) if isinstance(value, StrEnum) else value)
                 for key, value in dataclasses.asdict(self).items()}
+
+
+def seconds_per_epoch(train_seconds: float | None, epochs: int | None) -> float | None:
+    """Training seconds per completed epoch, or None when there is nothing to divide."""
+    return train_seconds / epochs if train_seconds and epochs else None
+
+
+def incumbent_of(records: list[IterationRecord]) -> IterationRecord | None:
+    """The best so far: the last finished iteration that was kept (the baseline until a change is)."""
+    return next((r for r in reversed(records) if r.finished and r.kept), None)

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from html import escape
 
 from infra.plot import progress_png
-from infra.records import IterationRecord
+from infra.records import IterationRecord, Status, Verdict, incumbent_of
 from infra.research.code_edit import unified_diff
 
 STYLE = """
@@ -65,8 +65,8 @@ def decision_cell(r: IterationRecord) -> str:
 def iteration_rows(records: list[IterationRecord]) -> str:
     rows = []
     for r in records:
-        css = r.decision if r.kept else "failed" if r.status not in ("ok", "running") else ""
-        why = r.reason if r.status != "ok" else ""  # an ok run's reason says nothing
+        css = r.decision if r.kept else "failed" if r.status not in (Status.OK, Status.RUNNING) else ""
+        why = r.reason if r.status != Status.OK else ""  # an ok run's reason says nothing
         rows.append(
             f'<tr class="{escape(css)}"><td class="num">{r.iteration}</td><td>{escape(r.status)}</td>'
             f'<td class="num">{decision_cell(r)}</td><td class="num">{_num(r.val_accuracy)}</td>'
@@ -78,7 +78,7 @@ def iteration_rows(records: list[IterationRecord]) -> str:
 def kept_changes(records: list[IterationRecord], diffs: dict[int, str]) -> str:
     parts = []
     for r in records:
-        if r.decision == "keep":
+        if r.decision == Verdict.KEEP:
             parts.append(f"<h3>Iteration {r.iteration}: {escape(r.hypothesis)}</h3>"
                          f"<p>validation {_num(r.val_accuracy)} (delta {r.rule.get('delta', 0):+.4f}), "
                          f"test {_num(r.test_accuracy)}</p>{diff_html(diffs.get(r.iteration, ''))}")
@@ -103,7 +103,7 @@ def summary(records: list[IterationRecord], total_cost: float) -> str:
     """The best model, its validation/test gap, and what the experiment cost."""
     finished = [r for r in records if r.finished]
     kept = [r for r in finished if r.kept]
-    best = kept[-1] if kept else None
+    best = incumbent_of(records)
     gap = (best.val_accuracy - best.test_accuracy
            if best and best.val_accuracy is not None and best.test_accuracy is not None else None)
     rows = [

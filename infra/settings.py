@@ -34,6 +34,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # experiment na
 NAME_RULE = "use letters, digits, '.', '_' and '-' (no path characters), at most 64, starting with a letter or digit"
 
 
+def name_problem(name: str) -> str | None:
+    """Why name cannot be an experiment's name, or None."""
+    return None if NAME_PATTERN.match(name) else f"invalid experiment name {name!r}: {NAME_RULE}"
+
+
 def physical_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 

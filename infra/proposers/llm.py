@@ -30,7 +30,7 @@ from typing import Any
 import prepare
 from infra.proposers.base import Proposal, ProposalContext, Revision, StopResearch
 from infra.proposers.pricing import Usage, cost_usd, worst_case_cost_usd
-from infra.records import ChangeType, IterationRecord, Status
+from infra.records import ChangeType, IterationRecord, Status, seconds_per_epoch
 from infra.research import acceptance_rule
 from infra.research.acceptance_rule import RuleConfig, decide
 from infra.research.code_edit import classify_change, syntax_error
@@ -237,10 +237,6 @@ def proposal_from(data: dict[str, Any] | None, incumbent: str, edit_base: str | 
 
 def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
-
-
-def seconds_per_epoch(train_seconds: float | None, epochs: int | None) -> float | None:
-    return train_seconds / epochs if train_seconds and epochs else None
 
 
 def _plural(n: int, word: str) -> str:

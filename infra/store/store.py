@@ -11,6 +11,7 @@ to pickle one.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +31,11 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 def default_db_url(home: Path) -> str:
     """SQLite in the runs directory."""
     return f"sqlite:///{Path(home) / 'autoresearch.db'}"
+
+
+def results_db_url(home: Path, explicit: str | None = None) -> str:
+    """Where results live: the URL given (--db), else AUTORESEARCH_DB_URL, else SQLite in the runs directory."""
+    return explicit or os.environ.get("AUTORESEARCH_DB_URL") or default_db_url(home)
 
 
 def utcnow() -> datetime:
