@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import os
 import statistics
+import time
 from dataclasses import fields, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ class Run:
         self._check_same_settings()
         self.limits = cfg.limits()
         self.preflight = cfg.preflight if cfg.preflight is not None else cfg.language_model
+        self.target = cfg.iterations  # the last iteration this run works towards (see target_of)
 
     def _resolve_cpu_threads(self) -> None:
         """The experiment's stored allotted cores, or the default: the same CPU budget for every candidate."""
@@ -283,7 +285,7 @@ def run_iteration(run: Run, i: int) -> bool:
         run.store.put_iteration(run.exp.id, i, **base, status=Status.INVALID, reason=proposal.error,
                                 decision=Verdict.DISCARD,
                                 rule={}, measurements=[], val_accuracy=None, started_at=utcnow(), finished_at=utcnow())
-        print(f"iteration {i}/{run.cfg.iterations}: failed proposal: {proposal.error}")
+        print(f"iteration {i}/{run.target}: failed proposal: {proposal.error}")
         return True
     run.store.put_iteration(run.exp.id, i, **base, status=Status.RUNNING, decision=Verdict.PENDING, rule={}, measurements=[],
                             started_at=utcnow(), finished_at=None)
@@ -316,7 +318,7 @@ def run_iteration(run: Run, i: int) -> bool:
     if decision and len(scores) > decision.n_candidate:  # a new incumbent's extra seeds, for its own noise
         score += f"; {statistics.fmean(scores):.4f} over all {len(scores)} runs"
     delta = f"delta {decision.delta:+.4f} vs threshold {decision.threshold:.4f}" if decision else first.reason
-    print(f"iteration {i}/{run.cfg.iterations}: {first.status} {verdict} {score} ({delta}) | {proposal.hypothesis}")
+    print(f"iteration {i}/{run.target}: {first.status} {verdict} {score} ({delta}) | {proposal.hypothesis}")
     return True
 
 
@@ -341,14 +343,72 @@ def maybe_revise(run: Run, i: int) -> None:
 
 def publish(run: Run, i: int) -> None:
     history = run.history()
-    publish_artifacts(run.cfg.name, i, run.cfg.iterations, history, run.strategy(), run.baseline_code,
+    publish_artifacts(run.cfg.name, i, run.target, history, run.strategy(), run.baseline_code,
                       incumbent_of(history), run.incumbent().code, run.ws.root)
+
+
+# --- what a run does after a crash, and when it stops ----------------------------
+
+def target_of(cfg: ExperimentConfig, last_finished: int) -> int:
+    """The last iteration of this run: the experiment's total, or (scheduled runs) `iterations` more."""
+    return last_finished + cfg.iterations if cfg.new_iterations else cfg.iterations
+
+
+def guard_crashed_iteration(run: Run, i: int) -> bool:
+    """Iteration i's row left `running` means the orchestrator died in it: count that. At the crash limit
+    record it as failed and return True (skip it), so one poisonous candidate cannot crash-loop the night."""
+    row = next((r for r in run.store.iterations(run.exp.id) if r.index == i and r.finished_at is None), None)
+    if row is None:
+        return False
+    crashes = row.orchestrator_crashes + 1
+    if crashes < run.cfg.crash_limit:
+        run.store.put_iteration(run.exp.id, i, orchestrator_crashes=crashes)
+        print(f"iteration {i}: the orchestrator died in it ({crashes} of {run.cfg.crash_limit} times); running it again")
+        return False
+    reason = f"crashed the orchestrator {crashes} times"
+    run.store.put_iteration(run.exp.id, i, orchestrator_crashes=crashes, status=Status.CRASHED, reason=reason,
+                            decision=Verdict.DISCARD, rule={}, measurements=[], val_accuracy=None, finished_at=utcnow())
+    run.ws.prune_models(i, keep=None)
+    print(f"iteration {i}/{run.target}: {Status.CRASHED} {Verdict.DISCARD}: {reason}; skipped")
+    return True
+
+
+def last_wall_seconds(run: Run) -> float:
+    """How long the last finished iteration took: the estimate of the next one's time."""
+    finished = run.finished()
+    if not finished or finished[-1].started_at is None:
+        return 0.0
+    return max(0.0, (finished[-1].finished_at - finished[-1].started_at).total_seconds())
+
+
+def deadline_of(cfg: ExperimentConfig, started: float) -> float | None:
+    """The run's deadline on the monotonic clock: the earlier of stop_after_s and stop_at's next occurrence."""
+    limits = [cfg.stop_after_s] if cfg.stop_after_s is not None else []
+    if cfg.stop_at is not None:
+        now = datetime.now().astimezone()
+        hour, minute = map(int, cfg.stop_at.split(":"))
+        at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        limits.append(((at if at > now else at + timedelta(days=1)) - now).total_seconds())
+    return started + min(limits) if limits else None
+
+
+def out_of_time(run: Run, deadline: float | None, i: int) -> str | None:
+    """Why iteration i should not start (it would likely run past the run's deadline), or None."""
+    if deadline is None:
+        return None
+    left, needed = deadline - time.monotonic(), last_wall_seconds(run)
+    if needed < left:
+        return None
+    return (f"stopping before iteration {i}: {max(left, 0):.0f} s left before the run's end "
+            f"(--hours {run.cfg.stop_after_s}, --until {run.cfg.stop_at}), and the last iteration took {needed:.0f} s")
 
 
 # the flow run is named by its experiment, so the UI lists "research-overnight", not a random name
 @flow(name="research", flow_run_name="research-{config.name}", log_prints=True, retries=1, retry_delay_seconds=10, persist_result=False)
 def research(config: ExperimentConfig) -> dict[str, Any]:
     """Run (or resume) one experiment until `iterations` iterations have finished."""
+    started = time.monotonic()
+    deadline = deadline_of(config, started)
     cfg = config.model_copy()  # the run resolves the allowance and the cores in it; the caller's stays as given
     run = Run(cfg)
     with experiment_lock(run.ws.root):
@@ -358,8 +418,17 @@ def research(config: ExperimentConfig) -> dict[str, Any]:
             run_baseline(run)
             publish(run, 0)
         start = run.finished()[-1].index + 1
+        run.target = target_of(cfg, start - 1)
         status = "finished"
-        for i in range(start, cfg.iterations + 1):
+        if start <= run.target and guard_crashed_iteration(run, start):
+            publish(run, start)
+            start += 1
+        for i in range(start, run.target + 1):
+            why = out_of_time(run, deadline, i)
+            if why:
+                print(why)
+                status = "stopped"
+                break
             try:
                 maybe_revise(run, i)
                 if not run_iteration(run, i):

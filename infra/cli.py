@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich import box
@@ -178,7 +179,33 @@ def open_store(db: Optional[str], home: Path):
 # run's options are ExperimentConfig's fields (infra/experiment_config.py): its defaults, its checks
 OPTION_OF_FIELD = {"name": "--experiment", "budget_s": "--budget", "grace_s": "--grace", "db_url": "--db",
                    "startup_allowance_s": "--startup-allowance", "program_path": "--program",
-                   "baseline_path": "--baseline"}
+                   "baseline_path": "--baseline", "stop_after_s": "--hours", "stop_at": "--until"}
+
+
+def experiment_config(experiment: str, iterations: int, budget: float, proposer: str, revise_every: int, repeats: int,
+                      program: Path, baseline: Path, db: Optional[str], home: Optional[Path], device: Optional[str],
+                      grace: float, startup_allowance: Optional[float], cpu_threads: Optional[int],
+                      model: Optional[str], max_cost: Optional[float], preflight: Optional[bool], fix_attempts: int,
+                      **overnight) -> tuple[ExperimentConfig, str]:
+    """run's and deploy's options as the experiment's configuration, and why this proposer; bad input exits 2."""
+    from pydantic import ValidationError
+
+    from infra.proposers import ProposerError, resolve_spec
+
+    try:
+        spec, why = resolve_spec(proposer)
+    except ProposerError as exc:
+        fail(str(exc))
+    try:
+        config = ExperimentConfig(
+            name=experiment, iterations=iterations, budget_s=budget, proposer=spec, revise_every=revise_every,
+            repeats=repeats, home=str(settings.runs_home(home)), db_url=db or "", program_path=str(program.resolve()),
+            baseline_path=str(baseline.resolve()), device=device, grace_s=grace, startup_allowance_s=startup_allowance,
+            cpu_threads=cpu_threads, model=model, max_cost=max_cost, preflight=preflight, fix_attempts=fix_attempts,
+            **overnight)
+    except ValidationError as exc:
+        fail(explain(exc, OPTION_OF_FIELD))
+    return config, why
 
 
 @app.command()
@@ -203,22 +230,9 @@ def run(
     fix_attempts: int = typer.Option(default("fix_attempts"), "--fix-attempts", help="fixes asked for after a pre-flight crash"),
 ) -> None:
     """Run (or resume) the research loop on Prefect."""
-    from pydantic import ValidationError
-
-    from infra.proposers import ProposerError, resolve_spec
-
-    try:
-        spec, why = resolve_spec(proposer)
-    except ProposerError as exc:
-        fail(str(exc))
-    try:
-        config = ExperimentConfig(
-            name=experiment, iterations=iterations, budget_s=budget, proposer=spec, revise_every=revise_every,
-            repeats=repeats, home=str(settings.runs_home(home)), db_url=db or "", program_path=str(program.resolve()),
-            baseline_path=str(baseline.resolve()), device=device, grace_s=grace, startup_allowance_s=startup_allowance,
-            cpu_threads=cpu_threads, model=model, max_cost=max_cost, preflight=preflight, fix_attempts=fix_attempts)
-    except ValidationError as exc:
-        fail(explain(exc, OPTION_OF_FIELD))
+    config, why = experiment_config(experiment, iterations, budget, proposer, revise_every, repeats, program, baseline,
+                                    db, home, device, grace, startup_allowance, cpu_threads, model, max_cost, preflight,
+                                    fix_attempts)
     check_device(device)
     check_data()
     home_dir = Path(config.home)
@@ -242,6 +256,98 @@ def run(
     out.print(f"[bold]best[/]: iteration {best['iteration']}, val_accuracy {best['val_accuracy']:.4f}, "
               f"test_accuracy {best['test_accuracy']}: {escape(best['hypothesis'])}")
     out.print(f"history: autoresearch history {experiment}   research log: git -C {home_dir / experiment} log -p")
+
+
+def with_options_of(source: Callable[..., None]) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command source's options too, after its own (one list of run's options, one help text each)."""
+    def give(command: Callable[..., None]) -> Callable[..., None]:
+        own = inspect.signature(command, eval_str=True).parameters
+        shared = [p for name, p in inspect.signature(source, eval_str=True).parameters.items() if name not in own]
+        params = [p for p in own.values() if p.kind is not p.VAR_KEYWORD] + shared
+        command.__signature__ = inspect.Signature(params)  # what Typer reads
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+    return give
+
+
+@app.command()
+@with_options_of(run)
+def deploy(
+    cron: Optional[str] = typer.Option(None, "--cron", help='when to run, a cron string, e.g. "0 22 * * *" (UTC)'),
+    interval: Optional[float] = typer.Option(None, "--interval", help="or: every SECONDS"),
+    hours: Optional[float] = typer.Option(None, "--hours", help="each run ends cleanly between iterations before H hours"),
+    until: Optional[str] = typer.Option(None, "--until", help="or before this local time, HH:MM (e.g. 07:00)"),
+    remove_it: Optional[str] = typer.Option(None, "--remove", help="remove the deployment of this experiment, and stop"),
+    iterations: int = typer.Option(default("iterations"), "--iterations", help="new iterations per scheduled run"),
+    **options: Any,
+) -> None:
+    """Schedule an experiment (each run resumes it, adding --iterations) and serve its runs here until Ctrl-C."""
+    from infra import deployments
+
+    home_dir = settings.runs_home(options["home"])
+    if remove_it is not None:
+        check_name(remove_it)
+        use_server(home_dir)
+        try:
+            deployments.remove(remove_it)
+        except deployments.DeploymentError as exc:
+            fail(str(exc), code=1)
+        out.print(f"removed the deployment research/{remove_it} and its automations", highlight=False)
+        return
+    try:  # bad input first: no server needed to say so
+        schedule = deployments.schedule_of(cron, interval)
+    except deployments.DeploymentError as exc:
+        fail(str(exc))
+    if hours is not None and hours <= 0:
+        fail(f"--hours must be positive, got {hours:g}")
+    config, why = experiment_config(iterations=iterations, **options, new_iterations=True,
+                                    stop_after_s=hours * 3600 if hours is not None else None, stop_at=until)
+    api_url = use_server(home_dir)
+    check_device(options["device"])
+    check_data()
+    open_store(config.db_url, home_dir)
+    os.chdir(settings.REPO_ROOT)  # the deployment's entrypoint, flows/research.py:research, is relative to it
+    out.print(f"proposer: {why}")
+    out.print(f"prefect API: {api_url}; deployment research/{config.name}, {next(iter(schedule))} "
+              f"{cron or interval}; Ctrl-C stops serving (the schedule is paused)", highlight=False)
+    deployments.serve_forever(deployments.build(config, cron, interval))
+
+
+def use_server(home_dir: Path) -> str:
+    """The persistent Prefect API (PREFECT_API_URL or `autoresearch ui`'s), for this process and what it starts."""
+    if not connect_to_server(home_dir):  # a private API would die with this command, and the schedule with it
+        fail("deploy needs a persistent Prefect server: start one with `autoresearch ui --background`", code=1)
+    return os.environ["PREFECT_API_URL"]
+
+
+@app.command(name="deployments")
+def list_deployments(home: Optional[Path] = typer.Option(None, "--home")) -> None:
+    """Scheduled experiments: schedule and next run."""
+    from infra import deployments
+
+    if not connect_to_server(settings.runs_home(home)):
+        fail("no Prefect server: start one with `autoresearch ui --background`", code=1)
+    table = Table(title="deployments of the research flow")
+    for column in ("experiment", "schedule", "next run", "paused"):
+        table.add_column(column)
+    for info in deployments.listed():
+        table.add_row(escape(info.name), info.schedule,
+                      info.next_run.strftime("%Y-%m-%d %H:%M:%S %Z") if info.next_run else "-", "yes" if info.paused else "no")
+    out.print(table)
+
+
+def connect_to_server(home_dir: Path) -> bool:
+    """Point this process at PREFECT_API_URL or the recorded `autoresearch ui` server, if one answers."""
+    from infra.prefect_server import healthy, recorded_server
+
+    url = os.environ.get("PREFECT_API_URL")
+    if url is None:
+        record = recorded_server(home_dir)
+        url = record.url if record else None
+    if url is None or not healthy(url):
+        return False
+    os.environ["PREFECT_API_URL"] = url
+    return True
 
 
 @app.command()
@@ -368,7 +474,7 @@ def status(
     home_dir = settings.runs_home(home)
     store = open_store(db, home_dir)
     table = Table(title=f"experiments in {store.url}")
-    for column in ("name", "status", "live", "iterations", "kept", "best val", "best test", "budget"):
+    for column in ("name", "status", "live", "iterations", "kept", "best val", "best test", "budget", "crashes"):
         table.add_column(column)
     for exp in store.experiments():
         rows = store.records(exp.id, finished_only=True)
@@ -379,7 +485,26 @@ def status(
                       str(len(kept) - 1 if kept else 0),
                       f"{best.val_accuracy:.4f}" if best else "-",
                       f"{best.test_accuracy:.4f}" if best and best.test_accuracy is not None else "-",
-                      f"{exp.config.get('budget_s')} s")
+                      f"{exp.config.get('budget_s')} s",
+                      str(sum(r.orchestrator_crashes for r in store.records(exp.id))))  # runs that died mid-iteration
+    out.print(table)
+    if connect_to_server(home_dir):
+        scheduled_runs()
+
+
+def scheduled_runs() -> None:
+    """The latest runs of deployed experiments: which crashed, which resumed after a crash."""
+    from infra import deployments
+
+    runs = deployments.recent_runs()
+    if not runs:
+        return
+    table = Table(title="latest runs of deployed experiments (autoresearch deployments)")
+    for column in ("flow run", "experiment", "state", "started", "after a crash"):
+        table.add_column(column)
+    for r in runs:
+        table.add_row(escape(r.name), escape(r.deployment), r.state,
+                      r.started.strftime("%Y-%m-%d %H:%M:%S") if r.started else "-", "resumed" if r.resumed else "")
     out.print(table)
 
 

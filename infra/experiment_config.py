@@ -8,6 +8,7 @@ with the experiment. A bad value fails here, with the field's name, before anyth
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,14 @@ class ExperimentConfig(BaseModel):
     startup_allowance_s: float | None = Field(None, ge=0, description="None: measured once for the experiment")
     cpu_threads: int | None = Field(None, ge=1, description="allotted cores of CPU runs (None: 1, fixed at the first run)")
     rule: dict[str, float] = Field(default_factory=dict, description="acceptance rule settings (RuleConfig)")
+    # for scheduled (overnight) runs: each run adds `iterations`, and ends cleanly before its time is up
+    new_iterations: bool = Field(False, description="iterations counts new ones per run, not the experiment's total")
+    stop_after_s: float | None = Field(None, gt=0, description="end the run between iterations before this many "
+                                                                "seconds since it started (None: no limit)")
+    stop_at: str | None = Field(None, description="end the run between iterations before this local time, HH:MM "
+                                            "(its next occurrence after the run starts)")
+    crash_limit: int = Field(2, ge=1, description="an iteration the orchestrator died in this many times is "
+                                                  "recorded as failed and skipped")
 
     @field_validator("name")
     @classmethod
@@ -63,6 +72,13 @@ class ExperimentConfig(BaseModel):
         except ProposerError as exc:
             raise ValueError(str(exc)) from None
         return spec
+
+    @field_validator("stop_at")
+    @classmethod
+    def _clock_time(cls, at: str | None) -> str | None:
+        if at is not None and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", at):
+            raise ValueError(f"{at!r} is not a time of day HH:MM (00:00 to 23:59)")
+        return at
 
     @field_validator("rule")
     @classmethod

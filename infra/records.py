@@ -72,6 +72,7 @@ class IterationRecord:
     attempts: list[dict[str, Any]] = field(default_factory=list)  # pre-flight runs and fixes: attempt, note, status, ...
     runs: list[dict[str, Any]] = field(default_factory=list)  # every measured run: seed, status, epochs, its compute
     memory: dict[str, Any] = field(default_factory=dict)  # what the proposer asked to remember of this move
+    orchestrator_crashes: int = 0  # how often the orchestrator died while this iteration ran
     finished: bool = False
     cost_usd: float = 0.0  # the proposer's calls for this iteration
     log_tail: str = ""  # failed iterations: the end of their training log, for the proposer to learn from

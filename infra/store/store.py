@@ -82,6 +82,8 @@ class Iteration(Base):
     attempts: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")  # pre-flight and fix attempts
     runs: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")  # measured runs and their compute
     memory: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")  # the proposer's structured memory
+    # runs that found this iteration left running: the orchestrator died in it (flows/research.py's loop guard)
+    orchestrator_crashes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -1,0 +1,210 @@
+"""
+Scheduled (overnight) runs: a Prefect deployment of the research flow per experiment, served in the
+foreground, and the two automations that make a crash recover by itself.
+
+Why `serve` and not a work pool and worker: one process, nothing to set up, and the flow runs on this
+machine where the data, the sandbox and the experiment's files are. The served process starts each
+flow run as its own subprocess; a process work pool would add a pool, a worker and the same subprocess.
+
+Crash recovery, all on the Prefect server (its event services are on in `autoresearch ui`'s server):
+1. each flow run sends a heartbeat event every HEARTBEAT_S seconds (Prefect's flow engine does it when
+   PREFECT_FLOWS_HEARTBEAT_FREQUENCY is set, which `serve_forever` does);
+2. "<deployment> crashed": a proactive trigger that fires when a run of this deployment that sent a
+   heartbeat sends neither another one nor a final state within SILENCE_S; it marks the run Crashed;
+3. "<deployment> resume": a Crashed run of this deployment starts a new run of it, which resumes the
+   experiment after its last finished iteration (flows/research.py).
+One run at a time: the deployment's concurrency limit is 1 (a run due while one is running is cancelled),
+and the experiment's lock (infra/research/lock.py) as well.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from infra.experiment_config import ExperimentConfig
+
+FLOW_NAME = "research"  # flows/research.py's flow; a deployment is named research/<experiment>
+HEARTBEAT_S = 30  # Prefect's minimum
+SILENCE_S = 3 * HEARTBEAT_S  # no heartbeat for this long: the run is dead
+FINAL_EVENTS = ("prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed")  # a run that ended sends one of these, not another heartbeat
+
+
+class DeploymentError(ValueError):
+    """Bad schedule, unknown deployment, no server: the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    name: str  # the experiment
+    schedule: str
+    next_run: datetime | None
+    paused: bool
+
+
+def schedule_of(cron: str | None, interval: float | None) -> dict:
+    """to_deployment's schedule argument: exactly one of a cron string (checked here) or an interval."""
+    if (cron is None) == (interval is None):
+        raise DeploymentError("give exactly one of --cron (e.g. \"0 22 * * *\") or --interval SECONDS")
+    if interval is not None:
+        if interval <= 0:
+            raise DeploymentError(f"--interval must be positive, got {interval:g}")
+        return {"interval": timedelta(seconds=interval)}
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+    except ValueError as exc:
+        raise DeploymentError(f"--cron {cron!r} is not a valid cron string (minute hour day month weekday, "
+                              f"e.g. \"0 22 * * *\")") from None
+    return {"cron": cron}
+
+
+def build(config: ExperimentConfig, cron: str | None, interval: float | None):
+    """The research flow's deployment for this experiment: its configuration as the parameter, one run at a time."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    from flows.research import research
+
+    return research.to_deployment(
+        name=config.name, parameters={"config": config.model_dump()}, **schedule_of(cron, interval),
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+        description=f"autoresearch experiment {config.name}: each run resumes it", tags=["autoresearch"])
+
+
+def automation_names(experiment: str) -> tuple[str, str]:
+    return f"autoresearch {experiment}: mark silent runs crashed", f"autoresearch {experiment}: resume crashed runs"
+
+
+def automations(experiment: str, deployment_id: UUID) -> list:
+    """The crash detector and the resumer of one deployment (see the module's docstring)."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState, RunDeployment
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    of_this_deployment = {"prefect.resource.id": f"prefect.deployment.{deployment_id}"}
+    detect, resume = automation_names(experiment)
+    return [
+        AutomationCore(name=detect, trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"}, expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
+            for_each={"prefect.resource.id"}, match_related=of_this_deployment, posture=Posture.Proactive,
+            threshold=1, within=timedelta(seconds=SILENCE_S)),
+            actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                        message=f"no heartbeat for {SILENCE_S} s: the orchestrator died")]),
+        AutomationCore(name=resume, trigger=EventTrigger(
+            expect={"prefect.flow-run.Crashed"}, match_related=of_this_deployment, posture=Posture.Reactive,
+            threshold=1),
+            actions=[RunDeployment(source="selected", deployment_id=deployment_id)]),  # its own parameters
+    ]
+
+
+def ensure_automations(experiment: str, deployment_id: UUID) -> None:
+    """Create them once: an existing one with the same definition is kept, not recreated, because a new
+    automation has not seen the heartbeats that came before it and would never mark those runs crashed
+    (a restarted `deploy` after a SIGKILL is exactly when that matters). A changed one is replaced."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for automation in automations(experiment, deployment_id):
+            existing = client.read_automations_by_name(automation.name)
+            if len(existing) == 1 and definition(existing[0]) == definition(automation):
+                continue
+            for old in existing:
+                client.delete_automation(old.id)
+            client.create_automation(automation)
+
+
+def definition(automation) -> dict:
+    """What an automation does, without its ids (the server gives every trigger its own)."""
+    dumped = automation.model_dump(mode="json", include={"trigger", "actions", "enabled"})
+    dumped["trigger"].pop("id", None)
+    return dumped
+
+
+def serve_forever(deployment) -> None:
+    """Register the deployment and its automations, then run its scheduled runs until Ctrl-C."""
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))  # the runs inherit it
+    from prefect import serve
+
+    deployment_id = deployment.apply()
+    ensure_automations(deployment.name, deployment_id)
+    serve(deployment, heartbeat_seconds=int(os.environ["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]))
+
+
+def listed() -> list[DeploymentInfo]:
+    """The research deployments with their schedule and next scheduled run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterName,
+                                                FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    infos = []
+    with get_client(sync_client=True) as client:
+        for dep in client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))):
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
+            schedules = [describe_schedule(s.schedule) for s in dep.schedules]
+            infos.append(DeploymentInfo(dep.name, ", ".join(schedules) or "-",
+                                        runs[0].expected_start_time if runs else None, dep.paused))
+    return infos
+
+
+def describe_schedule(schedule) -> str:
+    if getattr(schedule, "cron", None):
+        return f"cron {schedule.cron} ({schedule.timezone or 'UTC'})"
+    if getattr(schedule, "interval", None):
+        return f"every {schedule.interval.total_seconds():g} s"
+    return str(schedule)
+
+
+def remove(experiment: str) -> None:
+    """Delete the deployment (its scheduled runs go with it) and its automations."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            dep = client.read_deployment_by_name(f"{FLOW_NAME}/{experiment}")
+        except ObjectNotFound:
+            raise DeploymentError(f"no deployment named {experiment!r}; see: autoresearch deployments") from None
+        client.delete_deployment(dep.id)
+        for name in automation_names(experiment):
+            for old in client.read_automations_by_name(name):
+                client.delete_automation(old.id)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    name: str  # the flow run's name (research-<experiment>, or Prefect's for a resumed one)
+    deployment: str
+    state: str
+    started: datetime | None
+    resumed: bool  # the run before it (same deployment) crashed
+
+
+def recent_runs(limit: int = 20) -> list[RunInfo]:
+    """The latest runs of research deployments, oldest first; a run after a Crashed one is marked resumed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        names = {d.id: d.name for d in client.read_deployments(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])))}
+        # runs that started (a schedule leaves many that never will: due later, or cancelled as a collision)
+        runs = [r for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+                                                 flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
+                                                 sort=FlowRunSort.START_TIME_DESC, limit=10 * limit)
+                if r.deployment_id in names and not (r.state_name == "Cancelled" and r.run_count == 0)]
+    infos, crashed_before = [], set()
+    for r in reversed(runs):
+        infos.append(RunInfo(r.name, names[r.deployment_id], r.state_name or "-", r.start_time,
+                             r.deployment_id in crashed_before))
+        (crashed_before.add if r.state_name == "Crashed" else crashed_before.discard)(r.deployment_id)
+    return infos[-limit:]
