@@ -118,9 +118,15 @@ def ensure_automations(experiment: str, deployment_id: UUID) -> None:
 
 
 def definition(automation) -> dict:
-    """What an automation does, without its ids (the server gives every trigger its own)."""
+    """What an automation does, without its ids (the server gives every trigger its own). The trigger's event
+    sets are sorted: a set's order follows string hashing, which differs from process to process, and an
+    unsorted comparison made a restarted `deploy` recreate an unchanged automation (which then never saw the
+    killed run's heartbeats: the flaky CI failure of tests/test_deploy.py)."""
     dumped = automation.model_dump(mode="json", include={"trigger", "actions", "enabled"})
     dumped["trigger"].pop("id", None)
+    for key in ("after", "expect", "for_each"):
+        if isinstance(dumped["trigger"].get(key), list):
+            dumped["trigger"][key] = sorted(dumped["trigger"][key])
     return dumped
 
 
