@@ -57,7 +57,7 @@ def schedule_of(cron: str | None, interval: float | None) -> dict:
 
     try:
         CronSchedule(cron=cron)
-    except ValueError as exc:
+    except ValueError:
         raise DeploymentError(f"--cron {cron!r} is not a valid cron string (minute hour day month weekday, "
                               f"e.g. \"0 22 * * *\")") from None
     return {"cron": cron}

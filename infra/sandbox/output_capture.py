@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import deque
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
