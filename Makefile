@@ -37,8 +37,10 @@ system-packages:
 data:
 	$(PY) prepare.py
 
+# two workers: the process-driven tests (SIGKILLed runs and servers, mostly waiting) beside all the others,
+# which keep one worker to themselves as before (tests/conftest.py puts each test in its lane)
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 run: setup
 	$(VENV)/bin/autoresearch run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -13,6 +14,23 @@ import pytest
 
 import prepare
 from infra.records import ChangeType, IterationRecord, Status, Verdict
+from infra.sandbox.identity import DEFAULT_SANDBOX_UID, UID_ENV
+
+# --- two lanes under xdist (`make test`: -n 2 --dist loadgroup) ---------------------------------------
+# The process-driven tests (marked process_driven: SIGKILLed runs, deployments, servers) mostly wait on other
+# processes, so they run in a worker of their own beside all the other tests, which keep the other worker,
+# one at a time, as without xdist. Each worker's candidates run as their own sandbox user: the hostile tests
+# count and kill the sandbox user's processes, and must not see the other lane's.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1"; empty without xdist
+if WORKER:
+    os.environ[UID_ENV] = str(int(os.environ.get(UID_ENV, DEFAULT_SANDBOX_UID)) + int(WORKER.removeprefix("gw")))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        lane = "process-driven" if item.get_closest_marker("process_driven") else "in-process"
+        item.add_marker(pytest.mark.xdist_group(lane))
 
 REAL_DATA_AVAILABLE = any(
     (d / "train-images-idx3-ubyte.gz").exists() or (d / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()

@@ -1,7 +1,9 @@
 """
 Chaos: the real `autoresearch run` process is SIGKILLed at several points; each re-run
 resumes, and at the end the store, the workspace git history and the incumbent agree,
-with no iteration missing, duplicated or trained twice.
+with no iteration missing, duplicated or trained twice. Iteration 2 kills the orchestrator
+every time it trains (a poisonous candidate): after the crash limit (2) it is recorded as
+failed and skipped, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from infra.research.code_edit import set_constants
 from infra.research.lock import lock_holder
 from infra.research.workspace import Workspace
@@ -19,9 +23,9 @@ from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT
 from infra.store import Store
 from tests.conftest import requires_bwrap, requires_real_data
 
-pytestmark = [requires_real_data, requires_bwrap]
+pytestmark = [requires_real_data, requires_bwrap, pytest.mark.process_driven]
 FIXTURES = Path(__file__).parent / "fixtures"
-KILL_POINTS = ["propose:1", "train:2", "decided:3", "recorded:3"]
+KILL_POINTS = ["propose:1", "train:2", "train:2", "decided:3", "recorded:3"]
 
 
 def run_cli(home: Path, replay: Path, failpoint: str | None) -> subprocess.CompletedProcess:
@@ -91,6 +95,10 @@ def test_sigkill_at_any_point_then_resume(tmp_path):
     rows = store.iterations(exp.id)
     assert [r.index for r in rows] == [0, 1, 2, 3]
     assert all(r.finished_at is not None for r in rows)
+    poison = rows[2]
+    assert (poison.status, poison.decision, poison.orchestrator_crashes) == ("crashed", "discard", 2)
+    assert poison.reason == "crashed the orchestrator 2 times"
+    assert rows[3].orchestrator_crashes == 1  # killed once after its decision, run again once
     assert rows[3].decision == "keep", (rows[3].status, rows[3].reason, rows[3].rule)
     ws = Workspace(home / "chaos")
     kept = [r.index for r in rows if r.decision in ("baseline", "keep")]

@@ -113,6 +113,7 @@ def test_history_and_status_read_the_store(recorded):
 
 @requires_real_data
 @requires_bwrap
+@pytest.mark.process_driven
 def test_offline_demo_end_to_end(tmp_path):
     """The issue's own command: `autoresearch run --experiment demo --iterations 3 --budget 5 --proposer offline`."""
     home = tmp_path / "runs"

@@ -94,6 +94,7 @@ def flow_runs(api: str) -> list[dict]:
 
 @requires_real_data
 @requires_bwrap
+@pytest.mark.process_driven
 def test_deploy_survives_sigkill_and_resumes(tmp_path):
     home = tmp_path / "runs"
     log = tmp_path / "deploy.log"

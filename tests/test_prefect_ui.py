@@ -53,6 +53,7 @@ def post(record: ServerRecord, path: str, body: dict) -> list[dict]:
 @requires_real_data
 @requires_bwrap
 @requires_chromium
+@pytest.mark.process_driven
 def test_run_reports_to_the_ui_server_and_the_ui_shows_it(ui_server, tmp_path):
     home = tmp_path / "runs"
     done = cli("run", "--experiment", "uitest", "--iterations", "1", "--budget", "1", "--proposer", "offline",
