@@ -38,9 +38,11 @@ data:
 	$(PY) prepare.py
 
 # two workers: the process-driven tests (SIGKILLed runs and servers, mostly waiting) beside all the others,
-# which keep one worker to themselves as before (tests/conftest.py puts each test in its lane)
+# which keep one worker to themselves as before (tests/conftest.py puts each test in its lane); then the tests
+# that compare a candidate's work on a quiet and a busy machine, with nothing of the suite beside them
 test: setup
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not alone"
+	$(PY) -m pytest -m alone
 
 run: setup
 	$(VENV)/bin/autoresearch run

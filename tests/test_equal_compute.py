@@ -188,6 +188,7 @@ BUSY_LOOP = "while True:\n    pass\n"
 
 
 @requires_bwrap
+@pytest.mark.alone  # its "quiet" run must be quiet: not beside the other lane
 def test_the_same_candidate_does_the_same_work_on_a_busy_machine(tmp_path):
     """Every core kept busy by other processes: on a wall clock the candidate would lose a third of its
     epochs or more; on the CPU clock it completes about as many as on a quiet machine."""
