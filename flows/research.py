@@ -350,7 +350,8 @@ def publish(run: Run, i: int) -> None:
 # --- what a run does after a crash, and when it stops ----------------------------
 
 def target_of(cfg: ExperimentConfig, last_finished: int) -> int:
-    """The last iteration of this run: the experiment's total, or (scheduled runs) `iterations` more."""
+    """The last iteration of this run: the experiment's total, or (scheduled runs) `iterations` more than the
+    last one finished before the run's session began."""
     return last_finished + cfg.iterations if cfg.new_iterations else cfg.iterations
 
 
@@ -381,15 +382,38 @@ def last_wall_seconds(run: Run) -> float:
     return max(0.0, (finished[-1].finished_at - finished[-1].started_at).total_seconds())
 
 
-def deadline_of(cfg: ExperimentConfig, started: float) -> float | None:
-    """The run's deadline on the monotonic clock: the earlier of stop_after_s and stop_at's next occurrence."""
-    limits = [cfg.stop_after_s] if cfg.stop_after_s is not None else []
+def session_began() -> datetime:
+    """Now, or for a deployment's run that resumes a crashed run, when that run's session began (infra/deployments.py)."""
+    from infra import deployments
+
+    now = datetime.now(timezone.utc)
+    try:
+        began = deployments.session_started()
+    except Exception as exc:  # the Prefect API could not say: the run still runs, its own limits counted from now
+        print(f"could not read this deployment's earlier runs ({type(exc).__name__}: {exc}); limits count from now")
+        return now
+    if began is None or began >= now:
+        return now
+    print(f"this run resumes a crashed run: --hours, --until and --iterations count from {began:%Y-%m-%d %H:%M:%S %Z}")
+    return began
+
+
+def deadline_of(cfg: ExperimentConfig, began: datetime, started: float) -> float | None:
+    """The run's deadline on the monotonic clock, on which `started` is now: the earlier of stop_after_s after the
+    session began and stop_at's next occurrence after it."""
+    ends = [began + timedelta(seconds=cfg.stop_after_s)] if cfg.stop_after_s is not None else []
     if cfg.stop_at is not None:
-        now = datetime.now().astimezone()
+        local = began.astimezone()
         hour, minute = map(int, cfg.stop_at.split(":"))
-        at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-        limits.append(((at if at > now else at + timedelta(days=1)) - now).total_seconds())
-    return started + min(limits) if limits else None
+        at = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        ends.append(at if at > local else at + timedelta(days=1))
+    return started + (min(ends) - datetime.now(timezone.utc)).total_seconds() if ends else None
+
+
+def finished_before(run: Run, began: datetime) -> int:
+    """The last iteration finished before the session began (its runs add `iterations` after it)."""
+    before = began.astimezone(timezone.utc).replace(tzinfo=None)  # the store's times are naive UTC
+    return max((r.index for r in run.finished() if r.finished_at < before), default=0)
 
 
 def out_of_time(run: Run, deadline: float | None, i: int) -> str | None:
@@ -407,8 +431,8 @@ def out_of_time(run: Run, deadline: float | None, i: int) -> str | None:
 @flow(name="research", flow_run_name="research-{config.name}", log_prints=True, retries=1, retry_delay_seconds=10, persist_result=False)
 def research(config: ExperimentConfig) -> dict[str, Any]:
     """Run (or resume) one experiment until `iterations` iterations have finished."""
-    started = time.monotonic()
-    deadline = deadline_of(config, started)
+    began = session_began()
+    deadline = deadline_of(config, began, time.monotonic())
     cfg = config.model_copy()  # the run resolves the allowance and the cores in it; the caller's stays as given
     run = Run(cfg)
     with experiment_lock(run.ws.root):
@@ -418,7 +442,7 @@ def research(config: ExperimentConfig) -> dict[str, Any]:
             run_baseline(run)
             publish(run, 0)
         start = run.finished()[-1].index + 1
-        run.target = target_of(cfg, start - 1)
+        run.target = target_of(cfg, finished_before(run, began))
         status = "finished"
         if start <= run.target and guard_crashed_iteration(run, start):
             publish(run, start)

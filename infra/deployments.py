@@ -185,6 +185,41 @@ def remove(experiment: str) -> None:
                 client.delete_automation(old.id)
 
 
+def session_start(runs: list[tuple[datetime, str]]) -> datetime:
+    """(start time, state name) of a deployment's runs, oldest first, up to this run: when this run's session
+    began. A run right after a Crashed run resumed it (the resume automation), so it keeps that run's session,
+    and so on back."""
+    start = runs[-1][0]
+    for earlier_start, state in reversed(runs[:-1]):
+        if state != "Crashed":
+            break
+        start = earlier_start
+    return start
+
+
+def session_started() -> datetime | None:
+    """When this flow run's session began, if it is a run of a deployment (None otherwise): a run resumed after a
+    crash counts --hours, --until and --iterations from the crashed run's start, so a crash buys no extra night."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterStartTime
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    this = context.flow_run if context else None
+    if this is None or this.deployment_id is None:
+        return None
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[this.deployment_id])),
+                                     flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
+                                     sort=FlowRunSort.START_TIME_DESC, limit=50)
+    started = [r for r in reversed(runs) if r.start_time is not None]
+    mine = next((k for k, r in enumerate(started) if r.id == this.id), None)
+    if mine is None:
+        return None
+    return session_start([(r.start_time, r.state_name or "") for r in started[:mine + 1]])
+
+
 @dataclass(frozen=True)
 class RunInfo:
     name: str  # the flow run's name (research-<experiment>, or Prefect's for a resumed one)
