@@ -392,7 +392,7 @@ def session_began() -> datetime:
     except Exception as exc:  # the Prefect API could not say: the run still runs, its own limits counted from now
         print(f"could not read this deployment's earlier runs ({type(exc).__name__}: {exc}); limits count from now")
         return now
-    if began is None or began >= now:
+    if began is None:
         return now
     print(f"this run resumes a crashed run: --hours, --until and --iterations count from {began:%Y-%m-%d %H:%M:%S %Z}")
     return began

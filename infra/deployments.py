@@ -185,6 +185,11 @@ def remove(experiment: str) -> None:
                 client.delete_automation(old.id)
 
 
+def ran(flow_run) -> bool:
+    """It ran: not a run the schedule cancelled as a collision (one runs already), which has a start time too."""
+    return flow_run.start_time is not None and not (flow_run.state_name == "Cancelled" and flow_run.run_count == 0)
+
+
 def session_start(runs: list[tuple[datetime, str]]) -> datetime:
     """(start time, state name) of a deployment's runs, oldest first, up to this run: when this run's session
     began. A run right after a Crashed run resumed it (the resume automation), so it keeps that run's session,
@@ -198,8 +203,8 @@ def session_start(runs: list[tuple[datetime, str]]) -> datetime:
 
 
 def session_started() -> datetime | None:
-    """When this flow run's session began, if it is a run of a deployment (None otherwise): a run resumed after a
-    crash counts --hours, --until and --iterations from the crashed run's start, so a crash buys no extra night."""
+    """When this flow run's session began, if it resumes a crashed run of its deployment (None otherwise: its session
+    is its own): it counts --hours, --until and --iterations from the crashed run's start, so a crash buys no extra night."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterStartTime
     from prefect.client.schemas.sorting import FlowRunSort
@@ -213,11 +218,12 @@ def session_started() -> datetime | None:
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[this.deployment_id])),
                                      flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
                                      sort=FlowRunSort.START_TIME_DESC, limit=50)
-    started = [r for r in reversed(runs) if r.start_time is not None]
+    started = [r for r in reversed(runs) if ran(r)]
     mine = next((k for k, r in enumerate(started) if r.id == this.id), None)
     if mine is None:
         return None
-    return session_start([(r.start_time, r.state_name or "") for r in started[:mine + 1]])
+    began = session_start([(r.start_time, r.state_name or "") for r in started[:mine + 1]])
+    return began if began < started[mine].start_time else None
 
 
 @dataclass(frozen=True)
@@ -242,7 +248,7 @@ def recent_runs(limit: int = 20) -> list[RunInfo]:
         runs = [r for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
                                                  flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
                                                  sort=FlowRunSort.START_TIME_DESC, limit=10 * limit)
-                if r.deployment_id in names and not (r.state_name == "Cancelled" and r.run_count == 0)]
+                if r.deployment_id in names and ran(r)]
     infos, crashed_before = [], set()
     for r in reversed(runs):
         infos.append(RunInfo(r.name, names[r.deployment_id], r.state_name or "-", r.start_time,

@@ -88,8 +88,15 @@ def wait_for(what: str, check, timeout: float, log: Path):
 
 
 def flow_runs(api: str) -> list[dict]:
+    """The runs that ran (not those a schedule left cancelled as a collision, which have a start time too)."""
     response = httpx.post(f"{api}/flow_runs/filter", json={"sort": "START_TIME_ASC"}, timeout=10)
-    return [r for r in response.json() if r["start_time"] is not None]
+    return [r for r in response.json() if r["start_time"] is not None and r["run_count"] > 0]
+
+
+def logged(api: str, run_id: str) -> str:
+    response = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200},
+                          timeout=10)
+    return "\n".join(entry["message"] for entry in response.json())
 
 
 @requires_real_data
@@ -129,6 +136,8 @@ def test_deploy_survives_sigkill_and_resumes(tmp_path):
         assert iteration_2.orchestrator_crashes == 1
         resumed = [r for r in flow_runs(api) if r["start_time"] > killed["start_time"] and r["id"] != killed["id"]]
         assert resumed and resumed[0]["deployment_id"] == killed["deployment_id"]
+        # the first run after the crash keeps the killed run's session (its --hours and --iterations)
+        assert "this run resumes a crashed run" in logged(api, resumed[0]["id"]), logged(api, resumed[0]["id"])
         status = cli(home, "status")
         assert status.returncode == 0 and "Crashed" in status.stdout and "resumed" in status.stdout, status.stdout
         unknown = cli(home, "deploy", "--remove", "nosuch")
