@@ -423,8 +423,10 @@ def out_of_time(run: Run, deadline: float | None, i: int) -> str | None:
     left, needed = deadline - time.monotonic(), last_wall_seconds(run)
     if needed < left:
         return None
-    return (f"stopping before iteration {i}: {max(left, 0):.0f} s left before the run's end "
-            f"(--hours {run.cfg.stop_after_s}, --until {run.cfg.stop_at}), and the last iteration took {needed:.0f} s")
+    limits = [f"--hours {run.cfg.stop_after_s / 3600:g}"] if run.cfg.stop_after_s is not None else []
+    limits += [f"--until {run.cfg.stop_at}"] if run.cfg.stop_at is not None else []
+    return (f"stopping before iteration {i}: {max(left, 0):.0f} s left before the run's end ({', '.join(limits)}), "
+            f"and the last iteration took {needed:.0f} s")
 
 
 # the flow run is named by its experiment, so the UI lists "research-overnight", not a random name
