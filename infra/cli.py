@@ -477,7 +477,8 @@ def status(
     for column in ("name", "status", "live", "iterations", "kept", "best val", "best test", "budget", "crashes"):
         table.add_column(column)
     for exp in store.experiments():
-        rows = store.records(exp.id, finished_only=True)
+        records = store.records(exp.id)
+        rows = [r for r in records if r.finished]
         kept = [r for r in rows if r.kept]
         best = incumbent_of(rows)
         holder = lock_holder(home_dir / exp.name)
@@ -486,7 +487,7 @@ def status(
                       f"{best.val_accuracy:.4f}" if best else "-",
                       f"{best.test_accuracy:.4f}" if best and best.test_accuracy is not None else "-",
                       f"{exp.config.get('budget_s')} s",
-                      str(sum(r.orchestrator_crashes for r in store.records(exp.id))))  # runs that died mid-iteration
+                      str(sum(r.orchestrator_crashes for r in records)))  # runs that died mid-iteration, finished or not
     out.print(table)
     if connect_to_server(home_dir):
         scheduled_runs()
