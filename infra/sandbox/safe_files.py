@@ -84,9 +84,11 @@ def copy_out(directory: Path, name: str, dest: Path, max_bytes: int) -> None:
 
 
 def write_private(path: Path, data: bytes, mode: int = 0o444) -> None:
-    """Write an orchestrator file, refusing to follow a link that may stand in its place."""
+    """Write an orchestrator file, refusing to follow a link that may stand in its place. Its mode is exactly mode,
+    whatever the umask (the orchestrator's is 077; a file the sandbox user must read says so in its mode)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), mode)
         f.write(data)
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from infra import operator_files
 from infra.records import IterationRecord
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -51,7 +52,9 @@ class Experiment(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     config: Mapped[dict] = mapped_column(JSON, default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="created")  # created, running, finished, failed
+    status: Mapped[str] = mapped_column(String(16), default="created")  # created, running, finished, stopped, failed
+    # what `autoresearch deploy` gave its scheduled runs (they take the name only): an ExperimentConfig, or None
+    deployed_config: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -117,6 +120,19 @@ class ProposerCall(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class SettingChange(Base):
+    """A fixed setting (the rule, the proposer) changed on resume, asked for with --change-rule."""
+
+    __tablename__ = "setting_changes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"))
+    setting: Mapped[str] = mapped_column(String(32))
+    old: Mapped[Any] = mapped_column(JSON, nullable=True)
+    new: Mapped[Any] = mapped_column(JSON, nullable=True)
+    after_iteration: Mapped[int] = mapped_column(Integer)
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class StoreError(RuntimeError):
     """The database could not be opened or migrated."""
 
@@ -147,14 +163,27 @@ def migrate(url: str) -> None:
     command.upgrade(cfg, "head")
 
 
+def _check_sqlite_file(url: str) -> None:
+    """An SQLite store's file, if there, is a regular file of the operator's in a directory of theirs, 0600:
+    SQLite itself would follow a link at the name (infra/operator_files.py)."""
+    path = Path(url[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(path):
+        fd = operator_files.open_file(path, os.O_RDONLY)
+        os.fchmod(fd, operator_files.FILE_MODE)  # SQLite gives its -wal and -shm files the database's mode
+        os.close(fd)
+
+
 class Store:
     def __init__(self, url: str):
         self.url = url
         try:
             if url.startswith("sqlite:///"):
-                Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+                _check_sqlite_file(url)
             self.engine = make_engine(url)
             migrate(url)
+            if url.startswith("sqlite:///"):
+                _check_sqlite_file(url)  # made just now, with the umask's mode: the operator's alone from here
         except (SQLAlchemyError, OSError, ValueError) as exc:
             raise StoreError(f"cannot open results store {url!r}: {exc}") from exc
         except Exception as exc:  # alembic wraps driver errors in its own types
@@ -185,6 +214,27 @@ class Store:
             exp = s.get(Experiment, experiment_id)
             for key, value in fields.items():
                 setattr(exp, key, value)
+
+    def set_deployed_config(self, name: str, config: dict[str, Any]) -> Experiment:
+        """The configuration of the experiment's scheduled runs (`autoresearch deploy`), creating the experiment."""
+        with self.session() as s:
+            exp = s.scalar(select(Experiment).where(Experiment.name == name))
+            if exp is None:
+                exp = Experiment(name=name, config=config, status="created")
+                s.add(exp)
+            exp.deployed_config = config
+            s.flush()
+            return exp
+
+    def add_setting_change(self, experiment_id: int, setting: str, old: Any, new: Any, after_iteration: int) -> None:
+        with self.session() as s:
+            s.add(SettingChange(experiment_id=experiment_id, setting=setting, old=old, new=new,
+                                after_iteration=after_iteration))
+
+    def setting_changes(self, experiment_id: int) -> list[SettingChange]:
+        with self.session() as s:
+            q = select(SettingChange).where(SettingChange.experiment_id == experiment_id)
+            return list(s.scalars(q.order_by(SettingChange.id)))
 
     def experiments(self) -> list[Experiment]:
         with self.session() as s:
