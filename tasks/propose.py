@@ -1,4 +1,6 @@
-"""Tasks: ask the proposer for the next train.py, or for a fix of one that failed its pre-flight."""
+"""Tasks: ask the proposer for the next train.py, or for a fix of one that failed its pre-flight.
+
+Whatever the proposer returns passes the one intake (infra/proposers/intake.py) before the flow sees it."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from infra.proposers import Proposal, ProposalContext, StopResearch, make_proposer
+from infra.proposers.intake import accept_proposal
 
 
 def retry_unless_stopping(_task: Any, _run: Any, state: Any) -> bool:
@@ -19,7 +22,7 @@ def retry_unless_stopping(_task: Any, _run: Any, state: Any) -> bool:
       retry_delay_seconds=5, retry_condition_fn=retry_unless_stopping)
 def propose_edit(proposer_spec: str, model: str | None, ctx: ProposalContext) -> Proposal | None:
     """A fresh proposal every time (never cached: a cached proposal would be stale)."""
-    return make_proposer(proposer_spec, model).propose(ctx)
+    return accept_proposal(make_proposer(proposer_spec, model).propose(ctx), ctx.incumbent_code)
 
 
 @task(name="fix", task_run_name="fix-{ctx.iteration}-attempt-{attempt}", cache_policy=NO_CACHE, retries=2,
@@ -27,4 +30,4 @@ def propose_edit(proposer_spec: str, model: str | None, ctx: ProposalContext) ->
 def fix_candidate(proposer_spec: str, model: str | None, ctx: ProposalContext, candidate: Proposal, error: str,
                   log_tail: str, attempt: int) -> Proposal:
     """Send the failure and its traceback back to the model for a corrected train.py."""
-    return make_proposer(proposer_spec, model).fix(ctx, candidate, error, log_tail)
+    return accept_proposal(make_proposer(proposer_spec, model).fix(ctx, candidate, error, log_tail), ctx.incumbent_code)

@@ -1,4 +1,8 @@
-"""Task: the Prefect artifacts a researcher reads in the morning."""
+"""Task: the Prefect artifacts a researcher reads in the morning.
+
+The UI renders markdown: everything a proposer or a candidate wrote goes in as a code span or a fenced
+block (infra/display.py), so it is shown as written and never rendered as a link, an image or HTML; a
+table cell is one cleaned, bounded line."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from prefect.artifacts import (create_image_artifact, create_markdown_artifact, 
                                create_table_artifact)
 from prefect.cache_policies import NO_CACHE
 
+from infra import display, operator_files
 from infra.plot import progress_png
 from infra.records import IterationRecord
 from infra.research.code_edit import unified_diff
@@ -26,7 +31,7 @@ def artifact_key(experiment: str, what: str) -> str:
 
 
 def _fmt(value: Any) -> Any:
-    return round(value, 4) if isinstance(value, float) else value
+    return round(value, 4) if isinstance(value, float) else display.table_cell(value)
 
 
 @task(name="report", task_run_name="report-{iteration}", cache_policy=NO_CACHE)
@@ -43,12 +48,13 @@ def publish_artifacts(experiment: str, iteration: int, total: int, rows: list[It
         f"- validation accuracy (mean of {len(best.measurements)} runs): **{best.val_accuracy:.4f}**\n"
         f"- held-out test accuracy: {best.test_accuracy if best.test_accuracy is not None else 'n/a'}\n"
         f"- proposer cost so far: ${sum(r.cost_usd for r in rows):.4f}\n"
-        f"- hypothesis: {best.hypothesis}\n\n## Diff against the baseline\n\n```diff\n{diff}\n```\n",
+        f"- hypothesis: {display.code_span(best.hypothesis)}\n\n## Diff against the baseline\n\n"
+        f"{display.code_block(diff, 'diff')}\n",
         key=artifact_key(experiment, "best"), description="the incumbent and its diff")
-    create_markdown_artifact(f"# Current strategy\n\n{strategy}\n", key=artifact_key(experiment, "strategy"),
-                             description="program.md's Strategy section in use")
+    create_markdown_artifact(f"# Current strategy\n\n{display.code_block(strategy, 'markdown')}\n",
+                             key=artifact_key(experiment, "strategy"), description="program.md's Strategy section in use")
     png = progress_png(rows, f"{experiment}: validation accuracy per iteration")
-    (Path(workspace) / "progress.png").write_bytes(png)
+    operator_files.write_bytes(Path(workspace) / "progress.png", png)
     create_image_artifact(f"data:image/png;base64,{base64.b64encode(png).decode()}",
                           key=artifact_key(experiment, "progress-plot"), description="progress.png")
 
@@ -56,5 +62,6 @@ def publish_artifacts(experiment: str, iteration: int, total: int, rows: list[It
 def publish_strategy_diff(experiment: str, version: int, old: str, new: str, lessons: str) -> None:
     """The change between two strategy versions, as markdown (called from the flow)."""
     diff = unified_diff(old + "\n", new + "\n", f"strategy v{version - 1}", f"strategy v{version}")
-    create_markdown_artifact(f"# Strategy version {version}\n\n## Lessons\n\n{lessons}\n\n## Diff\n\n```diff\n{diff}\n```\n",
+    create_markdown_artifact(f"# Strategy version {version}\n\n## Lessons\n\n{display.code_block(lessons)}\n\n"
+                             f"## Diff\n\n{display.code_block(diff, 'diff')}\n",
                              key=artifact_key(experiment, "strategy-diff"), description=f"strategy v{version - 1} -> v{version}")

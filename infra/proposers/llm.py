@@ -33,7 +33,7 @@ from infra.proposers.pricing import Usage, cost_usd, worst_case_cost_usd
 from infra.records import ChangeType, IterationRecord, Status, seconds_per_epoch
 from infra.research import acceptance_rule
 from infra.research.acceptance_rule import RuleConfig, decide
-from infra.research.code_edit import classify_change, syntax_error
+from infra.research.code_edit import MAX_CODE_BYTES, classify_change, syntax_error
 from infra.sandbox.compute_record import describe
 from infra.settings import PREFLIGHT_BUDGET_S, PREFLIGHT_IMAGES
 
@@ -188,14 +188,23 @@ def estimated_tokens(text: str) -> int:
 
 # --- validation ------------------------------------------------------------------
 
-def missing_fields(data: dict[str, Any], tool: dict[str, Any]) -> list[str]:
-    """The fields the tool's schema requires that the answer lacks or leaves empty (the schema is the one list)."""
-    return [key for key in tool["input_schema"]["required"] if not isinstance(data.get(key), str) or not data[key].strip()]
+def missing_fields(data: Any, tool: dict[str, Any]) -> list[str]:
+    """The fields the tool's schema requires that the answer lacks, leaves empty or gives as something other than
+    text (the schema is the one list); all of them when the answer is not an object."""
+    required = tool["input_schema"]["required"]
+    if not isinstance(data, dict):
+        return list(required)
+    return [key for key in required if not isinstance(data.get(key), str) or not data[key].strip()]
 
 
-def apply_edits(code: str, edits: list[dict[str, str]]) -> str:
+def apply_edits(code: str, edits: list[Any]) -> str:
+    """The edits applied in order; InvalidProposal for an edit that is not {search: text, replace: text} or whose
+    search text does not occur exactly once (a model's answer is checked for type, never trusted to have one)."""
     for n, edit in enumerate(edits, 1):
-        search, replace = edit.get("search", ""), edit.get("replace", "")
+        if not isinstance(edit, dict) or not isinstance(edit.get("search"), str) \
+                or not isinstance(edit.get("replace", ""), str):
+            raise InvalidProposal(f"edit {n} must be an object with text fields 'search' and 'replace'")
+        search, replace = edit["search"], edit.get("replace", "")
         count = code.count(search) if search else 0
         if count != 1:
             raise InvalidProposal(f"edit {n}: its search text occurs {count} times in the code it edits; it must occur exactly once")
@@ -210,6 +219,8 @@ def proposal_from(data: dict[str, Any] | None, incumbent: str, edit_base: str | 
     edit_base = incumbent if edit_base is None else edit_base
     if not data:
         raise InvalidProposal("no propose_train_py tool call in the answer")
+    if not isinstance(data, dict):
+        raise InvalidProposal(f"the propose_train_py input must be an object, got {type(data).__name__}")
     missing = missing_fields(data, PROPOSE_TOOL)
     if missing:
         raise InvalidProposal(f"missing or empty field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
@@ -217,6 +228,8 @@ def proposal_from(data: dict[str, Any] | None, incumbent: str, edit_base: str | 
         raise InvalidProposal(f"change_type must be 'parametric' or 'structural', got {data['change_type']!r}")
     if isinstance(data.get("train_py"), str) and data["train_py"].strip():
         code = data["train_py"]
+        if len(code) > MAX_CODE_BYTES:  # before anything parses it
+            raise InvalidProposal(f"the new train.py is larger than {MAX_CODE_BYTES // 1024} KiB")
     elif isinstance(data.get("edits"), list) and data["edits"]:
         code = apply_edits(edit_base, data["edits"])
     else:
@@ -453,7 +466,8 @@ class LLMProposer:
             except InvalidProposal as exc:
                 error = str(exc)
                 turns = turns + self._reask(answer, error)
-        return Proposal(hypothesis=answer.data.get("hypothesis", "") if isinstance(answer.data, dict) else "",
+        hypothesis = answer.data.get("hypothesis", "") if isinstance(answer.data, dict) else ""
+        return Proposal(hypothesis=hypothesis if isinstance(hypothesis, str) else "",
                         change_type=ChangeType.UNKNOWN, code=ctx.incumbent_code, error=f"invalid proposal after one re-ask: {error}",
                         calls=self.calls[first_call:])
 
@@ -471,7 +485,7 @@ class LLMProposer:
         first_call = len(self.calls)
         for attempt in range(2):
             answer = self._call("revise" if attempt == 0 else "revise-reask", request, REVISE_TOOL["name"], turns)
-            data = answer.data or {}
+            data = answer.data
             missing = missing_fields(data, REVISE_TOOL)
             if not missing:
                 return Revision(data["strategy"].strip(), data["lessons"].strip(), self.calls[first_call:])

@@ -9,11 +9,12 @@ is the file's first comment line. A candidate that crashes its pre-flight is not
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from infra.proposers.base import CannotFix, Proposal, ProposalContext, Revision
-from infra.records import Verdict
-from infra.research.code_edit import classify_change
+from infra.records import ChangeType, Verdict
+from infra.research.code_edit import MAX_CODE_BYTES, classify_change
 
 
 def first_comment(code: str) -> str:
@@ -30,10 +31,19 @@ class ReplayProposer(CannotFix):
         self.files = sorted(Path(directory).glob("*.py"))
 
     def propose(self, ctx: ProposalContext) -> Proposal | None:
+        """The next file, read as bytes up to the code cap and decoded strictly (the intake checks the rest)."""
         if ctx.iteration > len(self.files):
             return None
         path = self.files[ctx.iteration - 1]
-        code = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_CODE_BYTES + 1)
+        failed = Proposal(hypothesis=f"replay of {path.name}", change_type=ChangeType.UNKNOWN, code=ctx.incumbent_code)
+        if len(data) > MAX_CODE_BYTES:
+            return replace(failed, error=f"{path.name} is larger than {MAX_CODE_BYTES // 1024} KiB")
+        try:
+            code = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return replace(failed, error=f"{path.name} is not UTF-8 text (byte {exc.start})")
         return Proposal(hypothesis=first_comment(code) or f"replay of {path.name}",
                         change_type=classify_change(ctx.incumbent_code, code), code=code)
 

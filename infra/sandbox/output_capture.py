@@ -12,22 +12,21 @@ the candidate that waits on its pipe). Memory held: one line plus the tail.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
+
+from infra.display import terminal
 
 MAX_LINE_CHARS = 2000
 HEAD_BYTES = 256 * 1024
 TAIL_BYTES = 64 * 1024
 MIN_LINE_COST = 64  # bytes each line costs against the head: at most 4,096 lines go line by line to the live log
 _READ_CHUNK = 64 * 1024
-_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def clean(text: str) -> str:
-    """Printable text: terminal escape sequences removed, other control characters shown as '?'."""
-    return _CONTROL.sub("?", _ANSI.sub("", text))
+    """Printable text: terminal escape sequences removed, other control characters shown as '?' (infra/display.py)."""
+    return terminal(text)
 
 
 def read_lines(pipe: BinaryIO) -> Iterator[str]:
