@@ -21,14 +21,14 @@ import torch
 from prefect import flow
 
 import prepare
-from infra import settings
-from infra.experiment_config import FIXED_SETTINGS, ExperimentConfig
+from infra import display, operator_files, settings
+from infra.experiment_config import CHANGEABLE_SETTINGS, ExperimentConfig, fixed_setting_changes
 from infra.failpoints import failpoint
-from infra.proposers import Proposal, ProposalContext, StopResearch
+from infra.proposers import Proposal, ProposalContext, Revision, StopResearch
 from infra.records import ChangeType, IterationRecord, Status, Verdict, incumbent_of
 from infra.research.code_edit import unified_diff
 from infra.research.lock import experiment_lock
-from infra.research.program import read_program, strategy_of, with_strategy
+from infra.research.program import parse_program, read_program, strategy_of, with_strategy
 from infra.research.workspace import Workspace
 from infra.sandbox.compute_record import describe
 from infra.sandbox.startup_allowance import measure_startup_allowance
@@ -47,15 +47,19 @@ class ConfigMismatch(ValueError):
     """A resumed experiment was asked to run under different fixed settings."""
 
 
+CHANGE_FLAG = "--change-rule"  # the CLI option that lets a resumed run change a changeable fixed setting
+
+
 MAX_CONTENDED_RERUNS = 2  # how often a run starved by the machine's load is measured again
 
 
 class Run:
     """One flow run's view of an experiment: the store, the workspace and the fixed data."""
 
-    def __init__(self, cfg: ExperimentConfig):
+    def __init__(self, cfg: ExperimentConfig, change_rule: bool = False):
         self.cfg = cfg
         self.rule = cfg.rule_config()
+        operator_files.operator_dir(Path(cfg.home))  # the runs home is the operator's alone (0700), or refused
         self.store = Store(cfg.db_url)
         self.ws = Workspace(Path(cfg.home) / cfg.name)
         self.val = prepare.load_split_uint8("val")
@@ -64,7 +68,7 @@ class Run:
         self.exp = self.store.ensure_experiment(cfg.name, cfg.model_dump())
         self._resolve_cpu_threads()
         self._resolve_startup_allowance()
-        self._check_same_settings()
+        self.changes = self._check_same_settings(change_rule)
         self.limits = cfg.limits()
         self.preflight = cfg.preflight if cfg.preflight is not None else cfg.language_model
         self.target = cfg.iterations  # the last iteration this run works towards (see target_of)
@@ -83,12 +87,29 @@ class Run:
             print(f"start-up allowance: {self.cfg.startup_allowance_s:g} s "
                   f"({'stored with the experiment' if stored is not None else 'measured in the sandbox'})")
 
-    def _check_same_settings(self) -> None:
-        for key in FIXED_SETTINGS:
-            before, now = self.exp.config.get(key), getattr(self.cfg, key)
-            if before is not None and before != now:
+    def _check_same_settings(self, change_rule: bool) -> list[tuple[str, Any, Any]]:
+        """The changes of changeable settings this run makes (allowed by change_rule); any other change refused."""
+        changes = fixed_setting_changes(self.exp.config, self.cfg)
+        for key, before, now in changes:
+            if key not in CHANGEABLE_SETTINGS:
                 raise ConfigMismatch(f"experiment {self.cfg.name!r} runs with {key}={before}; resume with the same "
-                                     f"value (asked for {now}), or start a new experiment, so every candidate gets equal compute")
+                                     f"value (asked for {now}), or start a new experiment, so every candidate gets "
+                                     f"equal compute")
+            if not change_rule:
+                raise ConfigMismatch(f"experiment {self.cfg.name!r} runs with {key}={before!r} (asked for {now!r}): "
+                                     f"later candidates would be decided by other standards than earlier ones. Start a "
+                                     f"new experiment, or change it on purpose with {CHANGE_FLAG} (recorded in its "
+                                     f"history and research log)")
+        return changes
+
+    def record_changes(self) -> None:
+        """Store and commit the changes of changeable settings this run was allowed to make (--change-rule)."""
+        after = self.finished()[-1].index if self.finished() else 0
+        for key, before, now in self.changes:
+            self.store.add_setting_change(self.exp.id, key, before, now, after)
+            self.ws.commit_note(f"Setting change: {key} after iteration {after}",
+                                f"{key}: {before!r} -> {now!r} ({CHANGE_FLAG}); later iterations are decided under it.")
+            print(f"setting change after iteration {after}: {key} {before!r} -> {now!r} ({CHANGE_FLAG})")
 
     # --- state derived from the store ----------------------------------------
 
@@ -139,7 +160,7 @@ class Run:
             iteration=iteration,
             incumbent_code=inc.code,
             strategy=self.strategy(),
-            program=read_program(self.ws.program_md),
+            program=self.program(),
             incumbent=incumbent_of(history),
             rule=self.rule,
             history=history,
@@ -150,16 +171,20 @@ class Run:
 
     # --- make the workspace agree with the store ------------------------------
 
+    def program(self) -> str:
+        """The experiment's own program.md (infra/research/program.py), read as a file of the operator's."""
+        return parse_program(self.ws.read_program_md(), self.ws.program_md)
+
     def sync(self) -> None:
         program = read_program(Path(self.cfg.program_path))
         self.ws.ensure(self.baseline_code, program)
         if not self.store.strategies(self.exp.id):
-            self.store.add_strategy(self.exp.id, 0, 0, strategy_of(read_program(self.ws.program_md)), "initial strategy")
-        current = read_program(self.ws.program_md)
+            self.store.add_strategy(self.exp.id, 0, 0, strategy_of(self.program()), "initial strategy")
+        current = self.program()
         finished = self.finished()
         versions = self.store.strategies(self.exp.id)
-        if strategy_of(current) != versions[-1].text.strip():
-            self.ws.program_md.write_text(with_strategy(current, versions[-1].text))
+        if strategy_of(current) != strategy_of(with_strategy(current, versions[-1].text)):
+            self.ws.write_program_md(with_strategy(current, versions[-1].text))
             self.ws.commit_program(versions[-1].version, finished[-1].index if finished else 0)
         committed = set(self.ws.committed_iterations())
         previous = None
@@ -168,8 +193,8 @@ class Run:
                 self.ws.commit_keep(row.index, row.hypothesis, previous.val_accuracy, row.val_accuracy, row.code)
             if Verdict(row.decision).kept:
                 previous = row
-        if previous is not None and self.ws.train_py.read_text() != previous.code:
-            self.ws.train_py.write_text(previous.code)
+        if previous is not None and self.ws.read_train_py() != previous.code:
+            self.ws.write_train_py(previous.code)
 
 
 # --- one measured run: train, then evaluate ----------------------------------
@@ -219,7 +244,7 @@ def trial_fields(result: TrialResult) -> dict[str, Any]:
 
 
 def run_baseline(run: Run) -> None:
-    code = run.ws.train_py.read_text()
+    code = run.ws.read_train_py()
     runs: list[dict[str, Any]] = []
     results = [measure(run, code, 0, n, runs) for n in range(run.cfg.repeats)]
     scores = [r.val_accuracy for r in results if r.status == Status.OK]
@@ -254,7 +279,12 @@ def pass_preflight(run: Run, i: int, ctx: ProposalContext, proposal: Proposal) -
             return proposal, attempts
         if attempt == run.cfg.fix_attempts:
             return replace(proposal, error=f"pre-flight failed after {attempt} fix attempts: {smoke.reason}"), attempts
-        fixed = fix_candidate(run.cfg.proposer, run.cfg.model, ctx, proposal, smoke.reason, tail, attempt + 1)
+        try:
+            fixed = fix_candidate(run.cfg.proposer, run.cfg.model, ctx, proposal, smoke.reason, tail, attempt + 1)
+        except StopResearch:
+            raise
+        except Exception as exc:  # whatever a proposer raises is recorded on the iteration, never fails the flow
+            return replace(proposal, error=f"fix attempt {attempt + 1}: {proposer_failure(exc)}"), attempts
         record_calls(run, i, fixed.calls)
         if fixed.error:
             return replace(proposal, error=f"fix attempt {attempt + 1}: {fixed.error}"), attempts
@@ -263,13 +293,24 @@ def pass_preflight(run: Run, i: int, ctx: ProposalContext, proposal: Proposal) -
     return proposal, attempts
 
 
+def proposer_failure(exc: Exception) -> str:
+    """An exception a proposer raised, as one bounded, cleaned line for the iteration's reason."""
+    return f"the proposer failed: {type(exc).__name__}: {display.one_line(str(exc))[:500]}"
+
+
 def run_iteration(run: Run, i: int) -> bool:
     """One iteration; False when the proposer has nothing more to propose."""
     incumbent = run.incumbent()
     failpoint("propose", i)
     started = datetime.now(timezone.utc)
     ctx = run.context(i)
-    proposal = propose_edit(run.cfg.proposer, run.cfg.model, ctx)
+    try:
+        proposal = propose_edit(run.cfg.proposer, run.cfg.model, ctx)
+    except StopResearch:
+        raise
+    except Exception as exc:  # whatever a proposer raises is recorded on the iteration, never fails the flow
+        proposal = Proposal(hypothesis="", change_type=ChangeType.UNKNOWN, code=incumbent.code,
+                            error=proposer_failure(exc))
     if proposal is None:
         return False
     record_calls(run, i, proposal.calls)
@@ -285,7 +326,7 @@ def run_iteration(run: Run, i: int) -> bool:
         run.store.put_iteration(run.exp.id, i, **base, status=Status.INVALID, reason=proposal.error,
                                 decision=Verdict.DISCARD,
                                 rule={}, measurements=[], val_accuracy=None, started_at=utcnow(), finished_at=utcnow())
-        print(f"iteration {i}/{run.target}: failed proposal: {proposal.error}")
+        print(f"iteration {i}/{run.target}: failed proposal: {display.one_line(proposal.error)}")
         return True
     run.store.put_iteration(run.exp.id, i, **base, status=Status.RUNNING, decision=Verdict.PENDING, rule={}, measurements=[],
                             started_at=utcnow(), finished_at=None)
@@ -318,7 +359,8 @@ def run_iteration(run: Run, i: int) -> bool:
     if decision and len(scores) > decision.n_candidate:  # a new incumbent's extra seeds, for its own noise
         score += f"; {statistics.fmean(scores):.4f} over all {len(scores)} runs"
     delta = f"delta {decision.delta:+.4f} vs threshold {decision.threshold:.4f}" if decision else first.reason
-    print(f"iteration {i}/{run.target}: {first.status} {verdict} {score} ({delta}) | {proposal.hypothesis}")
+    print(f"iteration {i}/{run.target}: {first.status} {verdict} {score} ({display.one_line(delta)}) | "
+          f"{display.one_line(proposal.hypothesis)}")
     return True
 
 
@@ -331,14 +373,19 @@ def maybe_revise(run: Run, i: int) -> None:
     if any(v.version == version for v in run.store.strategies(run.exp.id)):
         return
     previous = run.strategy()
-    revision = revise_strategy(run.cfg.proposer, run.cfg.model, run.context(i), after)
+    try:
+        revision = revise_strategy(run.cfg.proposer, run.cfg.model, run.context(i), after)
+    except StopResearch:
+        raise
+    except Exception as exc:  # the strategy stays as it is; the version records why
+        revision = Revision(previous, f"strategy revision failed: {proposer_failure(exc)}; the strategy is unchanged")
     text, lessons = revision.strategy, revision.lessons
     record_calls(run, after, revision.calls)
     run.store.add_strategy(run.exp.id, version, after, text, lessons)
     publish_strategy_diff(run.cfg.name, version, previous, text, lessons)
-    run.ws.program_md.write_text(with_strategy(read_program(run.ws.program_md), text))
+    run.ws.write_program_md(with_strategy(run.program(), text))
     run.ws.commit_program(version, after)
-    print(f"strategy version {version} after iteration {after}: {lessons}")
+    print(f"strategy version {version} after iteration {after}: {display.one_line(lessons)[:500]}")
 
 
 def publish(run: Run, i: int) -> None:
@@ -429,44 +476,63 @@ def out_of_time(run: Run, deadline: float | None, i: int) -> str | None:
             f"and the last iteration took {needed:.0f} s")
 
 
-# the flow run is named by its experiment, so the UI lists "research-overnight", not a random name
-@flow(name="research", flow_run_name="research-{config.name}", log_prints=True, retries=1, retry_delay_seconds=10, persist_result=False)
-def research(config: ExperimentConfig) -> dict[str, Any]:
-    """Run (or resume) one experiment until `iterations` iterations have finished."""
+def run_experiment(config: ExperimentConfig, change_rule: bool = False) -> dict[str, Any]:
+    """Run (or resume) one experiment until `iterations` iterations have finished (the body of the research flows:
+    `research` here, a CLI's run; flows/scheduled.py's, a deployment's)."""
     began = session_began()
     deadline = deadline_of(config, began, time.monotonic())
     cfg = config.model_copy()  # the run resolves the allowance and the cores in it; the caller's stays as given
-    run = Run(cfg)
+    run = Run(cfg, change_rule)
     with experiment_lock(run.ws.root):
         run.sync()
+        run.record_changes()
         run.store.set_experiment(run.exp.id, status="running", config=cfg.model_dump())
-        if not run.finished():
-            run_baseline(run)
-            publish(run, 0)
-        start = run.finished()[-1].index + 1
-        run.target = target_of(cfg, finished_before(run, began))
-        status = "finished"
-        if start <= run.target and guard_crashed_iteration(run, start):
-            publish(run, start)
-            start += 1
-        for i in range(start, run.target + 1):
-            why = out_of_time(run, deadline, i)
-            if why:
-                print(why)
-                status = "stopped"
-                break
-            try:
-                maybe_revise(run, i)
-                if not run_iteration(run, i):
-                    print(f"proposer has nothing more to propose after iteration {i - 1}; stopping")
-                    break
-            except StopResearch as exc:
-                print(f"stopping before iteration {i}: {exc}")
-                status = "stopped"
-                break
-            publish(run, i)
-        run.store.set_experiment(run.exp.id, status=status)
-        best = incumbent_of(run.history()).as_dict()
+        try:
+            best = research_loop(run, began, deadline)
+        except BaseException:  # an exception, Ctrl-C: the store says so (a SIGKILL leaves `running`, as it must)
+            run.store.set_experiment(run.exp.id, status="failed")
+            raise
     print(f"best: iteration {best['iteration']} val_accuracy {best['val_accuracy']:.4f} "
-          f"test_accuracy {best['test_accuracy']} | {best['hypothesis']}")
+          f"test_accuracy {best['test_accuracy']} | {display.one_line(best['hypothesis'])}")
     return best
+
+
+def research_loop(run: Run, began: datetime, deadline: float | None) -> dict[str, Any]:
+    """The baseline if there is none, then iterations until the run's target, its deadline or the proposer's end."""
+    cfg = run.cfg
+    if not run.finished():
+        run_baseline(run)
+        publish(run, 0)
+    start = run.finished()[-1].index + 1
+    run.target = target_of(cfg, finished_before(run, began))
+    status = "finished"
+    if start <= run.target and guard_crashed_iteration(run, start):
+        publish(run, start)
+        start += 1
+    for i in range(start, run.target + 1):
+        why = out_of_time(run, deadline, i)
+        if why:
+            print(why)
+            status = "stopped"
+            break
+        try:
+            maybe_revise(run, i)
+            if not run_iteration(run, i):
+                print(f"proposer has nothing more to propose after iteration {i - 1}; stopping")
+                break
+        except StopResearch as exc:
+            print(f"stopping before iteration {i}: {exc}")
+            status = "stopped"
+            break
+        publish(run, i)
+    run.store.set_experiment(run.exp.id, status=status)
+    return incumbent_of(run.history()).as_dict()
+
+
+# the flow run is named by its experiment, so the UI lists "research-overnight", not a random name
+@flow(name="research", flow_run_name="research-{config.name}", log_prints=True, retries=1, retry_delay_seconds=10,
+      persist_result=False)
+def research(config: ExperimentConfig, change_rule: bool = False) -> dict[str, Any]:
+    """Run (or resume) one experiment until `iterations` iterations have finished. change_rule: a resumed run may
+    change the experiment's rule or proposer (recorded); any other change of a fixed setting is refused."""
+    return run_experiment(config, change_rule)

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from infra import settings
+from infra import display, operator_files, settings
 from infra.experiment_config import ExperimentConfig, default, explain
 from infra.records import IterationRecord, Status, incumbent_of
 from infra.sandbox.compute_record import describe
@@ -31,11 +31,21 @@ out = Console() if Console().is_terminal else Console(width=160)
 @app.callback()
 def root() -> None:
     """Autoresearch for Fashion-MNIST: sandboxed training, scoring no candidate can fake."""
+    operator_files.private_umask()  # everything we make is the operator's alone, whatever the caller's umask
 
 
 def fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
+
+
+def home_of(home: Optional[Path]) -> Path:
+    """The runs home (--home, AUTORESEARCH_HOME or ./runs), made or checked to be the operator's alone (0700)."""
+    try:
+        return operator_files.operator_dir(settings.runs_home(home))
+    except operator_files.ForeignPath as exc:
+        fail(f"runs home: {exc}", code=1)
+        raise  # unreachable: fail raises
 
 
 def check_device(device: Optional[str]) -> None:
@@ -128,7 +138,7 @@ def train(
     from infra.sandbox.trial import run_trial
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
-    run_dir = settings.runs_home(home) / "scratch" / f"{stamp}-{path.stem}"
+    run_dir = operator_files.operator_dir(home_of(home) / "scratch") / f"{stamp}-{path.stem}"
     code = path.read_text()
     if startup_allowance is None:
         from infra.sandbox.startup_allowance import measure_startup_allowance
@@ -187,19 +197,27 @@ def experiment_config(experiment: str, iterations: int, budget: float, proposer:
                       grace: float, startup_allowance: Optional[float], cpu_threads: Optional[int],
                       model: Optional[str], max_cost: Optional[float], preflight: Optional[bool], fix_attempts: int,
                       **overnight) -> tuple[ExperimentConfig, str]:
-    """run's and deploy's options as the experiment's configuration, and why this proposer; bad input exits 2."""
+    """run's and deploy's options as the experiment's configuration, and why this proposer; bad input exits 2.
+    `auto` on an experiment that exists means the proposer it runs with (a fixed setting)."""
     from pydantic import ValidationError
 
     from infra.proposers import ProposerError, resolve_spec
 
+    check_name(experiment)
+    home_dir = home_of(home)
+    stored = open_store(db, home_dir).experiment(experiment)
     try:
-        spec, why = resolve_spec(proposer)
+        if proposer == "auto" and stored is not None and stored.config.get("proposer"):
+            spec, _ = resolve_spec(stored.config["proposer"])
+            why = f"auto: experiment {experiment!r} runs with proposer {spec}"
+        else:
+            spec, why = resolve_spec(proposer)
     except ProposerError as exc:
         fail(str(exc))
     try:
         config = ExperimentConfig(
             name=experiment, iterations=iterations, budget_s=budget, proposer=spec, revise_every=revise_every,
-            repeats=repeats, home=str(settings.runs_home(home)), db_url=db or "", program_path=str(program.resolve()),
+            repeats=repeats, home=str(home_dir), db_url=db or "", program_path=str(program.resolve()),
             baseline_path=str(baseline.resolve()), device=device, grace_s=grace, startup_allowance_s=startup_allowance,
             cpu_threads=cpu_threads, model=model, max_cost=max_cost, preflight=preflight, fix_attempts=fix_attempts,
             **overnight)
@@ -228,6 +246,7 @@ def run(
     max_cost: Optional[float] = typer.Option(default("max_cost"), "--max-cost", help="USD cap on proposer calls; the loop ends before a call could pass it"),
     preflight: Optional[bool] = typer.Option(default("preflight"), "--preflight/--no-preflight", help="smoke-run each candidate first (default: on for claude/openai)"),
     fix_attempts: int = typer.Option(default("fix_attempts"), "--fix-attempts", help="fixes asked for after a pre-flight crash"),
+    change_rule: bool = typer.Option(False, "--change-rule", help="resuming: change the experiment's proposer or acceptance rule on purpose (recorded in its history and research log)"),
 ) -> None:
     """Run (or resume) the research loop on Prefect."""
     config, why = experiment_config(experiment, iterations, budget, proposer, revise_every, repeats, program, baseline,
@@ -236,10 +255,12 @@ def run(
     check_device(device)
     check_data()
     home_dir = Path(config.home)
-    open_store(config.db_url, home_dir)
     from infra.research.lock import lock_holder
 
-    holder = lock_holder(home_dir / experiment)
+    try:
+        holder = lock_holder(home_dir / experiment)
+    except operator_files.ForeignPath as exc:
+        fail(str(exc), code=1)
     if holder:
         fail(f"experiment {experiment!r} is already running ({holder})")
     out.print(f"proposer: {why}")
@@ -250,11 +271,13 @@ def run(
     try:
         with prefect_api(home_dir) as api_url:
             out.print(f"prefect API: {api_url}")
-            best = research(config)
+            best = research(config, change_rule)
     except (LockHeld, ConfigMismatch) as exc:
         fail(str(exc))
+    except operator_files.ForeignPath as exc:
+        fail(str(exc), code=1)
     out.print(f"[bold]best[/]: iteration {best['iteration']}, val_accuracy {best['val_accuracy']:.4f}, "
-              f"test_accuracy {best['test_accuracy']}: {escape(best['hypothesis'])}")
+              f"test_accuracy {best['test_accuracy']}: {escape(display.one_line(best['hypothesis']))}")
     out.print(f"history: autoresearch history {experiment}   research log: git -C {home_dir / experiment} log -p")
 
 
@@ -284,7 +307,7 @@ def deploy(
     """Schedule an experiment (each run resumes it, adding --iterations) and serve its runs here until Ctrl-C."""
     from infra import deployments
 
-    home_dir = settings.runs_home(options["home"])
+    home_dir = home_of(options["home"])
     if remove_it is not None:
         check_name(remove_it)
         use_server(home_dir)
@@ -305,12 +328,26 @@ def deploy(
     api_url = use_server(home_dir)
     check_device(options["device"])
     check_data()
-    open_store(config.db_url, home_dir)
-    os.chdir(settings.REPO_ROOT)  # the deployment's entrypoint, flows/research.py:research, is relative to it
+    store_deployed_config(config)
+    os.chdir(settings.REPO_ROOT)  # the deployment's entrypoint, flows/scheduled.py, is relative to it
     out.print(f"proposer: {why}")
     out.print(f"prefect API: {api_url}; deployment research/{config.name}, {next(iter(schedule))} "
               f"{cron or interval}; Ctrl-C stops serving (the schedule is paused)", highlight=False)
-    deployments.serve_forever(deployments.build(config, cron, interval))
+    deployments.serve_forever(deployments.build(config, cron, interval), config)
+
+
+def store_deployed_config(config: ExperimentConfig) -> None:
+    """What the deployment's runs will read (they take the experiment's name only); a change of a fixed setting of
+    an existing experiment is refused here, before anything is served."""
+    from infra.experiment_config import fixed_setting_changes
+
+    store = open_store(config.db_url, Path(config.home))
+    exp = store.experiment(config.name)
+    changes = fixed_setting_changes(exp.config, config) if exp is not None else []
+    if changes:
+        fail("; ".join(f"experiment {config.name!r} runs with {key}={before!r} (asked for {now!r})"
+                       for key, before, now in changes) + ": deploy it with the same settings, or deploy a new experiment")
+    store.set_deployed_config(config.name, config.model_dump())
 
 
 def use_server(home_dir: Path) -> str:
@@ -325,7 +362,7 @@ def list_deployments(home: Optional[Path] = typer.Option(None, "--home")) -> Non
     """Scheduled experiments: schedule and next run."""
     from infra import deployments
 
-    if not connect_to_server(settings.runs_home(home)):
+    if not connect_to_server(home_of(home)):
         fail("no Prefect server: start one with `autoresearch ui --background`", code=1)
     table = Table(title="deployments of the research flow")
     for column in ("experiment", "schedule", "next run", "paused"):
@@ -337,16 +374,17 @@ def list_deployments(home: Optional[Path] = typer.Option(None, "--home")) -> Non
 
 
 def connect_to_server(home_dir: Path) -> bool:
-    """Point this process at PREFECT_API_URL or the recorded `autoresearch ui` server, if one answers."""
-    from infra.prefect_server import healthy, recorded_server
+    """Point this process (and what it starts) at PREFECT_API_URL (with PREFECT_API_AUTH_STRING, if set) or at the
+    recorded `autoresearch ui` server with its credentials, if one answers."""
+    from infra.prefect_server import credentials, healthy, point_prefect_at, recorded_server
 
-    url = os.environ.get("PREFECT_API_URL")
+    url, auth = os.environ.get("PREFECT_API_URL"), os.environ.get("PREFECT_API_AUTH_STRING")
     if url is None:
         record = recorded_server(home_dir)
-        url = record.url if record else None
+        url, auth = (record.url, credentials(home_dir)) if record else (None, None)
     if url is None or not healthy(url):
         return False
-    os.environ["PREFECT_API_URL"] = url
+    point_prefect_at(url, auth)
     return True
 
 
@@ -360,7 +398,7 @@ def ui(
     """A persistent Prefect server with its UI; `run` reports to it while it is up. Ctrl-C or --stop ends it."""
     from infra import prefect_ui
 
-    home_dir = settings.runs_home(home)
+    home_dir = home_of(home)
     if stop_it:
         out.print(f"prefect UI: {prefect_ui.stop(home_dir)}", highlight=False)
         return
@@ -375,6 +413,8 @@ def ui(
     out.print(f"prefect UI: {record.ui_url}", highlight=False)
     out.print(f"prefect API: {record.url} (pid {record.pid}; recorded in {home_dir / 'prefect-server.json'}, "
               f"log {home_dir / prefect_ui.SERVER_LOG})", highlight=False)
+    out.print(f"credentials: {home_dir / 'prefect-credentials'} (user:password; the UI asks for the password once, "
+              f"every autoresearch command sends them)", highlight=False)
     if background:
         out.print("stop it with: autoresearch ui --stop", highlight=False)
         return
@@ -403,7 +443,7 @@ def history(
     import json
 
     check_name(experiment)
-    store = open_store(db, settings.runs_home(home))
+    store = open_store(db, home_of(home))
     exp = store.experiment(experiment)
     if exp is None:
         fail(f"no experiment named {experiment!r} in {store.url}", code=1)
@@ -424,6 +464,9 @@ def history(
                       str(r.epochs) if r.epochs is not None else "-", cores_column(r.runs),
                       f"{r.cost_usd:.4f}", escape(hypothesis_column(r)))
     out.print(table)
+    for change in store.setting_changes(exp.id):
+        out.print(escape(display.one_line(f"setting change after iteration {change.after_iteration}: {change.setting} "
+                                          f"{change.old!r} -> {change.new!r} (--change-rule)")), highlight=False)
     out.print(f"proposer cost: ${store.total_cost(exp.id):.4f} in total")
 
 
@@ -438,22 +481,26 @@ def report(
     from infra.report_html import report_for
 
     check_name(experiment)
-    home_dir = settings.runs_home(home)
+    home_dir = home_of(home)
     store = open_store(db, home_dir)
     try:
         page = report_for(store, experiment)
     except KeyError:
         fail(f"no experiment named {experiment!r} in {store.url}", code=1)
-    path = out_path or home_dir / experiment / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    if out_path is None:  # in the experiment's directory: the operator's, never written through a link
+        path = operator_files.operator_dir(home_dir / experiment) / "report.html"
+        operator_files.write_text(path, page)
+    else:  # where the researcher asked for it
+        path = out_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(page, encoding="utf-8")
     out.print(f"report: {path.resolve()}", highlight=False, soft_wrap=True)
 
 
 def hypothesis_column(r: IterationRecord) -> str:
-    """The hypothesis, what it expected, and why it failed, if it did."""
+    """The hypothesis, what it expected, and why it failed, if it did: one line, nothing a terminal would act on."""
     text = r.hypothesis + (f" (expects: {r.expected_effect})" if r.expected_effect else "")
-    return text if r.status == Status.OK else f"{text} [{r.reason}]"
+    return display.one_line(text if r.status == Status.OK else f"{text} [{r.reason}]")
 
 
 def cores_column(runs: list[dict]) -> str:
@@ -471,7 +518,7 @@ def status(
     """Experiments in the store: progress, best, and whether a run holds them now."""
     from infra.research.lock import lock_holder
 
-    home_dir = settings.runs_home(home)
+    home_dir = home_of(home)
     store = open_store(db, home_dir)
     table = Table(title=f"experiments in {store.url}")
     for column in ("name", "status", "live", "iterations", "kept", "best val", "best test", "budget", "crashes"):
@@ -481,7 +528,10 @@ def status(
         rows = [r for r in records if r.finished]
         kept = [r for r in rows if r.kept]
         best = incumbent_of(rows)
-        holder = lock_holder(home_dir / exp.name)
+        try:
+            holder = lock_holder(home_dir / exp.name)
+        except OSError as exc:  # a link or a stranger's file where the lock should be: say so, list the rest
+            holder = f"refused: {exc}"
         table.add_row(exp.name, exp.status, holder or "no", str(max((r.iteration for r in rows), default=-1)),
                       str(len(kept) - 1 if kept else 0),
                       f"{best.val_accuracy:.4f}" if best else "-",

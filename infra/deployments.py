@@ -15,6 +15,11 @@ Crash recovery, all on the Prefect server (its event services are on in `autores
    experiment after its last finished iteration (flows/research.py).
 One run at a time: the deployment's concurrency limit is 1 (a run due while one is running is cancelled),
 and the experiment's lock (infra/research/lock.py) as well.
+
+What a run may be told: only the experiment's name (flows/scheduled.py). The configuration `deploy` was
+given is stored with the experiment; the serving process's environment names the experiment, the runs
+home, the store and the flow's entrypoint (Prefect's runner would otherwise load the entrypoint the API
+names), so nothing sent through the API can point a run elsewhere.
 """
 
 from __future__ import annotations
@@ -63,14 +68,17 @@ def schedule_of(cron: str | None, interval: float | None) -> dict:
     return {"cron": cron}
 
 
+ENTRYPOINT_FILE, ENTRYPOINT_FLOW = "flows/scheduled.py", "scheduled_research"  # the file relative to the repository
+
+
 def build(config: ExperimentConfig, cron: str | None, interval: float | None):
-    """The research flow's deployment for this experiment: its configuration as the parameter, one run at a time."""
+    """The research flow's deployment for this experiment: its name as the one parameter, one run at a time."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
-    from flows.research import research
+    from flows.scheduled import scheduled_research
 
-    return research.to_deployment(
-        name=config.name, parameters={"config": config.model_dump()}, **schedule_of(cron, interval),
+    return scheduled_research.to_deployment(
+        name=config.name, parameters={"experiment": config.name}, **schedule_of(cron, interval),
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
         description=f"autoresearch experiment {config.name}: each run resumes it", tags=["autoresearch"])
 
@@ -130,9 +138,16 @@ def definition(automation) -> dict:
     return dumped
 
 
-def serve_forever(deployment) -> None:
-    """Register the deployment and its automations, then run its scheduled runs until Ctrl-C."""
-    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))  # the runs inherit it
+def serve_forever(deployment, config: ExperimentConfig) -> None:
+    """Register the deployment and its automations, then run its scheduled runs until Ctrl-C. The runs inherit
+    this process's environment: the experiment served, its home and store, the flow's entrypoint."""
+    from flows.scheduled import DEPLOYED_EXPERIMENT_ENV
+    from infra.settings import REPO_ROOT
+
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))
+    os.environ.update({DEPLOYED_EXPERIMENT_ENV: config.name, "AUTORESEARCH_HOME": config.home,
+                       "AUTORESEARCH_DB_URL": config.db_url,
+                       "PREFECT__FLOW_ENTRYPOINT": f"{REPO_ROOT / ENTRYPOINT_FILE}:{ENTRYPOINT_FLOW}"})
     from prefect import serve
 
     deployment_id = deployment.apply()

@@ -21,8 +21,11 @@ from infra.research.code_edit import syntax_error
 from infra.research.program import read_program
 from infra.store import results_db_url
 
-# what a resumed experiment must keep: changing any of them would give later candidates other compute
-FIXED_SETTINGS = ("budget_s", "grace_s", "startup_allowance_s", "cpu_threads", "repeats", "device")
+# what a resumed experiment must keep: changing any of them would give later candidates other compute, or
+# (the rule, the proposer) decide later candidates by other standards than earlier ones
+FIXED_SETTINGS = ("budget_s", "grace_s", "startup_allowance_s", "cpu_threads", "repeats", "device", "proposer", "rule")
+# of those, the ones `autoresearch run --change-rule` may change on resume, each change recorded (SettingChange)
+CHANGEABLE_SETTINGS = ("proposer", "rule")
 
 
 class ExperimentConfig(BaseModel):
@@ -124,6 +127,17 @@ class ExperimentConfig(BaseModel):
 
     def rule_config(self) -> RuleConfig:
         return RuleConfig(**self.rule)
+
+
+def fixed_setting_changes(stored: dict[str, Any], config: ExperimentConfig) -> list[tuple[str, Any, Any]]:
+    """(setting, stored value, asked-for value) for each fixed setting config would change in a stored experiment's
+    configuration. An unset value (None: resolved from the stored one at the run's start) changes nothing."""
+    changes = []
+    for key in FIXED_SETTINGS:
+        before, now = stored.get(key), getattr(config, key)
+        if before is not None and now is not None and before != now:
+            changes.append((key, before, now))
+    return changes
 
 
 def default(field: str) -> Any:

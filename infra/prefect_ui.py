@@ -1,9 +1,11 @@
 """
 The persistent Prefect server with its UI (`autoresearch ui`): started, recorded, stopped.
 
-Prefect's own `prefect server start` runs it, bound to 127.0.0.1. Its PREFECT_HOME (its database,
-prefect.db, and the UI's build) is <home>/prefect-ui/ and its log <home>/prefect-ui.log, so the
-runs home holds everything an experiment left behind. The record <home>/prefect-server.json
+Prefect's own `prefect server start` runs it, bound to 127.0.0.1, with Prefect's basic authentication:
+its credentials are <home>/prefect-credentials (0600, made on the first start, reused), which every
+command of ours sends and the UI asks for once (infra/prefect_server.py). Its PREFECT_HOME (its
+database, prefect.db, and the UI's build) is <home>/prefect-ui/ (0700) and its log <home>/prefect-ui.log,
+so the runs home holds everything an experiment left behind. The record <home>/prefect-server.json
 (infra/prefect_server.py) is how `autoresearch run` finds it, and how `--stop` finds its PID.
 """
 
@@ -17,11 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from infra.prefect_server import ServerRecord, read_record, record_path, wait_healthy, write_record
+from infra import operator_files
+from infra.prefect_server import ServerRecord, credentials, read_record, record_path, wait_healthy, write_record
 from infra.sandbox.process_tree import die_with_parent
 
 DEFAULT_PORT = 4200
-HOST = "127.0.0.1"  # never another interface: the API has no authentication
+HOST = "127.0.0.1"  # never another interface: basic authentication over plain HTTP is for loopback only
 SERVER_HOME = "prefect-ui"
 SERVER_LOG = "prefect-ui.log"
 STARTUP_TIMEOUT_S = 120.0  # a cold start migrates a fresh database: 15-20 s on 2 busy cores, more under load
@@ -52,9 +55,11 @@ def alive(pid: int) -> bool:
 
 
 def is_server_process(record: ServerRecord) -> bool:
-    """The recorded PID is still `prefect server start` on the recorded port (PIDs are reused)."""
+    """The recorded PID is still this user's `prefect server start` on the recorded port (PIDs are reused)."""
     try:
         argv = Path(f"/proc/{record.pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        if os.stat(f"/proc/{record.pid}").st_uid != os.geteuid():
+            return False
     except OSError:
         return False
     return (alive(record.pid) and "prefect" in argv and argv[argv.index("prefect") + 1:][:2] == ["server", "start"]
@@ -65,15 +70,15 @@ def server_command(port: int) -> list[str]:
     return [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
 
 
-def server_env(home: Path, port: int) -> dict[str, str]:
-    """The server's settings: everything under the runs home, bound to loopback, no analytics."""
+def server_env(home: Path, port: int, auth: str) -> dict[str, str]:
+    """The server's settings: everything under the runs home, bound to loopback, credentials required, no analytics."""
     prefect_home = home / SERVER_HOME
-    env = {**os.environ, "PREFECT_HOME": str(prefect_home),
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_API_AUTH_STRING": auth,
            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
            "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "true"}
     # a client setting inherited from the caller would point the UI's own requests at another API
-    for key in ("PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_UI_URL"):
+    for key in ("PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_UI_URL", "PREFECT_API_AUTH_STRING"):
         env.pop(key, None)
     return env
 
@@ -83,10 +88,10 @@ def start(home: Path, port: int, background: bool) -> tuple[subprocess.Popen, Se
     in the background it has its own session, so it outlives the terminal."""
     if port_in_use(port):
         raise ServerError(f"port {port} on {HOST} is in use; choose another with --port")
-    home.mkdir(parents=True, exist_ok=True)
-    (home / SERVER_HOME).mkdir(exist_ok=True)
-    with open(home / SERVER_LOG, "ab") as log:
-        proc = subprocess.Popen(server_command(port), env=server_env(home, port), stdin=subprocess.DEVNULL,
+    operator_files.operator_dir(home / SERVER_HOME)
+    auth = credentials(home, create=True)
+    with operator_files.append_to(home / SERVER_LOG) as log:
+        proc = subprocess.Popen(server_command(port), env=server_env(home, port, auth), stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, start_new_session=background,
                                 preexec_fn=None if background else die_with_parent)
     record = ServerRecord(url=f"http://{HOST}:{port}/api", pid=proc.pid, port=port)
@@ -142,7 +147,7 @@ def stop(home: Path) -> str:
 def forget(home: Path, record: ServerRecord) -> None:
     """Remove the record if it is still this server's (another `ui` may have replaced it since)."""
     if read_record(home) == record:
-        record_path(home).unlink(missing_ok=True)
+        record_path(home).unlink(missing_ok=True)  # unlink removes a link itself, never its target
 
 
 def running(home: Path) -> ServerRecord | None:
