@@ -61,7 +61,7 @@ class Run:
         self.rule = cfg.rule_config()
         operator_files.operator_dir(Path(cfg.home))  # the runs home is the operator's alone (0700), or refused
         self.store = Store(cfg.db_url)
-        self.ws = Workspace(Path(cfg.home) / cfg.name)
+        self.ws = Workspace(operator_files.operator_dir(Path(cfg.home) / cfg.name))  # before anything is made in it
         self.val = prepare.load_split_uint8("val")
         self.test = prepare.load_split_uint8("test")
         self.baseline_code = Path(cfg.baseline_path).read_text()

@@ -51,8 +51,12 @@ def experiment_lock(directory: Path) -> Iterator[None]:
 
 
 def lock_holder(directory: Path) -> str | None:
-    """Who holds the experiment's lock now, or None if nobody does."""
+    """Who holds the experiment's lock now, or None if nobody does (ForeignPath: the directory or the lock is a link
+    or another user's)."""
     path = directory / ".lock"
+    if not os.path.lexists(directory):
+        return None
+    operator_files.operator_dir(directory, create=False)
     if not os.path.lexists(path):
         return None
     fd = operator_files.open_file(path, os.O_RDONLY)
