@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -15,10 +16,11 @@ import httpx
 import pytest
 
 from infra import prefect_ui
-from infra.prefect_server import ServerRecord, free_port, read_record, record_path, recorded_server, write_record
+from infra.prefect_server import (ServerRecord, credentials, free_port, read_record, record_path, recorded_server,
+                                  write_record)
 from infra.settings import REPO_ROOT
 from tests.conftest import requires_bwrap, requires_chromium, requires_real_data
-from tests.headless_chromium import distinct_colours, dump_dom, screenshot
+from tests.headless_chromium import DevTools, distinct_colours
 from tests.test_cli_run import cli
 
 
@@ -44,8 +46,10 @@ def ui_server(tmp_path) -> Iterator[ServerRecord]:
             prefect_ui.terminate(record.pid)
 
 
-def post(record: ServerRecord, path: str, body: dict) -> list[dict]:
-    response = httpx.post(f"{record.url}/{path}", json=body, timeout=30)
+def post(record: ServerRecord, path: str, body: dict, home: Path) -> list[dict]:
+    """The REST API with the server's credentials (every call but /health needs them)."""
+    user, password = credentials(home).split(":", 1)
+    response = httpx.post(f"{record.url}/{path}", json=body, timeout=30, auth=(user, password))
     response.raise_for_status()
     return response.json()
 
@@ -61,26 +65,38 @@ def test_run_reports_to_the_ui_server_and_the_ui_shows_it(ui_server, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"prefect API: {ui_server.url}" in done.stdout  # no variable exported: the record was found
 
-    flow_runs = post(ui_server, "flow_runs/filter", {"flow_runs": {"name": {"any_": ["research-uitest"]}}})
+    assert httpx.post(f"{ui_server.url}/flow_runs/filter", json={}, timeout=30).status_code == 401  # no credentials
+    flow_runs = post(ui_server, "flow_runs/filter", {"flow_runs": {"name": {"any_": ["research-uitest"]}}}, home)
     assert len(flow_runs) == 1 and flow_runs[0]["state_type"] == "COMPLETED"
     flow_run = flow_runs[0]
-    tasks = {t["name"]: t for t in post(ui_server, "task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})}
+    tasks = {t["name"]: t for t in post(ui_server, "task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}},
+                                        home)}
     assert {"train-0-seed-0", "evaluate-0-seed-0", "propose-1", "train-1-seed-1000", "evaluate-1-seed-1000",
             "decide-1", "report-1"} <= set(tasks), sorted(tasks)
-    logs = post(ui_server, "logs/filter", {"logs": {"task_run_id": {"any_": [tasks["train-1-seed-1000"]["id"]]}}})
+    logs = post(ui_server, "logs/filter", {"logs": {"task_run_id": {"any_": [tasks["train-1-seed-1000"]["id"]]}}}, home)
     lines = [log["message"] for log in logs]
     assert any(line.startswith("budget_start:") for line in lines), lines  # the candidate's own output
     assert any(line.startswith("epoch ") for line in lines), lines
-    artifacts = {a["key"] for a in post(ui_server, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})}
+    artifacts = {a["key"] for a in post(ui_server, "artifacts/filter",
+                                        {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}, home)}
     assert {"uitest-history", "uitest-progress", "uitest-best", "uitest-strategy", "uitest-progress-plot"} <= artifacts
 
     page = f"{ui_server.ui_url}/runs/flow-run/{flow_run['id']}"
-    dom = dump_dom(page)
-    assert "research-uitest" in dom
-    for name in ("propose-1", "train-1-seed-1000", "decide-1"):
-        assert name in dom, name
-    pixels = screenshot(page, tmp_path / "flow-run.png")
-    assert distinct_colours(pixels) > 50
+    browser = DevTools(tmp_path / "chromium-profile")
+    try:
+        login = browser.open(page, wait_for="password")  # the UI asks for the credentials first
+        assert "research-uitest" not in login
+        # its login form takes the whole `user:password` line of prefect-credentials and stores it base64-encoded
+        password = base64.b64encode(credentials(home).encode()).decode()
+        browser.evaluate(f"localStorage.setItem('prefect-password', '{password}')")
+        dom = browser.open(page, wait_for="decide-1")
+        assert "research-uitest" in dom
+        for name in ("propose-1", "train-1-seed-1000", "decide-1"):
+            assert name in dom, name
+        pixels = browser.screenshot(tmp_path / "flow-run.png")
+        assert distinct_colours(pixels) > 50
+    finally:
+        browser.close()
 
     stopped = cli("ui", "--stop", home=home, env=cli_env(tmp_path))
     assert stopped.returncode == 0 and f"stopped the Prefect server (pid {ui_server.pid}" in stopped.stdout
