@@ -281,11 +281,13 @@ def run(
     out.print(f"history: autoresearch history {experiment}   research log: git -C {home_dir / experiment} log -p")
 
 
-def with_options_of(source: Callable[..., None]) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Give a command source's options too, after its own (one list of run's options, one help text each)."""
+def with_options_of(source: Callable[..., None], but: tuple[str, ...] = ()) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command source's options too (all but those named), after its own (one list of run's options, one
+    help text each)."""
     def give(command: Callable[..., None]) -> Callable[..., None]:
         own = inspect.signature(command, eval_str=True).parameters
-        shared = [p for name, p in inspect.signature(source, eval_str=True).parameters.items() if name not in own]
+        shared = [p for name, p in inspect.signature(source, eval_str=True).parameters.items()
+                  if name not in own and name not in but]
         params = [p for p in own.values() if p.kind is not p.VAR_KEYWORD] + shared
         command.__signature__ = inspect.Signature(params)  # what Typer reads
         command.__annotations__ = {p.name: p.annotation for p in params}
@@ -294,7 +296,7 @@ def with_options_of(source: Callable[..., None]) -> Callable[[Callable[..., None
 
 
 @app.command()
-@with_options_of(run)
+@with_options_of(run, but=("change_rule",))  # a schedule never changes an experiment's rule or proposer
 def deploy(
     cron: Optional[str] = typer.Option(None, "--cron", help='when to run, a cron string, e.g. "0 22 * * *" (UTC)'),
     interval: Optional[float] = typer.Option(None, "--interval", help="or: every SECONDS"),

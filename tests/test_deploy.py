@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -21,7 +22,7 @@ import pytest
 
 from infra.deployments import SILENCE_S
 from infra.experiment_config import ExperimentConfig
-from infra.prefect_server import free_port
+from infra.prefect_server import credentials, free_port
 from infra.records import Verdict
 from infra.research.workspace import Workspace
 from infra.settings import REPO_ROOT
@@ -60,11 +61,11 @@ def env(home: Path) -> dict[str, str]:
     return values
 
 
-def start_deploy(home: Path, log: Path) -> subprocess.Popen:
+def start_deploy(home: Path, log: Path, *schedule: str) -> subprocess.Popen:
     """Its own session: the serving process and its flow-run subprocesses are one process group to kill."""
     with open(log, "a") as sink:
         return subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "deploy", "--experiment", "night", "--interval", "10",
+            [sys.executable, "-m", "infra.cli", "deploy", "--experiment", "night", *(schedule or ("--interval", "10")),
              "--iterations", "1", "--budget", "1", "--repeats", "1", "--proposer", "offline", "--home", str(home)],
             cwd=REPO_ROOT, env=env(home), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -87,16 +88,32 @@ def wait_for(what: str, check, timeout: float, log: Path):
     raise AssertionError(f"timed out waiting for {what}; deploy log:\n{log.read_text()[-4000:]}")
 
 
-def flow_runs(api: str) -> list[dict]:
+class API:
+    """The `autoresearch ui` server's REST API, with the credentials in its runs home (every call needs them)."""
+
+    def __init__(self, home: Path, port: int):
+        self.url = f"http://127.0.0.1:{port}/api"
+        self.home = home
+
+    def call(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        user, password = credentials(self.home).split(":", 1)
+        return httpx.request(method, f"{self.url}/{path}", json=body, auth=(user, password), timeout=20)
+
+    def post(self, path: str, body: dict | None = None):
+        response = self.call("POST", path, body or {})
+        response.raise_for_status()
+        return response.json()
+
+
+def flow_runs(api: API) -> list[dict]:
     """The runs that ran (not those a schedule left cancelled as a collision, which have a start time too)."""
-    response = httpx.post(f"{api}/flow_runs/filter", json={"sort": "START_TIME_ASC"}, timeout=10)
-    return [r for r in response.json() if r["start_time"] is not None and r["run_count"] > 0]
+    return [r for r in api.post("flow_runs/filter", {"sort": "START_TIME_ASC"})
+            if r["start_time"] is not None and r["run_count"] > 0]
 
 
-def logged(api: str, run_id: str) -> str:
-    response = httpx.post(f"{api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200},
-                          timeout=10)
-    return "\n".join(entry["message"] for entry in response.json())
+def logged(api: API, run_id: str) -> str:
+    entries = api.post("logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+    return "\n".join(entry["message"] for entry in entries)
 
 
 @requires_real_data
@@ -108,7 +125,7 @@ def test_deploy_survives_sigkill_and_resumes(tmp_path):
     port = free_port()
     started = cli(home, "ui", "--background", "--port", str(port))
     assert started.returncode == 0, started.stderr
-    api = f"http://127.0.0.1:{port}/api"
+    api = API(home, port)
     store = Store(f"sqlite:///{home / 'autoresearch.db'}")
     deploy = start_deploy(home, log)
     try:
@@ -127,7 +144,7 @@ def test_deploy_survives_sigkill_and_resumes(tmp_path):
         deploy = start_deploy(home, log)
 
         def state_of(run_id: str) -> str:
-            return httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state_type"]
+            return api.call("GET", f"flow_runs/{run_id}").json()["state_type"]
 
         wait_for("the killed run marked Crashed", lambda: state_of(killed["id"]) == "CRASHED", SILENCE_S + 150, log)
         # a later run resumes: iteration 2 is run again, once, and finished
@@ -161,3 +178,51 @@ def test_deploy_survives_sigkill_and_resumes(tmp_path):
     ws = Workspace(home / "night")
     assert ws.committed_iterations() == [r.index for r in kept]
     assert ws.train_py.read_text() == kept[-1].code
+
+
+@requires_real_data
+@requires_bwrap
+@pytest.mark.process_driven
+def test_deploy_with_cron_uses_the_ui_server_and_its_runs_take_the_name_only(tmp_path):
+    """`deploy --cron` once built its schedule (importing Prefect) before choosing the server, and registered on a
+    temporary server instead of `ui`'s (--interval is the SIGKILL test's). A deployment's run takes the experiment's
+    name only: another name is refused by the run itself, any other parameter by Prefect's signature check, before
+    anything is touched."""
+    home = tmp_path / "runs"
+    log = tmp_path / "deploy.log"
+    port = free_port()
+    started = cli(home, "ui", "--background", "--port", str(port))
+    assert started.returncode == 0, started.stderr
+    api = API(home, port)
+    cron = f"0 {(datetime.now(timezone.utc) + timedelta(hours=12)).hour} * * *"  # no scheduled run during the test
+    deploy = start_deploy(home, log, "--cron", cron)
+    try:
+        deployment = wait_for("the deployment on the ui server", lambda: next(
+            (d for d in api.post("deployments/filter") if d["name"] == "night"), None), 120, log)
+        assert [s["schedule"].get("cron") for s in deployment["schedules"]] == [cron]
+        assert deployment["parameters"] == {"experiment": "night"}
+        assert set(deployment["parameter_openapi_schema"]["properties"]) == {"experiment"}
+        store = Store(f"sqlite:///{home / 'autoresearch.db'}")
+        assert store.experiment("night").deployed_config["budget_s"] == 1.0  # what its runs will read
+
+        def ended(run_id: str) -> dict | None:
+            run = api.call("GET", f"flow_runs/{run_id}").json()
+            return run if run["state_type"] in ("FAILED", "CRASHED", "COMPLETED") else None
+
+        create = f"deployments/{deployment['id']}/create_flow_run"
+        other = api.post(create, {"parameters": {"experiment": "elsewhere"}})
+        run = wait_for("the run asked for another experiment to end", lambda: ended(other["id"]), 240, log)
+        said = (run["state"]["message"] or "") + logged(api, run["id"])
+        assert run["state_type"] == "FAILED" and "this deployment serves experiment 'night'" in said, said
+        assert store.experiment("elsewhere") is None and store.iterations(store.experiment("night").id) == []
+        # any other parameter: Prefect's engine refuses to call the flow (its process exits, the run is Crashed;
+        # the resume automation may then start a run of the deployment as deployed, which is all a run can be)
+        extra = api.post(create, {"parameters": {"experiment": "night", "config": {"home": str(tmp_path / "x")}}})
+        run = wait_for("the run given another parameter to end", lambda: ended(extra["id"]), 240, log)
+        assert run["state_type"] in ("FAILED", "CRASHED") and run["run_count"] <= 1
+        assert "Function expects parameters ['experiment'] but was provided with parameters ['experiment', 'config']" \
+            in log.read_text()
+        assert not (tmp_path / "x").exists() and not (home / "elsewhere").exists()
+    finally:
+        kill_group(deploy)
+        cli(home, "ui", "--stop")
