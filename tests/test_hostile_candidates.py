@@ -11,9 +11,12 @@ the run, so stdout is the only channel out, as for a real attacker).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import platform
 import socket
 import textwrap
 import threading
@@ -914,7 +917,6 @@ def test_kernel_buffers_and_fast_disk_reservations_are_refused(tmp_path):
         probe(**found)
     """, header="")
     found = probes(result)
-    import errno
     assert {k: found[k] for k in ("netlink", "tcp", "udp", "tcp6")} == dict.fromkeys(("netlink", "tcp", "udp", "tcp6"),
                                                                                       errno.EAFNOSUPPORT)
     assert found["unix"] == "ok"
@@ -932,3 +934,123 @@ def test_the_evaluator_reads_an_artifact_whatever_its_mode(tmp_path):
     images, labels = prepare.load_split_uint8("val")
     evaluation = evaluate_artifact(artifact, images, labels, tmp_path / "eval", LIMITS)
     assert evaluation.ok, evaluation.reason
+
+
+# --- nothing carries from one run to the next --------------------------------------------
+
+# System call numbers, written out here again rather than taken from the filter (glibc wraps none of the key calls)
+SYSCALLS = {
+    "x86_64": {"add_key": 248, "request_key": 249, "keyctl": 250},
+    "aarch64": {"add_key": 217, "request_key": 218, "keyctl": 219},
+}
+KEY_SPEC_SESSION_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -3, -4, -5
+KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_SEARCH, KEYCTL_READ, KEYCTL_INVALIDATE = 1, 10, 11, 21
+
+
+def syscalls() -> dict[str, int]:
+    if platform.machine() not in SYSCALLS:
+        pytest.skip("no syscall filter for this architecture")
+    return SYSCALLS[platform.machine()]
+
+
+def key_probe() -> str:
+    """A candidate's helpers: call(number, *args) -> result or -errno; read(serial) -> a key's payload as text."""
+    numbers = syscalls()
+    return textwrap.dedent(f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        ADD_KEY, REQUEST_KEY, KEYCTL = {numbers["add_key"]}, {numbers["request_key"]}, {numbers["keyctl"]}
+
+        def call(number, *args):
+            args = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+            result = libc.syscall(number, *args)
+            return result if result >= 0 else -ctypes.get_errno()
+
+        def read(serial):
+            buffer = ctypes.create_string_buffer(4096)
+            n = call(KEYCTL, {KEYCTL_READ}, serial, buffer, 4096)
+            return buffer.raw[:n].decode("latin-1") if n >= 0 else n
+    """)
+
+
+def in_a_session_keyring_of_its_own(work):
+    """Run work() as the orchestrator's side, in a thread that joined a fresh session keyring: a session keyring
+    belongs to a thread, so the test process's own (if any) is left as it was."""
+    done: dict = {}
+
+    def thread() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            if libc.syscall(syscalls()["keyctl"], ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), None) < 0:
+                raise OSError(ctypes.get_errno(), "cannot join a session keyring")
+            done["result"] = work(libc)
+        except BaseException as exc:  # re-raised in the test's thread
+            done["error"] = exc
+
+    runner = threading.Thread(target=thread)
+    runner.start()
+    runner.join()
+    if "error" in done:
+        raise done["error"]
+    return done["result"]
+
+
+def test_a_key_in_the_orchestrators_session_keyring_is_out_of_reach(tmp_path):
+    """Found by the red team: an orchestrator started from an ssh login, a systemd service or a container runtime
+    has a session keyring, which every sandbox inherited: a candidate could read a root-only key from it. Each
+    sandboxed process now gets a fresh, empty session keyring of its own, and the key calls are refused."""
+    add_key, keyctl = syscalls()["add_key"], syscalls()["keyctl"]
+    secret, description = uuid.uuid4().hex, f"autoresearch-test-{uuid.uuid4().hex[:12]}"
+
+    def orchestrator(libc):
+        serial = libc.syscall(add_key, b"user", description.encode(), secret.encode(), ctypes.c_long(len(secret)),
+                              ctypes.c_long(KEY_SPEC_SESSION_KEYRING))
+        if serial < 0:
+            raise OSError(ctypes.get_errno(), "add_key")
+        try:
+            return trial(tmp_path, key_probe() + textwrap.dedent(f"""
+                probe(search=call(KEYCTL, {KEYCTL_SEARCH}, {KEY_SPEC_SESSION_KEYRING}, b"user", b"{description}", 0),
+                      request=call(REQUEST_KEY, b"user", b"{description}", None, 0),
+                      read_key=read({serial}), read_session=read({KEY_SPEC_SESSION_KEYRING}),
+                      proc_keys=open("/proc/keys").read())
+            """), header="")
+        finally:
+            libc.syscall(keyctl, ctypes.c_long(KEYCTL_INVALIDATE), ctypes.c_long(serial))
+
+    result = in_a_session_keyring_of_its_own(orchestrator)
+    found = probes(result)
+    assert found, result.reason
+    refused = -errno.ENOSYS
+    assert [found[k] for k in ("search", "request", "read_key", "read_session")] == [refused] * 4, found
+    assert description not in found["proc_keys"], "the candidate could see the orchestrator's key"
+    assert "_ses: empty" in found["proc_keys"], "the candidate has a fresh, empty session keyring"
+    assert secret not in Path(result.log_path).read_text()
+
+
+def test_a_run_cannot_leave_data_in_a_keyring_for_the_next(tmp_path):
+    """Found by the red team: keys kept 16 KB from run to run (weights carried over bought +0.7 to +1.2 points).
+    A candidate tries to store data in its user, user-session, session and a named keyring; the next looks."""
+    secret, name = uuid.uuid4().hex, f"carry-{uuid.uuid4().hex[:12]}"
+    rings = {"user": KEY_SPEC_USER_KEYRING, "user_session": KEY_SPEC_USER_SESSION_KEYRING,
+             "session": KEY_SPEC_SESSION_KEYRING}
+    first = trial(tmp_path, key_probe() + textwrap.dedent(f"""
+        stored = {{ring: call(ADD_KEY, b"user", b"{name}", b"{secret}", {len(secret)}, number)
+                  for ring, number in {rings}.items()}}
+        stored["named"] = call(KEYCTL, {KEYCTL_JOIN_SESSION_KEYRING}, b"autoresearch-carry")
+        probe(stored=stored)
+    """), header="")
+    stored = probes(first)["stored"]
+    serials = [s for s in stored.values() if s > 0]  # the proposer would pass them on through the log
+    second = trial(tmp_path, key_probe() + textwrap.dedent(f"""
+        found = {{ring: call(KEYCTL, {KEYCTL_SEARCH}, number, b"user", b"{name}", 0)
+                 for ring, number in {rings}.items()}}
+        found["named"] = call(KEYCTL, {KEYCTL_JOIN_SESSION_KEYRING}, b"autoresearch-carry")
+        found["read"] = [read(serial) for serial in {serials}]
+        probe(found=found, proc_keys=open("/proc/keys").read())
+    """), header="")
+    refused = -errno.ENOSYS
+    assert stored == dict.fromkeys(("user", "user_session", "session", "named"), refused), stored
+    found = probes(second)
+    assert found["found"] == {**dict.fromkeys(("user", "user_session", "session", "named"), refused), "read": []}
+    assert name not in found["proc_keys"]
+    assert secret not in Path(second.log_path).read_text()

@@ -1,13 +1,20 @@
 """
 A seccomp filter for sandboxed processes: the few system calls that let a candidate hold memory or disk
-no limit sees, or reach kernel code it has no use for. bubblewrap installs it (`--seccomp FD`) just
-before the command starts; it is inherited by everything the command starts and cannot be removed.
+no limit sees, carry data from one run to the next, or reach kernel code it has no use for. bubblewrap
+installs it (`--seccomp FD`) just before the command starts; it is inherited by everything the command
+starts and cannot be removed.
 
     socket, socketpair    only AF_UNIX (EAFNOSUPPORT otherwise): netlink, TCP and UDP buffers are kernel
                           memory charged to no cgroup; queued on the sandbox's own loopback they reached
                           the host-wide TCP/UDP limits (red team). Local AF_UNIX (DataLoader workers) works.
     fallocate             EOPNOTSUPP: glibc's posix_fallocate then writes zeros at disk speed, which the
                           disk cap can follow, instead of reserving gigabytes in a millisecond
+    add_key, request_key, keyctl
+                          ENOSYS, what a kernel built without keys answers (keyutils, Kerberos and systemd
+                          then do without): keys outlive the process that made them, so a run could leave
+                          16 KB for the next (red team), or read a key of the orchestrator's session keyring.
+                          Each sandboxed process also starts with a fresh, empty session keyring
+                          (infra/sandbox/run.py), in case the filter is missing
     io_uring_*, userfaultfd, perf_event_open
                           ENOSYS: kernel attack surface a training script does not need
     another ABI           (i386 or x32 system calls on x86_64): the process is killed
@@ -34,13 +41,14 @@ AF_UNIX = 1
 _ARCHES = {
     "x86_64": (0xC000003E, {"socket": 41, "socketpair": 53, "fallocate": 285, "userfaultfd": 323,
                             "perf_event_open": 298, "io_uring_setup": 425, "io_uring_enter": 426,
-                            "io_uring_register": 427}),
+                            "io_uring_register": 427, "add_key": 248, "request_key": 249, "keyctl": 250}),
     "aarch64": (0xC00000B7, {"socket": 198, "socketpair": 199, "fallocate": 47, "userfaultfd": 282,
                              "perf_event_open": 241, "io_uring_setup": 425, "io_uring_enter": 426,
-                             "io_uring_register": 427}),
+                             "io_uring_register": 427, "add_key": 217, "request_key": 218, "keyctl": 219}),
 }
 _REFUSED = {"fallocate": errno.EOPNOTSUPP, "userfaultfd": errno.ENOSYS, "perf_event_open": errno.ENOSYS,
-            "io_uring_setup": errno.ENOSYS, "io_uring_enter": errno.ENOSYS, "io_uring_register": errno.ENOSYS}
+            "io_uring_setup": errno.ENOSYS, "io_uring_enter": errno.ENOSYS, "io_uring_register": errno.ENOSYS,
+            "add_key": errno.ENOSYS, "request_key": errno.ENOSYS, "keyctl": errno.ENOSYS}
 
 
 def _op(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
@@ -63,6 +71,12 @@ def program(machine: str | None = None) -> bytes | None:
             _op(_LD_W_ABS, _ARG0), _op(_JEQ, AF_UNIX, 1, 0), _op(_RET, _ERRNO | errno.EAFNOSUPPORT)]
     ops += [_op(_RET, _ALLOW)]
     return b"".join(ops)
+
+
+def number(name: str, machine: str | None = None) -> int | None:
+    """The number of system call name on this machine, where the filter knows it."""
+    arch = _ARCHES.get(machine or platform.machine())
+    return arch[1].get(name) if arch else None
 
 
 def program_fd() -> int | None:
