@@ -15,9 +15,12 @@ import ctypes
 import errno
 import hashlib
 import json
+import mmap
 import os
 import platform
 import socket
+import struct
+import sys
 import textwrap
 import threading
 import time
@@ -940,8 +943,10 @@ def test_the_evaluator_reads_an_artifact_whatever_its_mode(tmp_path):
 
 # System call numbers, written out here again rather than taken from the filter (glibc wraps none of the key calls)
 SYSCALLS = {
-    "x86_64": {"add_key": 248, "request_key": 249, "keyctl": 250},
-    "aarch64": {"add_key": 217, "request_key": 218, "keyctl": 219},
+    "x86_64": {"audit_arch": 0xC000003E, "read": 0, "madvise": 28, "fadvise64": 221, "add_key": 248, "request_key": 249,
+               "keyctl": 250, "process_madvise": 440, "cachestat": 451},
+    "aarch64": {"audit_arch": 0xC00000B7, "read": 63, "add_key": 217, "request_key": 218, "keyctl": 219,
+                "fadvise64": 223, "madvise": 233, "process_madvise": 440, "cachestat": 451},  # fadvise64_64
 }
 KEY_SPEC_SESSION_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -3, -4, -5
 KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_SEARCH, KEYCTL_READ, KEYCTL_INVALIDATE = 1, 10, 11, 21
@@ -1054,3 +1059,148 @@ def test_a_run_cannot_leave_data_in_a_keyring_for_the_next(tmp_path):
     assert found["found"] == {**dict.fromkeys(("user", "user_session", "session", "named"), refused), "read": []}
     assert name not in found["proc_keys"]
     assert secret not in Path(second.log_path).read_text()
+
+
+def resident_pages(path: Path) -> tuple[int, int]:
+    """(resident, total) pages of a file in the page cache, as the orchestrator (root) sees them: mincore on a
+    read-only mapping, which reads no page in."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with open(path, "rb") as f:
+        address = libc.mmap(None, ctypes.c_size_t(size), mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), ctypes.c_long(0))
+    assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+    try:
+        vector = (ctypes.c_ubyte * pages)()
+        if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        return sum(v & 1 for v in vector), pages
+    finally:
+        libc.munmap(ctypes.c_void_p(address), ctypes.c_size_t(size))
+
+
+EVICT = """
+import ctypes, json, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+FADVISE, PROCESS_MADVISE, CACHESTAT = (int(n) for n in sys.argv[2:])
+MADV_COLD, MADV_PAGEOUT = 20, 21
+
+def errno_of(result):
+    return 0 if result >= 0 else ctypes.get_errno()
+
+def madvise(address, size, advice):
+    return errno_of(libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(size), advice))
+
+def posix_fadvise(fd, advice):
+    try:
+        os.posix_fadvise(fd, 0, 0, advice)
+        return 0
+    except OSError as exc:
+        return exc.errno
+
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+shared = libc.mmap(None, ctypes.c_size_t(size), mmap.PROT_READ, mmap.MAP_SHARED, fd, ctypes.c_long(0))
+own = libc.mmap(None, ctypes.c_size_t(2**20), mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                -1, ctypes.c_long(0))
+ctypes.memset(ctypes.c_void_p(own), 1, 2**20)
+state, ranges = (ctypes.c_uint64 * 5)(), (ctypes.c_uint64 * 2)(0, size)
+iov = (ctypes.c_uint64 * 2)(shared, size)
+found = {
+    "fadvise_dontneed": posix_fadvise(fd, os.POSIX_FADV_DONTNEED),
+    # the kernel reads advice as an int: high bits set must not slip past the filter
+    "fadvise_dontneed_high_bits": errno_of(libc.syscall(FADVISE, fd, ctypes.c_long(0), ctypes.c_long(0),
+                                                        ctypes.c_long(2**32 + os.POSIX_FADV_DONTNEED))),
+    "madvise_pageout": madvise(shared, size, MADV_PAGEOUT),
+    "madvise_cold": madvise(shared, size, MADV_COLD),
+    "process_madvise": errno_of(libc.syscall(PROCESS_MADVISE, os.pidfd_open(os.getpid()), iov, ctypes.c_long(1),
+                                             MADV_PAGEOUT, 0)),
+    "cachestat": errno_of(libc.syscall(CACHESTAT, fd, ranges, state, 0)),
+    # what programs do use still works (torch and glibc give back their own memory with MADV_DONTNEED); none of
+    # it reads the file's pages in, which would hide an eviction
+    "fadvise_sequential": posix_fadvise(fd, os.POSIX_FADV_SEQUENTIAL),
+    "fadvise_random": posix_fadvise(fd, os.POSIX_FADV_RANDOM),
+    "madvise_dontneed_own": madvise(own, 2**20, mmap.MADV_DONTNEED),
+    "madvise_willneed_own": madvise(own, 2**20, mmap.MADV_WILLNEED),
+    "madvise_dontneed_shared": madvise(shared, size, mmap.MADV_DONTNEED),
+}
+print("probe: " + json.dumps(found), flush=True)
+"""
+
+
+def test_a_run_cannot_evict_pages_for_the_next(tmp_path):
+    """Found by the red team: a run evicted a system file's pages (posix_fadvise DONTNEED) and the next timed its
+    reads, 200 of 200 bits right. Advice that evicts pages others use is refused, as is cachestat (it reads the
+    page cache's state directly); other advice still works. Checked without timing: mincore, as root, outside."""
+    numbers = syscalls()
+    shared = tmp_path / "shared.bin"  # readable in the sandbox; nobody maps it, so eviction would show at once
+    with open(shared, "wb") as f:
+        f.write(os.urandom(4 * 2**20))
+        f.flush()
+        os.fsync(f.fileno())  # clean pages: eviction could drop every one
+    shared.chmod(0o444)
+    fd = os.open(shared, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the control: outside the sandbox, eviction works
+    finally:
+        os.close(fd)
+    resident, total = resident_pages(shared)
+    if resident:
+        pytest.skip(f"this filesystem keeps its pages ({resident} of {total} after DONTNEED): eviction cannot be seen")
+    shared.read_bytes()
+    shared.read_bytes()
+    assert resident_pages(shared) == (total, total)
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    sandbox_identity.give_to_sandbox(workdir)
+    calls = [str(numbers[name]) for name in ("fadvise64", "process_madvise", "cachestat")]
+    outcome = run_sandboxed(SandboxJob(
+        argv=[sys.executable, "-c", EVICT, str(shared), *calls], workdir=workdir, log_path=tmp_path / "log",
+        limits=Limits(budget_s=30, startup_allowance_s=0, grace_s=0, memory_cap_bytes=2**30), ro_paths=[shared],
+    ))
+    log = (tmp_path / "log").read_text()
+    assert outcome.exit_code == 0, log
+    assert resident_pages(shared) == (total, total), "the sandbox evicted pages of a file it can only read"
+    found = json.loads(next(line for line in log.splitlines() if line.startswith("probe: "))[len("probe: "):])
+    assert found == {"fadvise_dontneed": errno.EPERM, "fadvise_dontneed_high_bits": errno.EPERM,
+                     "madvise_pageout": errno.EPERM, "madvise_cold": errno.EPERM,
+                     "process_madvise": errno.ENOSYS, "cachestat": errno.ENOSYS,
+                     "fadvise_sequential": 0, "fadvise_random": 0, "madvise_dontneed_own": 0,
+                     "madvise_willneed_own": 0, "madvise_dontneed_shared": 0}
+
+
+def filter_verdict(machine: str, call: str, *args: int) -> int:
+    """What the syscall filter for machine returns for a call, run in a small classic-BPF interpreter (the
+    four instructions it uses): aarch64's filter cannot be run on this machine otherwise."""
+    from infra.sandbox.syscall_filter import program
+
+    code, numbers = program(machine), SYSCALLS[machine]
+    arguments = [a % 2**64 for a in args] + [0] * (6 - len(args))
+    data = struct.pack("<iIQ6Q", numbers[call], numbers["audit_arch"], 0, *arguments)  # struct seccomp_data
+    pc, acc = 0, 0
+    while True:
+        op, jt, jf, k = struct.unpack_from("=HBBI", code, 8 * pc)
+        pc += 1
+        if op == 0x20:  # load a word of the call's data
+            acc = struct.unpack_from("<I", data, k)[0]
+        elif op in (0x15, 0x35):  # jump if equal, if greater or equal
+            pc += jt if (acc == k if op == 0x15 else acc >= k) else jf
+        else:
+            assert op == 0x06, f"unexpected instruction {op:#x}"
+            return k
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_the_filter_refuses_keys_and_eviction_on_both_architectures(machine):
+    allow, refused = 0x7FFF0000, lambda code: 0x00050000 | code
+    for call in ("add_key", "request_key", "keyctl", "process_madvise", "cachestat"):
+        assert filter_verdict(machine, call, 11, 1) == refused(errno.ENOSYS), call
+    assert filter_verdict(machine, "fadvise64", 3, 0, 0, 4) == refused(errno.EPERM)  # fd, offset, len, DONTNEED
+    assert filter_verdict(machine, "fadvise64", 3, 0, 0, 2**32 + 4) == refused(errno.EPERM), "the kernel reads an int"
+    assert filter_verdict(machine, "fadvise64", 3, 0, 4, 2) == allow, "SEQUENTIAL passes, whatever the length"
+    assert filter_verdict(machine, "madvise", 2**40, 4096, 21) == refused(errno.EPERM)  # MADV_PAGEOUT
+    assert filter_verdict(machine, "madvise", 2**40, 4096, 20) == refused(errno.EPERM)  # MADV_COLD
+    assert filter_verdict(machine, "madvise", 2**40, 21, 4) == allow, "MADV_DONTNEED passes, whatever the length"
+    assert filter_verdict(machine, "read", 0, 0, 4) == allow
