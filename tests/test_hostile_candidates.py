@@ -180,7 +180,7 @@ def test_never_saving_a_model_is_invalid(tmp_path):
 def test_wrong_output_shape_is_invalid(tmp_path):
     result = trial(tmp_path, "save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 5)))\n")
     assert result.status == "invalid"
-    assert "wrong output shape (100, 5): expected (100, 10)" in result.reason
+    assert result.reason == "wrong output shape: expected (100, 10) (images, classes)", result.reason
 
 
 # --- 1. no privileges: nothing mounted can be remounted, unmounted or written ----
@@ -1204,3 +1204,25 @@ def test_the_filter_refuses_keys_and_eviction_on_both_architectures(machine):
     assert filter_verdict(machine, "madvise", 2**40, 4096, 20) == refused(errno.EPERM)  # MADV_COLD
     assert filter_verdict(machine, "madvise", 2**40, 21, 4) == allow, "MADV_DONTNEED passes, whatever the length"
     assert filter_verdict(machine, "read", 0, 0, 4) == allow
+
+
+# --- an evaluation error carries no data out ------------------------------------------
+
+def test_an_evaluation_error_carries_no_data(tmp_path):
+    """Found by the red team: the message of an error at evaluation time reached the stored reason, which the
+    proposer reads: an index computed from validation pixels carried 56 bits a run. Only its type is kept.
+    The model indexes a one-row table with the position of each image's brightest pixel: 0 at export (zeros),
+    in range; on real images out of range, and torch's IndexError quotes the index."""
+    result = trial(tmp_path, """
+        class Leaky(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.table = nn.Parameter(torch.zeros(1, 10))
+
+            def forward(self, x):
+                return self.table[x.flatten(1).argmax(1)]
+
+        save_model(Leaky())
+    """)
+    assert result.status == "invalid"
+    assert result.reason == "model failed on the images: IndexError", result.reason
