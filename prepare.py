@@ -581,8 +581,9 @@ def predict(model, images: torch.Tensor) -> torch.Tensor:
             batch = torch.cat([batch, batch.new_zeros(EVAL_BATCH_SIZE - n, *IMAGE_SHAPE)])
         out = model(batch)
         if not isinstance(out, torch.Tensor) or out.ndim == 0 or len(out) != EVAL_BATCH_SIZE:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ArtifactError(f"model output {shape} for a batch of {EVAL_BATCH_SIZE} images")
+            # no shape quoted: a graph's output shape can depend on the pixels (aten.nonzero), and this
+            # message reaches the proposer
+            raise ArtifactError(f"model output is not one row of logits per image for a batch of {EVAL_BATCH_SIZE}")
         outputs.append(out[:n].float())
     return torch.cat(outputs)
 
@@ -597,7 +598,10 @@ def _predict_main(model_path: str, images_path: str, out_path: str) -> int:
     try:
         logits = predict(model, images)
     except Exception as exc:
-        print(f"eval_error: model failed on validation images: {type(exc).__name__}: {exc}", flush=True)
+        # the type only: a message can quote values computed from the pixels (red team: 56 bits a run through
+        # an index); prepare.py's own ArtifactError messages quote none
+        detail = f": {exc}" if type(exc) is ArtifactError else ""
+        print(f"eval_error: model failed on the images: {type(exc).__name__}{detail}", flush=True)
         return 4
     np.save(out_path, logits.numpy(), allow_pickle=False)
     return 0

@@ -67,7 +67,7 @@ def test_a_wall_clock_is_unchanged_for_gpu_runs():
 
 
 def test_contended_means_the_rest_of_the_machine_left_too_little_and_the_clock_could_not_make_up():
-    def record(threads=1, cpu=5.0, wall=60.0, delay=0.0, others=0.0, ceiling=True):
+    def record(threads=1, cpu=5.0, wall=60.0, delay=50.0, others=0.0, ceiling=True):
         return compute_record(threads, cpu_seconds=cpu, wall_seconds=wall, run_delay_seconds=delay,
                               others_busy_seconds=others, cores=2, load_start=3, load_end=4,
                               stopped_by_wall_ceiling=ceiling)
@@ -75,7 +75,7 @@ def test_contended_means_the_rest_of_the_machine_left_too_little_and_the_clock_c
     starved = record(others=1.8 * 60)  # other work used 1.8 of the 2 cores: 0.2 left for a run that needs 1
     assert starved.contended and starved.free_cores == pytest.approx(0.2) and starved.clock == "cpu"
     assert starved.core_share == pytest.approx(5 / 60, abs=1e-3)
-    assert not record(others=0.5).contended, "a candidate that sleeps is not the machine's fault"
+    assert not record(others=0.5).contended, "a machine that left it its core is not to blame"
     self_made = record(delay=67.0, others=0.1 * 60)  # its own processes queued behind each other (red team)
     assert self_made.waiting_share > 1 and not self_made.contended, "waiting behind itself is not the machine's load"
     assert not record(threads=2, others=0.4 * 60).contended, "1.6 free cores are 80% of 2"
@@ -85,6 +85,21 @@ def test_contended_means_the_rest_of_the_machine_left_too_little_and_the_clock_c
     gpu = record(threads=0, cpu=20, wall=20, others=1.5 * 20, ceiling=False)
     assert gpu.contended and gpu.clock == "wall", "on a wall clock, cores lost to other work are lost time"
     assert "CONTENDED" in describe(gpu.as_dict()) and describe({}) == ""
+
+
+def test_a_run_that_sleeps_on_a_busy_machine_is_not_contended():
+    """Found by the red team: the free cores alone judged a sleeper on a busy machine contended ("kept waiting
+    for a CPU by the machine's load"), to be run twice more. It must also have waited for a CPU itself."""
+    def stopped_by_the_ceiling(delay):  # 5 CPU s in 60 s wall, the rest of the machine using 1.8 of 2 cores
+        return compute_record(1, cpu_seconds=5.0, wall_seconds=60.0, run_delay_seconds=delay,
+                              others_busy_seconds=1.8 * 60, cores=2, load_start=3, load_end=4,
+                              stopped_by_wall_ceiling=True)
+
+    asleep = stopped_by_the_ceiling(delay=0.3)
+    assert asleep.free_cores == pytest.approx(0.2) and not asleep.contended, "starved, but it never waited"
+    kept_waiting = stopped_by_the_ceiling(delay=55.0)  # runnable all the 55 s it did not compute
+    assert kept_waiting.contended
+    assert not stopped_by_the_ceiling(delay=0.3 * 60).contended, "waited less than half the time it did not compute"
 
 
 def test_training_budget_on_a_cpu_clock_counts_cpu_time_per_core(monkeypatch, capsys):
@@ -225,7 +240,7 @@ def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeyp
         return TrialResult(status="timeout" if contended else "ok", reason="", val_accuracy=None, val_loss=None,
                            epochs=3, train_seconds=1.0, wall_seconds=2.0, peak_memory_bytes=0, exit_code=0,
                            signal=None, log_path="", run_dir=str(run_dir), isolated=True,
-                           compute=compute_record(1, 1.0, 60.0, 0.0, (1.9 if contended else 0.0) * 60, 2, 2.0, 2.0,
+                           compute=compute_record(1, 1.0, 60.0, 55.0, (1.9 if contended else 0.0) * 60, 2, 2.0, 2.0,
                                                   stopped_by_wall_ceiling=contended).as_dict())
 
     monkeypatch.setattr(research, "sandboxed_train", fake_train)

@@ -11,10 +11,16 @@ the run, so stdout is the only channel out, as for a real attacker).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
+import mmap
 import os
+import platform
 import socket
+import struct
+import sys
 import textwrap
 import threading
 import time
@@ -174,7 +180,7 @@ def test_never_saving_a_model_is_invalid(tmp_path):
 def test_wrong_output_shape_is_invalid(tmp_path):
     result = trial(tmp_path, "save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 5)))\n")
     assert result.status == "invalid"
-    assert "wrong output shape (100, 5): expected (100, 10)" in result.reason
+    assert result.reason == "wrong output shape: expected (100, 10) (images, classes)", result.reason
 
 
 # --- 1. no privileges: nothing mounted can be remounted, unmounted or written ----
@@ -914,7 +920,6 @@ def test_kernel_buffers_and_fast_disk_reservations_are_refused(tmp_path):
         probe(**found)
     """, header="")
     found = probes(result)
-    import errno
     assert {k: found[k] for k in ("netlink", "tcp", "udp", "tcp6")} == dict.fromkeys(("netlink", "tcp", "udp", "tcp6"),
                                                                                       errno.EAFNOSUPPORT)
     assert found["unix"] == "ok"
@@ -932,3 +937,292 @@ def test_the_evaluator_reads_an_artifact_whatever_its_mode(tmp_path):
     images, labels = prepare.load_split_uint8("val")
     evaluation = evaluate_artifact(artifact, images, labels, tmp_path / "eval", LIMITS)
     assert evaluation.ok, evaluation.reason
+
+
+# --- nothing carries from one run to the next --------------------------------------------
+
+# System call numbers, written out here again rather than taken from the filter (glibc wraps none of the key calls)
+SYSCALLS = {
+    "x86_64": {"audit_arch": 0xC000003E, "read": 0, "madvise": 28, "fadvise64": 221, "add_key": 248, "request_key": 249,
+               "keyctl": 250, "process_madvise": 440, "cachestat": 451},
+    "aarch64": {"audit_arch": 0xC00000B7, "read": 63, "add_key": 217, "request_key": 218, "keyctl": 219,
+                "fadvise64": 223, "madvise": 233, "process_madvise": 440, "cachestat": 451},  # fadvise64_64
+}
+KEY_SPEC_SESSION_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -3, -4, -5
+KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_SEARCH, KEYCTL_READ, KEYCTL_INVALIDATE = 1, 10, 11, 21
+
+
+def syscalls() -> dict[str, int]:
+    if platform.machine() not in SYSCALLS:
+        pytest.skip("no syscall filter for this architecture")
+    return SYSCALLS[platform.machine()]
+
+
+def key_probe() -> str:
+    """A candidate's helpers: call(number, *args) -> result or -errno; read(serial) -> a key's payload as text."""
+    numbers = syscalls()
+    return textwrap.dedent(f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        ADD_KEY, REQUEST_KEY, KEYCTL = {numbers["add_key"]}, {numbers["request_key"]}, {numbers["keyctl"]}
+
+        def call(number, *args):
+            args = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+            result = libc.syscall(number, *args)
+            return result if result >= 0 else -ctypes.get_errno()
+
+        def read(serial):
+            buffer = ctypes.create_string_buffer(4096)
+            n = call(KEYCTL, {KEYCTL_READ}, serial, buffer, 4096)
+            return buffer.raw[:n].decode("latin-1") if n >= 0 else n
+    """)
+
+
+def in_a_session_keyring_of_its_own(work):
+    """Run work() as the orchestrator's side, in a thread that joined a fresh session keyring: a session keyring
+    belongs to a thread, so the test process's own (if any) is left as it was."""
+    done: dict = {}
+
+    def thread() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            if libc.syscall(syscalls()["keyctl"], ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), None) < 0:
+                raise OSError(ctypes.get_errno(), "cannot join a session keyring")
+            done["result"] = work(libc)
+        except BaseException as exc:  # re-raised in the test's thread
+            done["error"] = exc
+
+    runner = threading.Thread(target=thread)
+    runner.start()
+    runner.join()
+    if "error" in done:
+        raise done["error"]
+    return done["result"]
+
+
+def test_a_key_in_the_orchestrators_session_keyring_is_out_of_reach(tmp_path):
+    """Found by the red team: an orchestrator started from an ssh login, a systemd service or a container runtime
+    has a session keyring, which every sandbox inherited: a candidate could read a root-only key from it. Each
+    sandboxed process now gets a fresh, empty session keyring of its own, and the key calls are refused."""
+    add_key, keyctl = syscalls()["add_key"], syscalls()["keyctl"]
+    secret, description = uuid.uuid4().hex, f"autoresearch-test-{uuid.uuid4().hex[:12]}"
+
+    def orchestrator(libc):
+        serial = libc.syscall(add_key, b"user", description.encode(), secret.encode(), ctypes.c_long(len(secret)),
+                              ctypes.c_long(KEY_SPEC_SESSION_KEYRING))
+        if serial < 0:
+            raise OSError(ctypes.get_errno(), "add_key")
+        try:
+            return trial(tmp_path, key_probe() + textwrap.dedent(f"""
+                probe(search=call(KEYCTL, {KEYCTL_SEARCH}, {KEY_SPEC_SESSION_KEYRING}, b"user", b"{description}", 0),
+                      request=call(REQUEST_KEY, b"user", b"{description}", None, 0),
+                      read_key=read({serial}), read_session=read({KEY_SPEC_SESSION_KEYRING}),
+                      proc_keys=open("/proc/keys").read())
+            """), header="")
+        finally:
+            libc.syscall(keyctl, ctypes.c_long(KEYCTL_INVALIDATE), ctypes.c_long(serial))
+
+    result = in_a_session_keyring_of_its_own(orchestrator)
+    found = probes(result)
+    assert found, result.reason
+    refused = -errno.ENOSYS
+    assert [found[k] for k in ("search", "request", "read_key", "read_session")] == [refused] * 4, found
+    assert description not in found["proc_keys"], "the candidate could see the orchestrator's key"
+    assert "_ses: empty" in found["proc_keys"], "the candidate has a fresh, empty session keyring"
+    assert secret not in Path(result.log_path).read_text()
+
+
+def test_a_run_cannot_leave_data_in_a_keyring_for_the_next(tmp_path):
+    """Found by the red team: keys kept 16 KB from run to run (weights carried over bought +0.7 to +1.2 points).
+    A candidate tries to store data in its user, user-session, session and a named keyring; the next looks."""
+    secret, name = uuid.uuid4().hex, f"carry-{uuid.uuid4().hex[:12]}"
+    rings = {"user": KEY_SPEC_USER_KEYRING, "user_session": KEY_SPEC_USER_SESSION_KEYRING,
+             "session": KEY_SPEC_SESSION_KEYRING}
+    first = trial(tmp_path, key_probe() + textwrap.dedent(f"""
+        stored = {{ring: call(ADD_KEY, b"user", b"{name}", b"{secret}", {len(secret)}, number)
+                  for ring, number in {rings}.items()}}
+        stored["named"] = call(KEYCTL, {KEYCTL_JOIN_SESSION_KEYRING}, b"autoresearch-carry")
+        probe(stored=stored)
+    """), header="")
+    stored = probes(first)["stored"]
+    serials = [s for s in stored.values() if s > 0]  # the proposer would pass them on through the log
+    second = trial(tmp_path, key_probe() + textwrap.dedent(f"""
+        found = {{ring: call(KEYCTL, {KEYCTL_SEARCH}, number, b"user", b"{name}", 0)
+                 for ring, number in {rings}.items()}}
+        found["named"] = call(KEYCTL, {KEYCTL_JOIN_SESSION_KEYRING}, b"autoresearch-carry")
+        found["read"] = [read(serial) for serial in {serials}]
+        probe(found=found, proc_keys=open("/proc/keys").read())
+    """), header="")
+    refused = -errno.ENOSYS
+    assert stored == dict.fromkeys(("user", "user_session", "session", "named"), refused), stored
+    found = probes(second)
+    assert found["found"] == {**dict.fromkeys(("user", "user_session", "session", "named"), refused), "read": []}
+    assert name not in found["proc_keys"]
+    assert secret not in Path(second.log_path).read_text()
+
+
+def resident_pages(path: Path) -> tuple[int, int]:
+    """(resident, total) pages of a file in the page cache, as the orchestrator (root) sees them: mincore on a
+    read-only mapping, which reads no page in."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with open(path, "rb") as f:
+        address = libc.mmap(None, ctypes.c_size_t(size), mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), ctypes.c_long(0))
+    assert address not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+    try:
+        vector = (ctypes.c_ubyte * pages)()
+        if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vector) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        return sum(v & 1 for v in vector), pages
+    finally:
+        libc.munmap(ctypes.c_void_p(address), ctypes.c_size_t(size))
+
+
+EVICT = """
+import ctypes, json, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+FADVISE, PROCESS_MADVISE, CACHESTAT = (int(n) for n in sys.argv[2:])
+MADV_COLD, MADV_PAGEOUT = 20, 21
+
+def errno_of(result):
+    return 0 if result >= 0 else ctypes.get_errno()
+
+def madvise(address, size, advice):
+    return errno_of(libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(size), advice))
+
+def posix_fadvise(fd, advice):
+    try:
+        os.posix_fadvise(fd, 0, 0, advice)
+        return 0
+    except OSError as exc:
+        return exc.errno
+
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+shared = libc.mmap(None, ctypes.c_size_t(size), mmap.PROT_READ, mmap.MAP_SHARED, fd, ctypes.c_long(0))
+own = libc.mmap(None, ctypes.c_size_t(2**20), mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                -1, ctypes.c_long(0))
+ctypes.memset(ctypes.c_void_p(own), 1, 2**20)
+state, ranges = (ctypes.c_uint64 * 5)(), (ctypes.c_uint64 * 2)(0, size)
+iov = (ctypes.c_uint64 * 2)(shared, size)
+found = {
+    "fadvise_dontneed": posix_fadvise(fd, os.POSIX_FADV_DONTNEED),
+    # the kernel reads advice as an int: high bits set must not slip past the filter
+    "fadvise_dontneed_high_bits": errno_of(libc.syscall(FADVISE, fd, ctypes.c_long(0), ctypes.c_long(0),
+                                                        ctypes.c_long(2**32 + os.POSIX_FADV_DONTNEED))),
+    "madvise_pageout": madvise(shared, size, MADV_PAGEOUT),
+    "madvise_cold": madvise(shared, size, MADV_COLD),
+    "process_madvise": errno_of(libc.syscall(PROCESS_MADVISE, os.pidfd_open(os.getpid()), iov, ctypes.c_long(1),
+                                             MADV_PAGEOUT, 0)),
+    "cachestat": errno_of(libc.syscall(CACHESTAT, fd, ranges, state, 0)),
+    # what programs do use still works (torch and glibc give back their own memory with MADV_DONTNEED); none of
+    # it reads the file's pages in, which would hide an eviction
+    "fadvise_sequential": posix_fadvise(fd, os.POSIX_FADV_SEQUENTIAL),
+    "fadvise_random": posix_fadvise(fd, os.POSIX_FADV_RANDOM),
+    "madvise_dontneed_own": madvise(own, 2**20, mmap.MADV_DONTNEED),
+    "madvise_willneed_own": madvise(own, 2**20, mmap.MADV_WILLNEED),
+    "madvise_dontneed_shared": madvise(shared, size, mmap.MADV_DONTNEED),
+}
+print("probe: " + json.dumps(found), flush=True)
+"""
+
+
+def test_a_run_cannot_evict_pages_for_the_next(tmp_path):
+    """Found by the red team: a run evicted a system file's pages (posix_fadvise DONTNEED) and the next timed its
+    reads, 200 of 200 bits right. Advice that evicts pages others use is refused, as is cachestat (it reads the
+    page cache's state directly); other advice still works. Checked without timing: mincore, as root, outside."""
+    numbers = syscalls()
+    shared = tmp_path / "shared.bin"  # readable in the sandbox; nobody maps it, so eviction would show at once
+    with open(shared, "wb") as f:
+        f.write(os.urandom(4 * 2**20))
+        f.flush()
+        os.fsync(f.fileno())  # clean pages: eviction could drop every one
+    shared.chmod(0o444)
+    fd = os.open(shared, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the control: outside the sandbox, eviction works
+    finally:
+        os.close(fd)
+    resident, total = resident_pages(shared)
+    if resident:
+        pytest.skip(f"this filesystem keeps its pages ({resident} of {total} after DONTNEED): eviction cannot be seen")
+    shared.read_bytes()
+    shared.read_bytes()
+    assert resident_pages(shared) == (total, total)
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    sandbox_identity.give_to_sandbox(workdir)
+    calls = [str(numbers[name]) for name in ("fadvise64", "process_madvise", "cachestat")]
+    outcome = run_sandboxed(SandboxJob(
+        argv=[sys.executable, "-c", EVICT, str(shared), *calls], workdir=workdir, log_path=tmp_path / "log",
+        limits=Limits(budget_s=30, startup_allowance_s=0, grace_s=0, memory_cap_bytes=2**30), ro_paths=[shared],
+    ))
+    log = (tmp_path / "log").read_text()
+    assert outcome.exit_code == 0, log
+    assert resident_pages(shared) == (total, total), "the sandbox evicted pages of a file it can only read"
+    found = json.loads(next(line for line in log.splitlines() if line.startswith("probe: "))[len("probe: "):])
+    assert found == {"fadvise_dontneed": errno.EPERM, "fadvise_dontneed_high_bits": errno.EPERM,
+                     "madvise_pageout": errno.EPERM, "madvise_cold": errno.EPERM,
+                     "process_madvise": errno.ENOSYS, "cachestat": errno.ENOSYS,
+                     "fadvise_sequential": 0, "fadvise_random": 0, "madvise_dontneed_own": 0,
+                     "madvise_willneed_own": 0, "madvise_dontneed_shared": 0}
+
+
+def filter_verdict(machine: str, call: str, *args: int) -> int:
+    """What the syscall filter for machine returns for a call, run in a small classic-BPF interpreter (the
+    four instructions it uses): aarch64's filter cannot be run on this machine otherwise."""
+    from infra.sandbox.syscall_filter import program
+
+    code, numbers = program(machine), SYSCALLS[machine]
+    arguments = [a % 2**64 for a in args] + [0] * (6 - len(args))
+    data = struct.pack("<iIQ6Q", numbers[call], numbers["audit_arch"], 0, *arguments)  # struct seccomp_data
+    pc, acc = 0, 0
+    while True:
+        op, jt, jf, k = struct.unpack_from("=HBBI", code, 8 * pc)
+        pc += 1
+        if op == 0x20:  # load a word of the call's data
+            acc = struct.unpack_from("<I", data, k)[0]
+        elif op in (0x15, 0x35):  # jump if equal, if greater or equal
+            pc += jt if (acc == k if op == 0x15 else acc >= k) else jf
+        else:
+            assert op == 0x06, f"unexpected instruction {op:#x}"
+            return k
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_the_filter_refuses_keys_and_eviction_on_both_architectures(machine):
+    allow, refused = 0x7FFF0000, lambda code: 0x00050000 | code
+    for call in ("add_key", "request_key", "keyctl", "process_madvise", "cachestat"):
+        assert filter_verdict(machine, call, 11, 1) == refused(errno.ENOSYS), call
+    assert filter_verdict(machine, "fadvise64", 3, 0, 0, 4) == refused(errno.EPERM)  # fd, offset, len, DONTNEED
+    assert filter_verdict(machine, "fadvise64", 3, 0, 0, 2**32 + 4) == refused(errno.EPERM), "the kernel reads an int"
+    assert filter_verdict(machine, "fadvise64", 3, 0, 4, 2) == allow, "SEQUENTIAL passes, whatever the length"
+    assert filter_verdict(machine, "madvise", 2**40, 4096, 21) == refused(errno.EPERM)  # MADV_PAGEOUT
+    assert filter_verdict(machine, "madvise", 2**40, 4096, 20) == refused(errno.EPERM)  # MADV_COLD
+    assert filter_verdict(machine, "madvise", 2**40, 21, 4) == allow, "MADV_DONTNEED passes, whatever the length"
+    assert filter_verdict(machine, "read", 0, 0, 4) == allow
+
+
+# --- an evaluation error carries no data out ------------------------------------------
+
+def test_an_evaluation_error_carries_no_data(tmp_path):
+    """Found by the red team: the message of an error at evaluation time reached the stored reason, which the
+    proposer reads: an index computed from validation pixels carried 56 bits a run. Only its type is kept.
+    The model indexes a one-row table with the position of each image's brightest pixel: 0 at export (zeros),
+    in range; on real images out of range, and torch's IndexError quotes the index."""
+    result = trial(tmp_path, """
+        class Leaky(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.table = nn.Parameter(torch.zeros(1, 10))
+
+            def forward(self, x):
+                return self.table[x.flatten(1).argmax(1)]
+
+        save_model(Leaky())
+    """)
+    assert result.status == "invalid"
+    assert result.reason == "model failed on the images: IndexError", result.reason

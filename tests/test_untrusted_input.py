@@ -6,8 +6,12 @@ import io
 import os
 import threading
 
+import numpy as np
 import pytest
+import torch
 
+import prepare
+from infra.sandbox.evaluation import score_logits
 from infra.sandbox.output_capture import MAX_LINE_CHARS, BoundedLog, clean
 from infra.sandbox.safe_files import UnsafeFile, copy_out, read_untrusted, remove_tree, tree_usage
 from infra.sandbox.trial import reported_epochs
@@ -160,3 +164,15 @@ def test_a_sparse_file_is_refused_before_it_is_copied(tmp_path):
     (tmp_path / "dense").write_bytes(os.urandom(3 * 2**20))
     copy_out(tmp_path, "dense", tmp_path / "copy", 2**30)
     assert (tmp_path / "copy").read_bytes() == (tmp_path / "dense").read_bytes()
+
+
+def test_a_wrong_output_shape_is_reported_without_its_sizes():
+    """An output shape can depend on the pixels (aten.nonzero): its sizes would carry them to the proposer."""
+    images = torch.randint(1, 256, (prepare.EVAL_BATCH_SIZE, 28, 28), dtype=torch.uint8)
+    pixels = int(images.count_nonzero())  # what the model below would show as its output's length
+    with pytest.raises(prepare.ArtifactError) as error:
+        prepare.predict(lambda batch: batch.flatten(1).nonzero(), images)
+    assert str(pixels) not in str(error.value) and "not one row of logits per image" in str(error.value)
+    columns = prepare.NUM_CLASSES + int(images[0, 0, 0])  # computed from a pixel, never the right count
+    reason = score_logits(np.zeros((100, columns), dtype=np.float32), torch.zeros(100, dtype=torch.long)).reason
+    assert reason == "wrong output shape: expected (100, 10) (images, classes)"

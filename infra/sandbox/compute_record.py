@@ -10,7 +10,7 @@ the load a number was measured under:
     wall_seconds   launch to exit
     core_share     cpu_seconds / (wall_seconds x threads): 1.0 is every allotted core, all the time
     waiting_share  time its processes were ready to compute but waited for a CPU, per wall second
-                   (schedstat; informational: a run can make its processes wait for each other)
+                   (schedstat run delay; a run can raise it by making its processes wait for each other)
     free_cores     the cores the rest of the machine left it, on average: all cores minus what every
                    other process (and the kernel) used while it ran (/proc/stat minus its own CPU time)
     load_start, load_end   the host's 1-minute load average at launch and at exit
@@ -18,8 +18,21 @@ the load a number was measured under:
 A run is `contended` when the clock could not make up for the machine's load, judged from outside the
 run: the rest of the machine left it less than CONTENDED_FREE_SHARE of the cores it needed (its
 allotted cores; one on a wall clock) and, on a CPU clock, the wall ceiling stopped it before it had used
-its CPU budget. A candidate cannot fake that: its own processes count as its own, not as the machine's.
-A contended measurement is run again (flows/research.py), never compared as if it were equal.
+its CPU budget, and it spent that time waiting for a CPU. A candidate cannot fake that: its own
+processes count as its own, not as the machine's. A contended measurement is run again
+(flows/research.py), never compared as if it were equal.
+
+Why the waiting: a run that sleeps on a busy machine also meets the wall ceiling with too few free
+cores, but the load did not keep it from computing; judged contended, it was run twice more (up to
+2 x 9 minutes at a 120 s budget) under a false reason. The wall ceiling's arithmetic sets the bar: the
+ceiling (infra/sandbox/watchdog.py) comes after WALL_CEILING x (allowance + budget + grace) of wall
+time, and the run may use at most (allowance + budget + grace) of CPU time per allotted core, so a run
+the ceiling stops did not compute for at least 1 - 1/WALL_CEILING of its wall time (3/4). Kept from a
+CPU by the load, it spent that time waiting: a waiting_share near 3/4. Asleep or blocked, it did not:
+near 0. CONTENDED_WAITING_SHARE is half of 1 - 1/WALL_CEILING (0.375): contended only if it waited for
+a CPU for at least half of the time it did not compute. The waiting is the run's own number, which it
+can raise (processes that queue behind each other), so it can only take a contended verdict away,
+never give one: the free cores are still judged from outside.
 """
 
 from __future__ import annotations
@@ -28,7 +41,10 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from infra.sandbox.watchdog import WALL_CEILING
+
 CONTENDED_FREE_SHARE = 0.75
+CONTENDED_WAITING_SHARE = (1 - 1 / WALL_CEILING) / 2  # 0.375: see "Why the waiting" above
 
 
 def host_load() -> float:
@@ -58,7 +74,8 @@ def compute_record(threads: int, cpu_seconds: float, wall_seconds: float, run_de
     wall = max(wall_seconds, 1e-9)
     free_cores = max(0.0, cores - max(0.0, others_busy_seconds) / wall)
     starved = free_cores < CONTENDED_FREE_SHARE * (threads or 1)
-    contended = starved and (stopped_by_wall_ceiling or not threads)
+    waited = run_delay_seconds / wall > CONTENDED_WAITING_SHARE
+    contended = starved and (not threads or (stopped_by_wall_ceiling and waited))
     return ComputeRecord(
         clock="cpu" if threads else "wall",
         threads=threads,

@@ -55,8 +55,8 @@ def hidden_data_dirs() -> list[Path]:
 def score_logits(logits: np.ndarray, labels: torch.Tensor) -> Evaluation:
     """Check the model's output and compute accuracy and mean cross-entropy against labels."""
     expected = (len(labels), prepare.NUM_CLASSES)
-    if logits.ndim != 2 or tuple(logits.shape) != expected:
-        return Evaluation(False, f"wrong output shape {tuple(logits.shape)}: expected {expected}")
+    if logits.ndim != 2 or tuple(logits.shape) != expected:  # the shape unquoted: it can depend on the pixels
+        return Evaluation(False, f"wrong output shape: expected {expected} (images, classes)")
     if logits.dtype.kind != "f":
         return Evaluation(False, f"predictions are {logits.dtype}, not floating point")
     if not np.isfinite(logits).all():

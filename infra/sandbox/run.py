@@ -26,6 +26,8 @@ that isolation is weaker. The kill logic, limits and output bounds apply either 
 from __future__ import annotations
 
 import contextvars
+import ctypes
+import errno
 import functools
 import os
 import resource
@@ -180,11 +182,37 @@ def bwrap_argv(bwrap: str, job: SandboxJob, userns_fd: int | None, seccomp_fd: i
     return args
 
 
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def _session_keyring_joiner() -> Callable[[], None]:
+    """A function for the child before exec: join a fresh, empty session keyring. An orchestrator started
+    from an ssh login, a systemd service or a container runtime has a session keyring, and keys in it are
+    reached by possession, whatever the uid: inherited, it let a candidate read a root-only key (red team).
+    The syscall filter refuses the key calls too; this holds where there is none. Looked up here, in the
+    parent: loading a library after fork could wait for a lock another thread held."""
+    number = syscall_filter.number("keyctl")
+    if number is None:
+        return lambda: None
+    syscall = ctypes.CDLL(None, use_errno=True).syscall
+
+    def join() -> None:
+        if syscall(ctypes.c_long(number), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), None) < 0:
+            code = ctypes.get_errno()
+            if code != errno.ENOSYS:  # ENOSYS: a kernel without keys, so none to inherit
+                raise OSError(code, f"cannot give the sandbox a session keyring of its own: {os.strerror(code)}")
+    return join
+
+
 def _child_setup(job: SandboxJob, private_ipc: bool, cgroup: MemoryCgroup | None,
                  cpu_group: CpuCgroup | None) -> Callable[[], None]:
-    """Runs in the child before exec: die with the orchestrator, join the cgroups, private IPC, limits."""
+    """Runs in the child before exec: die with the orchestrator, a session keyring of its own, join the
+    cgroups, private IPC, limits."""
+    join_session_keyring = _session_keyring_joiner()
+
     def apply() -> None:
         process_tree.die_with_parent()
+        join_session_keyring()
         os.umask(0o022)
         if cgroup is not None:
             cgroup.enter()
