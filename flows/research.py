@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import statistics
 import time
 from dataclasses import fields, replace
@@ -123,8 +124,8 @@ class Run:
         """Finished iterations; failed ones carry the tail of their log, for the proposer to learn from."""
         records = self.store.records(self.exp.id, finished_only=True)
         for record in records:
-            if record.status != Status.OK:
-                run_dir = self.ws.run_dir(record.iteration, seed_of(record.iteration, 0))
+            if record.status != Status.OK and record.runs:  # its first measured run's log
+                run_dir = self.ws.run_dir(record.iteration, record.runs[0]["seed"])
                 record.log_tail = log_tail(run_dir / "train.log", 8)
         return records
 
@@ -199,9 +200,11 @@ class Run:
 
 # --- one measured run: train, then evaluate ----------------------------------
 
-def seed_of(iteration: int, n: int) -> int:
-    """The seed of an iteration's n-th measured run (its directory is ws.run_dir(iteration, seed))."""
-    return 1000 * iteration + n
+def new_seed() -> int:
+    """The seed of a measured run (its directory is ws.run_dir(iteration, seed)): drawn at random, so a candidate
+    cannot tell its first run, on which a keep is first decided, from the runs after it (a candidate that knew
+    sabotaged one of its later runs to freeze the experiment: infra/research/acceptance_rule.py)."""
+    return secrets.randbelow(2**31)
 
 
 def run_record(seed: int, result: TrialResult) -> dict[str, Any]:
@@ -211,11 +214,11 @@ def run_record(seed: int, result: TrialResult) -> dict[str, Any]:
             "train_seconds": result.train_seconds, "epochs_per_second": per_second, **result.compute}
 
 
-def measure(run: Run, code: str, iteration: int, n: int, runs: list[dict[str, Any]]) -> TrialResult:
-    """The n-th measured run of an iteration's code (re-run from scratch if an earlier attempt was interrupted).
-    A run the machine's load starved (infra/sandbox/compute_record.py) is measured again, at most
-    MAX_CONTENDED_RERUNS times; every attempt is appended to runs."""
-    seed = seed_of(iteration, n)
+def measure(run: Run, code: str, iteration: int, runs: list[dict[str, Any]]) -> TrialResult:
+    """One measured run of an iteration's code, with a new seed. A run the machine's load starved
+    (infra/sandbox/compute_record.py) is measured again with the same seed, at most MAX_CONTENDED_RERUNS times;
+    every attempt is appended to runs."""
+    seed = new_seed()
     for attempt in range(MAX_CONTENDED_RERUNS + 1):
         trained = sandboxed_train(code, run.ws.run_dir(iteration, seed), run.limits, seed, iteration, run.cfg.device)
         result = evaluate(trained, run.val, run.limits, iteration, seed)
@@ -227,12 +230,9 @@ def measure(run: Run, code: str, iteration: int, n: int, runs: list[dict[str, An
     return result
 
 
-def add_seed_run(run: Run, code: str, i: int, scores: list[float], runs: list[dict[str, Any]]) -> bool:
-    """One more run of a candidate with the next seed; its score joins scores if ok."""
-    extra = measure(run, code, i, len(scores), runs)
-    if extra.status == Status.OK:
-        scores.append(extra.val_accuracy)
-    return extra.status == Status.OK
+def score_of(result: TrialResult) -> float | None:
+    """A measured run's validation accuracy, or None when it failed."""
+    return result.val_accuracy if result.status == Status.OK else None
 
 
 # what a measured run and an iteration record have in common: status, reason, val_accuracy, epochs, ...
@@ -246,7 +246,7 @@ def trial_fields(result: TrialResult) -> dict[str, Any]:
 def run_baseline(run: Run) -> None:
     code = run.ws.read_train_py()
     runs: list[dict[str, Any]] = []
-    results = [measure(run, code, 0, n, runs) for n in range(run.cfg.repeats)]
+    results = [measure(run, code, 0, runs) for _ in range(run.cfg.repeats)]
     scores = [r.val_accuracy for r in results if r.status == Status.OK]
     if not scores:
         raise RuntimeError(f"the baseline failed every run: {results[0].status}: {results[0].reason}")
@@ -331,18 +331,13 @@ def run_iteration(run: Run, i: int) -> bool:
     run.store.put_iteration(run.exp.id, i, **base, status=Status.RUNNING, decision=Verdict.PENDING, rule={}, measurements=[],
                             started_at=utcnow(), finished_at=None)
     runs: list[dict[str, Any]] = []
-    first = measure(run, proposal.code, i, 0, runs)
+    first = measure(run, proposal.code, i, runs)
     scores, decision, test_acc = [], None, None
     if first.status == Status.OK:
-        scores = [first.val_accuracy]
-        decision = keep_or_discard(incumbent.measurements, scores, run.rule, i)
-        while decision.verdict == Verdict.CONFIRM:
-            if not add_seed_run(run, proposal.code, i, scores, runs):
-                break
-            decision = keep_or_discard(incumbent.measurements, scores, run.rule, i)
+        decision, scores = keep_or_discard(incumbent.measurements, first.val_accuracy,
+                                           lambda: score_of(measure(run, proposal.code, i, runs)), run.rule,
+                                           run.cfg.repeats, i)
         if decision.verdict == Verdict.KEEP:
-            for _ in range(run.cfg.repeats):  # the new incumbent's own noise, from more seeds
-                add_seed_run(run, proposal.code, i, scores, runs)
             test_acc = test_report(Path(first.run_dir), run.test, run.limits, i)
     verdict = Verdict.KEEP if decision and decision.verdict == Verdict.KEEP else Verdict.DISCARD
     failpoint("decided", i)
@@ -356,9 +351,11 @@ def run_iteration(run: Run, i: int) -> bool:
         run.ws.commit_keep(i, proposal.hypothesis, incumbent.val_accuracy, statistics.fmean(scores), proposal.code)
     # the numbers the decision used: the mean of the candidate's runs, its delta and the threshold
     score = f"val_accuracy {decision.candidate_mean:.4f} (mean of {decision.n_candidate} runs)" if decision else "no score"
-    if decision and len(scores) > decision.n_candidate:  # a new incumbent's extra seeds, for its own noise
-        score += f"; {statistics.fmean(scores):.4f} over all {len(scores)} runs"
+    if decision and len(scores) > decision.n_candidate:  # a run failed after the decision's runs
+        score += f"; {statistics.fmean(scores):.4f} over its {len(scores)} ok runs"
     delta = f"delta {decision.delta:+.4f} vs threshold {decision.threshold:.4f}" if decision else first.reason
+    if decision and decision.note:
+        delta += f"; {decision.note}"
     print(f"iteration {i}/{run.target}: {first.status} {verdict} {score} ({display.one_line(delta)}) | "
           f"{display.one_line(proposal.hypothesis)}")
     return True

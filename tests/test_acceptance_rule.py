@@ -64,9 +64,43 @@ def test_decision_carries_the_rules_numbers():
 
 def test_noisy_incumbent_demands_a_bigger_step():
     quiet = decide([0.840, 0.842, 0.841], [0.860])
-    noisy = decide(BASELINE_SCORES, [0.860])
+    noisy = decide([0.825, 0.850, 0.832, 0.848, 0.838, 0.845], [0.860])  # spread evenly, sd 0.0097
     assert quiet.verdict == "keep"
-    assert noisy.verdict == "discard" and noisy.threshold > 0.03
+    assert noisy.verdict != "keep" and noisy.threshold > 1.5 * quiet.threshold
+
+
+def test_one_wild_incumbent_run_does_not_inflate_every_threshold():
+    """The shipped baseline's heavy tail (one seed in six near 0.76) and a run a kept candidate spoiled on purpose
+    (the red team's [0.8785, 0.0952, 0.8785] froze the experiment at a threshold of 1.374)."""
+    without_tail = decide(BASELINE_SCORES[1:], [0.860])
+    with_tail = decide(BASELINE_SCORES, [0.860])
+    assert with_tail.threshold < 2 * without_tail.threshold  # 5.7 times when the wild run was averaged in
+    assert with_tail.incumbent_mean > 0.83  # the wild run clipped near the median, not averaged in
+    spoiled = [0.8785, 0.0952, 0.8785]
+    assert decide(spoiled, [0.93]).verdict == "keep"  # +5 points over its typical run is seen
+    assert decide(spoiled, [0.8785]).verdict == "discard"  # a copy of it is not kept
+    assert decide(spoiled, [0.8785]).threshold < 0.05
+
+
+def test_a_candidate_is_kept_on_all_of_its_runs():
+    """Every run counts against the candidate as it is (no clipping), and every run must succeed."""
+    from infra.research.acceptance_rule import judge
+
+    def scripted(*scores):
+        left = list(scores)
+        return lambda: left.pop(0)
+
+    incumbent = [0.84, 0.842, 0.841]
+    kept, runs = judge(incumbent, 0.90, scripted(0.899, 0.901), keep_runs=2)
+    assert kept.verdict == "keep" and runs == [0.90, 0.899, 0.901] and kept.n_candidate == 3
+    spoiled, runs = judge(incumbent, 0.90, scripted(0.10, 0.90), keep_runs=2)  # an untrained model in a later run
+    assert spoiled.verdict == "discard" and runs == [0.90, 0.10, 0.90] and "not on all 3" in spoiled.note
+    crashed, runs = judge(incumbent, 0.90, scripted(None), keep_runs=2)
+    assert crashed.verdict == "discard" and "run 2 of 3 failed" in crashed.note
+    assert decide(incumbent, [0.852]).verdict == "confirm"
+    close, runs = judge(incumbent, 0.852, scripted(0.853, 0.852, 0.852), keep_runs=2)  # a close call, confirmed
+    assert len(runs) >= 2 and (close.verdict == "keep") == (decide(incumbent, runs).verdict == "keep")
+    assert judge(incumbent, 0.80, scripted(), keep_runs=2)[0].verdict == "discard"  # clearly worse: one run
 
 
 def test_floor_applies_when_incumbent_runs_agree_exactly():

@@ -105,7 +105,7 @@ def test_request_carries_program_rule_history_hardware_and_cache_control(claude_
     text = situation["text"]
     # the threshold a one-run candidate must beat now, from the rule itself
     now = decide(BASELINE_SCORES, [0.84], RuleConfig())
-    assert f"more than {now.threshold:.4f}" in text and "0.8391, 0.8419; mean 0.8405" in text
+    assert f"more than {now.threshold:.4f}" in text and "0.8391, 0.8419; reference mean 0.8405" in text
     assert f"{decide(BASELINE_SCORES, [0.84, 0.84]).threshold:.4f}" in text  # after a confirmation run
     # each history row: its decision's numbers, epochs and seconds, how it ended, the pre-flight fix
     assert (f"discard: mean {CLOSE_CALL.candidate_mean:.4f} of 2 runs, delta {CLOSE_CALL.delta:+.4f} <= threshold "

@@ -88,8 +88,10 @@ forward(), or the scored model sees other inputs than the trained one did. Nothi
 ever the metric.
 4. Decision, by the acceptance rule below. A candidate is kept only if the mean of its runs beats the \
 incumbent's mean by more than the rule's threshold. A close call (its delta above half the threshold) gets \
-confirmation runs with other seeds (how many: see the margin below), and the threshold is recomputed for the mean of its runs. A kept \
-candidate is run again with more seeds and becomes the incumbent: its runs set the noise from then on. \
+confirmation runs with other seeds (how many: see the margin below), and the threshold is recomputed for the mean of its runs. A \
+candidate that clears it is run again with more seeds and kept only if the mean of all its runs still clears it \
+(every run counts, and every run must succeed; the seeds are random, so no run can be told from another); it then \
+becomes the incumbent: its runs set the noise from then on, one wild run clipped to near its median. \
 Crashes, timeouts and models that cannot be scored are discarded with their reason.
 
 # The facts each request gives you, after program.md
@@ -357,15 +359,15 @@ def incumbent_text(f: IterationRecord | None, rule: RuleConfig) -> str:
         return "No incumbent measured yet."
     lines = [f"The incumbent is iteration {f.iteration} ({f.hypothesis})."]
     if f.measurements:
-        mean = statistics.fmean(f.measurements)
         spread = f"{statistics.stdev(f.measurements):.4f}" if len(f.measurements) > 1 else "unknown from one run"
         # The threshold depends only on the incumbent's runs and the candidate's run count, not its score.
-        first = decide(f.measurements, [mean], rule)
+        first = decide(f.measurements, [statistics.fmean(f.measurements)], rule)
+        mean = first.incumbent_mean  # of its runs, a wild one clipped near their median: the reference
         lines.append(f"Its {_plural(len(f.measurements), 'measured run')}: "
-                     f"{', '.join(f'{s:.4f}' for s in f.measurements)}; mean {mean:.4f}, spread (sample standard "
-                     f"deviation) {spread}; noise per run pooled with the rule's prior: sigma {first.sigma:.4f}.")
+                     f"{', '.join(f'{s:.4f}' for s in f.measurements)}; reference mean {mean:.4f}, spread (sample "
+                     f"standard deviation) {spread}; noise per run pooled with the rule's prior: sigma {first.sigma:.4f}.")
         lines.append(f"To be kept now, a candidate's first run must beat that mean by more than {first.threshold:.4f} "
-                     f"(score above {mean + first.threshold:.4f}).")
+                     f"(score above {mean + first.threshold:.4f}), and the mean of all its runs must still do so.")
         if rule.confirm_runs:
             confirmed = decide(f.measurements, [mean, mean], rule)
             lines.append(f"A first run between +{first.threshold / 2:.4f} and +{first.threshold:.4f} gets up to "

@@ -8,22 +8,38 @@ can agree by chance, so that variance is pooled with a prior (PRIOR_SIGMA, worth
 PRIOR_DOF runs' degrees of freedom): the floor. A newly kept incumbent brings its
 own runs, and its spread replaces the old incumbent's.
 
-    delta     = mean(candidate runs) - mean(incumbent runs)
-    sigma^2   = ((n_inc - 1) * s_inc^2 + prior_dof * prior_sigma^2) / (n_inc - 1 + prior_dof)
+    x         = the incumbent's runs, each clipped to median(x) +- w once there are 3 or more,
+                w = max(3 * 1.4826 * MAD(x), 4 * prior_sigma)
+    delta     = mean(candidate runs) - mean(x)
+    sigma^2   = ((n_inc - 1) * s_x^2 + prior_dof * prior_sigma^2) / (n_inc - 1 + prior_dof)
     threshold = max(min_delta, t(confidence, n_inc - 1 + prior_dof) * sigma * sqrt(1/n_inc + 1/n_cand))
     keep      if delta > threshold
 
 Student's t (not z) because sigma is estimated from few runs. A close call
 (threshold/2 < delta <= threshold) may be confirmed by more runs of the candidate,
 which shrinks the threshold; a lucky seed rarely survives it.
+
+The incumbent is a reference, the candidate is on trial. One wild run of the incumbent (a heavy tail:
+the shipped baseline ends near 0.76 instead of 0.84 one seed in six; or a run a candidate spoiled on
+purpose) must not move the bar for everyone after it: a candidate that saved an untrained model in one
+of its noise runs once left the incumbent's runs at [0.8785, 0.0952, 0.8785], the threshold at 1.374,
+and nothing could be kept again. So the incumbent's runs are winsorised around their median (above);
+a candidate's runs count as they are, every one of them: a run it spoiled counts against it.
+
+`judge` is the whole procedure for one candidate: its first run; more runs while the rule calls it a
+close call; on a keep, `keep_runs` more (the new incumbent's own noise) and the decision made again on
+all of its runs, which must still say keep. A run that fails after the first (crash, timeout, a model
+that cannot be scored) ends the procedure with a discard: a keep needs every run. The seeds of the runs
+are drawn at random by the orchestrator, so a candidate cannot tell its first run from the others.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
+from typing import Callable
 
 from infra.records import Verdict
 
@@ -43,10 +59,11 @@ class Decision:
     delta: float
     sigma: float
     threshold: float
-    incumbent_mean: float
-    candidate_mean: float
+    incumbent_mean: float  # of its winsorised runs: the reference a candidate must beat
+    candidate_mean: float  # of all its runs
     n_incumbent: int
     n_candidate: int
+    note: str = ""  # why a procedure ended as it did, when the numbers alone do not say (judge)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "verdict": str(self.verdict)}
@@ -59,10 +76,27 @@ def t_quantile(p: float, dof: float) -> float:
             + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * dof**3))
 
 
+MAD_TO_SIGMA = 1.4826  # the median absolute deviation of a normal sample times this estimates its sigma
+CLIP_MADS = 3.0  # an incumbent run further than this many estimated sigmas from its median is wild...
+CLIP_PRIOR_SIGMAS = 4.0  # ...and further than this many prior sigmas (a few runs can agree by chance)
+
+
+def winsorised(incumbent_scores: list[float], cfg: RuleConfig) -> list[float]:
+    """The incumbent's runs, each clipped to median +- w (see the module's docstring); as they are below 3 runs,
+    where a median cannot tell the wild run from the others."""
+    if len(incumbent_scores) < 3:
+        return list(incumbent_scores)
+    middle = statistics.median(incumbent_scores)
+    mad = statistics.median(abs(x - middle) for x in incumbent_scores)
+    w = max(CLIP_MADS * MAD_TO_SIGMA * mad, CLIP_PRIOR_SIGMAS * cfg.prior_sigma)
+    return [min(max(x, middle - w), middle + w) for x in incumbent_scores]
+
+
 def noise(incumbent_scores: list[float], cfg: RuleConfig) -> tuple[float, float]:
-    """(sigma, degrees of freedom) of one run of the incumbent, pooled with the prior floor."""
-    dof = len(incumbent_scores) - 1
-    variance = statistics.variance(incumbent_scores) if dof >= 1 else 0.0
+    """(sigma, degrees of freedom) of one run of the incumbent, from its winsorised runs, pooled with the prior floor."""
+    scores = winsorised(incumbent_scores, cfg)
+    dof = len(scores) - 1
+    variance = statistics.variance(scores) if dof >= 1 else 0.0
     total = dof + cfg.prior_dof
     return math.sqrt((dof * variance + cfg.prior_dof * cfg.prior_sigma**2) / total), total
 
@@ -72,7 +106,7 @@ def decide(incumbent_scores: list[float], candidate_scores: list[float], cfg: Ru
     if not incumbent_scores or not candidate_scores:
         raise ValueError("both the incumbent and the candidate need at least one score")
     n_inc, n_cand = len(incumbent_scores), len(candidate_scores)
-    inc_mean, cand_mean = statistics.fmean(incumbent_scores), statistics.fmean(candidate_scores)
+    inc_mean, cand_mean = statistics.fmean(winsorised(incumbent_scores, cfg)), statistics.fmean(candidate_scores)
     sigma, dof = noise(incumbent_scores, cfg)
     threshold = max(cfg.min_delta, t_quantile(cfg.confidence, dof) * sigma * math.sqrt(1 / n_inc + 1 / n_cand))
     delta = cand_mean - inc_mean
@@ -83,6 +117,34 @@ def decide(incumbent_scores: list[float], candidate_scores: list[float], cfg: Ru
     else:
         verdict = Verdict.DISCARD
     return Decision(verdict, delta, sigma, threshold, inc_mean, cand_mean, n_inc, n_cand)
+
+
+def judge(incumbent_scores: list[float], first_score: float, next_score: Callable[[], float | None],
+          cfg: RuleConfig = RuleConfig(), keep_runs: int = 0) -> tuple[Decision, list[float]]:
+    """The procedure for one candidate whose first run scored first_score (module docstring): the final decision,
+    keep or discard, and the scores of all its runs. next_score() measures one more run of it: its score, or None
+    when that run failed."""
+    scores = [first_score]
+    decision = decide(incumbent_scores, scores, cfg)
+    while decision.verdict == Verdict.CONFIRM:
+        score = next_score()
+        if score is None:
+            return replace(decision, verdict=Verdict.DISCARD, note="a confirmation run failed"), scores
+        scores.append(score)
+        decision = decide(incumbent_scores, scores, cfg)
+    if decision.verdict != Verdict.KEEP:
+        return replace(decision, verdict=Verdict.DISCARD), scores
+    for _ in range(keep_runs):  # the new incumbent's own noise, from more seeds: every one counts
+        score = next_score()
+        if score is None:
+            return replace(decision, verdict=Verdict.DISCARD,
+                           note=f"run {len(scores) + 1} of {1 + keep_runs} failed: a keep needs every run"), scores
+        scores.append(score)
+    final = decide(incumbent_scores, scores, cfg)
+    if final.verdict == Verdict.KEEP:
+        return final, scores
+    return replace(final, verdict=Verdict.DISCARD, note=f"kept on its first run{'s' if decision.n_candidate > 1 else ''},"
+                                                        f" not on all {len(scores)}"), scores
 
 
 def naive_decide(incumbent_best: float, candidate: float) -> Verdict:

@@ -9,8 +9,8 @@ the load a number was measured under:
     cpu_seconds    CPU time of the run's whole process tree
     wall_seconds   launch to exit
     core_share     cpu_seconds / (wall_seconds x threads): 1.0 is every allotted core, all the time
-    waiting_share  time its processes were ready to compute but waited for a CPU, per wall second
-                   (schedstat run delay; a run can raise it by making its processes wait for each other)
+    waiting_share  the most time one of its processes was ready to compute but waited for a CPU, per wall
+                   second (schedstat run delay; a run can raise it by making its processes wait for each other)
     free_cores     the cores the rest of the machine left it, on average: all cores minus what every
                    other process (and the kernel) used while it ran (/proc/stat minus its own CPU time)
     load_start, load_end   the host's 1-minute load average at launch and at exit

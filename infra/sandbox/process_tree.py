@@ -75,14 +75,16 @@ def host_busy_seconds() -> float:
 
 
 def run_delay_seconds(pids: list[int]) -> float:
-    """Time the processes' main threads spent runnable but waiting for a CPU (schedstat): contention."""
-    total = 0
+    """The most time any one of the processes' main threads spent runnable but waiting for a CPU (schedstat).
+    The largest, not the sum: processes of one run that queue behind each other each wait a little, while a run
+    the machine's load starves has a thread that waits most of the time."""
+    most = 0
     for pid in pids:
         try:
-            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+            most = max(most, int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]))
         except (OSError, IndexError, ValueError):
             continue
-    return total / 1e9
+    return most / 1e9
 
 
 def has_env(pid: int, token: str) -> bool:
