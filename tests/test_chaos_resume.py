@@ -51,7 +51,7 @@ def finished_logs(home: Path, store: Store) -> dict[int, float]:
     ws = Workspace(home / "chaos")
     logs = {}
     for row in store.iterations(exp.id, finished_only=True):
-        log = ws.run_dir(row.index, 1000 * row.index) / "train.log"  # the first measured run
+        log = ws.run_dir(row.index, row.runs[0]["seed"]) / "train.log"  # the first measured run
         logs[row.index] = log.stat().st_mtime
     return logs
 

@@ -71,9 +71,14 @@ def test_run_reports_to_the_ui_server_and_the_ui_shows_it(ui_server, tmp_path):
     flow_run = flow_runs[0]
     tasks = {t["name"]: t for t in post(ui_server, "task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}},
                                         home)}
-    assert {"train-0-seed-0", "evaluate-0-seed-0", "propose-1", "train-1-seed-1000", "evaluate-1-seed-1000",
-            "decide-1", "report-1"} <= set(tasks), sorted(tasks)
-    logs = post(ui_server, "logs/filter", {"logs": {"task_run_id": {"any_": [tasks["train-1-seed-1000"]["id"]]}}}, home)
+    from infra.store import Store
+
+    store = Store(f"sqlite:///{home / 'autoresearch.db'}")
+    seeds = [[run["seed"] for run in r.runs] for r in store.records(store.experiment("uitest").id)]  # random seeds
+    train_1 = f"train-1-seed-{seeds[1][0]}"
+    assert {f"train-0-seed-{seeds[0][0]}", f"evaluate-0-seed-{seeds[0][0]}", "propose-1", train_1,
+            f"evaluate-1-seed-{seeds[1][0]}", "decide-1", "report-1"} <= set(tasks), sorted(tasks)
+    logs = post(ui_server, "logs/filter", {"logs": {"task_run_id": {"any_": [tasks[train_1]["id"]]}}}, home)
     lines = [log["message"] for log in logs]
     assert any(line.startswith("budget_start:") for line in lines), lines  # the candidate's own output
     assert any(line.startswith("epoch ") for line in lines), lines
@@ -91,7 +96,7 @@ def test_run_reports_to_the_ui_server_and_the_ui_shows_it(ui_server, tmp_path):
         browser.evaluate(f"localStorage.setItem('prefect-password', '{password}')")
         dom = browser.open(page, wait_for="decide-1")
         assert "research-uitest" in dom
-        for name in ("propose-1", "train-1-seed-1000", "decide-1"):
+        for name in ("propose-1", train_1, "decide-1"):
             assert name in dom, name
         pixels = browser.screenshot(tmp_path / "flow-run.png")
         assert distinct_colours(pixels) > 50
