@@ -12,7 +12,8 @@ the UI's address as Referer). Everything of theirs that is shown goes through on
                         as '?'; line breaks and tabs kept only where asked (multiline)
     code_span(text)     one line of free text as a markdown code span: shown verbatim, never rendered
     code_block(text)    many lines as a fenced block whose fence no line inside can close
-    table_cell(text)    one bounded line for a table artifact's cell
+    table_cell(text)    one bounded line for a table artifact's cell, as a code span (the UI renders cells as
+                        markdown too)
 
 HTML pages escape with the standard library's html.escape (infra/report_html.py).
 """
@@ -72,8 +73,9 @@ def code_block(text: str, info: str = "text") -> str:
 
 
 def table_cell(value: object) -> object:
-    """A table artifact's cell: numbers as they are, text as one bounded, cleaned line."""
+    """A table artifact's cell: numbers as they are, text as one bounded, cleaned line in a code span (Prefect's UI
+    renders every cell as markdown: a link or an image in one would be live; seen in headless Chromium)."""
     if value is None or isinstance(value, (bool, int, float)):
         return value
     line = one_line(str(value))
-    return line if len(line) <= TABLE_CELL_CHARS else line[:TABLE_CELL_CHARS - 1] + "…"
+    return code_span(line if len(line) <= TABLE_CELL_CHARS else line[:TABLE_CELL_CHARS - 1] + "…")

@@ -159,7 +159,9 @@ def test_markdown_of_proposer_text_renders_no_link_image_or_html(text):
     assert md.render(display.code_span(text)).count("<code>") == 1
 
 
-def test_table_cells_are_one_bounded_clean_line():
-    assert display.table_cell("a\nb\x1b[31m" + "c" * 1000).startswith("a b") and len(
-        display.table_cell("c" * 1000)) == display.TABLE_CELL_CHARS
+def test_table_cells_are_one_bounded_clean_line_of_code():
+    cell = display.table_cell("a\nb\x1b[31m" + MARKDOWN + "c" * 1000)
+    assert cell.startswith("`a b") and len(cell) == display.TABLE_CELL_CHARS + 2 and "\x1b" not in cell
+    rendered = MarkdownIt("commonmark").render(cell)
+    assert "<a " not in rendered and "<img" not in rendered and rendered.count("<code>") == 1
     assert display.table_cell(0.5) == 0.5 and display.table_cell(None) is None
