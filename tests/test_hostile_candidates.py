@@ -357,7 +357,7 @@ def test_a_graph_naming_anything_but_core_aten_is_rejected(tmp_path, target, mes
         graph = [{{"name": "x", "op": "placeholder", "tensor": None}},
                  {{"name": "y", "op": "call", "target": {target!r}, "args": ["/proc/self/environ"], "kwargs": {{}}}},
                  {{"name": "out", "op": "output", "value": {{"node": "y"}}}}]
-        save_file({{}}, "{prepare.MODEL_ARTIFACT}", metadata={{"format": "autoresearch-aten-graph/1", "graph": json.dumps(graph)}})
+        save_file({{}}, "{prepare.MODEL_ARTIFACT}", metadata={{"format": "{prepare.ARTIFACT_FORMAT}", "graph": json.dumps(graph)}})
     """)
     assert result.status == "invalid"
     assert message in result.reason

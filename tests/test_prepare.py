@@ -273,7 +273,7 @@ def test_load_artifact_never_unpickles(tmp_path):
             prepare.load_artifact(path)
     path = tmp_path / "wrong-format.safetensors"
     write_artifact(path, [], fmt="pickle")
-    with pytest.raises(prepare.ArtifactError, match="not an autoresearch-aten-graph/1 artifact"):
+    with pytest.raises(prepare.ArtifactError, match=f"not an {prepare.ARTIFACT_FORMAT} artifact"):
         prepare.load_artifact(path)
     assert not (tmp_path / "pwned").exists()
 
