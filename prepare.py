@@ -319,13 +319,20 @@ def budget_clock() -> float:
     return run_cpu_seconds() / threads if threads > 0 else time.monotonic()
 
 
+# The next epoch must fit before the deadline with this factor to spare: after the deadline a run has only the
+# export allowance (the time save_model needs, 3-5 CPU s here), and an epoch's CPU time rose by up to 23% when
+# the machine turned busy (busy/quiet epochs 0.81-0.92 with every core busy, docs/benchmarks.md).
+EPOCH_MARGIN = 1.25
+
+
 class TrainingBudget:
     """
     The sandbox gives every candidate the same deadline on the budget's clock (AUTORESEARCH_DEADLINE:
     start-up allowance + TRAINING_BUDGET_SECS; on a CPU the clock is CPU time of the run, on a GPU the
-    wall clock) and SIGKILLs it a short grace period later, whatever train.py does or prints. This
-    helper stops training at an epoch boundary before the earlier of that deadline and `seconds` from
-    its creation: an honest candidate trains for the budget, and never past the deadline.
+    wall clock) and SIGKILLs it once the export allowance after it is spent, whatever train.py does or
+    prints. This helper stops training at an epoch boundary before the earlier of that deadline and
+    `seconds` from its creation (with EPOCH_MARGIN to spare): an honest candidate trains for the budget,
+    never past the deadline, and has the export allowance to save its model.
     """
 
     def __init__(self, seconds: float | None = None):
@@ -356,12 +363,13 @@ class TrainingBudget:
         return len(self.epoch_seconds)
 
     def another_epoch_fits(self) -> bool:
-        """True if the next epoch is predicted to end before the deadline (the first always runs)."""
+        """True if the next epoch, EPOCH_MARGIN times as long as predicted, ends before the deadline (the first
+        always runs)."""
         if not self.epoch_seconds:
             return True
         recent = self.epoch_seconds[-3:]
         predicted = max(recent[-1], sum(recent) / len(recent))
-        return predicted <= self.remaining
+        return predicted * EPOCH_MARGIN <= self.remaining
 
     def epoch_done(self) -> None:
         now = budget_clock()
