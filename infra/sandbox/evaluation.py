@@ -109,7 +109,7 @@ def evaluate_artifact(
         workdir=out,
         log_path=eval_dir / "eval.log",
         # scoring has its own wall-clock limit, the eval timeout, and room for the logits only
-        limits=Limits(budget_s=limits.eval_timeout_s, startup_allowance_s=0.0, grace_s=0.0,
+        limits=Limits(budget_s=limits.eval_timeout_s, startup_allowance_s=0.0, export_allowance_s=0.0,
                       memory_cap_bytes=limits.memory_cap_bytes,
                       disk_cap_bytes=len(labels) * prepare.NUM_CLASSES * 8 + 2**20, max_files=16),
         env={"AUTORESEARCH_DEVICE": "cpu"},

@@ -12,9 +12,9 @@ nothing the orchestrator reads or writes is in work/ (infra/sandbox/safe_files.p
     data/train.pt       the training split, written fresh for this run, mounted read-only; deleted after
 
 Statuses:
-    ok       exited by itself before deadline + grace, saved a model, and the model was scored
+    ok       exited by itself before deadline + export allowance, saved a model, and the model was scored
     crashed  non-zero exit, killed by a signal, or over the memory or disk cap
-    timeout  still running at its deadline + grace, so SIGKILLed
+    timeout  still running at its deadline + export allowance, so SIGKILLed
     invalid  not runnable Python, or no usable model (missing, not a regular file, malformed, wrong shape, NaN)
 """
 
@@ -171,15 +171,23 @@ def _failure_status(outcome: SandboxOutcome, log_text: str, limits: Limits) -> t
     return None
 
 
+# what a run killed after its deadline must learn: the export allowance is for saving, not for training
+EXPORT_ALLOWANCE_RULE = ("the export allowance is the time prepare.save_model needs for a reference CNN (measured), for "
+                         "saving and exiting only: training must be over by the deadline (prepare.TrainingBudget stops "
+                         "before it); if the export itself takes longer, stop training earlier or export a smaller model")
+
+
 def _timeout_reason(outcome: SandboxOutcome, limits: Limits) -> str:
     compute = outcome.compute
+    export = limits.export_allowance_s
     if compute.clock == "wall":
-        return (f"killed (SIGKILL) after {outcome.wall_seconds:.1f} s: still running {limits.grace_s:g} s past its deadline "
-                f"(start-up allowance {limits.startup_allowance_s:g} s + budget {limits.budget_s:g} s)")
+        return (f"killed (SIGKILL) after {outcome.wall_seconds:.1f} s: still running {export:g} s past its deadline "
+                f"(start-up allowance {limits.startup_allowance_s:g} s + budget {limits.budget_s:g} s), the end of its "
+                f"export allowance; {EXPORT_ALLOWANCE_RULE}")
     if not outcome.stopped_by_wall_ceiling:
-        return (f"killed (SIGKILL) after {compute.cpu_seconds:.1f} CPU s: still running {limits.grace_s:g} s past its deadline "
+        return (f"killed (SIGKILL) after {compute.cpu_seconds:.1f} CPU s: still running {export:g} CPU s past its deadline "
                 f"(start-up allowance {limits.startup_allowance_s:g} CPU s + budget {limits.budget_s:g} s on "
-                f"{compute.threads} cores)")
+                f"{compute.threads} cores), the end of its export allowance; {EXPORT_ALLOWANCE_RULE}")
     why = "kept waiting for a CPU by the machine's load" if compute.contended else "sleeping or blocked"
     return (f"killed (SIGKILL) at the wall-clock ceiling ({outcome.wall_seconds:.1f} s) after only "
             f"{compute.cpu_seconds:.1f} CPU s of its {outcome.cpu_limit_s:.1f}: {why} "
