@@ -66,6 +66,7 @@ MODEL_ARTIFACT = "model.safetensors"  # weights and a core ATen graph; no pickle
 # took 7.3 CPU s per 10,000 images, a kNN over the training images 10.9, and no allowance could tell them apart;
 # at 100, 3.7 and 12.5. (save_model's check runs one batch: 10x cheaper too.)
 EVAL_BATCH_SIZE = 100
+PREDICT_MARKER = "predict_start:"  # printed by `predict` once loaded: the orchestrator times inference from here
 
 # Set by the sandbox: the only data a candidate can reach, and where its artifact goes.
 TRAIN_SPLIT_ENV = "AUTORESEARCH_TRAIN_SPLIT"
@@ -606,6 +607,7 @@ def _predict_main(model_path: str, images_path: str, out_path: str) -> int:
         print(f"eval_error: could not load model artifact: {type(exc).__name__}: {exc}", flush=True)
         return 3
     images = torch.from_numpy(np.load(images_path, allow_pickle=False))
+    print(f"{PREDICT_MARKER} {len(images)} images", flush=True)  # inference is budgeted from this line
     try:
         logits = predict(model, images)
     except Exception as exc:

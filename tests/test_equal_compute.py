@@ -16,6 +16,7 @@ from infra.sandbox import process_tree
 from infra import settings
 from infra.sandbox.allowances import allowance_for
 from infra.sandbox.compute_record import compute_record, describe
+from infra.sandbox.evaluation import EVAL_STARTUP_CAP_S, eval_limits, inference_over_allowance
 from infra.sandbox.trial import TrialResult, train_candidate
 from infra.sandbox.watchdog import WALL_CEILING, Watchdog
 from infra.settings import Limits
@@ -262,7 +263,7 @@ def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeyp
     assert runs[-1]["epochs_per_second"] == pytest.approx(3.0), "throughput on the budget's clock: 3 epochs in 1 s"
 
 
-# --- the allowances around the budget ---------------------------------------------------------
+# --- the allowances around the budget, and inference's -------------------------------------
 
 
 def test_the_export_allowance_replaces_the_grace_and_its_old_name_still_reads():
@@ -274,8 +275,26 @@ def test_the_export_allowance_replaces_the_grace_and_its_old_name_still_reads():
     assert Limits(budget_s=1, export_allowance_s=2.0, grace_s=9.0).export_allowance_s == 2.0
     with pytest.raises(ValueError):
         Limits(budget_s=1, export_allowance_s=-1)
+    with pytest.raises(ValueError):
+        Limits(budget_s=1, inference_allowance_s=0)
 
 
 def test_an_allowance_is_a_tenth_more_than_measured_and_half_a_second():
     assert allowance_for(1.0) == 1.6 and allowance_for(3.27) == 4.1 and allowance_for(0.0) == 0.5
 
+
+def test_inference_within_its_allowance_per_ten_thousand_images_is_ok():
+    assert inference_over_allowance(8.0, 10_000, 8.0) is None
+    assert inference_over_allowance(1.6, 2_000, 8.0) is None  # the allowance scales with the images: 1.6 s for 2,000
+    over = inference_over_allowance(1.7, 2_000, 8.0)
+    assert over is not None and over.startswith(
+        "inference took 1.7 CPU s for 2,000 images, over the allowance of 8 CPU s per 10,000 images")
+    assert "14.2 CPU s for 10,000 images, over the allowance of 6 CPU s" in inference_over_allowance(14.2, 10_000, 6.0)
+
+
+def test_the_evaluation_runs_on_one_core_until_the_start_up_cap_plus_the_scaled_allowance():
+    job = eval_limits(Limits(budget_s=120, cpu_threads=2, inference_allowance_s=8.0), 2_000)
+    dog = Watchdog(launched=0.0, limits=job, cpu_clock=True)
+    assert job.cpu_threads == 1 and job.export_allowance_s == 0
+    assert dog.cpu_limit() == pytest.approx(EVAL_STARTUP_CAP_S + 1.6)
+    assert dog.kill_at() == pytest.approx(WALL_CEILING * (EVAL_STARTUP_CAP_S + 1.6))

@@ -14,34 +14,36 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import textwrap
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import prepare
 from infra.sandbox import identity as sandbox_identity
 from infra.sandbox import process_tree
 from infra.sandbox.allowances import measure_allowances
 from infra.sandbox.run import MAX_TASKS, SandboxJob, run_sandboxed
-from infra.sandbox.trial import run_trial
-from infra.settings import PREPARE_PY, REPO_ROOT, Limits
+from infra.sandbox.trial import run_trial, score_artifact
+from infra.settings import INFERENCE_IMAGES, PREPARE_PY, REPO_ROOT, Limits
 from tests.conftest import requires_bwrap, use_synthetic_data
 
 pytestmark = requires_bwrap
 
 # Small budget; the allowances leave room for torch's import and the export on a loaded 2-core machine.
 # One allotted core: on a CPU clock a single-threaded candidate then reaches its limits as fast as on the wall.
-LIMITS = Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=6 * 2**30, eval_timeout_s=60,
+LIMITS = Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=6 * 2**30,
                 cpu_threads=1)
 # Generous bound on the whole trial: hard limit + evaluation.
 WALL_BOUND_S = LIMITS.hard_limit_s + 60
-QUICK = Limits(budget_s=1, startup_allowance_s=3, export_allowance_s=2, memory_cap_bytes=6 * 2**30, eval_timeout_s=60,
-               cpu_threads=1)
+QUICK = Limits(budget_s=1, startup_allowance_s=3, export_allowance_s=2, memory_cap_bytes=6 * 2**30, cpu_threads=1)
 
 HEADER = "from prepare import TrainingBudget, load_split, save_model\nimport torch\nfrom torch import nn\n"
 SAVE_LINEAR = "save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))\n"
@@ -601,6 +603,73 @@ def test_setsid_children_do_not_outlive_the_run(tmp_path, monkeypatch, sandbox_m
     assert result.status == "invalid" and "no model saved" in result.reason
     assert result.isolated == (sandbox_mode == "auto")
     assert processes_with(marker) == [], "a child of the candidate is still running"
+
+
+# --- 5b. inference is budgeted too -----------------------------------------------
+
+def _nearest_neighbours(copies: int) -> str:
+    """A kNN with no training (red team: 0.86 on Fashion-MNIST): the training split, `copies` times over, is the
+    model's weight; distances by one matmul. Only evaluation-time compute makes it work."""
+    return f"""
+        import torch.nn.functional as F
+        images, labels = load_split("train")
+        stored = images.reshape(len(images), -1).repeat({copies}, 1)
+
+        class NearestNeighbours(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.register_buffer("stored", stored)
+                self.register_buffer("norms", (stored * stored).sum(1))
+                self.register_buffer("votes", F.one_hot(labels, 10).float().repeat({copies}, 1))
+
+            def forward(self, x):
+                flat = x.reshape(x.shape[0], -1)
+                nearest = (self.norms[None, :] - 2 * flat @ self.stored.T).topk(5, dim=1, largest=False).indices
+                return self.votes[nearest].sum(1)
+
+        probe(stored=len(stored))
+        save_model(NearestNeighbours())
+    """
+
+
+def ten_thousand_val() -> tuple[torch.Tensor, torch.Tensor]:
+    """The synthetic validation images repeated to INFERENCE_IMAGES, so the allowance applies as stated."""
+    images, labels = prepare.load_split_uint8("val")
+    copies = -(-INFERENCE_IMAGES // len(labels))
+    return images.repeat(copies, 1, 1)[:INFERENCE_IMAGES], labels.repeat(copies)[:INFERENCE_IMAGES]
+
+
+# a small allowance, so the kNN is far over it and a linear model far under it, however busy the machine
+INFERENCE = replace(LIMITS, inference_allowance_s=0.5)
+
+
+def test_inference_over_its_allowance_is_invalid_and_an_honest_model_within_it_is_ok(tmp_path):
+    val = ten_thousand_val()
+    knn = run_trial(HEADER + PROBE + textwrap.dedent(_nearest_neighbours(copies=20)), tmp_path / "knn", INFERENCE,
+                    val=val)
+    linear = run_trial(HEADER + SAVE_LINEAR, tmp_path / "linear", INFERENCE, val=val)
+    print(f"stored {probes(knn)['stored']} images: kNN {knn.inference_seconds} CPU s, linear {linear.inference_seconds} CPU s")
+    assert knn.status == "invalid", knn.reason
+    assert re.fullmatch(r"inference took \d+\.\d CPU s for 10,000 images, over the allowance of 0\.5 CPU s per "
+                        r"10,000 images \(one core\).*", knn.reason), knn.reason
+    assert knn.inference_seconds > INFERENCE.inference_allowance_s
+    held_out = score_artifact(Path(knn.run_dir), *val, INFERENCE, name="test-eval")  # the test-set report's path
+    assert not held_out.ok and held_out.reason.startswith("inference took "), held_out.reason
+    assert linear.status == "ok", linear.reason
+    assert 0 < linear.inference_seconds <= INFERENCE.inference_allowance_s
+
+
+def test_inference_is_killed_at_the_start_up_cap_plus_its_allowance(tmp_path, monkeypatch):
+    """However slow the model, the evaluation stops at its CPU limit (the start-up cap, lowered here, + the
+    allowance for these images), and the reason gives the inference seconds it had used."""
+    import infra.sandbox.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "EVAL_STARTUP_CAP_S", 6.0)  # the interpreter, torch and the model: 1.5-3 CPU s
+    knn = run_trial(HEADER + PROBE + textwrap.dedent(_nearest_neighbours(copies=100)), tmp_path / "knn", INFERENCE,
+                    val=ten_thousand_val())
+    assert knn.status == "invalid", knn.reason
+    assert knn.reason.startswith("killed: inference took ") and "over the allowance of 0.5 CPU s" in knn.reason, knn.reason
+    assert knn.inference_seconds > INFERENCE.inference_allowance_s
 
 
 # --- 6. limits that are limits -----------------------------------------------------

@@ -15,7 +15,8 @@ Statuses:
     ok       exited by itself before deadline + export allowance, saved a model, and the model was scored
     crashed  non-zero exit, killed by a signal, or over the memory or disk cap
     timeout  still running at its deadline + export allowance, so SIGKILLed
-    invalid  not runnable Python, or no usable model (missing, not a regular file, malformed, wrong shape, NaN)
+    invalid  not runnable Python, or no usable model (missing, not a regular file, malformed, wrong shape, NaN,
+             inference over its allowance: infra/sandbox/evaluation.py)
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class TrialResult:
     run_dir: str
     isolated: bool
     compute: dict = field(default_factory=dict)  # what compute it received (infra/sandbox/compute_record.py)
+    inference_seconds: float | None = None  # CPU s on one core its evaluation spent predicting (None: not evaluated)
 
     @property
     def contended(self) -> bool:
@@ -271,7 +273,8 @@ def _clean_up(*paths: Path) -> None:
 
 
 def score_artifact(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, limits: Limits, name: str = "eval"):
-    """Evaluate the model a trial saved on (images, labels): validation, or the held-out test set."""
+    """Evaluate the model a trial saved on (images, labels): validation, or the held-out test set, under the
+    same inference allowance (limits.inference_allowance_s per INFERENCE_IMAGES images)."""
     return evaluate_artifact(Path(run_dir) / prepare.MODEL_ARTIFACT, images, labels, Path(run_dir) / name, limits)
 
 
@@ -282,9 +285,10 @@ def score_trial(trained: TrialResult, val: tuple[torch.Tensor, torch.Tensor], li
     started = time.monotonic()
     evaluation = score_artifact(Path(trained.run_dir), *val, limits)
     wall = trained.wall_seconds + time.monotonic() - started
+    measured = replace(trained, wall_seconds=wall, inference_seconds=evaluation.inference_seconds)
     if not evaluation.ok:
-        return replace(trained, status=Status.INVALID, reason=evaluation.reason, wall_seconds=wall)
-    return replace(trained, reason="ok", val_accuracy=evaluation.accuracy, val_loss=evaluation.loss, wall_seconds=wall)
+        return replace(measured, status=Status.INVALID, reason=evaluation.reason)
+    return replace(measured, reason="ok", val_accuracy=evaluation.accuracy, val_loss=evaluation.loss)
 
 
 def run_trial(
