@@ -787,7 +787,7 @@ def requires_memory_cgroup():
 
 def test_the_kill_is_on_time_however_slow_the_measurements(tmp_path, monkeypatch):
     """A candidate can make a poll slow (many open files): a run that has used more than its deadline +
-    grace when it exits is a timeout even if no kill reached it (its CPU time is read from its exit)."""
+    export allowance when it exits is a timeout even if no kill reached it (its CPU time is read from its exit)."""
     import infra.sandbox.run as sandbox
 
     measure = sandbox._resource_verdict

@@ -44,8 +44,8 @@ from infra.settings import INFERENCE_IMAGES, PREPARE_PY, Limits
 
 EVAL_ERROR_PREFIX = "eval_error:"
 SYSTEM_DATASETS_DIR = Path("/usr/share/datasets")  # Debian's datasets, whatever prepare.DEBIAN_DIR says
-# CPU seconds before the marker: the interpreter, torch's import and loading a model of at most 256 MiB took
-# 1.5-3 CPU s on the 2-core machine; no candidate code runs there, so this bounds only a broken machine.
+# CPU seconds before the marker: the interpreter, torch's import and loading the model (1.4-1.7 CPU s on the 2-core
+# machine, a 154 MB kNN included; at most 256 MiB); no candidate code runs there, so this bounds a broken machine.
 EVAL_STARTUP_CAP_S = 20.0
 
 
