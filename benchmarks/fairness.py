@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import prepare  # noqa: E402
 from infra.sandbox.compute_record import describe  # noqa: E402
-from infra.sandbox.startup_allowance import measure_startup_allowance  # noqa: E402
+from infra.sandbox.allowances import measure_allowances  # noqa: E402
 from infra.sandbox.trial import run_trial  # noqa: E402
 from infra.settings import BASELINE_TRAIN_PY, Limits  # noqa: E402
 
@@ -45,9 +45,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fairness-") as tmp:
         scratch = Path(tmp)
         limits = Limits(budget_s=args.budget, cpu_threads=args.cpu_threads)
-        allowance = measure_startup_allowance(scratch / "probe", cpu_threads=limits.cpu_threads)
-        limits = Limits(budget_s=args.budget, startup_allowance_s=allowance, cpu_threads=limits.cpu_threads)
-        print(f"budget {args.budget:g} s on {limits.cpu_threads} cores (CPU clock), start-up allowance {allowance:g} CPU s, "
+        allowances = measure_allowances(scratch / "probe", cpu_threads=limits.cpu_threads)
+        limits = Limits(budget_s=args.budget, startup_allowance_s=allowances.startup_s,
+                        export_allowance_s=allowances.export_s, cpu_threads=limits.cpu_threads)
+        print(f"budget {args.budget:g} s on {limits.cpu_threads} cores (CPU clock), start-up allowance "
+              f"{allowances.startup_s:g} CPU s, export allowance {allowances.export_s:g} CPU s, "
               f"{os.cpu_count()} cores on this machine")
         epochs: dict[tuple[str, str], list[int]] = {}
         accuracy: dict[tuple[str, str], list[float]] = {}

@@ -7,7 +7,7 @@ Benchmark: what a hostile candidate's output costs the orchestrator, and what th
    CUDA build of torch alone costs about 520 MB here, so the growth is what the candidate controls).
 2. The fixed cost of one sandboxed run of a candidate that saves a linear model at once (interpreter,
    torch import, data, export, and the orchestrator's own work: writing the split, taking the artifact
-   out, removing work/), and the start-up allowance probe.
+   out, removing work/), and the allowances' probe.
 
 Usage: python benchmarks/hostile_output.py
 """
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import prepare  # noqa: E402
 from infra.sandbox import process_tree  # noqa: E402
-from infra.sandbox.startup_allowance import measure_startup_allowance  # noqa: E402
+from infra.sandbox.allowances import measure_allowances  # noqa: E402
 from infra.sandbox.trial import train_candidate  # noqa: E402
 from infra.settings import Limits  # noqa: E402
 
@@ -54,10 +54,12 @@ def main() -> None:
     prepare.load_split_uint8("val")
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        allowance = measure_startup_allowance(Path(tmp) / "probe")
+        allowances = measure_allowances(Path(tmp) / "probe")
         probe_s = time.perf_counter() - started
-        print(f"startup_allowance_s: {allowance:g} (probe took {probe_s:.1f} s)")
-        limits = Limits(budget_s=30, startup_allowance_s=allowance, grace_s=10, memory_cap_bytes=6 * 2**30)
+        print(f"startup_allowance_s: {allowances.startup_s:g}, export_allowance_s: {allowances.export_s:g} "
+              f"(probe took {probe_s:.1f} s)")
+        limits = Limits(budget_s=30, startup_allowance_s=allowances.startup_s, export_allowance_s=allowances.export_s,
+                        memory_cap_bytes=6 * 2**30)
 
         walls = []
         for k in range(3):

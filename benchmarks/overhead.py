@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import infra.sandbox.trial as trial  # noqa: E402
 import prepare  # noqa: E402
-from infra.sandbox.startup_allowance import measure_startup_allowance  # noqa: E402
+from infra.sandbox.allowances import measure_allowances  # noqa: E402
 from infra.settings import BASELINE_TRAIN_PY, Limits  # noqa: E402
 import tasks.evaluate as evaluate_task  # noqa: E402
 import tasks.sandboxed_train as train_task  # noqa: E402
@@ -52,9 +52,10 @@ def per_run(budgets: list[float]) -> None:
     val = prepare.load_split_uint8("val")
     code = BASELINE_TRAIN_PY.read_text()
     with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
-        allowance = measure_startup_allowance(Path(tmp) / "probe")
+        allowances = measure_allowances(Path(tmp) / "probe")
         for budget in budgets:
-            limits = Limits(budget_s=budget, startup_allowance_s=allowance)
+            limits = Limits(budget_s=budget, startup_allowance_s=allowances.startup_s,
+                            export_allowance_s=allowances.export_s)
             marks: dict[str, float] = {}
 
             def on_line(line: str) -> None:

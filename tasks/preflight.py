@@ -16,7 +16,7 @@ from infra.settings import PREFLIGHT_BUDGET_S, PREFLIGHT_IMAGES, Limits
       retry_delay_seconds=5)
 def preflight(code: str, run_dir: Path, limits: Limits, iteration: int, attempt: int, device: str | None = None) -> TrialResult:
     logger = get_run_logger()
-    smoke = replace(limits, budget_s=PREFLIGHT_BUDGET_S, grace_s=min(limits.grace_s, 10.0))
+    smoke = replace(limits, budget_s=PREFLIGHT_BUDGET_S)  # the same allowances as the measured runs
     result = train_candidate(code, run_dir, smoke, seed=0, device=device, on_line=logger.info,
                              split_limit=PREFLIGHT_IMAGES)
     logger.info(f"preflight: {result.status} ({result.reason})")

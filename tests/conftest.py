@@ -77,6 +77,11 @@ def make_idx_files(directory: Path, n_train: int = 600, n_test: int = 100, seed:
 @pytest.fixture
 def synthetic_data(tmp_path, monkeypatch):
     """prepare.py pointed at small synthetic files: a source dir, an empty cache, no Debian dir, no download."""
+    return use_synthetic_data(tmp_path, monkeypatch)
+
+
+def use_synthetic_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The synthetic_data fixture's work, for fixtures of a wider scope (with a MonkeyPatch of their own)."""
     source = tmp_path / "source"
     contents = make_idx_files(source)
     files = {name: ("0" * 32, hashlib.md5(content).hexdigest()) for name, content in contents.items()}

@@ -13,7 +13,10 @@ import pytest
 
 import prepare
 from infra.sandbox import process_tree
+from infra import settings
+from infra.sandbox.allowances import allowance_for
 from infra.sandbox.compute_record import compute_record, describe
+from infra.sandbox.evaluation import EVAL_STARTUP_CAP_S, eval_limits, inference_over_allowance
 from infra.sandbox.trial import TrialResult, train_candidate
 from infra.sandbox.watchdog import WALL_CEILING, Watchdog
 from infra.settings import Limits
@@ -23,7 +26,7 @@ from tests.conftest import requires_bwrap
 # --- the clock -----------------------------------------------------------------------
 
 
-LIMITS = Limits(budget_s=10.0, startup_allowance_s=3.0, grace_s=2.0, memory_cap_bytes=2**30, disk_cap_bytes=2**30,
+LIMITS = Limits(budget_s=10.0, startup_allowance_s=3.0, export_allowance_s=2.0, memory_cap_bytes=2**30, disk_cap_bytes=2**30,
                 max_files=100, cpu_threads=1)
 
 
@@ -34,11 +37,12 @@ def cpu_watchdog(threads: int = 2) -> Watchdog:
 
 def test_on_a_cpu_clock_the_budget_is_cpu_seconds_of_the_allotted_cores():
     dog = cpu_watchdog(threads=2)
-    assert dog.deadline == 3 + 10 * 2 and dog.cpu_limit() == 3 + (10 + 2) * 2
+    # the allowances are measured CPU seconds of the whole run: only the budget counts per core
+    assert dog.deadline == 3 + 10 * 2 and dog.cpu_limit() == 3 + 10 * 2 + 2
     assert dog.deadline_on_budget_clock() == pytest.approx(23 / 2)
-    dog.saw_cpu(26.9)
+    dog.saw_cpu(24.9)
     assert dog.verdict(1000.0 + 50, 0) is None, "50 s of wall time for 13 s of budget: nothing on a CPU clock"
-    dog.saw_cpu(27.1)
+    dog.saw_cpu(25.1)
     assert dog.verdict(1000.0 + 50, 0) == "timeout"
 
 
@@ -52,11 +56,26 @@ def test_the_wall_ceiling_bounds_a_run_that_gets_no_cpu():
 def test_cpu_readings_only_ever_raise_the_clock_and_training_is_counted_per_core():
     dog = cpu_watchdog(threads=2)
     dog.saw_cpu(5.0)
-    dog.saw_line("budget_start: 10.0", 1001.0)
+    assert not dog.saw_line("epoch 1", 1000.5)
+    assert dog.saw_line("budget_start: 10.0", 1001.0)  # the caller reads the CPU time now
+    dog.saw_marker_cpu(5.0)
+    assert not dog.saw_line("budget_start: 10.0", 1002.0) and dog.marker_seen_at == 1001.0  # the first one counts
+    dog.saw_marker_cpu(9.0)
     dog.saw_cpu(2.0)  # a child reaped between two reads hides its time for a moment
-    assert dog.cpu_seconds == 5.0 and dog.cpu_at_training_start == 5.0
+    assert dog.cpu_seconds == 5.0 and dog.cpu_at_marker == 5.0
     dog.saw_cpu(25.0)  # training counts from the earlier of the marker and the end of the allowance (3 CPU s)
     assert dog.training_seconds(ended=2000.0) == pytest.approx((25.0 - 3.0) / 2)
+    assert dog.clock_at_marker() == 5.0 and dog.clock_total(ended=2000.0) == 25.0  # in total, not per core
+
+
+def test_a_job_names_its_marker():
+    dog = Watchdog(launched=1000.0, limits=LIMITS, cpu_clock=True, marker="predict_start:")
+    assert not dog.saw_line("budget_start: 10.0", 1001.0)
+    assert dog.saw_line("predict_start: 10000 images", 1002.0)
+    assert dog.clock_at_marker() is None  # on a CPU clock, known once its CPU time is read
+    wall = Watchdog(launched=1000.0, limits=LIMITS, marker="predict_start:")
+    wall.saw_line("predict_start: 10000 images", 1002.5)
+    assert wall.clock_at_marker() == 2.5 and wall.clock_total(ended=1004.0) == 4.0
 
 
 def test_a_wall_clock_is_unchanged_for_gpu_runs():
@@ -207,7 +226,7 @@ BUSY_LOOP = "while True:\n    pass\n"
 def test_the_same_candidate_does_the_same_work_on_a_busy_machine(tmp_path):
     """Every core kept busy by other processes: on a wall clock the candidate would lose a third of its
     epochs or more; on the CPU clock it completes about as many as on a quiet machine."""
-    limits = Limits(budget_s=3, startup_allowance_s=8, grace_s=10, memory_cap_bytes=4 * 2**30, cpu_threads=1)
+    limits = Limits(budget_s=3, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=4 * 2**30, cpu_threads=1)
     quiet = train_candidate(FIXED_WORK, tmp_path / "quiet", limits, seed=1)
     # each in a session of its own: with autogroup scheduling a session shares one fair slice, and the
     # sandboxed run is a session of its own too
@@ -225,7 +244,7 @@ def test_the_same_candidate_does_the_same_work_on_a_busy_machine(tmp_path):
     assert busy.epochs <= 1.25 * quiet.epochs, (quiet.epochs, busy.epochs)
     for result in (quiet, busy):
         assert result.compute["clock"] == "cpu" and result.compute["threads"] == 1
-        assert result.compute["cpu_seconds"] <= limits.startup_allowance_s + limits.budget_s + limits.grace_s
+        assert result.compute["cpu_seconds"] <= limits.startup_allowance_s + limits.budget_s + limits.export_allowance_s
 
 
 def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeypatch):
@@ -257,3 +276,40 @@ def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeyp
     assert calls == [4001, 4001], "the same seed, measured again"
     assert [r["contended"] for r in runs] == [True, False] and all(r["seed"] == 4001 for r in runs)
     assert runs[-1]["epochs_per_second"] == pytest.approx(3.0), "throughput on the budget's clock: 3 epochs in 1 s"
+
+
+# --- the allowances around the budget, and inference's -------------------------------------
+
+
+def test_the_export_allowance_replaces_the_grace_and_its_old_name_still_reads():
+    assert Limits(budget_s=1).export_allowance_s == settings.DEFAULT_EXPORT_ALLOWANCE_S
+    old = Limits(budget_s=1, grace_s=3.0)  # infra/cli.py and infra/experiment_config.py, until they move
+    assert old.export_allowance_s == 3.0 and old.grace_s == 3.0
+    assert replace(old, export_allowance_s=1.5).export_allowance_s == 1.5, "replace must not bring the old name back"
+    assert replace(old, budget_s=2).export_allowance_s == 3.0
+    assert Limits(budget_s=1, export_allowance_s=2.0, grace_s=9.0).export_allowance_s == 2.0
+    with pytest.raises(ValueError):
+        Limits(budget_s=1, export_allowance_s=-1)
+    with pytest.raises(ValueError):
+        Limits(budget_s=1, inference_allowance_s=0)
+
+
+def test_an_allowance_is_a_tenth_more_than_measured_and_half_a_second():
+    assert allowance_for(1.0) == 1.6 and allowance_for(3.27) == 4.1 and allowance_for(0.0) == 0.5
+
+
+def test_inference_within_its_allowance_per_ten_thousand_images_is_ok():
+    assert inference_over_allowance(8.0, 10_000, 8.0) is None
+    assert inference_over_allowance(1.6, 2_000, 8.0) is None  # the allowance scales with the images: 1.6 s for 2,000
+    over = inference_over_allowance(1.7, 2_000, 8.0)
+    assert over is not None and over.startswith(
+        "inference took 1.7 CPU s for 2,000 images, over the allowance of 8 CPU s per 10,000 images")
+    assert "14.2 CPU s for 10,000 images, over the allowance of 6 CPU s" in inference_over_allowance(14.2, 10_000, 6.0)
+
+
+def test_the_evaluation_runs_on_one_core_until_the_start_up_cap_plus_the_scaled_allowance():
+    job = eval_limits(Limits(budget_s=120, cpu_threads=2, inference_allowance_s=8.0), 2_000)
+    dog = Watchdog(launched=0.0, limits=job, cpu_clock=True)
+    assert job.cpu_threads == 1 and job.export_allowance_s == 0
+    assert dog.cpu_limit() == pytest.approx(EVAL_STARTUP_CAP_S + 1.6)
+    assert dog.kill_at() == pytest.approx(WALL_CEILING * (EVAL_STARTUP_CAP_S + 1.6))

@@ -18,6 +18,7 @@ import json
 import mmap
 import os
 import platform
+import re
 import socket
 import struct
 import sys
@@ -25,27 +26,30 @@ import textwrap
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import prepare
 from infra.sandbox import identity as sandbox_identity
 from infra.sandbox import process_tree
+from infra.sandbox.allowances import measure_allowances
 from infra.sandbox.run import MAX_TASKS, SandboxJob, run_sandboxed
-from infra.sandbox.trial import run_trial
-from infra.settings import PREPARE_PY, REPO_ROOT, Limits
-from tests.conftest import requires_bwrap
+from infra.sandbox.trial import run_trial, score_artifact
+from infra.settings import INFERENCE_IMAGES, PREPARE_PY, REPO_ROOT, Limits
+from tests.conftest import requires_bwrap, use_synthetic_data
 
 pytestmark = requires_bwrap
 
 # Small budget; the allowances leave room for torch's import and the export on a loaded 2-core machine.
 # One allotted core: on a CPU clock a single-threaded candidate then reaches its limits as fast as on the wall.
-LIMITS = Limits(budget_s=2, startup_allowance_s=8, grace_s=10, memory_cap_bytes=6 * 2**30, eval_timeout_s=60,
+LIMITS = Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=6 * 2**30,
                 cpu_threads=1)
 # Generous bound on the whole trial: hard limit + evaluation.
 WALL_BOUND_S = LIMITS.hard_limit_s + 60
-QUICK = Limits(budget_s=1, startup_allowance_s=3, grace_s=2, memory_cap_bytes=6 * 2**30, eval_timeout_s=60, cpu_threads=1)
+QUICK = Limits(budget_s=1, startup_allowance_s=3, export_allowance_s=2, memory_cap_bytes=6 * 2**30, cpu_threads=1)
 
 HEADER = "from prepare import TrainingBudget, load_split, save_model\nimport torch\nfrom torch import nn\n"
 SAVE_LINEAR = "save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))\n"
@@ -363,7 +367,7 @@ def test_a_graph_naming_anything_but_core_aten_is_rejected(tmp_path, target, mes
         graph = [{{"name": "x", "op": "placeholder", "tensor": None}},
                  {{"name": "y", "op": "call", "target": {target!r}, "args": ["/proc/self/environ"], "kwargs": {{}}}},
                  {{"name": "out", "op": "output", "value": {{"node": "y"}}}}]
-        save_file({{}}, "{prepare.MODEL_ARTIFACT}", metadata={{"format": "autoresearch-aten-graph/1", "graph": json.dumps(graph)}})
+        save_file({{}}, "{prepare.MODEL_ARTIFACT}", metadata={{"format": "{prepare.ARTIFACT_FORMAT}", "graph": json.dumps(graph)}})
     """)
     assert result.status == "invalid"
     assert message in result.reason
@@ -487,38 +491,83 @@ def test_budget_ignoring_sigterm_catching_loop_is_killed_at_its_deadline(tmp_pat
     assert result.wall_seconds < QUICK.hard_limit_s + 30
 
 
-@pytest.mark.parametrize("marker", [True, False])
-def test_training_past_deadline_plus_grace_is_never_ok(tmp_path, marker):
-    """Train beyond the window (with or without the budget marker, without asking the helper), then save."""
-    result = trial(tmp_path, f"""
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory) -> Limits:
+    """The limits an experiment gets: both allowances measured once by the reference run in the sandbox (on the
+    tests' synthetic data), one allotted core, a 1 s budget."""
+    tmp = tmp_path_factory.mktemp("allowances")
+    with pytest.MonkeyPatch.context() as patch:
+        use_synthetic_data(tmp, patch)
+        got = measure_allowances(tmp / "probe", "cpu", memory_cap_bytes=6 * 2**30, cpu_threads=1)
+    print(f"measured: {got}")
+    assert got.clock == "cpu" and got.measured_startup_s > 0 and got.measured_export_s > 0
+    return Limits(budget_s=1, startup_allowance_s=got.startup_s, export_allowance_s=got.export_s,
+                  memory_cap_bytes=6 * 2**30, cpu_threads=1)
+
+
+def _train_into_the_export_allowance(stop_at: str) -> str:
+    """A candidate that knows its deadline and allowance, times its own (warm) export during start-up, then
+    "trains" without asking the helper until budget_clock() reaches stop_at, saves, and exits at once."""
+    return f"""
         import os
         from prepare import budget_clock
-        deadline = float(os.environ["AUTORESEARCH_DEADLINE"])
-        {"TrainingBudget()" if marker else "pass"}
         model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-        while budget_clock() < deadline + {QUICK.grace_s} + 2:
+        save_model(model)  # torch.export's first use is slow: the cheater pays it before its budget starts
+        started = budget_clock()
+        save_model(model)
+        export = budget_clock() - started
+        deadline = float(os.environ["AUTORESEARCH_DEADLINE"])
+        TrainingBudget()  # the budget marker, like an honest run
+        while budget_clock() < {stop_at}:
             model(torch.rand(64, 1, 28, 28)).sum().backward()  # "training" the helper never allowed
-        {SAVE_LINEAR}
-    """, limits=QUICK)
+        probe(deadline=deadline, export=export, stopped=budget_clock())
+        save_model(model)
+        os._exit(0)  # skip the interpreter's teardown: more of the window for training
+    """
+
+
+def test_time_after_the_deadline_buys_at_most_the_export_allowance(tmp_path, measured):
+    """Issue 19: a fixed 10 s grace doubled a 5 s budget's training. Now a candidate that trains into the window
+    after its deadline and saves at the last moment gets at most the measured export allowance, and ends
+    `timeout` if it misjudges."""
+    allowance = measured.export_allowance_s
+    result = trial(tmp_path, _train_into_the_export_allowance(f"deadline + {allowance} - 2 * export - 0.3"),
+                   limits=measured)
+    found = probes(result)
+    deadline_cpu = found["deadline"]  # one core: budget_clock() is the run's CPU time
+    print(f"export allowance {allowance} CPU s; the cheater stopped training {found['stopped'] - deadline_cpu:+.2f} "
+          f"CPU s after its deadline and exited {result.compute['cpu_seconds'] - deadline_cpu:+.2f} after it "
+          f"({result.status}: {result.reason})")
+    assert result.status in ("ok", "timeout"), result.reason
+    if result.status == "ok":  # the CPU time read from the exited process: exact, whatever the poll saw
+        assert result.compute["cpu_seconds"] <= deadline_cpu + allowance + 0.01  # 0.01: the record's rounding
+    else:
+        assert "export allowance" in result.reason, result.reason
+
+
+@pytest.mark.parametrize("marker", [True, False])
+def test_training_past_the_export_allowance_is_never_ok(tmp_path, measured, marker):
+    """Train beyond deadline + export allowance (with or without the budget marker, without asking the helper),
+    then save: SIGKILLed, and the reason names the export allowance for the proposer to read."""
+    body = _train_into_the_export_allowance(f"deadline + {measured.export_allowance_s} + 1")
+    if not marker:
+        body = body.replace("TrainingBudget()", "pass")
+    result = trial(tmp_path, body, limits=measured)
     assert result.status == "timeout", result.reason
     assert result.val_accuracy is None
+    assert "SIGKILL" in result.reason and "past its deadline" in result.reason
+    assert "export allowance" in result.reason and "prepare.save_model" in result.reason, result.reason
 
 
-def test_saving_within_the_grace_period_is_the_documented_tolerance(tmp_path):
-    result = trial(tmp_path, f"""
-        import os
-        from prepare import budget_clock
-        deadline = float(os.environ["AUTORESEARCH_DEADLINE"])
-        while budget_clock() < deadline:  # computes up to its deadline, then saves
-            pass
-        {SAVE_LINEAR}
-    """, limits=Limits(budget_s=1, startup_allowance_s=3, grace_s=15, memory_cap_bytes=6 * 2**30, cpu_threads=1))
+def test_an_honest_baseline_is_ok_under_the_measured_allowances(tmp_path, measured):
+    result = trial(tmp_path, "", header=(REPO_ROOT / "baseline" / "train.py").read_text(), limits=measured)
     assert result.status == "ok", result.reason
-    assert result.train_seconds <= 1 + 3 + 15
+    assert result.epochs >= 1
+    assert result.compute["cpu_seconds"] <= measured.startup_allowance_s + measured.budget_s + measured.export_allowance_s
 
 
 def test_no_budget_marker_still_killed_at_hard_limit(tmp_path):
-    limits = Limits(budget_s=1, startup_allowance_s=2, grace_s=1, memory_cap_bytes=2**30, cpu_threads=1)
+    limits = Limits(budget_s=1, startup_allowance_s=2, export_allowance_s=1, memory_cap_bytes=2**30, cpu_threads=1)
     started = time.monotonic()
     result = trial(tmp_path, "while True:\n    pass\n", limits=limits, header="")
     assert result.status == "timeout"
@@ -562,10 +611,77 @@ def test_setsid_children_do_not_outlive_the_run(tmp_path, monkeypatch, sandbox_m
     assert processes_with(marker) == [], "a child of the candidate is still running"
 
 
+# --- 5b. inference is budgeted too -----------------------------------------------
+
+def _nearest_neighbours(copies: int) -> str:
+    """A kNN with no training (red team: 0.86 on Fashion-MNIST): the training split, `copies` times over, is the
+    model's weight; distances by one matmul. Only evaluation-time compute makes it work."""
+    return f"""
+        import torch.nn.functional as F
+        images, labels = load_split("train")
+        stored = images.reshape(len(images), -1).repeat({copies}, 1)
+
+        class NearestNeighbours(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.register_buffer("stored", stored)
+                self.register_buffer("norms", (stored * stored).sum(1))
+                self.register_buffer("votes", F.one_hot(labels, 10).float().repeat({copies}, 1))
+
+            def forward(self, x):
+                flat = x.reshape(x.shape[0], -1)
+                nearest = (self.norms[None, :] - 2 * flat @ self.stored.T).topk(5, dim=1, largest=False).indices
+                return self.votes[nearest].sum(1)
+
+        probe(stored=len(stored))
+        save_model(NearestNeighbours())
+    """
+
+
+def ten_thousand_val() -> tuple[torch.Tensor, torch.Tensor]:
+    """The synthetic validation images repeated to INFERENCE_IMAGES, so the allowance applies as stated."""
+    images, labels = prepare.load_split_uint8("val")
+    copies = -(-INFERENCE_IMAGES // len(labels))
+    return images.repeat(copies, 1, 1)[:INFERENCE_IMAGES], labels.repeat(copies)[:INFERENCE_IMAGES]
+
+
+# a small allowance, so the kNN is far over it and a linear model far under it, however busy the machine
+INFERENCE = replace(LIMITS, inference_allowance_s=0.5)
+
+
+def test_inference_over_its_allowance_is_invalid_and_an_honest_model_within_it_is_ok(tmp_path):
+    val = ten_thousand_val()
+    knn = run_trial(HEADER + PROBE + textwrap.dedent(_nearest_neighbours(copies=20)), tmp_path / "knn", INFERENCE,
+                    val=val)
+    linear = run_trial(HEADER + SAVE_LINEAR, tmp_path / "linear", INFERENCE, val=val)
+    print(f"stored {probes(knn)['stored']} images: kNN {knn.inference_seconds} CPU s, linear {linear.inference_seconds} CPU s")
+    assert knn.status == "invalid", knn.reason
+    assert re.fullmatch(r"inference took \d+\.\d CPU s for 10,000 images, over the allowance of 0\.5 CPU s per "
+                        r"10,000 images \(one core\).*", knn.reason), knn.reason
+    assert knn.inference_seconds > INFERENCE.inference_allowance_s
+    held_out = score_artifact(Path(knn.run_dir), *val, INFERENCE, name="test-eval")  # the test-set report's path
+    assert not held_out.ok and held_out.reason.startswith("inference took "), held_out.reason
+    assert linear.status == "ok", linear.reason
+    assert 0 < linear.inference_seconds <= INFERENCE.inference_allowance_s
+
+
+def test_inference_is_killed_at_the_start_up_cap_plus_its_allowance(tmp_path, monkeypatch):
+    """However slow the model, the evaluation stops at its CPU limit (the start-up cap, lowered here, + the
+    allowance for these images), and the reason gives the inference seconds it had used."""
+    import infra.sandbox.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "EVAL_STARTUP_CAP_S", 6.0)  # the interpreter, torch and the model: 1.5-3 CPU s
+    knn = run_trial(HEADER + PROBE + textwrap.dedent(_nearest_neighbours(copies=100)), tmp_path / "knn", INFERENCE,
+                    val=ten_thousand_val())
+    assert knn.status == "invalid", knn.reason
+    assert knn.reason.startswith("killed: inference took ") and "over the allowance of 0.5 CPU s" in knn.reason, knn.reason
+    assert knn.inference_seconds > INFERENCE.inference_allowance_s
+
+
 # --- 6. limits that are limits -----------------------------------------------------
 
 def test_memory_past_the_cap_is_crashed_with_reason(tmp_path):
-    limits = Limits(budget_s=2, startup_allowance_s=20, grace_s=2, memory_cap_bytes=2**30)
+    limits = Limits(budget_s=2, startup_allowance_s=20, export_allowance_s=2, memory_cap_bytes=2**30)
     result = trial(tmp_path, "block = bytearray(3 * 2**30)\n", limits=limits, header="")
     assert result.status == "crashed"
     assert "exceeded the memory cap of 1.00 GiB" in result.reason
@@ -579,7 +695,7 @@ def test_watchdog_kills_on_tree_rss_without_rlimit(tmp_path):
     grow = "import time\nhold = []\nwhile True:\n    hold.append(b'x' * 50_000_000)\n    time.sleep(0.05)\n"
     outcome = run_sandboxed(SandboxJob(
         argv=[os.sys.executable, "-c", grow], workdir=workdir, log_path=tmp_path / "log",
-        limits=Limits(budget_s=30, startup_allowance_s=0, grace_s=0, memory_cap_bytes=512 * 2**20),
+        limits=Limits(budget_s=30, startup_allowance_s=0, export_allowance_s=0, memory_cap_bytes=512 * 2**20),
         cap_address_space=False,
     ))
     assert outcome.killed_for == "memory"  # by the watchdog, or by the kernel in the run's memory cgroup
@@ -604,7 +720,7 @@ def test_private_tmpfs_and_memfd_count_against_the_memory_cap(tmp_path, where):
             held.append(f)
         probe(wrote=len(held))
         time.sleep(30)
-    """, limits=Limits(budget_s=2, startup_allowance_s=8, grace_s=10, memory_cap_bytes=2**30), header="")
+    """, limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**30), header="")
     assert result.status == "crashed", result.reason
     assert "exceeded the memory cap of 1.00 GiB" in result.reason
 
@@ -645,7 +761,7 @@ def test_too_many_files_in_the_work_directory_is_killed(tmp_path):
         for i in range(100_000):
             open(f"f{i}", "w").close()
         time.sleep(30)
-    """, limits=Limits(budget_s=2, startup_allowance_s=8, grace_s=10, memory_cap_bytes=2**31, max_files=2000), header="")
+    """, limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**31, max_files=2000), header="")
     assert result.status == "crashed"
     assert "disk cap" in result.reason and "2000 files" in result.reason
 
@@ -656,7 +772,7 @@ def test_a_file_larger_than_the_disk_cap_cannot_be_written(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so the write fails instead of killing the process
         with open("big.bin", "wb") as f:
             f.write(b"d" * (80 * 2**20))
-    """, limits=Limits(budget_s=2, startup_allowance_s=8, grace_s=10, memory_cap_bytes=2**31,
+    """, limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**31,
                        disk_cap_bytes=64 * 2**20), header="")
     assert result.status == "crashed"
     # RLIMIT_FSIZE stops the write at the cap ("File too large"); the watchdog may see the capped file's
@@ -677,7 +793,7 @@ def requires_memory_cgroup():
 
 def test_the_kill_is_on_time_however_slow_the_measurements(tmp_path, monkeypatch):
     """A candidate can make a poll slow (many open files): a run that has used more than its deadline +
-    grace when it exits is a timeout even if no kill reached it (its CPU time is read from its exit)."""
+    export allowance when it exits is a timeout even if no kill reached it (its CPU time is read from its exit)."""
     import infra.sandbox.run as sandbox
 
     measure = sandbox._resource_verdict
@@ -692,7 +808,7 @@ def test_the_kill_is_on_time_however_slow_the_measurements(tmp_path, monkeypatch
         from prepare import budget_clock
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         deadline = float(os.environ["AUTORESEARCH_DEADLINE"])
-        while budget_clock() < deadline + {QUICK.grace_s} + 0.5:
+        while budget_clock() < deadline + {QUICK.export_allowance_s} + 0.5:
             pass
         {SAVE_LINEAR}
     """, limits=QUICK)
@@ -729,7 +845,7 @@ def test_a_run_cannot_make_itself_contended_to_be_measured_again(tmp_path, monke
     import infra.sandbox.watchdog as watchdog
 
     monkeypatch.setattr(watchdog, "WALL_CEILING", 2.0)
-    limits = Limits(budget_s=1, startup_allowance_s=3, grace_s=1, memory_cap_bytes=2**30, cpu_threads=1)
+    limits = Limits(budget_s=1, startup_allowance_s=3, export_allowance_s=1, memory_cap_bytes=2**30, cpu_threads=1)
     result = trial(tmp_path, """
         import os, time
         for _ in range(20):
@@ -752,7 +868,7 @@ def test_a_run_that_sleeps_instead_of_computing_meets_the_wall_ceiling(tmp_path,
     import infra.sandbox.watchdog as watchdog
 
     monkeypatch.setattr(watchdog, "WALL_CEILING", 2.0)
-    limits = Limits(budget_s=1, startup_allowance_s=3, grace_s=1, memory_cap_bytes=2**30, cpu_threads=1)
+    limits = Limits(budget_s=1, startup_allowance_s=3, export_allowance_s=1, memory_cap_bytes=2**30, cpu_threads=1)
     result = trial(tmp_path, "import time\ntime.sleep(600)\n", limits=limits, header="")
     assert result.status == "timeout"
     assert "wall-clock ceiling" in result.reason and "sleeping or blocked" in result.reason, result.reason
@@ -802,7 +918,7 @@ def _in_flight(kind: str) -> str:
 def test_memory_in_flight_over_a_socket_counts_against_the_cap(tmp_path):
     requires_memory_cgroup()
     result = trial(tmp_path, _in_flight("memfd"), header="",
-                   limits=Limits(budget_s=2, startup_allowance_s=8, grace_s=10, memory_cap_bytes=2**30))
+                   limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**30))
     assert result.status == "crashed"
     assert "exceeded the memory cap of 1.00 GiB" in result.reason
 
@@ -812,7 +928,7 @@ def test_disk_in_flight_over_a_socket_counts_against_the_disk_cap(tmp_path, monk
 
     monkeypatch.setattr(sandbox, "DISK_SLACK_BYTES", 128 * 2**20)
     result = trial(tmp_path, _in_flight("deleted file"), header="",
-                   limits=Limits(budget_s=2, startup_allowance_s=8, grace_s=10, memory_cap_bytes=2**31,
+                   limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**31,
                                  disk_cap_bytes=256 * 2**20))
     assert result.status == "crashed"
     assert "disk cap" in result.reason
@@ -829,7 +945,7 @@ def test_kernel_memory_in_extended_attributes_counts_against_the_cap(tmp_path):
                 open(path, "w").close()
             os.setxattr(path, f"user.k{i}", value)
         time.sleep(30)
-    """, header="", limits=Limits(budget_s=2, startup_allowance_s=8, grace_s=10, memory_cap_bytes=2**30))
+    """, header="", limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**30))
     assert result.status == "crashed", result.reason
     assert "memory cap" in result.reason or "No space left" in result.reason
 

@@ -160,6 +160,21 @@ def test_budget_predicts_whether_next_epoch_fits(monkeypatch, capsys):
     assert "epochs: 1" in capsys.readouterr().out
 
 
+def test_the_next_epoch_must_fit_with_a_margin(monkeypatch):
+    """After the deadline a run has only the export allowance: an epoch predicted to end just before the deadline
+    could overrun it, so it runs only if it would fit EPOCH_MARGIN times over."""
+    clock = FakeClock()
+    monkeypatch.setattr(prepare.time, "monotonic", clock)
+    tight = prepare.TrainingBudget(10)
+    clock.now += 4.5
+    tight.epoch_done()
+    assert not tight.another_epoch_fits()  # 4.5 s would fit in the 5.5 s left; 1.25 x 4.5 s does not
+    roomy = prepare.TrainingBudget(10)
+    clock.now += 4.0
+    roomy.epoch_done()
+    assert roomy.another_epoch_fits()  # 1.25 x 4 s = 5 s <= 6 s
+
+
 def test_budget_reads_environment_and_rejects_non_positive(monkeypatch):
     monkeypatch.setenv(prepare.BUDGET_ENV, "7.5")
     assert prepare.TrainingBudget().seconds == 7.5
@@ -273,7 +288,7 @@ def test_load_artifact_never_unpickles(tmp_path):
             prepare.load_artifact(path)
     path = tmp_path / "wrong-format.safetensors"
     write_artifact(path, [], fmt="pickle")
-    with pytest.raises(prepare.ArtifactError, match="not an autoresearch-aten-graph/1 artifact"):
+    with pytest.raises(prepare.ArtifactError, match=f"not an {prepare.ARTIFACT_FORMAT} artifact"):
         prepare.load_artifact(path)
     assert not (tmp_path / "pwned").exists()
 

@@ -136,7 +136,7 @@ def test_printed_epochs_are_parsed_strictly(text, expected):
 
 
 def test_watchdog_deadline_is_the_same_whatever_the_candidate_prints():
-    dog = Watchdog(launched=100.0, limits=Limits(budget_s=10, startup_allowance_s=5, grace_s=2, memory_cap_bytes=10,
+    dog = Watchdog(launched=100.0, limits=Limits(budget_s=10, startup_allowance_s=5, export_allowance_s=2, memory_cap_bytes=10,
                                                  disk_cap_bytes=10, max_files=3))
     assert dog.deadline == 115.0 and dog.kill_at() == 117.0
     dog.saw_line("budget_start: 10.0", 112.0)  # a late marker buys nothing

@@ -7,6 +7,16 @@ the one directory it may write. Only this orchestrator holds the labels; it take
 untrusted data (infra/sandbox/safe_files.py), checks dtype, shape and finiteness, and computes accuracy and
 loss itself.
 
+Inference is budgeted, like training: otherwise a model could buy accuracy with compute at evaluation
+time (a kNN over the stored training images, with no training at all, scored 0.86). The process runs on
+the CPU clock of one allotted core. prepare.py prints its marker (prepare.PREDICT_MARKER) once the
+artifact and the images are loaded, and the orchestrator reads the run's CPU time when that line arrives
+(infra/sandbox/run.py), so inference seconds = CPU seconds from the marker to exit (predicting and
+writing the logits), measured from outside to within the reader thread's wake-up. More than
+Limits.inference_allowance_s per INFERENCE_IMAGES images makes the model `invalid`, with the seconds in
+the reason. The kill comes at EVAL_STARTUP_CAP_S (loading: fixed code that never runs the model) + the
+allowance for these images, or at the wall ceiling (infra/sandbox/watchdog.py).
+
     <eval dir>/images.npy     the images, written by the orchestrator, mounted read-only
     <eval dir>/model.safetensors  a read-only copy of the artifact, mounted read-only
     <eval dir>/eval.log       the process's output, written by the orchestrator
@@ -19,7 +29,7 @@ import io
 import os
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +38,15 @@ import torch.nn.functional as F
 
 import prepare
 from infra.sandbox.identity import give_to_sandbox
-from infra.sandbox.run import SandboxJob, run_sandboxed
+from infra.sandbox.run import SandboxJob, SandboxOutcome, run_sandboxed
 from infra.sandbox.safe_files import UnsafeFile, read_untrusted, remove_tree, write_private
-from infra.settings import PREPARE_PY, Limits
+from infra.settings import INFERENCE_IMAGES, PREPARE_PY, Limits
 
 EVAL_ERROR_PREFIX = "eval_error:"
 SYSTEM_DATASETS_DIR = Path("/usr/share/datasets")  # Debian's datasets, whatever prepare.DEBIAN_DIR says
+# CPU seconds before the marker: the interpreter, torch's import and loading the model (1.4-1.7 CPU s on the 2-core
+# machine, a 154 MB kNN included; at most 256 MiB); no candidate code runs there, so this bounds a broken machine.
+EVAL_STARTUP_CAP_S = 20.0
 
 
 @dataclass
@@ -42,6 +55,7 @@ class Evaluation:
     reason: str
     accuracy: float | None = None
     loss: float | None = None
+    inference_seconds: float | None = None  # CPU s on one core from prepare.PREDICT_MARKER to exit (None: not reached)
 
 
 def hidden_data_dirs() -> list[Path]:
@@ -67,6 +81,15 @@ def score_logits(logits: np.ndarray, labels: torch.Tensor) -> Evaluation:
     return Evaluation(True, "ok", accuracy=accuracy, loss=loss)
 
 
+def inference_over_allowance(seconds: float, images: int, allowance_s: float) -> str | None:
+    """Why `seconds` of inference (CPU s, one core) for `images` images is over an allowance of `allowance_s`
+    per INFERENCE_IMAGES images, or None if it is within it."""
+    if seconds <= allowance_s * images / INFERENCE_IMAGES:
+        return None
+    return (f"inference took {seconds:.1f} CPU s for {images:,} images, over the allowance of {allowance_s:g} CPU s "
+            f"per {INFERENCE_IMAGES:,} images (one core): the model must predict faster (fewer or smaller layers)")
+
+
 def _eval_failure(log_path: Path, default: str) -> str:
     text = log_path.read_text(errors="replace") if log_path.is_file() else ""
     for line in reversed(text.splitlines()):
@@ -86,10 +109,32 @@ def _read_logits(out: Path, n: int) -> np.ndarray | str:
         return f"unreadable predictions: {type(exc).__name__}"
 
 
+def eval_limits(limits: Limits, images: int) -> Limits:
+    """The evaluation's clock: one core, the start-up cap, then the inference allowance for these images;
+    room on disk for the logits only."""
+    return Limits(budget_s=limits.inference_allowance_s * images / INFERENCE_IMAGES, startup_allowance_s=EVAL_STARTUP_CAP_S,
+                  export_allowance_s=0.0, cpu_threads=1, memory_cap_bytes=limits.memory_cap_bytes,
+                  disk_cap_bytes=images * prepare.NUM_CLASSES * 8 + 2**20, max_files=16)
+
+
+def _killed_reason(outcome: SandboxOutcome, images: int, limits: Limits) -> str:
+    """Why the evaluation was killed for its time: the machine, loading, or inference over its allowance."""
+    compute = outcome.compute
+    if outcome.stopped_by_wall_ceiling:
+        return (f"evaluation stopped at the wall-clock ceiling ({outcome.wall_seconds:.0f} s) after only "
+                f"{compute.cpu_seconds:.1f} CPU s: the machine left it too little CPU")
+    if outcome.after_marker_s is None:
+        return f"loading the model for evaluation took more than {EVAL_STARTUP_CAP_S:g} CPU s"
+    return "killed: " + (inference_over_allowance(outcome.after_marker_s, images, limits.inference_allowance_s)
+                         or f"inference ran past its allowance of {limits.inference_allowance_s:g} CPU s per "
+                            f"{INFERENCE_IMAGES:,} images")
+
+
 def evaluate_artifact(
     artifact: Path, images: torch.Tensor, labels: torch.Tensor, eval_dir: Path, limits: Limits
 ) -> Evaluation:
-    """Predict on images (uint8, N x 28 x 28) in a sandbox, then score against labels here."""
+    """Predict on images (uint8, N x 28 x 28) in a sandbox, within the inference allowance, then score against
+    labels here."""
     if not artifact.is_file() or artifact.is_symlink():
         return Evaluation(False, "no model artifact to evaluate")
     remove_tree(eval_dir)
@@ -108,24 +153,31 @@ def evaluate_artifact(
         argv=[sys.executable, str(PREPARE_PY), "predict", str(model_path), str(images_path), str(out / "logits.npy")],
         workdir=out,
         log_path=eval_dir / "eval.log",
-        # scoring has its own wall-clock limit, the eval timeout, and room for the logits only
-        limits=Limits(budget_s=limits.eval_timeout_s, startup_allowance_s=0.0, grace_s=0.0,
-                      memory_cap_bytes=limits.memory_cap_bytes,
-                      disk_cap_bytes=len(labels) * prepare.NUM_CLASSES * 8 + 2**20, max_files=16),
+        limits=eval_limits(limits, len(labels)),
         env={"AUTORESEARCH_DEVICE": "cpu"},
         ro_paths=[PREPARE_PY, model_path, images_path],
         hidden=hidden_data_dirs(),
+        cpu_clock=True,
+        marker=prepare.PREDICT_MARKER,
     )
     try:
         outcome = run_sandboxed(job)
+        spent = outcome.after_marker_s
         if outcome.killed_for == "timeout":
-            return Evaluation(False, f"evaluation took longer than {limits.eval_timeout_s:.0f} s")
+            return Evaluation(False, _killed_reason(outcome, len(labels), limits), inference_seconds=spent)
         if outcome.killed_for in ("memory", "disk", "open files"):
-            return Evaluation(False, f"evaluation exceeded the {outcome.killed_for} cap")
+            return Evaluation(False, f"evaluation exceeded the {outcome.killed_for} cap", inference_seconds=spent)
         if outcome.exit_code != 0:
-            return Evaluation(False, _eval_failure(job.log_path, f"evaluation process failed (exit {outcome.exit_code}, signal {outcome.signal})"))
+            failed = _eval_failure(job.log_path, f"evaluation process failed (exit {outcome.exit_code}, signal {outcome.signal})")
+            return Evaluation(False, failed, inference_seconds=spent)
+        if spent is None:  # prepare.py prints the marker before predicting: a run without it predicted nothing
+            return Evaluation(False, "evaluation process ended before predicting")
+        over = inference_over_allowance(spent, len(labels), limits.inference_allowance_s)
+        if over:
+            return Evaluation(False, over, inference_seconds=spent)
         logits = _read_logits(out, len(labels))
-        return Evaluation(False, logits) if isinstance(logits, str) else score_logits(logits, labels)
+        scored = Evaluation(False, logits) if isinstance(logits, str) else score_logits(logits, labels)
+        return replace(scored, inference_seconds=spent)
     finally:
         remove_tree(out)
         images_path.unlink(missing_ok=True)

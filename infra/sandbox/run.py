@@ -16,8 +16,10 @@ With bubblewrap (Debian `bubblewrap`):
 - limits: a memory cgroup at the memory cap where one can be made (infra/sandbox/memory_cgroup.py), RLIMIT_AS
   on CPU runs, at most MAX_TASKS processes and threads and MAX_OPEN_FILES open files each, no file
   larger than the disk cap, no core dumps; the watchdog (infra/sandbox/watchdog.py) enforces memory and disk
-  from outside at every poll, and a timer thread of its own kills at deadline + grace;
-- output: read through infra/sandbox/output_capture.py (bounded lines, bounded log, bounded memory).
+  from outside at every poll, and a timer thread of its own kills at deadline + export allowance;
+- output: read through infra/sandbox/output_capture.py (bounded lines, bounded log, bounded memory); the
+  run's clock is read the moment the job's marker line arrives, so the part after it (training, inference)
+  is measured from outside.
 
 Without bubblewrap the command runs as a plain subprocess in its own session; a warning says once
 that isolation is weaker. The kill logic, limits and output bounds apply either way.
@@ -48,7 +50,7 @@ from infra.sandbox.cpu_cgroup import CpuCgroup
 from infra.sandbox.memory_cgroup import MemoryCgroup
 from infra.sandbox.output_capture import BoundedLog
 from infra.sandbox.safe_files import tree_usage
-from infra.sandbox.watchdog import Watchdog
+from infra.sandbox.watchdog import BUDGET_MARKER, Watchdog
 from infra.settings import Limits
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -66,7 +68,7 @@ class SandboxJob:
     argv: list[str]
     workdir: Path  # the only writable directory: created by the caller, given to the sandbox user
     log_path: Path  # written by the orchestrator from the process's output; never inside workdir
-    limits: Limits  # the timing (budget, allowance, grace) and the memory and disk caps
+    limits: Limits  # the timing (budget, start-up and export allowances) and the memory and disk caps
     env: dict[str, str] = field(default_factory=dict)
     deadline_env: str | None = None  # if set, the deadline (time.monotonic()) is passed in this variable
     ro_paths: list[Path] = field(default_factory=list)  # mounted read-only at the same path inside
@@ -74,6 +76,7 @@ class SandboxJob:
     cap_address_space: bool = True
     gpu: bool = False
     cpu_clock: bool = False  # the budget is CPU time of limits.cpu_threads cores (else the wall clock: infra/sandbox/watchdog.py)
+    marker: str = BUDGET_MARKER  # the output line that starts the measured part (training; an evaluation's inference)
 
     @property
     def cpu_threads(self) -> int:
@@ -88,6 +91,8 @@ class SandboxOutcome:
     killed_for: str | None  # 'timeout', 'memory', 'disk' or 'open files' when it was killed
     wall_seconds: float
     training_seconds: float  # in budget units: wall seconds, or CPU seconds per allotted core
+    marker_at_s: float | None  # the run's clock (CPU s of the tree, or wall s since launch) at its marker; None: none
+    after_marker_s: float | None  # the run's clock from its marker to its end, in total (not per core); None: no marker
     compute: ComputeRecord
     cpu_limit_s: float | None  # CPU clock: the CPU seconds after which it is SIGKILLed (None on a wall clock)
     stopped_by_wall_ceiling: bool  # CPU clock: killed at the wall ceiling, not for its CPU time
@@ -252,8 +257,13 @@ def _base_env(job: SandboxJob, token: str) -> dict[str, str]:
     return env
 
 
-def _stream(pipe, log: BoundedLog, watchdog: Watchdog) -> None:
-    log.consume(pipe, lambda line: watchdog.saw_line(line, time.monotonic()))
+def _stream(pipe, log: BoundedLog, watchdog: Watchdog, read_cpu: Callable[[], float]) -> None:
+    """Read the output; at the marker line read the run's CPU time at once (a reader thread wakes within
+    milliseconds of a line, a poll up to POLL_S later: what follows the marker is measured to that precision)."""
+    def saw(line: str) -> None:
+        if watchdog.saw_line(line, time.monotonic()) and watchdog.cpu_clock:
+            watchdog.saw_marker_cpu(read_cpu())
+    log.consume(pipe, saw)
 
 
 class _Killer:
@@ -365,7 +375,7 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
         free_at_launch = _free_bytes(job.workdir)
         load_start, busy_start = host_load(), process_tree.host_busy_seconds()
         launched = time.monotonic()
-        watchdog = Watchdog(launched, job.limits, job.cpu_clock)
+        watchdog = Watchdog(launched, job.limits, job.cpu_clock, marker=job.marker)
         if job.deadline_env:
             env[job.deadline_env] = f"{watchdog.deadline_on_budget_clock():.3f}"
         proc = subprocess.Popen(
@@ -388,11 +398,14 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
             os.close(fd)
     # the caller's context (Prefect's run and settings) must reach on_line in the reader thread
     context = contextvars.copy_context()
-    reader = threading.Thread(target=context.run, args=(_stream, proc.stdout, log, watchdog), daemon=True)
+    def read_cpu() -> float:
+        return _cpu_seconds(process_tree.descendants(proc.pid), cpu_group)
+
+    reader = threading.Thread(target=context.run, args=(_stream, proc.stdout, log, watchdog, read_cpu), daemon=True)
     reader.start()
     exited, exited_at = threading.Event(), []
     killer = _Killer(proc, token, cgroup, exited)
-    # the kill at deadline + grace (on a CPU clock: the wall ceiling) has its own timer: no measurement,
+    # the kill at deadline + export allowance (on a CPU clock: the wall ceiling) has its own timer: no measurement,
     # however slow, can delay it
     timer = threading.Timer(max(0.0, watchdog.kill_at() - time.monotonic()), killer.kill)
     timer.daemon = True
@@ -421,6 +434,9 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
             proc.stdout.close()
     ended = exited_at[0] if exited_at else time.monotonic()
     watchdog.saw_cpu(final_cpu)
+    if watchdog.marker_seen_at is not None:
+        watchdog.saw_marker_cpu(final_cpu)  # only if the reader could not read it (the first reading stands)
+    marker_at = watchdog.clock_at_marker()
     killed_for = killer.reason
     if killed_for is None and watchdog.out_of_time(ended):
         killed_for = "timeout"  # killed by the timer, or out on its own after its time was up
@@ -437,6 +453,8 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
         killed_for=killed_for,
         wall_seconds=ended - launched,
         training_seconds=watchdog.training_seconds(ended),
+        marker_at_s=marker_at,
+        after_marker_s=None if marker_at is None else max(0.0, watchdog.clock_total(ended) - marker_at),
         compute=compute,
         cpu_limit_s=watchdog.cpu_limit() if watchdog.cpu_clock else None,
         stopped_by_wall_ceiling=ceiling,

@@ -12,10 +12,11 @@ nothing the orchestrator reads or writes is in work/ (infra/sandbox/safe_files.p
     data/train.pt       the training split, written fresh for this run, mounted read-only; deleted after
 
 Statuses:
-    ok       exited by itself before deadline + grace, saved a model, and the model was scored
+    ok       exited by itself before deadline + export allowance, saved a model, and the model was scored
     crashed  non-zero exit, killed by a signal, or over the memory or disk cap
-    timeout  still running at its deadline + grace, so SIGKILLed
-    invalid  not runnable Python, or no usable model (missing, not a regular file, malformed, wrong shape, NaN)
+    timeout  still running at its deadline + export allowance, so SIGKILLed
+    invalid  not runnable Python, or no usable model (missing, not a regular file, malformed, wrong shape, NaN,
+             inference over its allowance: infra/sandbox/evaluation.py)
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class TrialResult:
     run_dir: str
     isolated: bool
     compute: dict = field(default_factory=dict)  # what compute it received (infra/sandbox/compute_record.py)
+    inference_seconds: float | None = None  # CPU s on one core its evaluation spent predicting (None: not evaluated)
 
     @property
     def contended(self) -> bool:
@@ -171,15 +173,23 @@ def _failure_status(outcome: SandboxOutcome, log_text: str, limits: Limits) -> t
     return None
 
 
+# what a run killed after its deadline must learn: the export allowance is for saving, not for training
+EXPORT_ALLOWANCE_RULE = ("the export allowance is the time prepare.save_model needs for a reference CNN (measured), for "
+                         "saving and exiting only: training must be over by the deadline (prepare.TrainingBudget stops "
+                         "before it); if the export itself takes longer, stop training earlier or export a smaller model")
+
+
 def _timeout_reason(outcome: SandboxOutcome, limits: Limits) -> str:
     compute = outcome.compute
+    export = limits.export_allowance_s
     if compute.clock == "wall":
-        return (f"killed (SIGKILL) after {outcome.wall_seconds:.1f} s: still running {limits.grace_s:g} s past its deadline "
-                f"(start-up allowance {limits.startup_allowance_s:g} s + budget {limits.budget_s:g} s)")
+        return (f"killed (SIGKILL) after {outcome.wall_seconds:.1f} s: still running {export:g} s past its deadline "
+                f"(start-up allowance {limits.startup_allowance_s:g} s + budget {limits.budget_s:g} s), the end of its "
+                f"export allowance; {EXPORT_ALLOWANCE_RULE}")
     if not outcome.stopped_by_wall_ceiling:
-        return (f"killed (SIGKILL) after {compute.cpu_seconds:.1f} CPU s: still running {limits.grace_s:g} s past its deadline "
+        return (f"killed (SIGKILL) after {compute.cpu_seconds:.1f} CPU s: still running {export:g} CPU s past its deadline "
                 f"(start-up allowance {limits.startup_allowance_s:g} CPU s + budget {limits.budget_s:g} s on "
-                f"{compute.threads} cores)")
+                f"{compute.threads} cores), the end of its export allowance; {EXPORT_ALLOWANCE_RULE}")
     why = "kept waiting for a CPU by the machine's load" if compute.contended else "sleeping or blocked"
     return (f"killed (SIGKILL) at the wall-clock ceiling ({outcome.wall_seconds:.1f} s) after only "
             f"{compute.cpu_seconds:.1f} CPU s of its {outcome.cpu_limit_s:.1f}: {why} "
@@ -263,7 +273,8 @@ def _clean_up(*paths: Path) -> None:
 
 
 def score_artifact(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, limits: Limits, name: str = "eval"):
-    """Evaluate the model a trial saved on (images, labels): validation, or the held-out test set."""
+    """Evaluate the model a trial saved on (images, labels): validation, or the held-out test set, under the
+    same inference allowance (limits.inference_allowance_s per INFERENCE_IMAGES images)."""
     return evaluate_artifact(Path(run_dir) / prepare.MODEL_ARTIFACT, images, labels, Path(run_dir) / name, limits)
 
 
@@ -274,9 +285,10 @@ def score_trial(trained: TrialResult, val: tuple[torch.Tensor, torch.Tensor], li
     started = time.monotonic()
     evaluation = score_artifact(Path(trained.run_dir), *val, limits)
     wall = trained.wall_seconds + time.monotonic() - started
+    measured = replace(trained, wall_seconds=wall, inference_seconds=evaluation.inference_seconds)
     if not evaluation.ok:
-        return replace(trained, status=Status.INVALID, reason=evaluation.reason, wall_seconds=wall)
-    return replace(trained, reason="ok", val_accuracy=evaluation.accuracy, val_loss=evaluation.loss, wall_seconds=wall)
+        return replace(measured, status=Status.INVALID, reason=evaluation.reason)
+    return replace(measured, reason="ok", val_accuracy=evaluation.accuracy, val_loss=evaluation.loss)
 
 
 def run_trial(

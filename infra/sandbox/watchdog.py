@@ -4,24 +4,31 @@ The kill logic: when a sandboxed process must die, and why.
 The clock is the orchestrator's, never the candidate's. On a GPU (each candidate has the device to
 itself) it is the wall clock:
 
-    launch ──start-up allowance──> ──budget──> deadline ──grace──> SIGKILL
+    launch ──start-up allowance──> ──budget──> deadline ──export allowance──> SIGKILL
 
 On a CPU the wall clock would measure the machine's load, not the candidate (a busy neighbour halves
 its epochs), so the clock is the CPU time of the run's whole process tree, given N allotted cores
-(cpu_threads): the budget means budget x N CPU seconds, whatever else runs on the machine.
+(cpu_threads): the budget means budget x N CPU seconds, whatever else runs on the machine. The two
+allowances are measured (infra/sandbox/allowances.py) as CPU seconds of the whole run, so they are not
+multiplied by N.
 
-    CPU time:  0 ──start-up allowance──> ──budget x N──> deadline ──grace x N──> SIGKILL
-    wall time: launch ─────────── WALL_CEILING x (allowance + budget + grace) ──> SIGKILL
+    CPU time:  0 ──start-up allowance──> ──budget x N──> deadline ──export allowance──> SIGKILL
+    wall time: launch ─────────── WALL_CEILING x (allowances + budget) ──> SIGKILL
 
 The wall ceiling bounds a run that gets no CPU at all (a machine too busy, or a candidate that
 sleeps); a run it stops while the rest of the machine left it too few free cores is `contended`
 (infra/sandbox/compute_record.py), and measured again rather than compared.
 
-No candidate trains past its deadline, and each gets `grace` more to save its model.
-prepare.TrainingBudget is told the deadline and stops at an epoch boundary before it (or after
-`budget` seconds, if that comes first); a candidate that ignores it, never prints the budget marker,
-or trains during "start-up" gains at most the unused allowance and the grace: at deadline + grace it
-is SIGKILLed and scored `timeout`, never `ok`. SIGKILL cannot be caught or deferred.
+No candidate trains past its deadline: after it, a run has only the export allowance, the time
+prepare.save_model needs for a reference model, to save and exit. prepare.TrainingBudget is told the
+deadline and stops at an epoch boundary before it (or after `budget` seconds, if that comes first); a
+candidate that ignores it, never prints the budget marker, or trains during "start-up" gains at most the
+unused part of the two allowances: at deadline + export allowance it is SIGKILLed and scored `timeout`,
+never `ok`. SIGKILL cannot be caught or deferred.
+
+A job names a marker line (SandboxJob.marker): training's is the budget marker prepare.TrainingBudget
+prints, an evaluation's the line prepare.py prints before it runs the model. The run's clock is read when
+the marker is seen, so what came after it (training, or inference) is measured from outside.
 
 Resources are watched from outside at every poll: memory (the process tree's RSS, its private tmpfs
 mounts, and memfds or deleted files it holds open) against the memory cap, and the bytes and entries
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 from infra.settings import Limits
 
 BUDGET_MARKER = "budget_start:"
-WALL_CEILING = 4.0  # on a CPU clock: wall seconds allowed per second of allowance + budget + grace
+WALL_CEILING = 4.0  # on a CPU clock: wall seconds allowed per second of allowances + budget
 
 
 @dataclass
@@ -43,10 +50,11 @@ class Watchdog:
     launched: float
     limits: Limits
     cpu_clock: bool = False  # the budget is CPU time of limits.cpu_threads cores; else the wall clock
-    training_started: float | None = None
+    marker: str = BUDGET_MARKER  # the line that starts the measured part of the run
+    marker_seen_at: float | None = None  # wall clock, when the marker line was read
     cpu_seconds: float = 0.0  # the most CPU time the run's tree was seen to have used
     run_delay_seconds: float = 0.0  # the most time it was seen waiting for a CPU
-    cpu_at_training_start: float | None = None
+    cpu_at_marker: float | None = None  # the tree's CPU time read when the marker was seen
     peak_memory_bytes: int = 0
     peak_disk_bytes: int = 0
 
@@ -54,17 +62,23 @@ class Watchdog:
     def cpu_threads(self) -> int:
         return self.limits.cpu_threads if self.cpu_clock else 0
 
-    def saw_line(self, line: str, now: float) -> None:
-        if self.training_started is None and line.startswith(BUDGET_MARKER):
-            self.training_started = now
+    def saw_line(self, line: str, now: float) -> bool:
+        """True the first time the marker is seen: the caller then reads the run's CPU time (saw_marker_cpu)."""
+        if self.marker_seen_at is None and line.startswith(self.marker):
+            self.marker_seen_at = now
+            return True
+        return False
+
+    def saw_marker_cpu(self, cpu_seconds: float) -> None:
+        """The tree's CPU time, read as soon as the marker was seen (the first reading stands)."""
+        if self.cpu_at_marker is None:
+            self.cpu_at_marker = cpu_seconds
 
     def saw_cpu(self, cpu_seconds: float, run_delay_seconds: float = 0.0) -> None:
         """The tree's CPU time and run delay, read now (readings only ever raise them: a reaped child can
         hide for a moment)."""
         self.cpu_seconds = max(self.cpu_seconds, cpu_seconds)
         self.run_delay_seconds = max(self.run_delay_seconds, run_delay_seconds)
-        if self.training_started is not None and self.cpu_at_training_start is None:
-            self.cpu_at_training_start = self.cpu_seconds
 
     @property
     def deadline(self) -> float:
@@ -78,14 +92,15 @@ class Watchdog:
         return self.deadline / self.cpu_threads if self.cpu_clock else self.deadline
 
     def cpu_limit(self) -> float:
-        """CPU clock: CPU seconds after which the run is SIGKILLed."""
-        return self.deadline + self.limits.grace_s * self.cpu_threads
+        """CPU clock: CPU seconds after which the run is SIGKILLed (deadline + export allowance)."""
+        return self.deadline + self.limits.export_allowance_s
 
     def kill_at(self) -> float:
-        """The wall-clock moment of the SIGKILL: deadline + grace, or on a CPU clock the wall ceiling."""
+        """The wall-clock moment of the SIGKILL: deadline + export allowance, or on a CPU clock the wall ceiling."""
         if self.cpu_clock:
-            return self.launched + WALL_CEILING * (self.limits.startup_allowance_s + self.limits.budget_s + self.limits.grace_s)
-        return self.deadline + self.limits.grace_s
+            limits = self.limits
+            return self.launched + WALL_CEILING * (limits.startup_allowance_s + limits.budget_s + limits.export_allowance_s)
+        return self.deadline + self.limits.export_allowance_s
 
     def out_of_time(self, now: float) -> bool:
         return now >= self.kill_at() or (self.cpu_clock and self.cpu_seconds > self.cpu_limit())
@@ -102,15 +117,26 @@ class Watchdog:
             return "disk"
         return None
 
+    def clock_at_marker(self) -> float | None:
+        """The run's clock when its marker was seen (CPU seconds of the tree, or wall seconds since launch), in
+        total, not per core; None if it never printed the marker."""
+        if self.cpu_clock:
+            return self.cpu_at_marker
+        return None if self.marker_seen_at is None else self.marker_seen_at - self.launched
+
+    def clock_total(self, ended: float) -> float:
+        """The run's clock at its end, in the unit of clock_at_marker."""
+        return self.cpu_seconds if self.cpu_clock else ended - self.launched
+
     def training_seconds(self, ended: float) -> float:
         """Seconds of training: from the budget marker (or, without one, the end of the start-up allowance)
         to exit; on a CPU clock in CPU seconds per allotted core, the unit of the budget."""
         if self.cpu_clock:
             start = self.limits.startup_allowance_s
-            if self.cpu_at_training_start is not None:
-                start = min(start, self.cpu_at_training_start)
+            if self.cpu_at_marker is not None:
+                start = min(start, self.cpu_at_marker)
             return max(0.0, self.cpu_seconds - start) / self.cpu_threads
         start = self.launched + self.limits.startup_allowance_s
-        if self.training_started is not None:
-            start = min(start, self.training_started)
+        if self.marker_seen_at is not None:
+            start = min(start, self.marker_seen_at)
         return max(0.0, ended - start)
