@@ -32,7 +32,7 @@ from infra.research.lock import experiment_lock
 from infra.research.program import parse_program, read_program, strategy_of, with_strategy
 from infra.research.workspace import Workspace
 from infra.sandbox.compute_record import describe
-from infra.sandbox.startup_allowance import measure_startup_allowance
+from infra.sandbox.allowances import measure_allowances
 from infra.sandbox.trial import TrialResult, log_tail
 from infra.store import Iteration, Store, utcnow
 from tasks.decide import keep_or_discard
@@ -68,7 +68,7 @@ class Run:
         self.baseline_code = Path(cfg.baseline_path).read_text()
         self.exp = self.store.ensure_experiment(cfg.name, cfg.model_dump())
         self._resolve_cpu_threads()
-        self._resolve_startup_allowance()
+        self._resolve_allowances()
         self.changes = self._check_same_settings(change_rule)
         self.limits = cfg.limits()
         self.preflight = cfg.preflight if cfg.preflight is not None else cfg.language_model
@@ -79,14 +79,29 @@ class Run:
         if self.cfg.cpu_threads is None:
             self.cfg.cpu_threads = self.exp.config.get("cpu_threads") or settings.default_cpu_threads()
 
-    def _resolve_startup_allowance(self) -> None:
-        """The experiment's stored allowance, or (first run) one measured now: the same for every candidate."""
+    def _resolve_allowances(self) -> None:
+        """The experiment's stored start-up and export allowances, or (first run) both measured now in one reference
+        run (infra/sandbox/allowances.py): the same for every candidate. An experiment stored before the export
+        allowance keeps its fixed grace as its export allowance, so its candidates stay equal."""
+        stored = self.exp.config
         if self.cfg.startup_allowance_s is None:
-            stored = self.exp.config.get("startup_allowance_s")
-            self.cfg.startup_allowance_s = stored if stored is not None else measure_startup_allowance(
-                self.ws.root / "iterations" / "startup-probe", self.cfg.device, cpu_threads=self.cfg.cpu_threads)
-            print(f"start-up allowance: {self.cfg.startup_allowance_s:g} s "
-                  f"({'stored with the experiment' if stored is not None else 'measured in the sandbox'})")
+            self.cfg.startup_allowance_s = stored.get("startup_allowance_s")
+        if self.cfg.export_allowance_s is None:
+            self.cfg.export_allowance_s = stored.get("export_allowance_s", stored.get("grace_s"))
+        if self.cfg.startup_allowance_s is not None and self.cfg.export_allowance_s is not None:
+            print(f"allowances: start-up {self.cfg.startup_allowance_s:g} s, export {self.cfg.export_allowance_s:g} s, "
+                  f"inference {self.cfg.inference_allowance_s:g} CPU s per 10,000 images")
+            return
+        measured = measure_allowances(self.ws.root / "iterations" / "allowance-probe", self.cfg.device,
+                                      cpu_threads=self.cfg.cpu_threads)
+        if self.cfg.startup_allowance_s is None:
+            self.cfg.startup_allowance_s = measured.startup_s
+        if self.cfg.export_allowance_s is None:
+            self.cfg.export_allowance_s = measured.export_s
+        print(f"allowances measured in the sandbox: start-up {self.cfg.startup_allowance_s:g} s, export "
+              f"{self.cfg.export_allowance_s:g} s ({measured.clock} clock; the reference took "
+              f"{measured.measured_startup_s:g} and {measured.measured_export_s:g} s); inference "
+              f"{self.cfg.inference_allowance_s:g} CPU s per 10,000 images")
 
     def _check_same_settings(self, change_rule: bool) -> list[tuple[str, Any, Any]]:
         """The changes of changeable settings this run makes (allowed by change_rule); any other change refused."""
@@ -153,7 +168,9 @@ class Run:
         inc = self.incumbent()
         history = self.history()
         hardware = {**self.device_facts(self.cfg.device), "budget_s": self.cfg.budget_s,
-                    "startup_allowance_s": self.limits.startup_allowance_s, "grace_s": self.limits.grace_s,
+                    "startup_allowance_s": self.limits.startup_allowance_s,
+                    "export_allowance_s": self.limits.export_allowance_s,
+                    "inference_allowance_s": self.limits.inference_allowance_s,
                     "cpu_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
                     "memory_cap_gib": round(self.limits.memory_cap_bytes / 2**30, 1)}
         hardware["cpu_threads"] = self.limits.cpu_threads if hardware["device"] == "cpu" else None
@@ -211,7 +228,8 @@ def run_record(seed: int, result: TrialResult) -> dict[str, Any]:
     """One measured run as the store keeps it: what it scored and the compute it received."""
     per_second = result.epochs / result.train_seconds if result.epochs and result.train_seconds else None
     return {"seed": seed, "status": result.status, "val_accuracy": result.val_accuracy, "epochs": result.epochs,
-            "train_seconds": result.train_seconds, "epochs_per_second": per_second, **result.compute}
+            "train_seconds": result.train_seconds, "epochs_per_second": per_second,
+            "inference_seconds": result.inference_seconds, **result.compute}
 
 
 def measure(run: Run, code: str, iteration: int, runs: list[dict[str, Any]]) -> TrialResult:

@@ -69,9 +69,9 @@ def check_data() -> None:
         fail(str(exc), code=1)
 
 
-def make_limits(budget: float, grace: float, startup_allowance: Optional[float], memory_cap_gb: Optional[float],
-                cpu_threads: Optional[int]) -> settings.Limits:
-    """The limits, checked before anything starts (an unset start-up allowance is checked as 0 here)."""
+def make_limits(budget: float, export_allowance: Optional[float], startup_allowance: Optional[float],
+                inference_allowance: float, memory_cap_gb: Optional[float], cpu_threads: Optional[int]) -> settings.Limits:
+    """The limits, checked before anything starts (an unset allowance is checked as 0 here, then measured)."""
     if memory_cap_gb is not None and memory_cap_gb <= 0:
         fail(f"--memory-cap-gb must be positive, got {memory_cap_gb}")
     if cpu_threads is not None and cpu_threads < 1:
@@ -79,8 +79,9 @@ def make_limits(budget: float, grace: float, startup_allowance: Optional[float],
     try:
         return settings.Limits(
             budget_s=budget,
-            grace_s=grace,
             startup_allowance_s=startup_allowance or 0.0,
+            export_allowance_s=export_allowance or 0.0,
+            inference_allowance_s=inference_allowance,
             memory_cap_bytes=int(memory_cap_gb * 2**30) if memory_cap_gb else 0,
             cpu_threads=cpu_threads or 0,
         )
@@ -121,8 +122,9 @@ def train(
     seed: int = typer.Option(0, "--seed", help="AUTORESEARCH_SEED for the candidate"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: best available)"),
-    grace: float = typer.Option(settings.DEFAULT_GRACE_S, "--grace", help="seconds after the deadline to save the model before SIGKILL"),
+    export_allowance: Optional[float] = typer.Option(None, "--export-allowance", help="seconds after the deadline to save the model before SIGKILL (default: measured)"),
     startup_allowance: Optional[float] = typer.Option(None, "--startup-allowance", help="seconds for imports and data loading before the budget (default: measured)"),
+    inference_allowance: float = typer.Option(settings.DEFAULT_INFERENCE_ALLOWANCE_S, "--inference-allowance", help="CPU seconds on one core per 10,000 images the model may spend at evaluation"),
     memory_cap_gb: Optional[float] = typer.Option(None, "--memory-cap-gb", help="memory cap (default: half of RAM)"),
     cpu_threads: Optional[int] = typer.Option(None, "--cpu-threads", help="cores allotted to a CPU run; its budget is CPU time of these cores (default 1)"),
     home: Optional[Path] = typer.Option(None, "--home", help="runs directory (default: AUTORESEARCH_HOME or ./runs)"),
@@ -130,7 +132,7 @@ def train(
     """Train one candidate in the sandbox and score it on the validation split."""
     if not path.is_file():
         fail(f"no such file: {path}")
-    limits = make_limits(budget, grace, startup_allowance, memory_cap_gb, cpu_threads)
+    limits = make_limits(budget, export_allowance, startup_allowance, inference_allowance, memory_cap_gb, cpu_threads)
     check_device(device)
     check_data()
     from dataclasses import replace
@@ -140,17 +142,19 @@ def train(
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
     run_dir = operator_files.operator_dir(home_of(home) / "scratch") / f"{stamp}-{path.stem}"
     code = path.read_text()
-    if startup_allowance is None:
-        from infra.sandbox.startup_allowance import measure_startup_allowance
+    if startup_allowance is None or export_allowance is None:
+        from infra.sandbox.allowances import measure_allowances
 
         try:
-            measured = measure_startup_allowance(run_dir.with_name(run_dir.name + "-startup-probe"), device,
-                                                 limits.memory_cap_bytes, limits.cpu_threads)
+            measured = measure_allowances(run_dir.with_name(run_dir.name + "-allowance-probe"), device,
+                                          limits.memory_cap_bytes, limits.cpu_threads)
         except RuntimeError as exc:
-            fail(f"cannot measure the start-up allowance: {exc}", code=1)
-        limits = replace(limits, startup_allowance_s=measured)
+            fail(f"cannot measure the allowances: {exc}", code=1)
+        limits = replace(limits, startup_allowance_s=startup_allowance if startup_allowance is not None else measured.startup_s,
+                         export_allowance_s=export_allowance if export_allowance is not None else measured.export_s)
         if not json_out:
-            out.print(f"start-up allowance: {measured:g} s (measured in the sandbox)")
+            out.print(f"allowances: start-up {limits.startup_allowance_s:g} s, export {limits.export_allowance_s:g} s "
+                      f"(measured in the sandbox where not given)")
     result = with_progress(
         f"training {path.name}", budget,
         lambda on_line: run_trial(code, run_dir, limits, seed=seed, device=device, on_line=on_line),
@@ -160,7 +164,8 @@ def train(
         print(result.to_json())
         return
     table = Table(show_header=False, box=None)
-    for key in ("status", "reason", "val_accuracy", "val_loss", "epochs", "train_seconds", "wall_seconds"):
+    for key in ("status", "reason", "val_accuracy", "val_loss", "epochs", "train_seconds", "inference_seconds",
+                "wall_seconds"):
         value = getattr(result, key)
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else escape(str(value)))
     table.add_row("compute", describe(result.compute))
@@ -187,14 +192,16 @@ def open_store(db: Optional[str], home: Path):
 
 
 # run's options are ExperimentConfig's fields (infra/experiment_config.py): its defaults, its checks
-OPTION_OF_FIELD = {"name": "--experiment", "budget_s": "--budget", "grace_s": "--grace", "db_url": "--db",
+OPTION_OF_FIELD = {"name": "--experiment", "budget_s": "--budget", "export_allowance_s": "--export-allowance",
+                   "inference_allowance_s": "--inference-allowance", "db_url": "--db",
                    "startup_allowance_s": "--startup-allowance", "program_path": "--program",
                    "baseline_path": "--baseline", "stop_after_s": "--hours", "stop_at": "--until"}
 
 
 def experiment_config(experiment: str, iterations: int, budget: float, proposer: str, revise_every: int, repeats: int,
                       program: Path, baseline: Path, db: Optional[str], home: Optional[Path], device: Optional[str],
-                      grace: float, startup_allowance: Optional[float], cpu_threads: Optional[int],
+                      export_allowance: Optional[float], startup_allowance: Optional[float],
+                      inference_allowance: float, cpu_threads: Optional[int],
                       model: Optional[str], max_cost: Optional[float], preflight: Optional[bool], fix_attempts: int,
                       **overnight) -> tuple[ExperimentConfig, str]:
     """run's and deploy's options as the experiment's configuration, and why this proposer; bad input exits 2.
@@ -218,7 +225,8 @@ def experiment_config(experiment: str, iterations: int, budget: float, proposer:
         config = ExperimentConfig(
             name=experiment, iterations=iterations, budget_s=budget, proposer=spec, revise_every=revise_every,
             repeats=repeats, home=str(home_dir), db_url=db or "", program_path=str(program.resolve()),
-            baseline_path=str(baseline.resolve()), device=device, grace_s=grace, startup_allowance_s=startup_allowance,
+            baseline_path=str(baseline.resolve()), device=device, export_allowance_s=export_allowance, startup_allowance_s=startup_allowance,
+            inference_allowance_s=inference_allowance,
             cpu_threads=cpu_threads, model=model, max_cost=max_cost, preflight=preflight, fix_attempts=fix_attempts,
             **overnight)
     except ValidationError as exc:
@@ -239,8 +247,9 @@ def run(
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL (default: sqlite under --home; AUTORESEARCH_DB_URL)"),
     home: Optional[Path] = typer.Option(None, "--home", help="runs directory (default: AUTORESEARCH_HOME or ./runs)"),
     device: Optional[str] = typer.Option(default("device"), "--device", help="cpu, cuda, cuda:N or mps"),
-    grace: float = typer.Option(default("grace_s"), "--grace", help="seconds after the deadline to save the model before SIGKILL"),
+    export_allowance: Optional[float] = typer.Option(default("export_allowance_s"), "--export-allowance", help="seconds after the deadline to save the model before SIGKILL (default: measured once per experiment)"),
     startup_allowance: Optional[float] = typer.Option(default("startup_allowance_s"), "--startup-allowance", help="seconds before the budget for start-up (default: measured once per experiment)"),
+    inference_allowance: float = typer.Option(default("inference_allowance_s"), "--inference-allowance", help="CPU seconds on one core per 10,000 images a model may spend at evaluation (fixed per experiment)"),
     cpu_threads: Optional[int] = typer.Option(default("cpu_threads"), "--cpu-threads", help="cores allotted to a CPU run; its budget is CPU time of these cores (default 1, fixed at the experiment's first run)"),
     model: Optional[str] = typer.Option(default("model"), "--model", help="model for claude/openai (default: claude-sonnet-4-6)"),
     max_cost: Optional[float] = typer.Option(default("max_cost"), "--max-cost", help="USD cap on proposer calls; the loop ends before a call could pass it"),
@@ -250,8 +259,8 @@ def run(
 ) -> None:
     """Run (or resume) the research loop on Prefect."""
     config, why = experiment_config(experiment, iterations, budget, proposer, revise_every, repeats, program, baseline,
-                                    db, home, device, grace, startup_allowance, cpu_threads, model, max_cost, preflight,
-                                    fix_attempts)
+                                    db, home, device, export_allowance, startup_allowance, inference_allowance,
+                                    cpu_threads, model, max_cost, preflight, fix_attempts)
     check_device(device)
     check_data()
     home_dir = Path(config.home)

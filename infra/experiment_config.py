@@ -23,7 +23,8 @@ from infra.store import results_db_url
 
 # what a resumed experiment must keep: changing any of them would give later candidates other compute, or
 # (the rule, the proposer) decide later candidates by other standards than earlier ones
-FIXED_SETTINGS = ("budget_s", "grace_s", "startup_allowance_s", "cpu_threads", "repeats", "device", "proposer", "rule")
+FIXED_SETTINGS = ("budget_s", "export_allowance_s", "startup_allowance_s", "inference_allowance_s", "cpu_threads",
+                  "repeats", "device", "proposer", "rule")
 # of those, the ones `autoresearch run --change-rule` may change on resume, each change recorded (SettingChange)
 CHANGEABLE_SETTINGS = ("proposer", "rule")
 
@@ -46,8 +47,12 @@ class ExperimentConfig(BaseModel):
     max_cost: float | None = Field(None, gt=0, description="USD cap on proposer calls for the whole experiment")
     preflight: bool | None = Field(None, description="smoke-run candidates first (None: for language models only)")
     fix_attempts: int = Field(2, ge=0, description="fixes asked for after a pre-flight crash")
-    grace_s: float = Field(settings.DEFAULT_GRACE_S, ge=0, description="seconds after the deadline to save the model")
-    startup_allowance_s: float | None = Field(None, ge=0, description="None: measured once for the experiment")
+    startup_allowance_s: float | None = Field(None, ge=0, description="before the budget, on its clock (None: measured "
+                                                                       "once for the experiment)")
+    export_allowance_s: float | None = Field(None, ge=0, description="after the deadline, to save the model and exit "
+                                                                      "(None: measured once for the experiment)")
+    inference_allowance_s: float = Field(settings.DEFAULT_INFERENCE_ALLOWANCE_S, gt=0,
+                                         description="CPU seconds on one core per 10,000 images at evaluation")
     cpu_threads: int | None = Field(None, ge=1, description="allotted cores of CPU runs (None: 1, fixed at the first run)")
     rule: dict[str, float] = Field(default_factory=dict, description="acceptance rule settings (RuleConfig)")
     # for scheduled (overnight) runs: each run adds `iterations`, and ends cleanly before its time is up
@@ -58,6 +63,17 @@ class ExperimentConfig(BaseModel):
                                             "(its next occurrence after the run starts)")
     crash_limit: int = Field(2, ge=1, description="an iteration the orchestrator died in this many times is "
                                                   "recorded as failed and skipped")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_names(cls, values: Any) -> Any:
+        """A configuration stored before the export allowance replaced the grace: its grace was the allowance."""
+        if isinstance(values, dict) and "grace_s" in values:
+            values = dict(values)
+            grace = values.pop("grace_s")
+            if values.get("export_allowance_s") is None:
+                values["export_allowance_s"] = grace
+        return values
 
     @field_validator("name")
     @classmethod
@@ -121,9 +137,10 @@ class ExperimentConfig(BaseModel):
         return is_language_model(self.proposer)
 
     def limits(self) -> settings.Limits:
-        assert self.startup_allowance_s is not None, "resolve the start-up allowance first"
-        return settings.Limits(budget_s=self.budget_s, grace_s=self.grace_s, startup_allowance_s=self.startup_allowance_s,
-                               cpu_threads=self.cpu_threads or 0)
+        assert self.startup_allowance_s is not None and self.export_allowance_s is not None, "resolve the allowances first"
+        return settings.Limits(budget_s=self.budget_s, startup_allowance_s=self.startup_allowance_s,
+                               export_allowance_s=self.export_allowance_s,
+                               inference_allowance_s=self.inference_allowance_s, cpu_threads=self.cpu_threads or 0)
 
     def rule_config(self) -> RuleConfig:
         return RuleConfig(**self.rule)

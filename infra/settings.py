@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import InitVar, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +19,6 @@ DEFAULT_STARTUP_ALLOWANCE_S = 30.0
 # on the 2-core machine). Time after the deadline should buy no training, so this fallback, for runs that do not
 # measure it, is about the largest measured there.
 DEFAULT_EXPORT_ALLOWANCE_S = 6.0
-DEFAULT_GRACE_S = 10.0  # TRANSITIONAL: the old fixed grace, still the default of infra/cli.py and infra/experiment_config.py
 # What one candidate may write: bytes and entries in its directory, and the size of its model.
 DEFAULT_DISK_CAP_BYTES = 2 * 2**30
 DEFAULT_MAX_FILES = 10_000
@@ -83,16 +82,12 @@ class Limits:
     disk_cap_bytes: int = DEFAULT_DISK_CAP_BYTES
     max_files: int = DEFAULT_MAX_FILES
     cpu_threads: int = 0  # allotted cores of a CPU run (0: default_cpu_threads())
-    # TRANSITIONAL: the old name of the export allowance, for the callers not yet moved to export_allowance_s
-    # (infra/cli.py, infra/experiment_config.py; flows/research.py reads it). Used only when export_allowance_s is
-    # not given, so dataclasses.replace(limits, export_allowance_s=x) means x. Remove with those callers.
-    grace_s: InitVar[float | None] = None
 
-    def __post_init__(self, grace_s: float | None) -> None:
+    def __post_init__(self) -> None:
         if not self.budget_s > 0:
             raise ValueError(f"budget must be a positive number of seconds, got {self.budget_s}")
         if self.export_allowance_s is None:
-            object.__setattr__(self, "export_allowance_s", DEFAULT_EXPORT_ALLOWANCE_S if grace_s is None else grace_s)
+            object.__setattr__(self, "export_allowance_s", DEFAULT_EXPORT_ALLOWANCE_S)
         if self.startup_allowance_s < 0 or self.export_allowance_s < 0:
             raise ValueError("the start-up and export allowances must not be negative")
         if not self.inference_allowance_s > 0:
@@ -108,7 +103,3 @@ class Limits:
     def hard_limit_s(self) -> float:
         """Seconds after launch at which a one-core candidate is SIGKILLed: deadline plus export allowance."""
         return self.startup_allowance_s + self.budget_s + self.export_allowance_s
-
-
-# TRANSITIONAL (see Limits.grace_s): reading the old name gives the export allowance.
-Limits.grace_s = property(lambda self: self.export_allowance_s)

@@ -80,7 +80,7 @@ def test_baseline_end_to_end_on_real_data(tmp_path):
     assert record["val_accuracy"] >= 0.70
     assert record["epochs"] >= 2
     # stops itself at an epoch boundary before its deadline (start-up allowance + budget), then exports:
-    # well inside deadline + grace
+    # well inside deadline + export allowance
     assert record["train_seconds"] <= budget + 10
     assert Path(record["log_path"]).is_file()
 

@@ -281,13 +281,10 @@ def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeyp
 # --- the allowances around the budget, and inference's -------------------------------------
 
 
-def test_the_export_allowance_replaces_the_grace_and_its_old_name_still_reads():
+def test_the_export_allowance_replaces_the_grace():
     assert Limits(budget_s=1).export_allowance_s == settings.DEFAULT_EXPORT_ALLOWANCE_S
-    old = Limits(budget_s=1, grace_s=3.0)  # infra/cli.py and infra/experiment_config.py, until they move
-    assert old.export_allowance_s == 3.0 and old.grace_s == 3.0
-    assert replace(old, export_allowance_s=1.5).export_allowance_s == 1.5, "replace must not bring the old name back"
-    assert replace(old, budget_s=2).export_allowance_s == 3.0
-    assert Limits(budget_s=1, export_allowance_s=2.0, grace_s=9.0).export_allowance_s == 2.0
+    assert replace(Limits(budget_s=1, export_allowance_s=3.0), budget_s=2).export_allowance_s == 3.0
+    assert not hasattr(Limits(budget_s=1), "grace_s")
     with pytest.raises(ValueError):
         Limits(budget_s=1, export_allowance_s=-1)
     with pytest.raises(ValueError):

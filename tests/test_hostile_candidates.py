@@ -1274,7 +1274,7 @@ def test_a_run_cannot_evict_pages_for_the_next(tmp_path):
     calls = [str(numbers[name]) for name in ("fadvise64", "process_madvise", "cachestat")]
     outcome = run_sandboxed(SandboxJob(
         argv=[sys.executable, "-c", EVICT, str(shared), *calls], workdir=workdir, log_path=tmp_path / "log",
-        limits=Limits(budget_s=30, startup_allowance_s=0, grace_s=0, memory_cap_bytes=2**30), ro_paths=[shared],
+        limits=Limits(budget_s=30, startup_allowance_s=0, export_allowance_s=0, memory_cap_bytes=2**30), ro_paths=[shared],
     ))
     log = (tmp_path / "log").read_text()
     assert outcome.exit_code == 0, log

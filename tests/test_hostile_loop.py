@@ -48,7 +48,7 @@ def test_hostile_candidates_are_recorded_and_the_loop_goes_on(tmp_path, syntheti
     db_url = f"sqlite:///{home / 'autoresearch.db'}"
     config = dict(name="hostile", iterations=len(CANDIDATES), budget_s=1.0, proposer=f"replay:{replay}",
                   revise_every=100, repeats=1, home=str(home), db_url=db_url, baseline_path=str(BASELINE_TRAIN_PY),
-                  grace_s=3.0)
+                  export_allowance_s=3.0)
     research(config)
 
     store = Store(db_url)

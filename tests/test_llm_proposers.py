@@ -62,7 +62,7 @@ HISTORY = [
      "attempts": [{"attempt": 0, "note": "lower lr", "status": "ok", "reason": "ok"}],
      "runs": [run(2000, "ok", 0.8555, 13, 117.0), run(2001, "ok", 0.8530, 12, 118.1, BUSY)]}),
 ]
-HARDWARE = {"device": "cpu", "budget_s": 120, "startup_allowance_s": 8, "grace_s": 10, "cpu_cores": 2,
+HARDWARE = {"device": "cpu", "budget_s": 120, "startup_allowance_s": 8, "export_allowance_s": 5, "inference_allowance_s": 10, "cpu_cores": 2,
             "usable_cores": 2, "memory_cap_gib": 3.9, "cpu_threads": 1}
 
 

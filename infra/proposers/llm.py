@@ -78,14 +78,17 @@ CPU it is CPU time of the allotted cores, counted per allotted core (a budget of
 seconds in all; torch gets that many threads, more threads or worker processes only spend it faster, and a \
 busy machine does not shorten it); on a GPU it is wall time. Start-up (interpreter, imports, data onto the \
 device) has its own allowance before the budget starts. TrainingBudget ends training at an epoch boundary \
-when the next epoch is predicted not to fit; a run still going at its deadline plus the grace period is \
-killed (SIGKILL) and never scored, as is one that passes the memory cap or the disk cap.
+when the next epoch (with {prepare.EPOCH_MARGIN:g} times its predicted time to spare) would not end by the deadline. \
+After the deadline a run has only the export allowance, the measured time save_model needs for a reference CNN, to \
+save and exit: time after the deadline buys no training. A run still going at its deadline plus the export \
+allowance is killed (SIGKILL) and never scored, as is one that passes the memory cap or the disk cap.
 3. Scoring. save_model exports the model (eval mode, on the CPU, in batches of {prepare.EVAL_BATCH_SIZE}) \
 as a core ATen graph. Fixed code in another process runs that graph on the {prepare.VAL_SIZE:,} validation \
 images and computes the accuracy from labels train.py never sees. Those images are raw pixels in [0, 1], \
 N x 1 x 28 x 28, exactly as load_split returns them: any normalisation belongs inside the model's \
 forward(), or the scored model sees other inputs than the trained one did. Nothing train.py prints is \
-ever the metric.
+ever the metric. Inference is budgeted: the scoring process runs on one CPU core, and a model that spends more \
+than the inference allowance (CPU seconds per 10,000 images, below) is invalid.
 4. Decision, by the acceptance rule below. A candidate is kept only if the mean of its runs beats the \
 incumbent's mean by more than the rule's threshold. A close call (its delta above half the threshold) gets \
 confirmation runs with other seeds (how many: see the margin below), and the threshold is recomputed for the mean of its runs. A \
@@ -269,7 +272,9 @@ def run_line(run: dict[str, Any]) -> str:
     compute = describe(run)
     return (f"seed {run.get('seed')}: {RUN_ENDINGS.get(run.get('status', ''), run.get('status', ''))}{score}; "
             f"{_num(run.get('epochs'), 'd')} epochs in {_num(run.get('train_seconds'), '.1f')} s "
-            f"({_num(per_epoch, '.2f')} s per epoch)" + (f"; {compute}" if compute else ""))
+            f"({_num(per_epoch, '.2f')} s per epoch)"
+            + (f"; inference {run['inference_seconds']:.1f} CPU s" if run.get("inference_seconds") is not None else "")
+            + (f"; {compute}" if compute else ""))
 
 
 def decision_text(f: IterationRecord) -> str:
@@ -333,8 +338,13 @@ def hardware_text(hw: dict[str, Any]) -> str:
     budget = format(budget, "g") if isinstance(budget, (int, float)) else budget
     lines = [f"Hardware: device {device}; training budget {budget} s{clock} per candidate."]
     if hw.get("startup_allowance_s") is not None:
-        lines.append(f"Start-up allowance {hw['startup_allowance_s']:g} s before the budget starts; the deadline's "
-                     f"grace before SIGKILL {hw.get('grace_s', 0):g} s.")
+        lines.append(f"Start-up allowance {hw['startup_allowance_s']:g} s before the budget starts; the export allowance "
+                     f"after the deadline, to save and exit before SIGKILL, {hw.get('export_allowance_s', 0):g} s "
+                     f"(both on the budget's clock, in total, not per core).")
+    if hw.get("inference_allowance_s") is not None:
+        lines.append(f"Inference allowance: {hw['inference_allowance_s']:g} CPU s on one core per 10,000 images, "
+                     f"batches of {prepare.EVAL_BATCH_SIZE} (the seed's 3-block CNN takes about 5); a model over it is "
+                     f"invalid.")
     if hw.get("cpu_cores"):
         lines.append(f"Machine: {hw['cpu_cores']} CPU cores ({hw.get('usable_cores', hw['cpu_cores'])} usable by the "
                      f"sandbox); memory cap per candidate {hw.get('memory_cap_gib', 0):g} GiB of host memory.")

@@ -63,7 +63,7 @@ def example_context() -> ProposalContext:
     return ProposalContext(
         iteration=2, incumbent_code=BASELINE_TRAIN_PY.read_text(), strategy="",
         program=read_program(REPO_ROOT / "program.md"), incumbent=baseline, rule=rule, history=[baseline, momentum],
-        hardware={"device": "cpu", "budget_s": 120.0, "startup_allowance_s": 8.0, "grace_s": 10.0, "cpu_threads": 1,
+        hardware={"device": "cpu", "budget_s": 120.0, "startup_allowance_s": 8.0, "export_allowance_s": 4.8, "inference_allowance_s": 10.0, "cpu_threads": 1,
                   "cpu_cores": 2, "usable_cores": 2, "memory_cap_gib": 3.9})
 
 

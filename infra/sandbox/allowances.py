@@ -104,8 +104,3 @@ def measure_allowances(scratch: Path, device: str | None = None, memory_cap_byte
     finally:
         remove_tree(scratch)
 
-
-def measure_startup_allowance(scratch: Path, device: str | None = None, memory_cap_bytes: int = 0,
-                              cpu_threads: int = 0) -> float:
-    """TRANSITIONAL, for the callers not yet moved to measure_allowances (flows/research.py, infra/cli.py)."""
-    return measure_allowances(scratch, device, memory_cap_bytes, cpu_threads).startup_s

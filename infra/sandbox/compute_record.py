@@ -25,14 +25,15 @@ processes count as its own, not as the machine's. A contended measurement is run
 Why the waiting: a run that sleeps on a busy machine also meets the wall ceiling with too few free
 cores, but the load did not keep it from computing; judged contended, it was run twice more (up to
 2 x 9 minutes at a 120 s budget) under a false reason. The wall ceiling's arithmetic sets the bar: the
-ceiling (infra/sandbox/watchdog.py) comes after WALL_CEILING x (allowance + budget + grace) of wall
-time, and the run may use at most (allowance + budget + grace) of CPU time per allotted core, so a run
+ceiling (infra/sandbox/watchdog.py) comes after WALL_CEILING x (allowances + budget) of wall
+time, and the run may use at most (allowances + budget) of CPU time per allotted core, so a run
 the ceiling stops did not compute for at least 1 - 1/WALL_CEILING of its wall time (3/4). Kept from a
 CPU by the load, it spent that time waiting: a waiting_share near 3/4. Asleep or blocked, it did not:
 near 0. CONTENDED_WAITING_SHARE is half of 1 - 1/WALL_CEILING (0.375): contended only if it waited for
 a CPU for at least half of the time it did not compute. The waiting is the run's own number, which it
 can raise (processes that queue behind each other), so it can only take a contended verdict away,
-never give one: the free cores are still judged from outside.
+never give one: the free cores are still judged from outside. It is the largest single process's
+waiting (infra/sandbox/process_tree.py), so processes of one run that queue behind each other do not add up.
 """
 
 from __future__ import annotations
