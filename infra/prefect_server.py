@@ -12,9 +12,9 @@ The Prefect API a run talks to, first match wins:
 Every server of ours wants credentials: anyone on the machine can reach 127.0.0.1, and an open API
 lets them read the logs, pause a deployment, delete its automations or start a run with other
 parameters. Prefect's own basic authentication does it (PREFECT_SERVER_API_AUTH_STRING on the server,
-PREFECT_API_AUTH_STRING on its clients): `autoresearch ui` keeps its credentials in
-<home>/prefect-credentials (0600, made once, reused), every command of ours sends them, and the UI asks
-for them once per browser. A private server gets fresh credentials of its own.
+PREFECT_API_AUTH_STRING on its clients): `autoresearch ui` writes its credentials to
+<home>/prefect-credentials (0600, new at every start, deleted when it stops), every command of ours sends
+them, and the UI asks for them once per browser and per start. A private server gets fresh credentials of its own.
 
 Before anything of ours talks to a recorded server (and sends it the credentials), the listener on its
 port must be this user's (/proc/net/tcp): another user who took the port of a server that stopped gets
@@ -75,21 +75,27 @@ def write_record(home: Path, record: ServerRecord) -> None:
     operator_files.write_text(record_path(home), json.dumps(asdict(record)) + "\n")
 
 
-def credentials(home: Path, create: bool = False) -> str | None:
-    """`user:password` for the `autoresearch ui` server of this runs home: read from its 0600 file, or (create)
-    made once with a random password. None when there is none (and create is False)."""
-    path = Path(home) / CREDENTIALS
+def credentials(home: Path) -> str | None:
+    """`user:password` of the running `autoresearch ui` server of this runs home (its 0600 file), or None."""
     try:
-        text = operator_files.read_text(path).strip()
-        if text.startswith(f"{API_USER}:") and len(text) > len(API_USER) + 16:
-            return text
+        text = operator_files.read_text(Path(home) / CREDENTIALS).strip()
     except FileNotFoundError:
-        pass
-    if not create:
         return None
+    return text if text.startswith(f"{API_USER}:") and len(text) > len(API_USER) + 16 else None
+
+
+def new_credentials(home: Path) -> str:
+    """Fresh credentials for a server starting now, written 0600 (any earlier ones are void). Fresh at every start,
+    not kept: the UI keeps the password in the browser and sends it to whatever answers on its address later, and
+    another user can bind that port once the server has stopped (red team): a password seen that way is void by
+    the time a server of ours listens again."""
     text = f"{API_USER}:{secrets.token_urlsafe(32)}"
-    operator_files.write_text(path, text + "\n")
+    operator_files.write_text(Path(home) / CREDENTIALS, text + "\n")
     return text
+
+
+def forget_credentials(home: Path) -> None:
+    (Path(home) / CREDENTIALS).unlink(missing_ok=True)
 
 
 def listener_uid(port: int, host: str = "127.0.0.1") -> int | None:

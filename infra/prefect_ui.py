@@ -2,7 +2,7 @@
 The persistent Prefect server with its UI (`autoresearch ui`): started, recorded, stopped.
 
 Prefect's own `prefect server start` runs it, bound to 127.0.0.1, with Prefect's basic authentication:
-its credentials are <home>/prefect-credentials (0600, made on the first start, reused), which every
+its credentials are <home>/prefect-credentials (0600, new at every start, deleted when it stops), which every
 command of ours sends and the UI asks for once (infra/prefect_server.py). Its PREFECT_HOME (its
 database, prefect.db, and the UI's build) is <home>/prefect-ui/ (0700) and its log <home>/prefect-ui.log,
 so the runs home holds everything an experiment left behind. The record <home>/prefect-server.json
@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from infra import operator_files
-from infra.prefect_server import ServerRecord, credentials, read_record, record_path, wait_healthy, write_record
+from infra.prefect_server import (ServerRecord, forget_credentials, new_credentials, read_record, record_path,
+                                  wait_healthy, write_record)
 from infra.sandbox.process_tree import die_with_parent
 
 DEFAULT_PORT = 4200
@@ -89,7 +90,7 @@ def start(home: Path, port: int, background: bool) -> tuple[subprocess.Popen, Se
     if port_in_use(port):
         raise ServerError(f"port {port} on {HOST} is in use; choose another with --port")
     operator_files.operator_dir(home / SERVER_HOME)
-    auth = credentials(home, create=True)
+    auth = new_credentials(home)
     with operator_files.append_to(home / SERVER_LOG) as log:
         proc = subprocess.Popen(server_command(port), env=server_env(home, port, auth), stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=log, start_new_session=background,
@@ -138,9 +139,11 @@ def stop(home: Path) -> str:
         return f"no Prefect server recorded in {record_path(home)}"
     if not is_server_process(record):
         record_path(home).unlink(missing_ok=True)
+        forget_credentials(home)
         return f"removed a stale record: pid {record.pid} is not the Prefect server on port {record.port}"
     terminate(record.pid)
     record_path(home).unlink(missing_ok=True)
+    forget_credentials(home)
     return f"stopped the Prefect server (pid {record.pid}, {record.ui_url})"
 
 
@@ -148,6 +151,7 @@ def forget(home: Path, record: ServerRecord) -> None:
     """Remove the record if it is still this server's (another `ui` may have replaced it since)."""
     if read_record(home) == record:
         record_path(home).unlink(missing_ok=True)  # unlink removes a link itself, never its target
+        forget_credentials(home)
 
 
 def running(home: Path) -> ServerRecord | None:

@@ -1060,9 +1060,10 @@ def test_the_evaluator_reads_an_artifact_whatever_its_mode(tmp_path):
 # System call numbers, written out here again rather than taken from the filter (glibc wraps none of the key calls)
 SYSCALLS = {
     "x86_64": {"audit_arch": 0xC000003E, "read": 0, "madvise": 28, "fadvise64": 221, "add_key": 248, "request_key": 249,
-               "keyctl": 250, "process_madvise": 440, "cachestat": 451},
+               "keyctl": 250, "process_madvise": 440, "cachestat": 451, "preadv2": 327, "pwritev2": 328},
     "aarch64": {"audit_arch": 0xC00000B7, "read": 63, "add_key": 217, "request_key": 218, "keyctl": 219,
-                "fadvise64": 223, "madvise": 233, "process_madvise": 440, "cachestat": 451},  # fadvise64_64
+                "fadvise64": 223, "madvise": 233, "process_madvise": 440, "cachestat": 451,  # fadvise64_64
+                "preadv2": 286, "pwritev2": 287},
 }
 KEY_SPEC_SESSION_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -3, -4, -5
 KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_SEARCH, KEYCTL_READ, KEYCTL_INVALIDATE = 1, 10, 11, 21
@@ -1216,6 +1217,13 @@ def posix_fadvise(fd, advice):
     except OSError as exc:
         return exc.errno
 
+def preadv(fd, flags):
+    try:
+        os.preadv(fd, [bytearray(4096)], 0, flags)
+        return 0
+    except OSError as exc:
+        return exc.errno
+
 fd = os.open(sys.argv[1], os.O_RDONLY)
 size = os.fstat(fd).st_size
 shared = libc.mmap(None, ctypes.c_size_t(size), mmap.PROT_READ, mmap.MAP_SHARED, fd, ctypes.c_long(0))
@@ -1234,6 +1242,9 @@ found = {
     "process_madvise": errno_of(libc.syscall(PROCESS_MADVISE, os.pidfd_open(os.getpid()), iov, ctypes.c_long(1),
                                              MADV_PAGEOUT, 0)),
     "cachestat": errno_of(libc.syscall(CACHESTAT, fd, ranges, state, 0)),
+    # a read that fails rather than wait for the disk tells whether a page is cached, without timing (red team)
+    "preadv2_nowait": preadv(fd, os.RWF_NOWAIT),
+    "preadv2_plain": preadv(fd, 0),
     # what programs do use still works (torch and glibc give back their own memory with MADV_DONTNEED); none of
     # it reads the file's pages in, which would hide an eviction
     "fadvise_sequential": posix_fadvise(fd, os.POSIX_FADV_SEQUENTIAL),
@@ -1283,13 +1294,13 @@ def test_a_run_cannot_evict_pages_for_the_next(tmp_path):
     assert found == {"fadvise_dontneed": errno.EPERM, "fadvise_dontneed_high_bits": errno.EPERM,
                      "madvise_pageout": errno.EPERM, "madvise_cold": errno.EPERM,
                      "process_madvise": errno.ENOSYS, "cachestat": errno.ENOSYS,
-                     "fadvise_sequential": 0, "fadvise_random": 0, "madvise_dontneed_own": 0,
+                     "preadv2_nowait": errno.EPERM, "preadv2_plain": 0, "fadvise_sequential": 0, "fadvise_random": 0, "madvise_dontneed_own": 0,
                      "madvise_willneed_own": 0, "madvise_dontneed_shared": 0}
 
 
 def filter_verdict(machine: str, call: str, *args: int) -> int:
     """What the syscall filter for machine returns for a call, run in a small classic-BPF interpreter (the
-    four instructions it uses): aarch64's filter cannot be run on this machine otherwise."""
+    five instructions it uses): aarch64's filter cannot be run on this machine otherwise."""
     from infra.sandbox.syscall_filter import program
 
     code, numbers = program(machine), SYSCALLS[machine]
@@ -1301,8 +1312,8 @@ def filter_verdict(machine: str, call: str, *args: int) -> int:
         pc += 1
         if op == 0x20:  # load a word of the call's data
             acc = struct.unpack_from("<I", data, k)[0]
-        elif op in (0x15, 0x35):  # jump if equal, if greater or equal
-            pc += jt if (acc == k if op == 0x15 else acc >= k) else jf
+        elif op in (0x15, 0x35, 0x45):  # jump if equal, if greater or equal, if any bit is set
+            pc += jt if {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[op] else jf
         else:
             assert op == 0x06, f"unexpected instruction {op:#x}"
             return k
@@ -1320,6 +1331,10 @@ def test_the_filter_refuses_keys_and_eviction_on_both_architectures(machine):
     assert filter_verdict(machine, "madvise", 2**40, 4096, 20) == refused(errno.EPERM)  # MADV_COLD
     assert filter_verdict(machine, "madvise", 2**40, 21, 4) == allow, "MADV_DONTNEED passes, whatever the length"
     assert filter_verdict(machine, "read", 0, 0, 4) == allow
+    for call in ("preadv2", "pwritev2"):  # RWF_NOWAIT (8) tells whether a page is cached without timing
+        assert filter_verdict(machine, call, 3, 2**40, 1, 0, 0, 8) == refused(errno.EPERM), call
+        assert filter_verdict(machine, call, 3, 2**40, 1, 0, 0, 8 | 2) == refused(errno.EPERM), call
+        assert filter_verdict(machine, call, 3, 2**40, 1, 0, 0, 2) == allow, "other flags pass"
 
 
 # --- an evaluation error carries no data out ------------------------------------------

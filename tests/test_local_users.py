@@ -147,6 +147,17 @@ def test_another_user_can_neither_read_our_files_nor_use_our_prefect_api(intrude
         assert auth.startswith(f"{API_USER}:")
         with_credentials = httpx.post(f"{api}/flow_runs/filter", json={}, auth=tuple(auth.split(":", 1)), timeout=20)
         assert with_credentials.status_code == 200 and with_credentials.json(), "the operator's own commands do get in"
+        # the UI keeps the password in the browser and sends it to whatever answers on its address later: a server
+        # started again gets new credentials, and the old ones are void
+        stopped = operator("ui", "--stop", home=home, tmp_path=tmp_path)
+        assert stopped.returncode == 0 and not (home / CREDENTIALS).exists()
+        port = free_port()
+        again = operator("ui", "--background", "--port", str(port), home=home, tmp_path=tmp_path, timeout=200)
+        assert again.returncode == 0, again.stdout + again.stderr
+        record = read_record(home)
+        assert (home / CREDENTIALS).read_text().strip() != auth
+        old = httpx.post(f"{record.url}/flow_runs/filter", json={}, auth=tuple(auth.split(":", 1)), timeout=20)
+        assert old.status_code == 401, "a password of an earlier start still opened the API"
     finally:
         operator("ui", "--stop", home=home, tmp_path=tmp_path)
         if record is not None and prefect_ui.is_server_process(record):

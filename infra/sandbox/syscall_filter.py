@@ -22,6 +22,11 @@ starts and cannot be removed.
                           this caller may not: a program that checks learns it was refused, not that it
                           erred. Other advice (SEQUENTIAL, WILLNEED, MADV_DONTNEED on its own memory, which
                           glibc and torch use) passes.
+    preadv2, pwritev2 with RWF_NOWAIT
+                          EPERM: a read that fails rather than wait for the disk tells, without timing, whether a
+                          page of a shared file is in the page cache: with it a run counted the runs before it
+                          and read bits an earlier run had set by loading pages (red team). The flags are tested
+                          bit by bit (BPF_JSET); a plain read still loads and times pages (README: what remains)
     process_madvise, cachestat
                           ENOSYS, as on a kernel without them: the first advises other processes' memory
                           (MADV_PAGEOUT included); the second reads the page cache's state directly
@@ -42,24 +47,26 @@ import platform
 import struct
 
 # BPF instruction classes and seccomp return values (linux/filter.h, linux/seccomp.h)
-_LD_W_ABS, _JEQ, _JGE, _RET = 0x20, 0x15, 0x35, 0x06
+_LD_W_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
 _ALLOW, _KILL_PROCESS, _ERRNO = 0x7FFF0000, 0x80000000, 0x00050000
 _NR, _ARCH, _ARG0 = 0, 4, 16  # offsets in struct seccomp_data; argument i at _ARG0 + 8 i, low half first
 _X32_SYSCALL_BIT = 0x40000000
 AF_UNIX = 1
-POSIX_FADV_DONTNEED, MADV_COLD, MADV_PAGEOUT = 4, 20, 21
+POSIX_FADV_DONTNEED, MADV_COLD, MADV_PAGEOUT, RWF_NOWAIT = 4, 20, 21, 0x8
 
 # machine -> (audit arch, {name: number})
 _ARCHES = {
     "x86_64": (0xC000003E, {"socket": 41, "socketpair": 53, "fallocate": 285, "userfaultfd": 323,
                             "perf_event_open": 298, "io_uring_setup": 425, "io_uring_enter": 426,
                             "io_uring_register": 427, "add_key": 248, "request_key": 249, "keyctl": 250,
-                            "fadvise64": 221, "madvise": 28, "process_madvise": 440, "cachestat": 451}),
+                            "fadvise64": 221, "madvise": 28, "process_madvise": 440, "cachestat": 451,
+                            "preadv2": 327, "pwritev2": 328}),
     # aarch64's fadvise64_64 takes (fd, offset, len, advice) like x86_64's fadvise64: advice is argument 3 on both
     "aarch64": (0xC00000B7, {"socket": 198, "socketpair": 199, "fallocate": 47, "userfaultfd": 282,
                              "perf_event_open": 241, "io_uring_setup": 425, "io_uring_enter": 426,
                              "io_uring_register": 427, "add_key": 217, "request_key": 218, "keyctl": 219,
-                             "fadvise64": 223, "madvise": 233, "process_madvise": 440, "cachestat": 451}),
+                             "fadvise64": 223, "madvise": 233, "process_madvise": 440, "cachestat": 451,
+                             "preadv2": 286, "pwritev2": 287}),
 }
 _REFUSED = {"fallocate": errno.EOPNOTSUPP, "userfaultfd": errno.ENOSYS, "perf_event_open": errno.ENOSYS,
             "io_uring_setup": errno.ENOSYS, "io_uring_enter": errno.ENOSYS, "io_uring_register": errno.ENOSYS,
@@ -67,6 +74,8 @@ _REFUSED = {"fallocate": errno.EOPNOTSUPP, "userfaultfd": errno.ENOSYS, "perf_ev
             "process_madvise": errno.ENOSYS, "cachestat": errno.ENOSYS}
 # call -> (argument, values refused with EPERM): advice that evicts pages other processes share
 _REFUSED_ADVICE = {"fadvise64": (3, (POSIX_FADV_DONTNEED,)), "madvise": (2, (MADV_COLD, MADV_PAGEOUT))}
+# call -> (argument, bits refused with EPERM when any is set): reads that tell the page cache's state without timing
+_REFUSED_FLAGS = {"preadv2": (5, RWF_NOWAIT), "pwritev2": (5, RWF_NOWAIT)}
 
 
 def _op(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
@@ -83,6 +92,12 @@ def _refuse_values(nr: int, arg: int, values: tuple[int, ...], code: int) -> lis
     return [_op(_JEQ, nr, 0, len(ops)), *ops]
 
 
+def _refuse_bits(nr: int, arg: int, bits: int, code: int) -> list[bytes]:
+    """System call nr with any of bits set in argument arg (its low 32 bits): the error; nr otherwise: allowed."""
+    return [_op(_JEQ, nr, 0, 4), _op(_LD_W_ABS, _ARG0 + 8 * arg), _op(_JSET, bits, 1, 0), _op(_RET, _ALLOW),
+            _op(_RET, _ERRNO | code)]
+
+
 def program(machine: str | None = None) -> bytes | None:
     """The filter as bytes (struct sock_filter[]) for this machine, or None where there is none."""
     arch = _ARCHES.get(machine or platform.machine())
@@ -96,6 +111,8 @@ def program(machine: str | None = None) -> bytes | None:
         ops += [_op(_JEQ, nr[name], 0, 1), _op(_RET, _ERRNO | code)]
     for name, (arg, values) in _REFUSED_ADVICE.items():
         ops += _refuse_values(nr[name], arg, values, errno.EPERM)
+    for name, (arg, bits) in _REFUSED_FLAGS.items():
+        ops += _refuse_bits(nr[name], arg, bits, errno.EPERM)
     # socket and socketpair: only the first argument (the domain) AF_UNIX passes
     ops += [_op(_JEQ, nr["socket"], 1, 0), _op(_JEQ, nr["socketpair"], 0, 3),
             _op(_LD_W_ABS, _ARG0), _op(_JEQ, AF_UNIX, 1, 0), _op(_RET, _ERRNO | errno.EAFNOSUPPORT)]
