@@ -116,10 +116,26 @@ def test_close_call_asks_for_confirmation_once():
     first = decide([0.84, 0.84], [0.855], cfg)
     assert first.verdict == "confirm", first
     assert decide([0.84, 0.84], [0.855, 0.841], cfg).verdict == "discard"
-    assert decide([0.84, 0.84], [0.855, 0.862], cfg).verdict == "keep"
+    assert decide([0.84, 0.84], [0.855, 0.866], cfg).verdict == "keep"
     assert decide([0.84, 0.84], [0.855], RuleConfig(confirm_runs=0)).verdict == "discard"
 
 
 def test_rejects_empty_scores():
     with pytest.raises(ValueError):
         decide([], [0.5])
+
+
+def test_a_candidate_whose_runs_vary_far_more_than_the_incumbents_is_not_kept():
+    """The red team's freeze: a candidate that knew its first run (the page cache told it) kept that one strong and
+    stepped the others down, [0.8653, 0.8541, 0.8234]: kept, its spread raised the next threshold from 0.017 to
+    0.068 and nothing could be kept after it. Its runs' spread is tested against the incumbent's noise first."""
+    from infra.research.acceptance_rule import judge
+
+    incumbent = [0.8200, 0.8215, 0.8190]
+    runs = iter([0.8541, 0.8234])
+    spread, scores = judge(incumbent, 0.8653, lambda: next(runs), keep_runs=2)
+    assert decide(incumbent, scores).verdict == "keep"  # its mean alone would have been kept
+    assert spread.verdict == "discard" and "vary far more than the incumbent's" in spread.note
+    steady = iter([0.8541, 0.8560])
+    kept, _ = judge(incumbent, 0.8553, lambda: next(steady), keep_runs=2)
+    assert kept.verdict == "keep", kept

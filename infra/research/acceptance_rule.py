@@ -28,9 +28,12 @@ a candidate's runs count as they are, every one of them: a run it spoiled counts
 
 `judge` is the whole procedure for one candidate: its first run; more runs while the rule calls it a
 close call; on a keep, `keep_runs` more (the new incumbent's own noise) and the decision made again on
-all of its runs, which must still say keep. A run that fails after the first (crash, timeout, a model
-that cannot be scored) ends the procedure with a discard: a keep needs every run. The seeds of the runs
-are drawn at random by the orchestrator, so a candidate cannot tell its first run from the others.
+all of its runs, which must still say keep, and its runs must not vary far more than the incumbent's
+noise (an F test at the rule's confidence: its runs would set every later threshold, and a candidate
+that spread them on purpose froze the experiment). A run that fails after the first (crash, timeout, a
+model that cannot be scored) ends the procedure with a discard: a keep needs every run. The seeds of the
+runs are drawn at random by the orchestrator, so the seed does not tell a candidate which run it is
+(the page cache still can, by timing: docs/threat-model.md).
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass, replace
-from statistics import NormalDist
 from typing import Callable
+
+from scipy import stats
 
 from infra.records import Verdict
 
@@ -70,10 +74,24 @@ class Decision:
 
 
 def t_quantile(p: float, dof: float) -> float:
-    """Student's t quantile by the Cornish-Fisher expansion (within 1% for dof >= 3)."""
-    z = NormalDist().inv_cdf(p)
-    return (z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * dof**3))
+    """Student's t quantile (scipy.stats)."""
+    return float(stats.t.ppf(p, dof))
+
+
+def spread_too_wide(incumbent_scores: list[float], candidate_scores: list[float], cfg: RuleConfig) -> str:
+    """Why a candidate's runs vary too much for it to become the incumbent, or '' (an F test at cfg.confidence of its
+    sample variance against the incumbent's noise, the rule's sigma). Its runs would set every later threshold: a
+    candidate that spread its runs on purpose (a little below its first, by steps) raised the next threshold from
+    0.017 to 0.068 and froze the experiment (red team)."""
+    if len(candidate_scores) < 2:
+        return ""
+    sigma, dof = noise(incumbent_scores, cfg)
+    spread = statistics.stdev(candidate_scores)
+    limit = sigma * math.sqrt(float(stats.f.ppf(cfg.confidence, len(candidate_scores) - 1, dof)))
+    if spread <= limit:
+        return ""
+    return (f"its runs vary far more than the incumbent's (sd {spread:.4f} against a noise of {sigma:.4f}; at most "
+            f"{limit:.4f}): as the incumbent it would raise every later threshold")
 
 
 MAD_TO_SIGMA = 1.4826  # the median absolute deviation of a normal sample times this estimates its sigma
@@ -142,7 +160,8 @@ def judge(incumbent_scores: list[float], first_score: float, next_score: Callabl
         scores.append(score)
     final = decide(incumbent_scores, scores, cfg)
     if final.verdict == Verdict.KEEP:
-        return final, scores
+        too_wide = spread_too_wide(incumbent_scores, scores, cfg)
+        return (replace(final, verdict=Verdict.DISCARD, note=too_wide) if too_wide else final), scores
     return replace(final, verdict=Verdict.DISCARD, note=f"kept on its first run{'s' if decision.n_candidate > 1 else ''},"
                                                         f" not on all {len(scores)}"), scores
 
