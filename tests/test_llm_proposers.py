@@ -316,3 +316,39 @@ def test_readme_shows_the_prompt_the_code_builds():
     text = README.read_text()
     assert text[text.index(START):text.index(END) + len(END)] == readme_block(), \
         "README's prompt example is stale: run python -m infra.proposers.prompt_example --readme"
+
+
+@pytest.mark.parametrize("bad", [10**20, -5, "many", float("nan")])
+def test_an_impossible_usage_is_a_failed_call_counted_at_the_worst_case(claude_env, bad):
+    """Found by the red team: 10**20 prompt tokens from a server crashed every run at the store write (too large for
+    SQLite), NaN failed a NOT NULL constraint, and a negative count would have lowered the cost and lifted the cap."""
+    from infra.proposers.claude import ClaudeProposer
+
+    usage = {**USAGE, "input_tokens": bad}
+    with FakeLLMServer(lambda path, body: (200, anthropic_tool_use("propose_train_py", ADAM_EDIT, usage=usage)),
+                       prompt_cache=False) as server:
+        claude_env(server)
+        proposal = ClaudeProposer(None).propose(ctx())
+    assert proposal.error.startswith("the model call failed: the model server reported input_tokens")
+    assert len(proposal.calls) == 1 and proposal.calls[0]["cost_usd"] > 0 and proposal.calls[0]["input_tokens"] == 0
+
+
+def test_a_call_that_never_ends_is_given_up_at_its_deadline(claude_env, monkeypatch):
+    """Found by the red team: the SDK's timeout is per read, so a server trickling a byte at a time held a call (and
+    the run) as long as it liked. The whole call has a deadline."""
+    import time
+
+    from infra.proposers import llm
+    from infra.proposers.claude import ClaudeProposer
+
+    monkeypatch.setattr(llm, "CALL_DEADLINE_S", 1.0)
+
+    def never(path, body):
+        time.sleep(30)  # abandoned with the call; the test does not wait for it
+        return 200, anthropic_tool_use("propose_train_py", ADAM_EDIT)
+
+    with FakeLLMServer(never) as server:
+        claude_env(server)
+        proposal = ClaudeProposer(None).propose(ctx())
+    assert proposal.error == "the model call failed: no answer within 1 s (the server was still sending, or silent)"
+    assert len(proposal.calls) == 1

@@ -57,7 +57,7 @@ class ClaudeProposer(LLMProposer):
             system=request_system(prompt),
             messages=[{"role": "user", "content": request_user(prompt)}, *turns],
         )
-        u = response.usage
+        u = response.usage  # the SDK does not check what the server reported (Usage does)
         usage = Usage(u.input_tokens or 0, u.output_tokens or 0,
                       getattr(u, "cache_creation_input_tokens", 0) or 0, getattr(u, "cache_read_input_tokens", 0) or 0)
         calls = [b for b in response.content if b.type == "tool_use" and b.name == tool_name]

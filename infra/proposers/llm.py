@@ -23,13 +23,14 @@ prints a whole request (the README's "What the model sees" is its output).
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import prepare
 from infra.proposers.base import Proposal, ProposalContext, Revision, StopResearch
-from infra.proposers.pricing import Usage, cost_usd, worst_case_cost_usd
+from infra.proposers.pricing import ImpossibleUsage, Usage, cost_usd, worst_case_cost_usd
 from infra.records import ChangeType, IterationRecord, Status, seconds_per_epoch
 from infra.research import acceptance_rule
 from infra.research.acceptance_rule import RuleConfig, decide
@@ -153,6 +154,40 @@ TOOLS = [PROPOSE_TOOL, REVISE_TOOL]
 
 class InvalidProposal(ValueError):
     """A tool answer that cannot become a runnable train.py."""
+
+
+class CallFailed(RuntimeError):
+    """A model call that gave no usable answer in time, or reported an impossible usage: recorded, never retried."""
+
+
+class CallTimedOut(TimeoutError):
+    pass
+
+
+# A whole call, the SDK's own retries included, ends by this deadline: the SDK's timeout is per read, and a server
+# that sends a byte now and then held one call for as long as it liked (red team), the run `running` all the while.
+CALL_DEADLINE_S = 15 * 60
+
+
+def within_deadline(call: Callable[[], Any], seconds: float) -> Any:
+    """call() in a daemon thread, waited for at most seconds (CallTimedOut after; the thread is abandoned, and dies with
+    the process). Its exception, if it raised one, is raised here."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True, name="model-call")
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise CallTimedOut(f"no answer within {seconds:g} s (the server was still sending, or silent)")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 class SpendingCapReached(StopResearch):
@@ -452,7 +487,14 @@ class LLMProposer:
             raise SpendingCapReached(f"the next {purpose} call could pass the spending cap "
                                      f"(${self.max_cost_left - spent:.4f} left)")
         started = time.monotonic()
-        answer = self._send(prompt, tool_name, turns)
+        try:
+            answer = within_deadline(lambda: self._send(prompt, tool_name, turns), CALL_DEADLINE_S)
+        except (ImpossibleUsage, CallTimedOut) as exc:  # what it cost is unknown: counted at the worst case
+            worst = worst_case_cost_usd(prompt_chars, MAX_OUTPUT_TOKENS, self.model)
+            self.calls.append({"purpose": purpose, "model": self.model, "input_tokens": 0, "output_tokens": 0,
+                               "cache_write_tokens": 0, "cache_read_tokens": 0, "cost_usd": worst,
+                               "latency_s": time.monotonic() - started})
+            raise CallFailed(str(exc)) from None
         self.calls.append({"purpose": purpose, "model": self.model, "input_tokens": answer.usage.input_tokens,
                            "output_tokens": answer.usage.output_tokens,
                            "cache_write_tokens": answer.usage.cache_write_tokens,
@@ -468,7 +510,12 @@ class LLMProposer:
         error = ""
         first_call = len(self.calls)  # the result carries the calls made for it
         for attempt in range(2):
-            answer = self._call(purpose if attempt == 0 else f"{purpose}-reask", request, PROPOSE_TOOL["name"], turns)
+            try:
+                answer = self._call(purpose if attempt == 0 else f"{purpose}-reask", request, PROPOSE_TOOL["name"],
+                                    turns)
+            except CallFailed as exc:
+                return Proposal(hypothesis="", change_type=ChangeType.UNKNOWN, code=ctx.incumbent_code,
+                                error=f"the model call failed: {exc}", calls=self.calls[first_call:])
             try:
                 if answer.error:
                     raise InvalidProposal(answer.error)
@@ -496,7 +543,11 @@ class LLMProposer:
         turns: list[Any] = []
         first_call = len(self.calls)
         for attempt in range(2):
-            answer = self._call("revise" if attempt == 0 else "revise-reask", request, REVISE_TOOL["name"], turns)
+            try:
+                answer = self._call("revise" if attempt == 0 else "revise-reask", request, REVISE_TOOL["name"], turns)
+            except CallFailed as exc:
+                return Revision(ctx.strategy, f"strategy revision failed: {exc}; the strategy is unchanged",
+                                self.calls[first_call:])
             data = answer.data
             missing = missing_fields(data, REVISE_TOOL)
             if not missing:

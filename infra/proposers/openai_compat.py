@@ -18,7 +18,7 @@ from typing import Any
 
 from infra.proposers.base import ProposerError
 from infra.proposers.llm import MAX_OUTPUT_TOKENS, TOOLS, LLMProposer, Prompt, ToolAnswer
-from infra.proposers.pricing import Usage
+from infra.proposers.pricing import ImpossibleUsage, Usage
 
 MAX_RETRIES = 4
 TIMEOUT_S = 600.0
@@ -53,8 +53,11 @@ class OpenAICompatProposer(LLMProposer):
             tool_choice={"type": "function", "function": {"name": tool_name}},
         )
         u = response.usage
-        cached = getattr(getattr(u, "prompt_tokens_details", None), "cached_tokens", 0) or 0 if u else 0
-        usage = Usage((u.prompt_tokens - cached) if u else 0, u.completion_tokens if u else 0, 0, cached)
+        try:  # the SDK does not check what the server reported (Usage does)
+            cached = getattr(getattr(u, "prompt_tokens_details", None), "cached_tokens", 0) or 0 if u else 0
+            usage = Usage((u.prompt_tokens - cached) if u else 0, u.completion_tokens if u else 0, 0, cached)
+        except TypeError as exc:
+            raise ImpossibleUsage(f"the model server reported a usage that is not token counts ({exc})") from None
         message = response.choices[0].message
         text = (message.tool_calls[0].function.arguments if message.tool_calls
                 else (JSON_OBJECT.search(message.content or "") or [None])[0])

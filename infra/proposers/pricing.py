@@ -27,12 +27,29 @@ DEFAULT_PRICES: dict[str, dict[str, float]] = {
 }
 
 
+MAX_TOKENS = 10**9  # per field of one call: more is a server's error or a lie
+
+
+class ImpossibleUsage(ValueError):
+    """A model server reported token counts no call can have (a number too large for the store, a negative one
+    that would lower the total cost and lift the spending cap, NaN, text)."""
+
+
 @dataclass(frozen=True)
 class Usage:
+    """Token counts of one call, as the provider reported them: whole numbers in [0, MAX_TOKENS], checked here
+    (the SDKs build their responses without checking them)."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS:
+                raise ImpossibleUsage(f"the model server reported {name} = {str(value)[:40]!r}, not a count of tokens")
 
 
 def price_table() -> dict[str, dict[str, float]]:
