@@ -501,10 +501,13 @@ def report(
     if out_path is None:  # in the experiment's directory: the operator's, never written through a link
         path = operator_files.operator_dir(home_dir / experiment) / "report.html"
         operator_files.write_text(path, page)
-    else:  # where the researcher asked for it
+    else:  # where the researcher asked for it: never through a link, nor in a directory another user controls
         path = out_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(page, encoding="utf-8")
+        try:
+            operator_files.write_text(path, page)
+        except operator_files.ForeignPath as exc:
+            fail(f"--out {path}: {exc}", code=1)
     out.print(f"report: {path.resolve()}", highlight=False, soft_wrap=True)
 
 

@@ -89,7 +89,9 @@ def operator_dir(path: Path, create: bool = True) -> Path:
 
 
 def _parent_checked(path: Path) -> Path:
-    """path made absolute, its directory checked to be a real directory (not a link) of this user's."""
+    """path made absolute, its directory checked to be a real directory (not a link) of this user's or root's, in
+    which no one else can rename entries (not writable by others, or sticky like /tmp: there a link another user
+    left at the name cannot be replaced by them, and we replace it, never follow it)."""
     path = Path(os.path.abspath(path))
     try:
         info = os.lstat(path.parent)
@@ -97,8 +99,11 @@ def _parent_checked(path: Path) -> Path:
         raise ForeignPath(f"cannot use {path.parent}: {exc.strerror}") from None
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise ForeignPath(f"{path.parent} is not a directory (a link, or a file); refusing to use it")
-    if info.st_uid != os.geteuid():
+    if info.st_uid not in (0, os.geteuid()):
         raise ForeignPath(f"{path.parent} belongs to {_whose(info.st_uid)}, not to you: use a directory of your own")
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise ForeignPath(f"{path.parent} is writable by other users (mode {stat.S_IMODE(info.st_mode):o}): use a "
+                          f"directory of your own")
     return path
 
 

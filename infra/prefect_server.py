@@ -215,18 +215,25 @@ def prefect_api(log_dir: Path) -> Iterator[str]:
     import prefect
 
     operator_files.operator_dir(log_dir)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
+    # the socket is bound here and handed to uvicorn: a port chosen for it and bound later could be taken in between
+    # by another user who read it off uvicorn's command line (red team: every run then failed)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/api"
     auth = f"{API_USER}:{secrets.token_urlsafe(32)}"  # this server's alone, for as long as it lives
-    with operator_files.append_to(log_dir / "prefect-server.log") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent),
-             "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "error", "--lifespan", "on"],
-            env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-                 "PREFECT_SERVER_API_AUTH_STRING": auth},
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=die_with_parent,
-        )
+    try:
+        with operator_files.append_to(log_dir / "prefect-server.log") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent),
+                 "--factory", "prefect.server.api.server:create_app", "--fd", str(listener.fileno()),
+                 "--log-level", "error", "--lifespan", "on"],
+                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                     "PREFECT__SERVER_FINAL": "1", "PREFECT_SERVER_API_AUTH_STRING": auth},
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=die_with_parent,
+                pass_fds=(listener.fileno(),))
+    finally:
+        listener.close()  # uvicorn holds its own copy
     try:
         wait_healthy(url, proc, float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
         with reporting_to(url, auth):

@@ -253,3 +253,38 @@ def test_a_server_another_user_started_on_our_recorded_port_gets_nothing(intrude
     finally:
         squatter.kill()
         squatter.wait()
+
+
+def test_a_report_is_never_written_through_another_users_link(intruder, shared, tmp_path):
+    """Found by the red team: `report --out` followed a link another user left in a directory of theirs, and root
+    overwrote a root-only file with the page."""
+    from infra.store import Store, utcnow
+
+    home = shared / "runs"
+    store = Store(f"sqlite:///{home / 'autoresearch.db'}")
+    exp = store.ensure_experiment("morning", {"budget_s": 1.0})
+    store.put_iteration(exp.id, 0, status="ok", decision="baseline", hypothesis="baseline", val_accuracy=0.8,
+                        measurements=[0.8], finished_at=utcnow())
+    victim = tmp_path / "root-only.conf"
+    victim.write_text("precious")
+    made = as_intruder(intruder, f"""
+        import json, os, tempfile
+        theirs = tempfile.mkdtemp(prefix="ar-reports-", dir="/tmp")
+        os.chmod(theirs, 0o1777)
+        os.symlink("{victim}", theirs + "/morning.html")
+        print(json.dumps({{"dir": theirs}}))
+    """)
+    theirs = Path(made["dir"])
+    try:
+        done = operator("report", "morning", "--out", str(theirs / "morning.html"), home=home, tmp_path=tmp_path)
+        assert done.returncode == 1 and f"belongs to uid {intruder.pw_uid}" in " ".join(done.stderr.split())
+        assert victim.read_text() == "precious"
+        mine = tmp_path / "reports"
+        mine.mkdir()
+        os.symlink(victim, mine / "morning.html")  # a link at the name, even in a directory of ours: replaced
+        done = operator("report", "morning", "--out", str(mine / "morning.html"), home=home, tmp_path=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert victim.read_text() == "precious" and not (mine / "morning.html").is_symlink()
+        assert "<html" in (mine / "morning.html").read_text()
+    finally:
+        shutil.rmtree(theirs, ignore_errors=True)

@@ -165,3 +165,14 @@ def test_table_cells_are_one_bounded_clean_line_of_code():
     rendered = MarkdownIt("commonmark").render(cell)
     assert "<a " not in rendered and "<img" not in rendered and rendered.count("<code>") == 1
     assert display.table_cell(0.5) == 0.5 and display.table_cell(None) is None
+
+
+def test_a_diff_of_files_built_to_be_slow_is_not_computed():
+    """Found by the red team: two files of 21,000 lines under the code cap, built so difflib matches one line at a
+    time, cost 77 CPU s per proposal in the orchestrator (and again in the report)."""
+    from infra.research.code_edit import MAX_DIFF_LINES, unified_diff
+
+    old = "".join(f"# line {i}\n" for i in range(21_000))
+    new = "".join(f"# line {i}\n\n" for i in range(21_000))
+    assert unified_diff(old, new).endswith(f"(no diff: 21000 and 42000 lines, more than {MAX_DIFF_LINES} on a side)\n")
+    assert "+LEARNING_RATE = 0.05" in unified_diff(BASELINE, TUNED)
