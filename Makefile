@@ -52,6 +52,8 @@ bench: setup
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/hostile_output.py
 	$(PY) benchmarks/fairness.py --all-cores
+	$(PY) benchmarks/allowances.py
+	$(PY) benchmarks/winsorised_rule.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
