@@ -36,7 +36,7 @@ def run_cli(home: Path, replay: Path, failpoint: str | None) -> subprocess.Compl
     output = home.parent / f"cli-{failpoint or 'final'}.log"
     with open(output, "w") as sink:
         done = subprocess.run(
-            [sys.executable, "-m", "infra.cli", "run", "--experiment", "chaos", "--iterations", "3", "--budget", "1",
+            [sys.executable, "-m", "infra.cli", "run", "--experiment", "chaos", "--iterations", "3", "--budget", "2",
              "--proposer", f"replay:{replay}", "--baseline", str(baseline), "--home", str(home)],
             cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=600)
     done.stderr = output.read_text()
@@ -51,6 +51,8 @@ def finished_logs(home: Path, store: Store) -> dict[int, float]:
     ws = Workspace(home / "chaos")
     logs = {}
     for row in store.iterations(exp.id, finished_only=True):
+        if not row.runs:  # never measured (the loop guard recorded it): nothing to train again
+            continue
         log = ws.run_dir(row.index, row.runs[0]["seed"]) / "train.log"  # the first measured run
         logs[row.index] = log.stat().st_mtime
     return logs

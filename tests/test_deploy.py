@@ -96,8 +96,14 @@ class API:
         self.home = home
 
     def call(self, method: str, path: str, body: dict | None = None) -> httpx.Response:
+        """One request; a 503 (the server's database busy on a loaded machine) is asked again a few times."""
         user, password = credentials(self.home).split(":", 1)
-        return httpx.request(method, f"{self.url}/{path}", json=body, auth=(user, password), timeout=20)
+        for _ in range(5):
+            response = httpx.request(method, f"{self.url}/{path}", json=body, auth=(user, password), timeout=30)
+            if response.status_code != 503:
+                break
+            time.sleep(2)
+        return response
 
     def post(self, path: str, body: dict | None = None):
         response = self.call("POST", path, body or {})

@@ -965,7 +965,7 @@ def test_deep_directories_cannot_break_the_clean_up(tmp_path):
 
 
 def test_code_that_cannot_even_be_compiled_is_invalid(tmp_path):
-    result = run_trial("x = " + "-" * 200_000 + "1\n", tmp_path / "run", LIMITS, val=prepare.load_split_uint8("val"))
+    result = run_trial("x = " + "-" * 100_000 + "1\n", tmp_path / "run", LIMITS, val=prepare.load_split_uint8("val"))
     assert result.status == "invalid" and "cannot be compiled" in result.reason
     huge = run_trial("x = 1\n" * 300_000, tmp_path / "run", LIMITS, val=prepare.load_split_uint8("val"))
     assert huge.status == "invalid" and "larger than" in huge.reason

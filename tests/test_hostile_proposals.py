@@ -82,7 +82,7 @@ def test_a_hostile_model_is_recorded_and_shown_harmlessly(tmp_path, prefect_harn
     home = tmp_path / "runs"
     baseline = tmp_path / "untrained.py"  # learning rate 0: the MLP is a sure keep, even on a loaded machine
     baseline.write_text(set_constants(BASELINE_TRAIN_PY.read_text(), {"LEARNING_RATE": 0.0}))
-    config = dict(name="hostile-model", iterations=3, budget_s=1.0, proposer="openai", model="local", revise_every=2,
+    config = dict(name="hostile-model", iterations=3, budget_s=2.0, proposer="openai", model="local", revise_every=2,
                   repeats=2, preflight=False, home=str(home), db_url=f"sqlite:///{home / 'autoresearch.db'}",
                   baseline_path=str(baseline))
     with FakeLLMServer(HostileModel()) as server:

@@ -63,7 +63,7 @@ def run_loop(tmp_path: Path, proposer: str, model: str | None) -> tuple[Store, i
     from flows.research import research
 
     home = tmp_path / "runs"
-    config = dict(name=f"llm-{proposer}", iterations=3, budget_s=1.0, proposer=proposer, model=model,
+    config = dict(name=f"llm-{proposer}", iterations=3, budget_s=2.0, proposer=proposer, model=model,
                   revise_every=2, repeats=2, home=str(home), db_url=f"sqlite:///{home / 'autoresearch.db'}")
     research(config)
     store = Store(config["db_url"])

@@ -41,7 +41,7 @@ def test_noise_copies_are_not_kept_and_a_real_improvement_is(tmp_path, prefect_h
     home = tmp_path / "runs"
     # a transient failure after iteration 4 is recorded: the flow's own retry must resume, not redo
     monkeypatch.setenv("AUTORESEARCH_FAILPOINT", "raise-once:recorded:4")
-    config = dict(name="copies", iterations=12, budget_s=1.0, proposer=f"replay:{replay}", revise_every=5,
+    config = dict(name="copies", iterations=12, budget_s=2.0, proposer=f"replay:{replay}", revise_every=5,
                   repeats=3, home=str(home), db_url=f"sqlite:///{home / 'autoresearch.db'}",
                   baseline_path=str(baseline))
     best = research(config)
