@@ -111,6 +111,14 @@ class API:
         return response.json()
 
 
+def started_ui(tmp_path: Path) -> tuple[Path, Path, API]:
+    """`autoresearch ui --background` in a runs home of the test's: (home, deploy's log, the API)."""
+    home, port = tmp_path / "runs", free_port()
+    started = cli(home, "ui", "--background", "--port", str(port))
+    assert started.returncode == 0, started.stderr
+    return home, tmp_path / "deploy.log", API(home, port)
+
+
 def flow_runs(api: API) -> list[dict]:
     """The runs that ran (not those a schedule left cancelled as a collision, which have a start time too)."""
     return [r for r in api.post("flow_runs/filter", {"sort": "START_TIME_ASC"})
@@ -126,12 +134,7 @@ def logged(api: API, run_id: str) -> str:
 @requires_bwrap
 @pytest.mark.process_driven
 def test_deploy_survives_sigkill_and_resumes(tmp_path):
-    home = tmp_path / "runs"
-    log = tmp_path / "deploy.log"
-    port = free_port()
-    started = cli(home, "ui", "--background", "--port", str(port))
-    assert started.returncode == 0, started.stderr
-    api = API(home, port)
+    home, log, api = started_ui(tmp_path)
     store = Store(f"sqlite:///{home / 'autoresearch.db'}")
     deploy = start_deploy(home, log)
     try:
@@ -194,12 +197,7 @@ def test_deploy_with_cron_uses_the_ui_server_and_its_runs_take_the_name_only(tmp
     temporary server instead of `ui`'s (--interval is the SIGKILL test's). A deployment's run takes the experiment's
     name only: another name is refused by the run itself, any other parameter by Prefect's signature check, before
     anything is touched."""
-    home = tmp_path / "runs"
-    log = tmp_path / "deploy.log"
-    port = free_port()
-    started = cli(home, "ui", "--background", "--port", str(port))
-    assert started.returncode == 0, started.stderr
-    api = API(home, port)
+    home, log, api = started_ui(tmp_path)
     cron = f"0 {(datetime.now(timezone.utc) + timedelta(hours=12)).hour} * * *"  # no scheduled run during the test
     deploy = start_deploy(home, log, "--cron", cron)
     try:

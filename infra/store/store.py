@@ -200,14 +200,19 @@ class Store:
         with self.session() as s:
             return s.scalar(select(Experiment).where(Experiment.name == name))
 
+    @staticmethod
+    def _experiment_in(s: Session, name: str, config: dict[str, Any]) -> Experiment:
+        """The named experiment in session s, made (with config) if there is none."""
+        exp = s.scalar(select(Experiment).where(Experiment.name == name))
+        if exp is None:
+            exp = Experiment(name=name, config=config, status="created")
+            s.add(exp)
+            s.flush()
+        return exp
+
     def ensure_experiment(self, name: str, config: dict[str, Any]) -> Experiment:
         with self.session() as s:
-            exp = s.scalar(select(Experiment).where(Experiment.name == name))
-            if exp is None:
-                exp = Experiment(name=name, config=config, status="created")
-                s.add(exp)
-                s.flush()
-            return exp
+            return self._experiment_in(s, name, config)
 
     def set_experiment(self, experiment_id: int, **fields: Any) -> None:
         with self.session() as s:
@@ -218,10 +223,7 @@ class Store:
     def set_deployed_config(self, name: str, config: dict[str, Any]) -> Experiment:
         """The configuration of the experiment's scheduled runs (`autoresearch deploy`), creating the experiment."""
         with self.session() as s:
-            exp = s.scalar(select(Experiment).where(Experiment.name == name))
-            if exp is None:
-                exp = Experiment(name=name, config=config, status="created")
-                s.add(exp)
+            exp = self._experiment_in(s, name, config)
             exp.deployed_config = config
             s.flush()
             return exp
