@@ -43,7 +43,7 @@ def run_cli(home: Path, replay: Path, failpoint: str | None) -> subprocess.Compl
     return done
 
 
-def finished_logs(home: Path, store: Store) -> dict[int, float]:
+def finished_logs(home: Path, store: Store) -> dict[int, float | None]:
     """mtime of each finished iteration's first train.log: a re-trained iteration would change it."""
     exp = store.experiment("chaos")
     if exp is None:
@@ -52,6 +52,7 @@ def finished_logs(home: Path, store: Store) -> dict[int, float]:
     logs = {}
     for row in store.iterations(exp.id, finished_only=True):
         if not row.runs:  # never measured (the loop guard recorded it): nothing to train again
+            logs[row.index] = None
             continue
         log = ws.run_dir(row.index, row.runs[0]["seed"]) / "train.log"  # the first measured run
         logs[row.index] = log.stat().st_mtime
