@@ -9,6 +9,7 @@ workspace's git history and train.py are brought into agreement with the store f
 from __future__ import annotations
 
 import functools
+import math
 import os
 import secrets
 import statistics
@@ -26,14 +27,16 @@ from infra import display, operator_files, settings
 from infra.experiment_config import CHANGEABLE_SETTINGS, ExperimentConfig, fixed_setting_changes
 from infra.failpoints import failpoint
 from infra.proposers import Proposal, ProposalContext, Revision, StopResearch
-from infra.records import ChangeType, IterationRecord, Status, Verdict, incumbent_of
+from infra.records import ChangeType, IterationRecord, MeasuredRun, Status, Verdict, incumbent_of
+from infra.research.acceptance_rule import Bar, Decision, Role, bar, summary
 from infra.research.code_edit import unified_diff
+from infra.research.evidence import Evidence, decision_record, evidence
 from infra.research.lock import experiment_lock
 from infra.research.program import parse_program, read_program, strategy_of, with_strategy
 from infra.research.workspace import Workspace
 from infra.sandbox.compute_record import describe
 from infra.sandbox.allowances import measure_allowances
-from infra.sandbox.trial import TrialResult, log_tail
+from infra.sandbox.trial import log_tail
 from infra.store import Iteration, Store, utcnow
 from tasks.decide import keep_or_discard
 from tasks.evaluate import evaluate, test_report
@@ -181,11 +184,18 @@ class Run:
             program=self.program(),
             incumbent=incumbent_of(history),
             rule=self.rule,
+            bar=self.bar(),
             history=history,
             hardware=hardware,
             seed=self.exp.id,
             max_cost_left=self.cost_left(),
         )
+
+    def bar(self) -> Bar | None:
+        """What a candidate must beat now: the incumbent's current runs under the experiment's floor."""
+        runs = self.store.measured_runs(self.exp.id)
+        found = evidence(runs, -1, self.incumbent().index, self.rule, ((runs[-1].seq if runs else 0) + 1, utcnow()))
+        return bar(found.scores(Role.INCUMBENT), found.floor, self.rule)
 
     # --- make the workspace agree with the store ------------------------------
 
@@ -224,56 +234,50 @@ def new_seed() -> int:
     return secrets.randbelow(2**31)
 
 
-def run_record(seed: int, result: TrialResult) -> dict[str, Any]:
-    """One measured run as the store keeps it: what it scored and the compute it received."""
-    per_second = result.epochs / result.train_seconds if result.epochs and result.train_seconds else None
-    return {"seed": seed, "status": result.status, "val_accuracy": result.val_accuracy, "epochs": result.epochs,
-            "train_seconds": result.train_seconds, "epochs_per_second": per_second,
-            "inference_seconds": result.inference_seconds, **result.compute}
-
-
-def measure(run: Run, code: str, iteration: int, runs: list[dict[str, Any]]) -> TrialResult:
-    """One measured run of an iteration's code, with a new seed. A run the machine's load starved
-    (infra/sandbox/compute_record.py) is measured again with the same seed, at most MAX_CONTENDED_RERUNS times;
-    every attempt is appended to runs."""
+def measure(run: Run, code: str, iteration: int, decided_in: int) -> MeasuredRun:
+    """One measured run of an iteration's code, with a new seed, stored the moment it is measured. A run the
+    machine's load starved (infra/sandbox/compute_record.py) is measured again with the same seed, at most
+    MAX_CONTENDED_RERUNS times; every attempt is stored, the ones measured again marked so."""
     seed = new_seed()
     for attempt in range(MAX_CONTENDED_RERUNS + 1):
         trained = sandboxed_train(code, run.ws.run_dir(iteration, seed), run.limits, seed, iteration, run.cfg.device)
         result = evaluate(trained, run.val, run.limits, iteration, seed)
-        runs.append(run_record(seed, result))
-        if not result.contended:
-            break
-        print(f"iteration {iteration} seed {seed}: contended ({describe(result.compute)}): "
-              f"{'measured again' if attempt < MAX_CONTENDED_RERUNS else 'kept as it is, flagged'}")
-    return result
-
-
-def score_of(result: TrialResult) -> float | None:
-    """A measured run's validation accuracy, or None when it failed."""
-    return result.val_accuracy if result.status == Status.OK else None
+        again = result.contended and attempt < MAX_CONTENDED_RERUNS
+        stored = run.store.add_measured_run(run.exp.id, MeasuredRun(
+            seq=0, iteration=iteration, decided_in=decided_in, seed=seed, status=result.status,
+            val_accuracy=result.val_accuracy, reason=result.reason, val_loss=result.val_loss, epochs=result.epochs,
+            train_seconds=result.train_seconds, wall_seconds=result.wall_seconds, inference_seconds=result.inference_seconds, contended=result.contended, remeasured=again,
+            compute=result.compute))
+        failpoint("measured", decided_in)
+        if not again:
+            return stored
+        print(f"iteration {iteration} seed {seed}: contended ({describe(result.compute)}): measured again")
+    raise AssertionError("unreachable: the last attempt is never measured again")
 
 
 # what a measured run and an iteration record have in common: status, reason, val_accuracy, epochs, ...
-TRIAL_FIELDS = tuple(f.name for f in fields(TrialResult) if f.name in {g.name for g in fields(IterationRecord)})
+RUN_FIELDS = tuple(f.name for f in fields(MeasuredRun) if f.name in {g.name for g in fields(IterationRecord)})
 
 
-def trial_fields(result: TrialResult) -> dict[str, Any]:
-    return {name: getattr(result, name) for name in TRIAL_FIELDS}
+def run_fields(first: MeasuredRun) -> dict[str, Any]:
+    """An iteration's status, reason, epochs, ...: those of its first measured run."""
+    return {name: getattr(first, name) for name in RUN_FIELDS}
 
 
 def run_baseline(run: Run) -> None:
     code = run.ws.read_train_py()
-    runs: list[dict[str, Any]] = []
-    results = [measure(run, code, 0, runs) for _ in range(run.cfg.repeats)]
-    scores = [r.val_accuracy for r in results if r.status == Status.OK]
+    done = [r for r in run.store.measured_runs(run.exp.id, decided_in=0) if not r.remeasured]  # a resumed baseline
+    measured = done + [measure(run, code, 0, 0) for _ in range(run.cfg.repeats - len(done))]
+    scores = [m.score for m in measured if m.score is not None]
     if not scores:
-        raise RuntimeError(f"the baseline failed every run: {results[0].status}: {results[0].reason}")
-    first_ok = next(r for r in results if r.status == Status.OK)
-    test_acc = test_report(Path(first_ok.run_dir), run.test, run.limits, 0)
+        raise RuntimeError(f"the baseline failed every run: {measured[0].status}: {measured[0].reason}")
+    first_ok = next(m for m in measured if m.score is not None)
+    test_acc = test_report(run.ws.run_dir(0, first_ok.seed), run.test, run.limits, 0)
     run.store.put_iteration(
         run.exp.id, 0, proposer="baseline", hypothesis="baseline", change_type=ChangeType.BASELINE, code=code, diff="",
-        **{**trial_fields(first_ok), "val_accuracy": statistics.fmean(scores)},
-        measurements=scores, runs=runs, decision=Verdict.BASELINE, rule={}, test_accuracy=test_acc, finished_at=utcnow())
+        **{**run_fields(first_ok), "val_accuracy": statistics.fmean(scores)}, measurements=scores,
+        runs=[m.as_dict() for m in measured], decision=Verdict.BASELINE, rule={}, test_accuracy=test_acc,
+        finished_at=utcnow())
     print(f"iteration 0 (baseline): val_accuracy {statistics.fmean(scores):.4f} over {len(scores)} runs {scores}")
 
 
@@ -316,10 +320,22 @@ def proposer_failure(exc: Exception) -> str:
     return f"the proposer failed: {type(exc).__name__}: {display.one_line(str(exc))[:500]}"
 
 
-def run_iteration(run: Run, i: int) -> bool:
-    """One iteration; False when the proposer has nothing more to propose."""
-    incumbent = run.incumbent()
-    failpoint("propose", i)
+def resumed_proposal(run: Run, i: int) -> tuple[Proposal, dict[str, Any]] | None:
+    """Iteration i's proposal and record fields, when an earlier run of the loop died inside its decision (some of
+    its runs are stored): the decision goes on with that candidate and the runs it has."""
+    row = next((r for r in run.store.iterations(run.exp.id) if r.index == i and r.finished_at is None), None)
+    if row is None or not row.code or not run.store.measured_runs(run.exp.id, decided_in=i):
+        return None
+    proposal = Proposal(hypothesis=row.hypothesis, change_type=ChangeType(row.change_type), code=row.code,
+                        expected_effect=row.expected_effect or "", memory=row.memory or {})
+    base = dict(proposer=row.proposer, hypothesis=row.hypothesis, change_type=row.change_type,
+                expected_effect=row.expected_effect, memory=row.memory, code=row.code, diff=row.diff,
+                propose_seconds=row.propose_seconds, attempts=row.attempts)
+    return proposal, base
+
+
+def propose(run: Run, i: int, incumbent: Iteration) -> tuple[Proposal | None, dict[str, Any]]:
+    """A new proposal for iteration i, pre-flighted, and the iteration's record fields (None: nothing to propose)."""
     started = datetime.now(timezone.utc)
     ctx = run.context(i)
     try:
@@ -330,7 +346,7 @@ def run_iteration(run: Run, i: int) -> bool:
         proposal = Proposal(hypothesis="", change_type=ChangeType.UNKNOWN, code=incumbent.code,
                             error=proposer_failure(exc))
     if proposal is None:
-        return False
+        return None, {}
     record_calls(run, i, proposal.calls)
     propose_seconds = (datetime.now(timezone.utc) - started).total_seconds()
     attempts: list[dict[str, Any]] = []
@@ -340,41 +356,66 @@ def run_iteration(run: Run, i: int) -> bool:
                 change_type=proposal.change_type, expected_effect=proposal.expected_effect, memory=proposal.memory,
                 code=proposal.code,
                 diff=unified_diff(incumbent.code, proposal.code), propose_seconds=propose_seconds, attempts=attempts)
+    return proposal, base
+
+
+def decide_candidate(run: Run, i: int, incumbent: Iteration, code: str) -> tuple[Decision, Evidence]:
+    """The sequential procedure for iteration i's candidate (infra/research/acceptance_rule.py), from the runs the
+    store already has for it (a resumed decision) to its end; each run it asks for is measured and stored at once.
+    Returns the decision and the evidence it rested on."""
+    def now() -> Evidence:
+        runs = run.store.measured_runs(run.exp.id)
+        return evidence(runs, i, incumbent.index, run.rule, ((runs[-1].seq if runs else 0) + 1, utcnow()))
+
+    def measure_for(role: Role) -> float | None:
+        if role == Role.CANDIDATE:
+            return measure(run, code, i, i).score
+        return measure(run, incumbent.code, incumbent.index, i).score
+
+    found = now()
+    if found.candidate or found.incumbent and found.last:
+        print(f"iteration {i}: resuming its decision with {len(found.candidate)} candidate and "
+              f"{len(found.incumbent)} current incumbent runs already measured")
+    decision = keep_or_discard(found, measure_for, run.rule, i)
+    return decision, now()
+
+
+def run_iteration(run: Run, i: int) -> bool:
+    """One iteration; False when the proposer has nothing more to propose."""
+    incumbent = run.incumbent()
+    failpoint("propose", i)
+    resumed = resumed_proposal(run, i)
+    proposal, base = resumed if resumed else propose(run, i, incumbent)
+    if proposal is None:
+        return False
     if proposal.error:  # never reaches training; recorded, and the loop goes on
         run.store.put_iteration(run.exp.id, i, **base, status=Status.INVALID, reason=proposal.error,
                                 decision=Verdict.DISCARD,
                                 rule={}, measurements=[], val_accuracy=None, started_at=utcnow(), finished_at=utcnow())
         print(f"iteration {i}/{run.target}: failed proposal: {display.one_line(proposal.error)}")
         return True
-    run.store.put_iteration(run.exp.id, i, **base, status=Status.RUNNING, decision=Verdict.PENDING, rule={}, measurements=[],
-                            started_at=utcnow(), finished_at=None)
-    runs: list[dict[str, Any]] = []
-    first = measure(run, proposal.code, i, runs)
-    scores, decision, test_acc = [], None, None
-    if first.status == Status.OK:
-        decision, scores = keep_or_discard(incumbent.measurements, first.val_accuracy,
-                                           lambda: score_of(measure(run, proposal.code, i, runs)), run.rule,
-                                           run.cfg.repeats, i)
-        if decision.verdict == Verdict.KEEP:
-            test_acc = test_report(Path(first.run_dir), run.test, run.limits, i)
-    verdict = Verdict.KEEP if decision and decision.verdict == Verdict.KEEP else Verdict.DISCARD
+    if not resumed:
+        run.store.put_iteration(run.exp.id, i, **base, status=Status.RUNNING, decision=Verdict.PENDING, rule={},
+                                measurements=[], started_at=utcnow(), finished_at=None)
+    decision, found = decide_candidate(run, i, incumbent, proposal.code)
+    first = found.candidate[0]
+    scores = found.scores(Role.CANDIDATE)
+    verdict = Verdict.KEEP if decision.verdict == Verdict.KEEP else Verdict.DISCARD
+    test_acc = test_report(run.ws.run_dir(i, first.seed), run.test, run.limits, i) if verdict == Verdict.KEEP else None
     failpoint("decided", i)
+    looked = not math.isnan(decision.delta)  # False: its first run failed, there was nothing to compare
     run.store.put_iteration(
-        run.exp.id, i, **base, **{**trial_fields(first), "val_accuracy": statistics.fmean(scores) if scores else None},
-        measurements=scores, runs=runs, decision=verdict, rule=decision.as_dict() if decision else {},
-        test_accuracy=test_acc, finished_at=utcnow())
+        run.exp.id, i, **base, **{**run_fields(first), "val_accuracy": statistics.fmean(scores) if scores else None},
+        measurements=scores, runs=[r.as_dict() for r in found.candidate], decision=verdict,
+        rule=decision_record(decision, found) if looked else {}, test_accuracy=test_acc, finished_at=utcnow())
     failpoint("recorded", i)
-    run.ws.prune_models(i, keep=Path(first.run_dir) if verdict == Verdict.KEEP else None)
+    run.ws.prune_models(i, keep=run.ws.run_dir(i, first.seed) if verdict == Verdict.KEEP else None)
     if verdict == Verdict.KEEP:
         run.ws.commit_keep(i, proposal.hypothesis, incumbent.val_accuracy, statistics.fmean(scores), proposal.code)
-    # the numbers the decision used: the mean of the candidate's runs, its delta and the threshold
-    score = f"val_accuracy {decision.candidate_mean:.4f} (mean of {decision.n_candidate} runs)" if decision else "no score"
-    if decision and len(scores) > decision.n_candidate:  # a run failed after the decision's runs
-        score += f"; {statistics.fmean(scores):.4f} over its {len(scores)} ok runs"
-    delta = f"delta {decision.delta:+.4f} vs threshold {decision.threshold:.4f}" if decision else first.reason
-    if decision and decision.note:
-        delta += f"; {decision.note}"
-    print(f"iteration {i}/{run.target}: {first.status} {verdict} {score} ({display.one_line(delta)}) | "
+    what = summary(decision) if looked else first.reason
+    if decision.note:
+        what += f"; {decision.note}"
+    print(f"iteration {i}/{run.target}: {first.status} {verdict} ({display.one_line(what)}) | "
           f"{display.one_line(proposal.hypothesis)}")
     return True
 

@@ -20,6 +20,7 @@ from rich.table import Table
 from infra import display, operator_files, settings
 from infra.experiment_config import ExperimentConfig, default, explain
 from infra.records import IterationRecord, Status, incumbent_of
+from infra.research.acceptance_rule import RuleConfig, stored_summary
 from infra.sandbox.compute_record import describe
 
 app = typer.Typer(help="Autoresearch for Fashion-MNIST.", no_args_is_help=True, add_completion=False)
@@ -203,7 +204,7 @@ def experiment_config(experiment: str, iterations: int, budget: float, proposer:
                       export_allowance: Optional[float], startup_allowance: Optional[float],
                       inference_allowance: float, cpu_threads: Optional[int],
                       model: Optional[str], max_cost: Optional[float], preflight: Optional[bool], fix_attempts: int,
-                      **overnight) -> tuple[ExperimentConfig, str]:
+                      max_runs: Optional[int] = None, **overnight) -> tuple[ExperimentConfig, str]:
     """run's and deploy's options as the experiment's configuration, and why this proposer; bad input exits 2.
     `auto` on an experiment that exists means the proposer it runs with (a fixed setting)."""
     from pydantic import ValidationError
@@ -221,6 +222,9 @@ def experiment_config(experiment: str, iterations: int, budget: float, proposer:
             spec, why = resolve_spec(proposer)
     except ProposerError as exc:
         fail(str(exc))
+    rule = dict(stored.config.get("rule") or {}) if stored is not None else {}  # the rule is the experiment's...
+    if max_runs is not None:  # ...unless asked otherwise (a resumed experiment: with --change-rule)
+        rule["max_runs"] = max_runs
     try:
         config = ExperimentConfig(
             name=experiment, iterations=iterations, budget_s=budget, proposer=spec, revise_every=revise_every,
@@ -228,7 +232,7 @@ def experiment_config(experiment: str, iterations: int, budget: float, proposer:
             baseline_path=str(baseline.resolve()), device=device, export_allowance_s=export_allowance, startup_allowance_s=startup_allowance,
             inference_allowance_s=inference_allowance,
             cpu_threads=cpu_threads, model=model, max_cost=max_cost, preflight=preflight, fix_attempts=fix_attempts,
-            **overnight)
+            rule=rule, **overnight)
     except ValidationError as exc:
         fail(explain(exc, OPTION_OF_FIELD))
     return config, why
@@ -241,7 +245,8 @@ def run(
     budget: float = typer.Option(default("budget_s"), "--budget", help="training budget per candidate, seconds"),
     proposer: str = typer.Option("auto", "--proposer", help="auto, offline, claude, openai or replay:DIR"),
     revise_every: int = typer.Option(default("revise_every"), "--revise-every", help="revise the strategy every N iterations"),
-    repeats: int = typer.Option(default("repeats"), "--repeats", help="seeds for the baseline and for each newly kept incumbent"),
+    repeats: int = typer.Option(default("repeats"), "--repeats", help="seeds for the baseline (later incumbents get theirs from the keep rule)"),
+    max_runs: Optional[int] = typer.Option(None, "--max-runs", help=f"the keep rule's cap: runs of one candidate (default {RuleConfig().max_runs}; fixed per experiment, changed with --change-rule)"),
     program: Path = typer.Option(default("program_path"), "--program", help="program.md to start from"),
     baseline: Path = typer.Option(default("baseline_path"), "--baseline", help="train.py to start from (iteration 0)"),
     db: Optional[str] = typer.Option(None, "--db", help="SQLAlchemy URL (default: sqlite under --home; AUTORESEARCH_DB_URL)"),
@@ -260,7 +265,7 @@ def run(
     """Run (or resume) the research loop on Prefect."""
     config, why = experiment_config(experiment, iterations, budget, proposer, revise_every, repeats, program, baseline,
                                     db, home, device, export_allowance, startup_allowance, inference_allowance,
-                                    cpu_threads, model, max_cost, preflight, fix_attempts)
+                                    cpu_threads, model, max_cost, preflight, fix_attempts, max_runs)
     check_device(device)
     check_data()
     home_dir = Path(config.home)
@@ -463,17 +468,17 @@ def history(
         print(json.dumps([r.as_dict() for r in rows], indent=2, default=str))
         return
     table = Table(title=f"{experiment} ({exp.status})", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("it", "status", "decision", "val", "test", "runs", "delta/thresh", "epochs", "cores", "cost $"):
+    for column in ("it", "status", "decision", "val", "test", "runs", "epochs", "cores", "cost $"):
         table.add_column(column, no_wrap=True)
+    table.add_column("how it was decided", overflow="fold")
     table.add_column(escape("hypothesis [reason]"), ratio=1, overflow="fold")
     for r in rows:
         table.add_row(str(r.iteration), r.status, r.decision or "-",
                       f"{r.val_accuracy:.4f}" if r.val_accuracy is not None else "-",
                       f"{r.test_accuracy:.4f}" if r.test_accuracy is not None else "-",
                       str(len(r.measurements)),
-                      f"{r.rule['delta']:+.4f}/{r.rule['threshold']:.4f}" if "threshold" in r.rule else "-",
                       str(r.epochs) if r.epochs is not None else "-", cores_column(r.runs),
-                      f"{r.cost_usd:.4f}", escape(hypothesis_column(r)))
+                      f"{r.cost_usd:.4f}", stored_summary(r.rule) or "-", escape(hypothesis_column(r)))
     out.print(table)
     for change in store.setting_changes(exp.id):
         out.print(escape(display.one_line(f"setting change after iteration {change.after_iteration}: {change.setting} "

@@ -37,7 +37,7 @@ class ExperimentConfig(BaseModel):
     budget_s: float = Field(120.0, gt=0, description="training budget per candidate, seconds")
     proposer: str = Field("offline", description="resolved proposer spec: offline, replay:DIR, claude or openai")
     revise_every: int = Field(5, ge=1, description="revise the strategy every N iterations")
-    repeats: int = Field(2, ge=1, description="seeds for the baseline and for each newly kept incumbent")
+    repeats: int = Field(2, ge=1, description="seeds for the baseline (later incumbents get theirs from the keep rule)")
     home: str = Field("", description="runs directory ('': AUTORESEARCH_HOME or ./runs)")
     db_url: str = Field("", description="SQLAlchemy URL ('': AUTORESEARCH_DB_URL or sqlite under home)")
     program_path: str = Field(str(settings.REPO_ROOT / "program.md"), description="program.md to start from")
@@ -67,7 +67,10 @@ class ExperimentConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _older_names(cls, values: Any) -> Any:
-        """A configuration stored before the export allowance replaced the grace: its grace was the allowance."""
+        """A configuration stored before the export allowance replaced the grace: its grace was the allowance. One
+        stored before the sequential keep rule: its confirmation runs are the new rule's business (max_runs)."""
+        if isinstance(values, dict) and isinstance(values.get("rule"), dict) and "confirm_runs" in values["rule"]:
+            values = {**values, "rule": {k: v for k, v in values["rule"].items() if k != "confirm_runs"}}
         if isinstance(values, dict) and "grace_s" in values:
             values = dict(values)
             grace = values.pop("grace_s")
@@ -106,6 +109,8 @@ class ExperimentConfig(BaseModel):
             RuleConfig(**rule)
         except TypeError as exc:
             raise ValueError(f"unknown acceptance rule setting: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"acceptance rule: {exc}") from None
         return rule
 
     @field_validator("program_path")
@@ -152,6 +157,8 @@ def fixed_setting_changes(stored: dict[str, Any], config: ExperimentConfig) -> l
     changes = []
     for key in FIXED_SETTINGS:
         before, now = stored.get(key), getattr(config, key)
+        if key == "rule" and isinstance(before, dict):  # the old rule's confirmation runs: see _older_names
+            before = {k: v for k, v in before.items() if k != "confirm_runs"}
         if before is not None and now is not None and before != now:
             changes.append((key, before, now))
     return changes

@@ -102,6 +102,46 @@ class IterationRecord:
                 for key, value in dataclasses.asdict(self).items()}
 
 
+@dataclass(frozen=True)
+class MeasuredRun:
+    """One measured run (train, then evaluate) as the store keeps it, the moment it finishes: the experiment numbers
+    them (seq), so a decision interrupted between two runs resumes with the runs it has."""
+
+    seq: int  # the experiment's run number, given by the store: the order (and the clock) of the night
+    iteration: int  # whose code it measured: a candidate's iteration, or the incumbent's when measured again
+    decided_in: int  # the iteration whose decision asked for it (== iteration for a candidate's or the baseline's)
+    seed: int
+    status: Status
+    val_accuracy: float | None
+    reason: str = ""  # how it ended: "ok", or why it failed
+    val_loss: float | None = None
+    epochs: int | None = None
+    train_seconds: float | None = None
+    wall_seconds: float | None = None
+    inference_seconds: float | None = None
+    contended: bool = False  # the machine's load starved it (infra/sandbox/compute_record.py)...
+    remeasured: bool = False  # ...and it was measured again with the same seed: never compared
+    compute: dict[str, Any] = field(default_factory=dict)  # the compute it received (infra/sandbox/compute_record.py)
+    made_at: Any = None  # datetime, naive UTC
+
+    @property
+    def score(self) -> float | None:
+        """Its validation accuracy when it counts for a decision (ok, not measured again); else None."""
+        return self.val_accuracy if self.status == Status.OK and not self.remeasured else None
+
+    def as_dict(self) -> dict[str, Any]:
+        """As the history, the prompt and `history --json` show one run: its numbers and its compute."""
+        per_second = self.epochs / self.train_seconds if self.epochs and self.train_seconds else None
+        return {"seq": self.seq, "seed": self.seed, "status": str(self.status), "val_accuracy": self.val_accuracy,
+                "epochs": self.epochs, "train_seconds": self.train_seconds, "epochs_per_second": per_second,
+                "inference_seconds": self.inference_seconds, **self.compute}
+
+    @classmethod
+    def from_row(cls, row: Any) -> MeasuredRun:
+        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
+        return cls(**{**values, "status": Status(row.status), "compute": row.compute or {}})
+
+
 def seconds_per_epoch(train_seconds: float | None, epochs: int | None) -> float | None:
     """Training seconds per completed epoch, or None when there is nothing to divide."""
     return train_seconds / epochs if train_seconds and epochs else None

@@ -16,6 +16,7 @@ from html import escape
 
 from infra.plot import progress_png
 from infra.records import IterationRecord, Status, Verdict, incumbent_of
+from infra.research.acceptance_rule import stored_summary
 from infra.research.code_edit import unified_diff
 
 STYLE = """
@@ -56,10 +57,9 @@ def diff_html(diff: str) -> str:
 
 
 def decision_cell(r: IterationRecord) -> str:
-    """The verdict and the rule's numbers it rested on: delta against the threshold."""
-    if "threshold" in r.rule:
-        return f"{escape(r.decision or '-')} ({r.rule['delta']:+.4f} / {r.rule['threshold']:.4f})"
-    return escape(r.decision or "-")
+    """The verdict and the numbers it rested on (acceptance_rule.summary's form)."""
+    numbers = stored_summary(r.rule)
+    return f"{escape(r.decision or '-')} ({escape(numbers)})" if numbers else escape(r.decision or "-")
 
 
 def iteration_rows(records: list[IterationRecord]) -> str:
@@ -80,7 +80,7 @@ def kept_changes(records: list[IterationRecord], diffs: dict[int, str]) -> str:
     for r in records:
         if r.decision == Verdict.KEEP:
             parts.append(f"<h3>Iteration {r.iteration}: {escape(r.hypothesis)}</h3>"
-                         f"<p>validation {_num(r.val_accuracy)} (delta {r.rule.get('delta', 0):+.4f}), "
+                         f"<p>validation {_num(r.val_accuracy)} ({escape(stored_summary(r.rule))}), "
                          f"test {_num(r.test_accuracy)}</p>{diff_html(diffs.get(r.iteration, ''))}")
     return "\n".join(parts) or "<p>No change was kept: the baseline is still the best.</p>"
 
@@ -134,7 +134,7 @@ def render(experiment: str, status: str, records: list[IterationRecord], diffs: 
 <img id="progress-plot" alt="validation accuracy per iteration" src="{plot}">
 <h2>Iterations</h2>
 <table id="iterations">
-<tr><th>it</th><th>status</th><th>decision (delta / threshold)</th><th>val</th><th>test</th><th>cost</th>
+<tr><th>it</th><th>status</th><th>decision (delta, how sure, runs, what a keep needed)</th><th>val</th><th>test</th><th>cost</th>
 <th>hypothesis</th><th>expected effect</th><th>why it failed</th></tr>
 {iteration_rows(records)}
 </table>

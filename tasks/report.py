@@ -19,10 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from infra import display, operator_files
 from infra.plot import progress_png
 from infra.records import IterationRecord
+from infra.research.acceptance_rule import stored_summary
 from infra.research.code_edit import unified_diff
 
-TABLE_COLUMNS = ("iteration", "status", "decision", "val_accuracy", "test_accuracy", "cost_usd", "change_type",
-                 "hypothesis", "reason")
+TABLE_COLUMNS = ("iteration", "status", "decision", "how_decided", "val_accuracy", "test_accuracy", "cost_usd",
+                 "change_type", "hypothesis", "reason")
 
 
 def artifact_key(experiment: str, what: str) -> str:
@@ -37,7 +38,7 @@ def _fmt(value: Any) -> Any:
 @task(name="report", task_run_name="report-{iteration}", cache_policy=NO_CACHE)
 def publish_artifacts(experiment: str, iteration: int, total: int, rows: list[IterationRecord], strategy: str,
                       baseline_code: str, best: IterationRecord, best_code: str, workspace: Path) -> None:
-    table = [{c: _fmt(r.as_dict()[c]) for c in TABLE_COLUMNS} for r in rows]
+    table = [{c: _fmt({**r.as_dict(), "how_decided": stored_summary(r.rule)}[c]) for c in TABLE_COLUMNS} for r in rows]
     create_table_artifact(table, key=artifact_key(experiment, "history"), description=f"{experiment}: every iteration")
     done = sum(1 for r in rows if r.finished and r.iteration > 0)
     create_progress_artifact(min(100.0, 100.0 * done / max(1, total)), key=artifact_key(experiment, "progress"),

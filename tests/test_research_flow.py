@@ -58,16 +58,23 @@ def test_noise_copies_are_not_kept_and_a_real_improvement_is(tmp_path, prefect_h
     assert len(kept_copies) <= 1, f"noise kept: {kept_copies}"
     mlp = rows[11]
     assert mlp.decision == "keep" and mlp.change_type == "structural"
-    assert mlp.rule["delta"] > mlp.rule["threshold"] > 0
-    # every measured run is recorded with the compute it got; a run that fails on a busy machine is
-    # recorded too, so the kept candidate needs two good scores, not every run it was given
-    assert len(mlp.runs) >= 1 + config["repeats"] and len(mlp.measurements) >= 2
+    assert mlp.rule["stop"] == "kept" and mlp.rule["sure"] >= mlp.rule["needed"] and mlp.rule["delta"] > 0.002
+    assert "sure" in mlp.rule["summary"] and "keep needs" in mlp.rule["summary"]
+    # every measured run is recorded with the compute it got; a keep needs at least two runs, every one ok
+    assert len(mlp.measurements) >= 2 and len(mlp.runs) == len(mlp.measurements)
     assert all(r["clock"] == "cpu" and r["threads"] == 1 and r["cpu_seconds"] > 0 for r in mlp.runs)
-    assert [r["val_accuracy"] for r in mlp.runs if r["status"] == "ok" and not r["contended"]] == mlp.measurements
+    assert [r["val_accuracy"] for r in mlp.runs] == mlp.measurements
+    assert [r["seq"] for r in mlp.rule["candidate_runs"]] == [r["seq"] for r in mlp.runs]
+    # the store numbered every measured run once, in order; the decision's incumbent runs are the incumbent's
+    measured = store.measured_runs(exp.id)
+    assert [m.seq for m in measured] == list(range(1, len(measured) + 1))
+    incumbent_seqs = {m.seq for m in measured if m.iteration == 0}
+    assert {r["seq"] for r in mlp.rule["incumbent_runs"]} <= incumbent_seqs
+    assert len(mlp.rule["incumbent_runs"]) >= 2
     assert mlp.test_accuracy is not None and 0.8 < mlp.test_accuracy < 1
     assert best["iteration"] == 11
     # decisions carry the rule's numbers
-    assert all({"delta", "sigma", "threshold", "verdict"} <= set(r.rule) for r in copies)
+    assert all({"delta", "sigma", "sure", "verdict", "stop", "summary", "candidate_runs"} <= set(r.rule) for r in copies)
     # strategy revised after iterations 5 and 10, as its own versions
     assert [(s.version, s.after_iteration) for s in store.strategies(exp.id)] == [(0, 0), (1, 5), (2, 10)]
     # store, git history and incumbent agree

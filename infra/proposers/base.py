@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from infra.records import ChangeType, IterationRecord
-from infra.research.acceptance_rule import RuleConfig
+from infra.research.acceptance_rule import Bar, RuleConfig
 
 
 class ProposerError(ValueError):
@@ -43,6 +43,7 @@ class ProposalContext:
     program: str = ""  # the whole program.md of the experiment (goal, rules, strategy): what the model reads
     incumbent: IterationRecord | None = None  # the incumbent's record: its runs, mean and spread
     rule: RuleConfig = field(default_factory=RuleConfig)  # the experiment's acceptance rule
+    bar: Bar | None = None  # what a candidate must beat now: the incumbent's current runs, the rule's margins
     history: list[IterationRecord] = field(default_factory=list)  # finished iterations, oldest first
     hardware: dict[str, Any] = field(default_factory=dict)  # device, cores, threads, memory cap, budget
     seed: int = 0

@@ -33,7 +33,7 @@ from infra.proposers.base import Proposal, ProposalContext, Revision, StopResear
 from infra.proposers.pricing import ImpossibleUsage, Usage, cost_usd, worst_case_cost_usd
 from infra.records import ChangeType, IterationRecord, Status, seconds_per_epoch
 from infra.research import acceptance_rule
-from infra.research.acceptance_rule import RuleConfig, decide
+from infra.research.acceptance_rule import Bar, stored_summary
 from infra.research.code_edit import MAX_CODE_BYTES, classify_change, syntax_error
 from infra.sandbox.compute_record import describe
 from infra.settings import PREFLIGHT_BUDGET_S, PREFLIGHT_IMAGES
@@ -90,20 +90,20 @@ N x 1 x 28 x 28, exactly as load_split returns them: any normalisation belongs i
 forward(), or the scored model sees other inputs than the trained one did. Nothing train.py prints is \
 ever the metric. Inference is budgeted: the scoring process runs on one CPU core, and a model that spends more \
 than the inference allowance (CPU seconds per 10,000 images, below) is invalid.
-4. Decision, by the acceptance rule below. A candidate is kept only if the mean of its runs beats the \
-incumbent's mean by more than the rule's threshold. A close call (its delta above half the threshold) gets \
-confirmation runs with other seeds (how many: see the margin below), and the threshold is recomputed for the mean of its runs. A \
-candidate that clears it is run again with more seeds and kept only if the mean of all its runs still clears it \
-(every run counts, and every run must succeed; the seeds are random, so no run can be told from another); it then \
-becomes the incumbent: its runs set the noise from then on, one wild run clipped to near its median. \
+4. Decision, by a sequential test (the margins below). Each candidate run is a look: after its first run a \
+candidate that is clearly not better is discarded; a promising one gets more runs with other seeds (and the \
+incumbent is measured again, so both are measured in the same period of the night), up to the cap, until the \
+test is sure enough that it is better (a keep needs at least two runs, every run counts, and every run must \
+succeed; the seeds are random, so no run can be told from another). Each decision reads like "+0.46 points, \
+99.91% sure, 5 runs (incumbent 7); keep needs 99.86%". A kept candidate becomes the incumbent. \
 Crashes, timeouts and models that cannot be scored are discarded with their reason.
 
 # The facts each request gives you, after program.md
 
 The incumbent train.py (the best so far). The hardware and the budget. The incumbent's runs and the \
 margin a candidate must beat now. The history, oldest first: for each iteration its decision with the \
-numbers that made it (the mean of its runs, how many runs, its delta against the incumbent's mean at the \
-time, and the threshold it had to beat then); the epochs it completed and its training seconds, both \
+numbers that made it (its delta against the incumbent's mean at the time, how sure the test was that it \
+is better, its runs and the incumbent's, how sure a keep needed to be, and why it stopped); the epochs it completed and its training seconds, both \
 measured by the orchestrator on the budget's clock; how each run ended (it stopped itself at an epoch \
 boundary, or it was killed at the deadline, or it crashed, with the reason and the last lines of its \
 log); the compute each run received (CONTENDED marks a run the machine's load starved; it is measured \
@@ -313,17 +313,13 @@ def run_line(run: dict[str, Any]) -> str:
 
 
 def decision_text(f: IterationRecord) -> str:
-    """The decision with the numbers that made it: mean of n runs, delta, threshold."""
-    r = f.rule
-    if r.get("delta") is None:
-        if f.measurements:
-            return f"{f.decision}: mean {statistics.fmean(f.measurements):.4f} of {_plural(len(f.measurements), 'run')}"
-        return f.decision or "-"
-    mean = r.get("candidate_mean", f.val_accuracy)
-    n = r.get("n_candidate", len(f.measurements))
-    threshold = r.get("threshold")
-    versus = "" if threshold is None else f" {'>' if r['delta'] > threshold else '<='} threshold {threshold:.4f}"
-    return f"{f.decision}: mean {_num(mean, '.4f')} of {_plural(n, 'run')}, delta {r['delta']:+.4f}{versus}"
+    """The decision with the numbers that made it (acceptance_rule.summary's form)."""
+    numbers = stored_summary(f.rule)
+    if numbers:
+        return f"{f.decision}: {numbers}"
+    if f.measurements:
+        return f"{f.decision}: mean {statistics.fmean(f.measurements):.4f} of {_plural(len(f.measurements), 'run')}"
+    return f.decision or "-"
 
 
 def preflight_text(attempts: list[dict[str, Any]]) -> str:
@@ -338,7 +334,7 @@ def preflight_text(attempts: list[dict[str, Any]]) -> str:
     return "pre-flight: " + "; ".join(steps)
 
 
-HISTORY_HEADER = ("iteration | type | status | decision (mean of its runs, delta vs the incumbent then, threshold then) | "
+HISTORY_HEADER = ("iteration | type | status | decision (delta vs the incumbent then, how sure, runs, what a keep needed) | "
                   "epochs | training s | s per epoch | hypothesis")
 
 
@@ -398,35 +394,31 @@ def load_text(history: list[IterationRecord]) -> str:
     return f"Load: the latest measured run (iteration {iteration}, seed {run.get('seed')}) had {free}{state}."
 
 
-def incumbent_text(f: IterationRecord | None, rule: RuleConfig) -> str:
-    """The incumbent's runs, mean and spread, and the margin a candidate must beat now (the rule's own numbers)."""
+def incumbent_text(f: IterationRecord | None, bar: Bar | None) -> str:
+    """The incumbent's current runs, mean and noise, and the margins a candidate must beat now (the rule's own
+    numbers: acceptance_rule.Bar)."""
     if f is None:
         return "No incumbent measured yet."
     lines = [f"The incumbent is iteration {f.iteration} ({f.hypothesis})."]
-    if f.measurements:
-        spread = f"{statistics.stdev(f.measurements):.4f}" if len(f.measurements) > 1 else "unknown from one run"
-        # The threshold depends only on the incumbent's runs and the candidate's run count, not its score.
-        first = decide(f.measurements, [statistics.fmean(f.measurements)], rule)
-        mean = first.incumbent_mean  # of its runs, a wild one clipped near their median: the reference
-        lines.append(f"Its {_plural(len(f.measurements), 'measured run')}: "
-                     f"{', '.join(f'{s:.4f}' for s in f.measurements)}; reference mean {mean:.4f}, spread (sample "
-                     f"standard deviation) {spread}; noise per run pooled with the rule's prior: sigma {first.sigma:.4f}.")
-        lines.append(f"To be kept now, a candidate's first run must beat that mean by more than {first.threshold:.4f} "
-                     f"(score above {mean + first.threshold:.4f}), and the mean of all its runs must still do so.")
-        if rule.confirm_runs:
-            confirmed = decide(f.measurements, [mean, mean], rule)
-            lines.append(f"A first run between +{first.threshold / 2:.4f} and +{first.threshold:.4f} gets up to "
-                         f"{_plural(rule.confirm_runs, 'confirmation run')}; with 2 runs the mean of its runs must beat "
-                         f"the incumbent's mean by more than {confirmed.threshold:.4f}.")
+    if bar is not None and bar.scores:
+        lines.append(f"Its {_plural(len(bar.scores), 'current run')} (measured within the drift window): "
+                     f"{', '.join(f'{s:.4f}' for s in bar.scores)}; reference mean {bar.mean:.4f}; noise of one run "
+                     f"{bar.sigma:.4f} (with the experiment's floor {bar.floor_sigma:.4f}).")
+        lines.append(f"A first run below {bar.mean + bar.continue_above:.4f} ({bar.continue_above * 100:+.2f} points) is "
+                     f"discarded at once; above it, the candidate gets more runs, up to {bar.max_runs}.")
+        lines.append(f"To be kept, the mean of its runs must beat the incumbent's by about "
+                     f"{bar.keep_at_min * 100:.2f} points after {bar.min_keep_runs} runs, or "
+                     f"{bar.keep_at_max * 100:.2f} points after {bar.max_runs} (and never by less "
+                     f"than {bar.min_delta * 100:.2f}).")
     if f.runs:
-        lines.append("Its runs:")
+        lines.append("Its runs when it was decided:")
         lines.extend(f"    run {run_line(run)}" for run in f.runs)
     return "\n".join(lines)
 
 
 def situation(ctx: ProposalContext) -> str:
     return (f"# Hardware and budget\n\n{hardware_text(ctx.hardware)}\n{load_text(ctx.history)}\n\n"
-            f"# The incumbent and the margin to beat now\n\n{incumbent_text(ctx.incumbent, ctx.rule)}\n\n"
+            f"# The incumbent and the margin to beat now\n\n{incumbent_text(ctx.incumbent, ctx.bar)}\n\n"
             f"# History (oldest first)\n\n{history_text(ctx.history)}")
 
 

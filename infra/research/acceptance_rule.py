@@ -1,169 +1,378 @@
 """
-The acceptance rule: keep a candidate only if it beats the incumbent by more than the noise.
+The acceptance rule: a sequential test that keeps a candidate only when it beats the incumbent by more than the
+noise, spending runs where they decide.
 
-Pure functions, no Prefect, no I/O. The noise belongs to the incumbent: every
-validation accuracy measured for the incumbent's code (its original run and its
-re-runs with other seeds) gives its mean and sample variance. Two or three runs
-can agree by chance, so that variance is pooled with a prior (PRIOR_SIGMA, worth
-PRIOR_DOF runs' degrees of freedom): the floor. A newly kept incumbent brings its
-own runs, and its spread replaces the old incumbent's.
+Pure functions, no Prefect, no I/O. The loop asks `step` what to do next, given the runs so far; every answer
+is a function of the runs alone, so a decision resumed after a crash goes on from the runs already stored.
 
-    x         = the incumbent's runs, each clipped to median(x) +- w once there are 3 or more,
-                w = max(3 * 1.4826 * MAD(x), 4 * prior_sigma)
-    delta     = mean(candidate runs) - mean(x)
-    sigma^2   = ((n_inc - 1) * s_x^2 + prior_dof * prior_sigma^2) / (n_inc - 1 + prior_dof)
-    threshold = max(min_delta, t(confidence, n_inc - 1 + prior_dof) * sigma * sqrt(1/n_inc + 1/n_cand))
-    keep      if delta > threshold
+The noise
+---------
+sigma is the run-to-run spread of one recipe. It is estimated from this decision's own runs (the incumbent's,
+winsorised, and the candidate's, as they are) moderated by the experiment's floor, an empirical-Bayes prior
+pooled from all its multi-run iterations (limma's moderated t):
 
-Student's t (not z) because sigma is estimated from few runs. A close call
-(threshold/2 < delta <= threshold) may be confirmed by more runs of the candidate,
-which shrinks the threshold; a lucky seed rarely survives it.
+    floor:  r = (x - mean) * sqrt(n / (n - 1)) for every run x of every iteration with n >= 2 ok runs,
+            each r clipped to +- 4 * 1.4826 * median|r| (a wild run counts as a 4-sigma one);
+            s0^2 = mean(r^2), d0 = min(sum(n - 1), POOL_DOF_CAP). Before any multi-run iteration:
+            s0 = prior_sigma, d0 = prior_dof.
+    own:    s^2 = pooled sample variance of the winsorised incumbent runs and the candidate runs,
+            d = (n_i - 1) + (n_c - 1)
+    sigma^2 = (d0 * s0^2 + d * s^2) / (d0 + d)          (t with d0 + d degrees of freedom)
 
-The incumbent is a reference, the candidate is on trial. One wild run of the incumbent (a heavy tail:
-the shipped baseline ends near 0.76 instead of 0.84 one seed in six; or a run a candidate spoiled on
-purpose) must not move the bar for everyone after it: a candidate that saved an untrained model in one
-of its noise runs once left the incumbent's runs at [0.8785, 0.0952, 0.8785], the threshold at 1.374,
-and nothing could be kept again. So the incumbent's runs are winsorised around their median (above);
-a candidate's runs count as they are, every one of them: a run it spoiled counts against it.
+Heavy tails (the shipped baseline ends near 0.76 instead of 0.84 one seed in six): the incumbent's runs are
+clipped to median +- max(3 * 1.4826 * MAD, 4 * s0) once it has 3 or more, and the floor's residuals are clipped,
+so one wild run moves neither the bar nor the floor much (benchmarks/decision_power.py, heavy-tailed noise).
+A candidate's runs count as they are: a run it spoiled counts against it.
 
-`judge` is the whole procedure for one candidate: its first run; more runs while the rule calls it a
-close call; on a keep, `keep_runs` more (the new incumbent's own noise) and the decision made again on
-all of its runs, which must still say keep, and its runs must not vary far more than the incumbent's
-noise (an F test at the rule's confidence: its runs would set every later threshold, and a candidate
-that spread them on purpose froze the experiment). A run that fails after the first (crash, timeout, a
-model that cannot be scored) ends the procedure with a discard: a keep needs every run. The seeds of the
-runs are drawn at random by the orchestrator, so the seed does not tell a candidate which run it is
-(the page cache still can, by timing: docs/threat-model.md).
+The test
+--------
+    delta = mean(candidate) - mean(winsorised incumbent)
+    se    = sigma * sqrt(1/n_i + 1/n_c)
+    sure  = T_{d0+d}(delta / se)     the posterior probability that the candidate is better (flat prior on the
+                                     two means, sigma as estimated): "97.3% sure"
+
+A look is taken each time a candidate run arrives, at most once per run count k = n_c:
+
+    keep     if k >= min_keep_runs and delta > min_delta and sure >= 1 - alpha_k
+    discard  if k == max_runs (the cap), or sure < futility_k (clearly not better: most candidates, at k = 1)
+    else     more runs: the incumbent's first while it has fewer current runs than k + 1, then the candidate's
+
+    alpha = 1 - confidence, spent over the looks k = m..K (m = min_keep_runs, K = max_runs):
+    alpha_k = alpha * (F(k) - F(k - 1)),  F(k) = ((k - m + 1) / (K - m + 1)) ** SPENDING_POWER
+
+The guarantee. At look k a no-better candidate passes with probability at most alpha_k (the one-sided t test at
+level alpha_k), so by the union bound its probability of ever being kept is at most sum(alpha_k) = alpha, however
+the looks are correlated, however many incumbent runs were added between them, and wherever the procedure stops:
+the false-keep rate is at most 1 - confidence (1% by default) **per candidate**. Over a night of N no-better
+candidates at most N * alpha false keeps are expected (0.3 in 30). Futility stops only ever discard, so they lower
+that rate further and need no correction. The bound holds when the runs are exchangeable draws with the estimated
+sigma; benchmarks/decision_power.py measures the rate under Gaussian, heavy-tailed and real noise, and under drift.
+
+Drift
+-----
+The machine changes through a night (21 to 18 epochs per budget within an hour here). A decision uses only the
+incumbent's current runs: those made within `window_runs` measured runs and `window_hours` before the decision's
+first run. When fewer than `incumbent_runs` are current, the incumbent is measured again first, so its runs are
+interleaved with the candidates' and a candidate is compared with the incumbent of its own period.
+
+Threats (docs/threat-model.md): the seeds are drawn at random by the orchestrator, so a candidate cannot tell which
+of its runs is a look; a candidate whose runs vary far more than the noise is not kept (an F test: as the
+incumbent its runs would raise every later threshold); a failed run of the candidate ends the procedure with a
+discard, a keep needs every run.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Callable, Sequence
 
 from scipy import stats
 
 from infra.records import Verdict
 
+MAD_TO_SIGMA = 1.4826  # the median absolute deviation of a normal sample times this estimates its sigma
+CLIP_MADS = 3.0  # a run further than this many estimated sigmas from its centre is wild...
+CLIP_FLOOR_SIGMAS = 4.0  # ...and (an incumbent's run) further than this many floor sigmas
+FLOOR_CLIP_MADS = 4.0  # the floor's residuals: wide enough to leave Gaussian noise unbiased (0.006% clipped)
+POOL_DOF_CAP = 20.0  # the floor counts for at most this many runs' degrees of freedom: recipes differ in noise
+SPENDING_POWER = 1.5  # > 1 spends less of alpha at early looks, where only large gains can pass anyway
+
+
+class Role(StrEnum):
+    """Whose run a measured run is, for the decision it was made for."""
+
+    CANDIDATE = "candidate"
+    INCUMBENT = "incumbent"
+
+
+class Stop(StrEnum):
+    """Why a decision ended (or that it has not)."""
+
+    MORE = ""  # undecided: measure the run `Decision.next_run` says
+    KEPT = "kept"  # the test passed at a look
+    WORSE = "not better"  # a futility stop: clearly not better than the incumbent
+    CAP = "cap reached"  # max_runs runs without passing
+    FAILED = "a run failed"  # a candidate's run crashed, timed out or could not be scored: a keep needs every run
+    SPREAD = "runs too spread"  # passed, but its runs vary far more than the noise (module docstring)
+
 
 @dataclass(frozen=True)
 class RuleConfig:
-    confidence: float = 0.99  # one-sided: a no-change candidate is kept about 1-3% of the time
-    min_delta: float = 0.002  # never keep less than 0.2 points, however quiet the incumbent
-    prior_sigma: float = 0.005  # the noise floor: what a quiet recipe varies by at short budgets
-    prior_dof: float = 2.0  # how many runs' worth of evidence the floor is worth
-    confirm_runs: int = 1  # extra candidate runs for a close call (0: never confirm)
+    confidence: float = 0.99  # per candidate: a no-better candidate is kept at most 1 - confidence of the time
+    min_delta: float = 0.002  # never keep less than 0.2 points, however sure
+    prior_sigma: float = 0.005  # the floor before the experiment has any multi-run iteration
+    prior_dof: float = 2.0  # how many runs' degrees of freedom that prior floor is worth
+    max_runs: int = 8  # the cap: runs of one candidate
+    min_keep_runs: int = 2  # a keep needs at least this many runs of the candidate (one lucky seed never keeps)
+    incumbent_runs: int = 2  # current incumbent runs a first look needs
+    futility_first: float = 0.6  # discard at the first look when less sure than this that the candidate is better...
+    futility_last: float = 0.9  # ...rising to this at the look before the cap
+    window_runs: int = 40  # an incumbent run is current within this many measured runs of a decision's start...
+    window_hours: float = 2.0  # ...and this many hours
+
+    def __post_init__(self) -> None:
+        if not 0.5 < self.confidence < 1:
+            raise ValueError(f"confidence must be between 0.5 and 1, not {self.confidence}")
+        if not 1 <= self.min_keep_runs <= self.max_runs:
+            raise ValueError(f"min_keep_runs ({self.min_keep_runs}) must be between 1 and max_runs ({self.max_runs})")
+        if self.incumbent_runs < 1:
+            raise ValueError("incumbent_runs must be at least 1")
+        if not 0 <= self.futility_first <= self.futility_last < 1:
+            raise ValueError("futility_first <= futility_last, both in [0, 1)")
+
+    def needed(self, k: int) -> float | None:
+        """How sure a keep must be at the look after the candidate's k-th run (None: no keep at that look)."""
+        m, last = self.min_keep_runs, self.max_runs
+        if k < m or k > last:
+            return None
+        spent = lambda j: ((j - m + 1) / (last - m + 1)) ** SPENDING_POWER  # noqa: E731
+        return 1 - (1 - self.confidence) * (spent(k) - spent(k - 1))
+
+    def futility(self, k: int) -> float:
+        """Discard at the look after the candidate's k-th run when less sure than this that it is better."""
+        if self.max_runs <= 2:
+            return self.futility_first
+        return self.futility_first + (self.futility_last - self.futility_first) * (k - 1) / (self.max_runs - 2)
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The experiment's noise floor: sigma of one run, and how many runs' degrees of freedom it is worth."""
+
+    sigma: float
+    dof: float
+    pooled: bool  # from the experiment's own runs (False: the prior)
+
+
+def noise_floor(groups: Sequence[Sequence[float]], cfg: RuleConfig = RuleConfig()) -> Floor:
+    """The floor from the ok scores of each iteration's runs (module docstring): robust to a wild run."""
+    residuals = []
+    for scores in groups:
+        n = len(scores)
+        if n >= 2:
+            centre = statistics.fmean(scores)
+            residuals += [(x - centre) * math.sqrt(n / (n - 1)) for x in scores]
+    dof = sum(len(g) - 1 for g in groups if len(g) >= 2)
+    if not residuals:
+        return Floor(cfg.prior_sigma, cfg.prior_dof, pooled=False)
+    width = FLOOR_CLIP_MADS * MAD_TO_SIGMA * statistics.median(abs(r) for r in residuals)
+    clipped = [min(max(r, -width), width) for r in residuals]
+    sigma = math.sqrt(statistics.fmean(r * r for r in clipped))
+    if sigma == 0:  # identical runs everywhere (a deterministic recipe): the prior says what one run can vary by
+        return Floor(cfg.prior_sigma, cfg.prior_dof, pooled=False)
+    return Floor(sigma, min(float(dof), POOL_DOF_CAP), pooled=True)
+
+
+def winsorised(incumbent: Sequence[float], floor: Floor) -> list[float]:
+    """The incumbent's runs, each clipped to median +- w, w = max(3 * 1.4826 * MAD, 4 * floor sigma); as they are
+    below 3 runs, where a median cannot tell the wild run from the others. The red team's incumbent
+    [0.8785, 0.0952, 0.8785] (a candidate that saved an untrained model in one of its runs) must not freeze the
+    experiment."""
+    if len(incumbent) < 3:
+        return list(incumbent)
+    middle = statistics.median(incumbent)
+    mad = statistics.median(abs(x - middle) for x in incumbent)
+    w = max(CLIP_MADS * MAD_TO_SIGMA * mad, CLIP_FLOOR_SIGMAS * floor.sigma)
+    return [min(max(x, middle - w), middle + w) for x in incumbent]
 
 
 @dataclass(frozen=True)
 class Decision:
-    verdict: Verdict  # keep, discard, confirm
-    delta: float
-    sigma: float
-    threshold: float
-    incumbent_mean: float  # of its winsorised runs: the reference a candidate must beat
-    candidate_mean: float  # of all its runs
+    """Where a candidate's procedure stands after its runs so far: the numbers of its last look."""
+
+    verdict: Verdict  # keep, discard, or confirm (undecided: measure next_run)
+    stop: Stop
+    next_run: Role | None  # undecided: whose run to measure next
+    delta: float  # mean(candidate) - mean(winsorised incumbent), accuracy (0.0046 is +0.46 points)
+    sigma: float  # one run's noise, moderated by the floor
+    dof: float
+    sure: float  # posterior probability that the candidate is better
+    needed: float | None  # how sure a keep had to be at this look (None: no keep possible at it)
+    incumbent_mean: float
+    candidate_mean: float
     n_incumbent: int
     n_candidate: int
-    note: str = ""  # why a procedure ended as it did, when the numbers alone do not say (judge)
+    floor_sigma: float
+    note: str = ""
 
-    def as_dict(self) -> dict:
-        return {**asdict(self), "verdict": str(self.verdict)}
+    @property
+    def threshold(self) -> float:
+        """The delta this look needed for a keep (the prompt's "margin to beat"), or inf where no keep was possible."""
+        if self.needed is None:
+            return math.inf
+        se = self.sigma * math.sqrt(1 / self.n_incumbent + 1 / self.n_candidate)
+        return max(stats.t.ppf(self.needed, self.dof) * se, 0.0)
 
 
-def t_quantile(p: float, dof: float) -> float:
-    """Student's t quantile (scipy.stats)."""
-    return float(stats.t.ppf(p, dof))
+def compare(incumbent: Sequence[float], candidate: Sequence[float], floor: Floor, cfg: RuleConfig) -> Decision:
+    """The numbers of one look, verdict undecided (confirm)."""
+    if not incumbent or not candidate:
+        raise ValueError("both the incumbent and the candidate need at least one score")
+    ref = winsorised(incumbent, floor)
+    n_i, n_c = len(ref), len(candidate)
+    inc_mean, cand_mean = statistics.fmean(ref), statistics.fmean(candidate)
+    own = sum((x - inc_mean) ** 2 for x in ref) + sum((x - cand_mean) ** 2 for x in candidate)
+    d = (n_i - 1) + (n_c - 1)
+    dof = floor.dof + d
+    sigma = math.sqrt((floor.dof * floor.sigma**2 + own) / dof)
+    delta = cand_mean - inc_mean
+    se = sigma * math.sqrt(1 / n_i + 1 / n_c)
+    sure = float(stats.t.cdf(delta / se, dof)) if se > 0 else float(delta > 0)
+    return Decision(Verdict.CONFIRM, Stop.MORE, None, delta, sigma, dof, sure, cfg.needed(n_c), inc_mean, cand_mean,
+                    n_i, n_c, floor.sigma)
 
 
-def spread_too_wide(incumbent_scores: list[float], candidate_scores: list[float], cfg: RuleConfig) -> str:
+def spread_too_wide(incumbent: Sequence[float], candidate: Sequence[float], floor: Floor, cfg: RuleConfig) -> str:
     """Why a candidate's runs vary too much for it to become the incumbent, or '' (an F test at cfg.confidence of its
-    sample variance against the incumbent's noise, the rule's sigma). Its runs would set every later threshold: a
-    candidate that spread its runs on purpose (a little below its first, by steps) raised the next threshold from
-    0.017 to 0.068 and froze the experiment (red team)."""
-    if len(candidate_scores) < 2:
+    sample variance against the incumbent's noise). Its runs would set later thresholds: a candidate that spread its
+    runs on purpose (a little below its first, by steps) raised the next threshold from 0.017 to 0.068 (red team)."""
+    if len(candidate) < 2:
         return ""
-    sigma, dof = noise(incumbent_scores, cfg)
-    spread = statistics.stdev(candidate_scores)
-    limit = sigma * math.sqrt(float(stats.f.ppf(cfg.confidence, len(candidate_scores) - 1, dof)))
+    ref = winsorised(incumbent, floor)
+    own = sum((x - statistics.fmean(ref)) ** 2 for x in ref)
+    dof = floor.dof + len(ref) - 1
+    sigma = math.sqrt((floor.dof * floor.sigma**2 + own) / dof)
+    spread = statistics.stdev(candidate)
+    limit = sigma * math.sqrt(float(stats.f.ppf(cfg.confidence, len(candidate) - 1, dof)))
     if spread <= limit:
         return ""
     return (f"its runs vary far more than the incumbent's (sd {spread:.4f} against a noise of {sigma:.4f}; at most "
-            f"{limit:.4f}): as the incumbent it would raise every later threshold")
+            f"{limit:.4f}): as the incumbent it would raise later thresholds")
 
 
-MAD_TO_SIGMA = 1.4826  # the median absolute deviation of a normal sample times this estimates its sigma
-CLIP_MADS = 3.0  # an incumbent run further than this many estimated sigmas from its median is wild...
-CLIP_PRIOR_SIGMAS = 4.0  # ...and further than this many prior sigmas (a few runs can agree by chance)
+def step(incumbent: Sequence[float], candidate: Sequence[float], floor: Floor, cfg: RuleConfig = RuleConfig(),
+         look: bool = True) -> Decision:
+    """What to do after the runs so far (module docstring). look: the candidate's last run has just arrived (False
+    after an incumbent run: no new look, only which run comes next)."""
+    need_incumbent = max(cfg.incumbent_runs, min(len(candidate) + 1, cfg.max_runs))
+    if len(incumbent) < cfg.incumbent_runs or not candidate:
+        role = Role.INCUMBENT if len(incumbent) < cfg.incumbent_runs else Role.CANDIDATE
+        nan = math.nan
+        return Decision(Verdict.CONFIRM, Stop.MORE, role, nan, nan, nan, nan, None, nan, nan, len(incumbent),
+                        len(candidate), floor.sigma)
+    now = compare(incumbent, candidate, floor, cfg)
+    k = len(candidate)
+    if look:
+        if now.needed is not None and now.delta > cfg.min_delta and now.sure >= now.needed:
+            wide = spread_too_wide(incumbent, candidate, floor, cfg)
+            if wide:
+                return _ended(now, Verdict.DISCARD, Stop.SPREAD, wide)
+            return _ended(now, Verdict.KEEP, Stop.KEPT)
+        if k >= cfg.max_runs:
+            return _ended(now, Verdict.DISCARD, Stop.CAP)
+        if now.sure < cfg.futility(k):
+            return _ended(now, Verdict.DISCARD, Stop.WORSE)
+    role = Role.INCUMBENT if len(incumbent) < need_incumbent else Role.CANDIDATE
+    return Decision(**{**now.__dict__, "next_run": role})
 
 
-def winsorised(incumbent_scores: list[float], cfg: RuleConfig) -> list[float]:
-    """The incumbent's runs, each clipped to median +- w (see the module's docstring); as they are below 3 runs,
-    where a median cannot tell the wild run from the others."""
-    if len(incumbent_scores) < 3:
-        return list(incumbent_scores)
-    middle = statistics.median(incumbent_scores)
-    mad = statistics.median(abs(x - middle) for x in incumbent_scores)
-    w = max(CLIP_MADS * MAD_TO_SIGMA * mad, CLIP_PRIOR_SIGMAS * cfg.prior_sigma)
-    return [min(max(x, middle - w), middle + w) for x in incumbent_scores]
+def _ended(now: Decision, verdict: Verdict, stop: Stop, note: str = "") -> Decision:
+    return Decision(**{**now.__dict__, "verdict": verdict, "stop": stop, "next_run": None, "note": note})
 
 
-def noise(incumbent_scores: list[float], cfg: RuleConfig) -> tuple[float, float]:
-    """(sigma, degrees of freedom) of one run of the incumbent, from its winsorised runs, pooled with the prior floor."""
-    scores = winsorised(incumbent_scores, cfg)
-    dof = len(scores) - 1
-    variance = statistics.variance(scores) if dof >= 1 else 0.0
-    total = dof + cfg.prior_dof
-    return math.sqrt((dof * variance + cfg.prior_dof * cfg.prior_sigma**2) / total), total
+def failed(now: Decision, k: int) -> Decision:
+    """The procedure after the candidate's k-th run failed: discarded, its last numbers kept."""
+    return _ended(now, Verdict.DISCARD, Stop.FAILED, f"run {k} of the candidate failed: a keep needs every run")
 
 
-def decide(incumbent_scores: list[float], candidate_scores: list[float], cfg: RuleConfig = RuleConfig()) -> Decision:
-    """Keep, discard, or ask for a confirmation run ('confirm')."""
-    if not incumbent_scores or not candidate_scores:
-        raise ValueError("both the incumbent and the candidate need at least one score")
-    n_inc, n_cand = len(incumbent_scores), len(candidate_scores)
-    inc_mean, cand_mean = statistics.fmean(winsorised(incumbent_scores, cfg)), statistics.fmean(candidate_scores)
-    sigma, dof = noise(incumbent_scores, cfg)
-    threshold = max(cfg.min_delta, t_quantile(cfg.confidence, dof) * sigma * math.sqrt(1 / n_inc + 1 / n_cand))
-    delta = cand_mean - inc_mean
-    if delta > threshold:
-        verdict = Verdict.KEEP
-    elif delta > threshold / 2 and n_cand <= cfg.confirm_runs:
-        verdict = Verdict.CONFIRM
-    else:
-        verdict = Verdict.DISCARD
-    return Decision(verdict, delta, sigma, threshold, inc_mean, cand_mean, n_inc, n_cand)
-
-
-def judge(incumbent_scores: list[float], first_score: float, next_score: Callable[[], float | None],
-          cfg: RuleConfig = RuleConfig(), keep_runs: int = 0) -> tuple[Decision, list[float]]:
-    """The procedure for one candidate whose first run scored first_score (module docstring): the final decision,
-    keep or discard, and the scores of all its runs. next_score() measures one more run of it: its score, or None
-    when that run failed."""
-    scores = [first_score]
-    decision = decide(incumbent_scores, scores, cfg)
+def procedure(incumbent: Sequence[float], floor: Floor, measure: Callable[[Role], float | None],
+              cfg: RuleConfig = RuleConfig(), candidate: Sequence[float] = (), last: Role | None = None,
+              max_incumbent_failures: int = 2) -> tuple[Decision, list[float], list[float]]:
+    """Drive `step` to a decision: (the decision, the candidate's scores, the incumbent's scores it used).
+    measure(role) makes one more run and returns its score (None: it failed). candidate and last: the runs a
+    resumed decision already has, and whose run was made last (a look is taken once per candidate run)."""
+    inc, cand = list(incumbent), list(candidate)
+    failures = 0
+    decision = step(inc, cand, floor, cfg, look=last == Role.CANDIDATE)
     while decision.verdict == Verdict.CONFIRM:
-        score = next_score()
-        if score is None:
-            return replace(decision, verdict=Verdict.DISCARD, note="a confirmation run failed"), scores
-        scores.append(score)
-        decision = decide(incumbent_scores, scores, cfg)
-    if decision.verdict != Verdict.KEEP:
-        return replace(decision, verdict=Verdict.DISCARD), scores
-    for _ in range(keep_runs):  # the new incumbent's own noise, from more seeds: every one counts
-        score = next_score()
-        if score is None:
-            return replace(decision, verdict=Verdict.DISCARD,
-                           note=f"run {len(scores) + 1} of {1 + keep_runs} failed: a keep needs every run"), scores
-        scores.append(score)
-    final = decide(incumbent_scores, scores, cfg)
-    if final.verdict == Verdict.KEEP:
-        too_wide = spread_too_wide(incumbent_scores, scores, cfg)
-        return (replace(final, verdict=Verdict.DISCARD, note=too_wide) if too_wide else final), scores
-    return replace(final, verdict=Verdict.DISCARD, note=f"kept on its first run{'s' if decision.n_candidate > 1 else ''},"
-                                                        f" not on all {len(scores)}"), scores
+        role = decision.next_run
+        if role == Role.INCUMBENT and failures >= max_incumbent_failures and inc:
+            role = Role.CANDIDATE  # the incumbent keeps failing now: compare with the runs it has
+        score = measure(role)
+        if role == Role.CANDIDATE:
+            if score is None:
+                return failed(decision, len(cand) + 1), cand, inc
+            cand.append(score)
+        elif score is None:
+            failures += 1
+            if failures >= max_incumbent_failures and not inc:
+                raise RuntimeError("the incumbent failed every run it was measured again")
+        else:
+            inc.append(score)
+        decision = step(inc, cand, floor, cfg, look=role == Role.CANDIDATE)
+    return decision, cand, inc
+
+
+def current(made: Sequence[tuple[int, datetime]], since_seq: int, since_time: datetime, cfg: RuleConfig) -> list[bool]:
+    """Which of the incumbent's runs (each its sequence number and time in the experiment) are current for a
+    decision whose first run is since_seq, made at since_time: within window_runs runs and window_hours."""
+    oldest = since_time - timedelta(hours=cfg.window_hours)
+    return [seq > since_seq - cfg.window_runs and at >= oldest for seq, at in made]
+
+
+def summary(d: Decision) -> str:
+    """One decision in the form every reader shows (history, report, artifacts, prompt):
+    "+0.46 points, 97.3% sure, 5 runs (incumbent 7); keep needs 99.86%"."""
+    if math.isnan(d.delta):
+        return f"no look yet, {d.n_candidate} runs (incumbent {d.n_incumbent})"
+    needs = f"keep needs {_pct(d.needed)}" if d.needed is not None else f"no keep before {d.n_candidate + 1} runs"
+    text = f"{d.delta * 100:+.2f} points, {_pct(d.sure)} sure, {d.n_candidate} run{'s' * (d.n_candidate != 1)} " \
+           f"(incumbent {d.n_incumbent}); {needs}"
+    return f"{text}: {d.stop}" if d.stop != Stop.MORE else text
+
+
+@dataclass(frozen=True)
+class Bar:
+    """What a candidate needs now, against the incumbent's current runs (the prompt's "margin to beat")."""
+
+    scores: tuple[float, ...]  # the incumbent's current runs
+    mean: float  # their winsorised mean: the reference
+    sigma: float  # one run's noise, with the floor
+    floor_sigma: float
+    continue_above: float  # a first run's delta below this is discarded at once
+    keep_at_min: float  # about the delta of the mean of min_keep_runs runs that keeps
+    keep_at_max: float  # ... and of max_runs runs
+    min_keep_runs: int
+    max_runs: int
+    min_delta: float
+
+
+def bar(incumbent: Sequence[float], floor: Floor, cfg: RuleConfig = RuleConfig()) -> Bar | None:
+    """The margins a candidate with runs as noisy as the incumbent's must beat now (None: no incumbent runs). At the
+    look after k runs the incumbent has at least k runs (the procedure measures it again first)."""
+    if not incumbent:
+        return None
+    first = compare(incumbent, [statistics.fmean(incumbent)], floor, cfg)
+
+    def keep_margin(k: int) -> float:
+        n_i = max(first.n_incumbent, k)
+        dof = first.dof + (k - 1) + (n_i - first.n_incumbent)
+        return max(cfg.min_delta, float(stats.t.ppf(cfg.needed(k), dof)) * first.sigma * math.sqrt(1 / n_i + 1 / k))
+
+    continue_above = float(stats.t.ppf(cfg.futility(1), first.dof)) * first.sigma * math.sqrt(1 / first.n_incumbent + 1)
+    return Bar(tuple(incumbent), first.incumbent_mean, first.sigma, floor.sigma, continue_above,
+               keep_margin(cfg.min_keep_runs), keep_margin(cfg.max_runs), cfg.min_keep_runs, cfg.max_runs, cfg.min_delta)
+
+
+def stored_summary(rule: dict) -> str:
+    """A stored decision's summary (an iteration's `rule`); decisions of the rule before the sequential one show their
+    delta and threshold; '' when nothing was compared."""
+    if rule.get("summary"):
+        return str(rule["summary"])
+    if rule.get("threshold") is not None and rule.get("delta") is not None:
+        return f"{rule['delta'] * 100:+.2f} points, threshold {rule['threshold'] * 100:.2f} (the earlier rule)"
+    return ""
+
+
+def _pct(p: float) -> str:
+    """A probability as a percentage with the digits that matter near 100%."""
+    if p >= 0.9995 or p <= 0.0005:
+        return f"{p * 100:.2f}%"
+    return f"{p * 100:.1f}%" if p < 0.99 else f"{p * 100:.2f}%"
 
 
 def naive_decide(incumbent_best: float, candidate: float) -> Verdict:

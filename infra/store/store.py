@@ -17,14 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import (JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event,
-                        select)
+from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
+                        event, func, select)
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from infra import operator_files
-from infra.records import IterationRecord
+from infra.records import IterationRecord, MeasuredRun
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -90,6 +90,31 @@ class Iteration(Base):
     test_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class MeasuredRunRow(Base):
+    """One measured run (infra/records.py MeasuredRun), stored as it finishes."""
+
+    __tablename__ = "measured_runs"
+    __table_args__ = (UniqueConstraint("experiment_id", "seq", name="uq_measured_run"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    iteration: Mapped[int] = mapped_column(Integer)
+    decided_in: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    val_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    val_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    epochs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    train_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    wall_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    inference_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    contended: Mapped[bool] = mapped_column(Boolean, default=False)
+    remeasured: Mapped[bool] = mapped_column(Boolean, default=False)
+    compute: Mapped[dict] = mapped_column(JSON, default=dict)
+    made_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class StrategyVersion(Base):
@@ -268,6 +293,39 @@ class Store:
         costs = self.cost_by_iteration(experiment_id)
         return [IterationRecord.from_row(row, costs.get(row.index, 0.0))
                 for row in self.iterations(experiment_id, finished_only)]
+
+    # --- measured runs -------------------------------------------------------
+
+    def add_measured_run(self, experiment_id: int, run: MeasuredRun) -> MeasuredRun:
+        """Store one measured run, numbered by the store: its seq is the experiment's next, taken in the inserting
+        statement's own transaction; two writers that raced for one number are told by the unique constraint, and
+        the loser takes the next. Returns the run as stored (its seq and time)."""
+        values = {f: getattr(run, f) for f in MeasuredRun.__dataclass_fields__ if f not in ("seq", "made_at")}
+        for _ in range(20):
+            try:
+                with self.session() as s:
+                    last = s.scalar(select(func.max(MeasuredRunRow.seq)).where(
+                        MeasuredRunRow.experiment_id == experiment_id))
+                    row = MeasuredRunRow(experiment_id=experiment_id, seq=(last or 0) + 1, made_at=utcnow(),
+                                         **{**values, "status": str(run.status)})
+                    s.add(row)
+                    s.flush()
+                    return MeasuredRun.from_row(row)
+            except IntegrityError:
+                continue
+        raise StoreError("could not number a measured run: too many concurrent writers")
+
+    def measured_runs(self, experiment_id: int, iteration: int | None = None,
+                      decided_in: int | None = None) -> list[MeasuredRun]:
+        """The experiment's measured runs in the order they were made; of one iteration's code, or made for one
+        iteration's decision, when given."""
+        with self.session() as s:
+            q = select(MeasuredRunRow).where(MeasuredRunRow.experiment_id == experiment_id)
+            if iteration is not None:
+                q = q.where(MeasuredRunRow.iteration == iteration)
+            if decided_in is not None:
+                q = q.where(MeasuredRunRow.decided_in == decided_in)
+            return [MeasuredRun.from_row(row) for row in s.scalars(q.order_by(MeasuredRunRow.seq))]
 
     # --- strategy and proposer calls ----------------------------------------
 
