@@ -8,7 +8,7 @@ from infra.proposers import Proposal, ProposalContext, ProposerError, make_propo
 from infra.proposers.llm import (FIXED_TEXT, MIN_CACHEABLE_TOKENS, TOOLS, InvalidProposal, SpendingCapReached,
                                  apply_edits, estimated_tokens, hardware_text)
 from infra.proposers.pricing import DEFAULT_PRICES, Usage, cost_usd
-from infra.research.acceptance_rule import RuleConfig, decide
+from infra.research.acceptance_rule import Floor, RuleConfig, Stop, bar, step, summary
 from infra.research.code_edit import set_constants
 from infra.research.program import read_program, with_strategy
 from infra.sandbox.compute_record import compute_record
@@ -43,7 +43,10 @@ def run(seed: int, status: str, acc: float | None, epochs: int, seconds: float, 
 
 
 BASELINE_SCORES = [0.8391, 0.8419]
-CLOSE_CALL = decide(BASELINE_SCORES, [0.8555, 0.8530])  # confirmed, then discarded
+FLOOR = Floor(0.005, 2.0, pooled=False)
+CLOSE_CALL = step(BASELINE_SCORES, [0.8555, 0.8530], FLOOR)  # a second run, then undecided
+assert CLOSE_CALL.stop == Stop.MORE
+BAR = bar(BASELINE_SCORES, FLOOR)
 BASELINE_ROW = record(**{"iteration": 0, "status": "ok", "decision": "baseline", "val_accuracy": 0.8405,
                 "measurements": BASELINE_SCORES, "change_type": "baseline", "hypothesis": "baseline", "epochs": 14,
                 "train_seconds": 119.2, "rule": {}, "attempts": [],
@@ -58,7 +61,7 @@ HISTORY = [
      "runs": [run(1000, "timeout", None, 3, 139.5)], "log_tail": "epoch 3 train_loss 0.41\nkilled"}),
     record(**{"iteration": 2, "status": "ok", "decision": "discard", "val_accuracy": CLOSE_CALL.candidate_mean,
      "measurements": [0.8555, 0.8530], "change_type": "parametric", "hypothesis": "lower lr",
-     "expected_effect": "+1 point", "epochs": 13, "train_seconds": 117.0, "rule": CLOSE_CALL.as_dict(),
+     "expected_effect": "+1 point", "epochs": 13, "train_seconds": 117.0, "rule": {"summary": summary(CLOSE_CALL), "delta": CLOSE_CALL.delta},
      "attempts": [{"attempt": 0, "note": "lower lr", "status": "ok", "reason": "ok"}],
      "runs": [run(2000, "ok", 0.8555, 13, 117.0), run(2001, "ok", 0.8530, 12, 118.1, BUSY)]}),
 ]
@@ -68,7 +71,7 @@ HARDWARE = {"device": "cpu", "budget_s": 120, "startup_allowance_s": 8, "export_
 
 def ctx(**kw) -> ProposalContext:
     base = dict(iteration=4, incumbent_code=BASELINE, strategy=STRATEGY, program=PROGRAM, incumbent=BASELINE_ROW,
-                rule=RuleConfig(), history=HISTORY, hardware=HARDWARE)
+                rule=RuleConfig(), bar=BAR, history=HISTORY, hardware=HARDWARE)
     base.update(kw)
     return ProposalContext(**base)
 
@@ -103,13 +106,12 @@ def test_request_carries_program_rule_history_hardware_and_cache_control(claude_
     assert incumbent["cache_control"] == situation["cache_control"] == {"type": "ephemeral"} and "cache_control" not in task
     assert "LEARNING_RATE = 0.1" in incumbent["text"] and "Propose iteration 4" in task["text"]
     text = situation["text"]
-    # the threshold a one-run candidate must beat now, from the rule itself
-    now = decide(BASELINE_SCORES, [0.84], RuleConfig())
-    assert f"more than {now.threshold:.4f}" in text and "0.8391, 0.8419; reference mean 0.8405" in text
-    assert f"{decide(BASELINE_SCORES, [0.84, 0.84]).threshold:.4f}" in text  # after a confirmation run
-    # each history row: its decision's numbers, epochs and seconds, how it ended, the pre-flight fix
-    assert (f"discard: mean {CLOSE_CALL.candidate_mean:.4f} of 2 runs, delta {CLOSE_CALL.delta:+.4f} <= threshold "
-            f"{CLOSE_CALL.threshold:.4f}") in text
+    # the margins a candidate must beat now, from the rule itself
+    assert "0.8391, 0.8419; reference mean 0.8405" in text
+    assert f"A first run below {BAR.mean + BAR.continue_above:.4f}" in text
+    assert f"{BAR.keep_at_min * 100:.2f} points after 2 runs" in text and f"{BAR.keep_at_max * 100:.2f} points after 8" in text
+    # each history row: its decision's numbers in the one form every reader shows, epochs and seconds, how it ended
+    assert f"discard: {summary(CLOSE_CALL)}" in text and "sure, 2 runs (incumbent 2)" in text
     assert "| 14 | 119.2 | 8.51 |" in text and "| 3 | 139.5 | 46.50 |" in text and "| 13 | 117.0 | 9.00 |" in text
     assert "seed 2001: stopped itself at an epoch boundary, val_accuracy 0.8530; 12 epochs in 118.1 s (9.84 s per epoch)" in text
     assert "seed 1000: killed at the deadline (timeout); 3 epochs in 139.5 s" in text and "10 s past its deadline" in text

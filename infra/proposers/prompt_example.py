@@ -18,7 +18,7 @@ import sys
 from infra.proposers.base import ProposalContext
 from infra.proposers.llm import TOOLS, Prompt, estimated_tokens, prompt, propose_task
 from infra.records import ChangeType, IterationRecord, Status, Verdict
-from infra.research.acceptance_rule import RuleConfig, decide
+from infra.research.acceptance_rule import Floor, RuleConfig, bar, step, summary
 from infra.research.program import read_program
 from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT
 
@@ -40,11 +40,14 @@ def _run(seed: int, status: str, acc: float | None, epochs: int, seconds: float,
 
 
 def example_context() -> ProposalContext:
-    """Iteration 2 of a CPU experiment: the baseline measured twice; a candidate fixed at pre-flight, a close call, discarded."""
+    """Iteration 2 of a CPU experiment: the baseline measured twice; a candidate fixed at pre-flight, promising on its
+    first run, discarded after its second."""
     baseline_scores = [0.8391, 0.8419]
     rule = RuleConfig()
-    momentum_scores = [0.8564, 0.8548]  # a close call: confirmed by a second seed, then discarded
-    close_call = decide(baseline_scores, momentum_scores, rule)
+    floor = Floor(rule.prior_sigma, rule.prior_dof, pooled=False)  # the baseline's two runs: the prior still rules
+    momentum_scores = [0.8470, 0.8362]  # a promising first run, a second that was not
+    close_call = step(baseline_scores, momentum_scores, floor, rule)
+    assert close_call.verdict == Verdict.DISCARD, summary(close_call)
     baseline = IterationRecord(
         iteration=0, status=Status.OK, decision=Verdict.BASELINE, val_accuracy=0.8405, measurements=baseline_scores,
         change_type=ChangeType.BASELINE, hypothesis="baseline", epochs=14, train_seconds=119.2, finished=True,
@@ -54,15 +57,17 @@ def example_context() -> ProposalContext:
         iteration=1, status=Status.OK, decision=close_call.verdict, val_accuracy=close_call.candidate_mean,
         measurements=momentum_scores, change_type=ChangeType.PARAMETRIC,
         hypothesis="SGD momentum 0.9 with lr 0.02 averages the noisy batch-32 gradients",
-        expected_effect="+1.5 points, the same 14 epochs", epochs=14, train_seconds=119.5, rule=close_call.as_dict(),
-        runs=[_run(1000, "ok", 0.8564, 14, 119.5, _compute(128.3, 131.0, 1.7)),
-              _run(1001, "ok", 0.8548, 14, 119.1, _compute(128.0, 130.8, 1.6))],
+        expected_effect="+1.5 points, the same 14 epochs", epochs=14, train_seconds=119.5,
+        rule={"summary": summary(close_call), "delta": close_call.delta},
+        runs=[_run(1000, "ok", 0.8470, 14, 119.5, _compute(128.3, 131.0, 1.7)),
+              _run(1001, "ok", 0.8362, 14, 119.1, _compute(128.0, 130.8, 1.6))],
         attempts=[{"attempt": 0, "note": "SGD momentum 0.9 with lr 0.02", "status": "crashed",
                    "reason": "NameError: name 'MOMENTUM_' is not defined"},
                   {"attempt": 1, "note": "fixed: the constant's name", "status": "ok", "reason": "ok"}], finished=True)
     return ProposalContext(
         iteration=2, incumbent_code=BASELINE_TRAIN_PY.read_text(), strategy="",
-        program=read_program(REPO_ROOT / "program.md"), incumbent=baseline, rule=rule, history=[baseline, momentum],
+        program=read_program(REPO_ROOT / "program.md"), incumbent=baseline, rule=rule,
+        bar=bar(baseline_scores, floor, rule), history=[baseline, momentum],
         hardware={"device": "cpu", "budget_s": 120.0, "startup_allowance_s": 8.0, "export_allowance_s": 4.8, "inference_allowance_s": 10.0, "cpu_threads": 1,
                   "cpu_cores": 2, "usable_cores": 2, "memory_cap_gib": 3.9})
 

@@ -15,7 +15,7 @@ pooled from all its multi-run iterations (limma's moderated t):
             |x_i - x_j| within iterations (a wild run only touches its own pairs); each run clipped to its
             iteration's median +- 4c (a wild run counts as a 4-sigma one); r = (x - mean) * sqrt(n / (n - 1));
             s0^2 = mean(r^2), d0 = min(sum(n - 1), POOL_DOF_CAP). Before any multi-run iteration:
-            s0 = prior_sigma, d0 = prior_dof.
+            s0 = prior_sigma, d0 = prior_dof; while sum(n - 1) < prior_dof, both, weighted by their dof.
     own:    s^2 = pooled sample variance of the trimmed incumbent runs and the candidate runs,
             d = (n_i - 1) + (n_c - 1)    (n_i: the incumbent's runs after trimming)
     sigma^2 = (d0 * s0^2 + d * s^2) / (d0 + d)          (t with d0 + d degrees of freedom)
@@ -167,8 +167,11 @@ def noise_floor(groups: Sequence[Sequence[float]], cfg: RuleConfig = RuleConfig(
         clipped = [min(max(x, middle - w), middle + w) for x in g]
         mean = statistics.fmean(clipped)
         residuals += [(x - mean) * math.sqrt(len(g) / (len(g) - 1)) for x in clipped]
-    sigma = math.sqrt(statistics.fmean(r * r for r in residuals))
-    return Floor(sigma, min(float(dof), POOL_DOF_CAP), pooled=True)
+    variance = statistics.fmean(r * r for r in residuals)
+    if dof < cfg.prior_dof:  # one baseline pair says little: the prior still counts, as prior_dof runs
+        variance = (dof * variance + cfg.prior_dof * cfg.prior_sigma**2) / (dof + cfg.prior_dof)
+        return Floor(math.sqrt(variance), dof + cfg.prior_dof, pooled=True)
+    return Floor(math.sqrt(variance), min(float(dof), POOL_DOF_CAP), pooled=True)
 
 
 def trimmed(incumbent: Sequence[float], floor: Floor) -> list[float]:
