@@ -53,7 +53,7 @@ bench: setup
 	$(PY) benchmarks/hostile_output.py
 	$(PY) benchmarks/fairness.py --all-cores
 	$(PY) benchmarks/allowances.py
-	$(PY) benchmarks/winsorised_rule.py
+	$(PY) benchmarks/decision_power.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

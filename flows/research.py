@@ -373,7 +373,7 @@ def decide_candidate(run: Run, i: int, incumbent: Iteration, code: str) -> tuple
         return measure(run, incumbent.code, incumbent.index, i).score
 
     found = now()
-    if found.candidate or found.incumbent and found.last:
+    if found.last is not None:
         print(f"iteration {i}: resuming its decision with {len(found.candidate)} candidate and "
               f"{len(found.incumbent)} current incumbent runs already measured")
     decision = keep_or_discard(found, measure_for, run.rule, i)

@@ -25,7 +25,8 @@ from tests.conftest import requires_bwrap, requires_real_data
 
 pytestmark = [requires_real_data, requires_bwrap, pytest.mark.process_driven]
 FIXTURES = Path(__file__).parent / "fixtures"
-KILL_POINTS = ["propose:1", "train:2", "train:2", "decided:3", "recorded:3"]
+# measured:1 kills between two measured runs of one decision (right after its first run is stored)
+KILL_POINTS = ["propose:1", "measured:1", "train:2", "train:2", "decided:3", "recorded:3"]
 
 
 def run_cli(home: Path, replay: Path, failpoint: str | None) -> subprocess.CompletedProcess:
@@ -78,10 +79,16 @@ def test_sigkill_at_any_point_then_resume(tmp_path):
     (replay / "03_mlp.py").write_text((FIXTURES / "mlp_adam.py").read_text())
     store = Store(f"sqlite:///{home / 'autoresearch.db'}")
 
+    killed_inside_a_decision, resumed_output = [], ""
     for point in KILL_POINTS:
         before = finished_logs(home, store)
         done = run_cli(home, replay, point)
         assert done.returncode == -9, f"{point}: expected SIGKILL, got {done.returncode}\n{done.stderr[-3000:]}"
+        if killed_inside_a_decision and not resumed_output:  # the run after the kill inside iteration 1's decision
+            resumed_output = done.stderr
+        if point == "measured:1":
+            killed_inside_a_decision = store.measured_runs(store.experiment("chaos").id, decided_in=1)
+            assert len(killed_inside_a_decision) == 1
         after = finished_logs(home, store)
         assert {k: after[k] for k in before} == before, f"{point}: a finished iteration was trained again"
         assert list(after) == list(range(len(after))), f"{point}: finished iterations are not 0..n"
@@ -98,6 +105,14 @@ def test_sigkill_at_any_point_then_resume(tmp_path):
     rows = store.iterations(exp.id)
     assert [r.index for r in rows] == [0, 1, 2, 3]
     assert all(r.finished_at is not None for r in rows)
+    # the decision killed between two of its runs went on with the run it had: none lost, none counted twice,
+    # none made again (its first run's seed and number are the decision's first)
+    made_for_1 = [m for m in store.measured_runs(exp.id, decided_in=1) if not m.remeasured]
+    assert made_for_1[0] == killed_inside_a_decision[0]
+    used = [r["seq"] for r in rows[1].rule["candidate_runs"]] + [r["seq"] for r in rows[1].rule["incumbent_runs"]]
+    assert len(used) == len(set(used)) and killed_inside_a_decision[0].seq in used
+    assert [r["seq"] for r in rows[1].rule["candidate_runs"]] == [m.seq for m in made_for_1 if m.iteration == 1]
+    assert rows[1].orchestrator_crashes == 1 and "iteration 1: resuming its decision with 1 candidate" in resumed_output
     poison = rows[2]
     assert (poison.status, poison.decision, poison.orchestrator_crashes) == ("crashed", "discard", 2)
     assert poison.reason == "crashed the orchestrator 2 times"
