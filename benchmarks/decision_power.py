@@ -253,7 +253,7 @@ def main() -> None:
     per = night_report(gaussian(0.002), cfg, args.nights, args.seed, 0.0, "sigma 0.002, steady")
     for sign, how in ((1, "slower"), (-1, "faster")):
         night_report(gaussian(0.002), cfg, 5 * args.nights, args.seed, sign * shift,
-                     f"sigma 0.002, 10% {how} from the middle: every score {sign * shift * 100:+.2f} points")
+                     f"sigma 0.002, 10% {how} from the middle: every score {-sign * shift * 100:+.2f} points")
     print(f"+0.3 at sigma 0.002 kept {rates[('gaussian 0.002', 'new', 0.003)]:.1f}%")
     print(f"decision power: +0.5 at sigma 0.002 kept {rates[('gaussian 0.002', 'new', 0.005)]:.1f}%; "
           f"no change kept {rates[('gaussian 0.002', 'new', 0.0)]:.1f}%; mix {per:.2f} runs per candidate")

@@ -131,5 +131,5 @@ def test_offline_demo_end_to_end(tmp_path):
     for r in rows[1:]:
         assert r["hypothesis"].startswith("Set ") and r["change_type"] == "parametric"
         if r["status"] == "ok":
-            assert {"delta", "threshold", "sigma"} <= set(r["rule"])
+            assert {"delta", "sure", "sigma", "summary"} <= set(r["rule"])
     assert rows[0]["test_accuracy"] is not None  # held out, reported, never used to decide

@@ -250,8 +250,9 @@ def test_the_same_candidate_does_the_same_work_on_a_busy_machine(tmp_path):
         assert result.compute["cpu_seconds"] <= limits.startup_allowance_s + limits.budget_s + limits.export_allowance_s
 
 
-def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeypatch):
+def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeypatch, tmp_path):
     import flows.research as research
+    from infra.store import Store
 
     outcomes = iter([True, False])
     calls: list[int] = []
@@ -268,17 +269,22 @@ def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeyp
     monkeypatch.setattr(research, "sandboxed_train", fake_train)
     monkeypatch.setattr(research, "evaluate", lambda trained, *args: trained)
 
+    store = Store(f"sqlite:///{tmp_path / 'results.db'}")
+
     class FakeRun:
         ws = type("W", (), {"run_dir": staticmethod(lambda i, seed: Path(f"/nowhere/{i}/{seed}"))})()
         limits, val = None, None
         cfg = type("C", (), {"device": None})()
+        exp = store.ensure_experiment("contended", {})
 
-    runs: list[dict] = []
-    result = research.measure(FakeRun(), "code", 4, runs)
-    assert result.status == "ok"
+    FakeRun.store = store
+    result = research.measure(FakeRun(), "code", 4, 4)
+    assert result.status == "ok" and result.score is None  # ok, but no evaluation in this test: no score
     assert len(calls) == 2 and calls[0] == calls[1], "the same (random) seed, measured again"
-    assert [r["contended"] for r in runs] == [True, False] and all(r["seed"] == calls[0] for r in runs)
-    assert runs[-1]["epochs_per_second"] == pytest.approx(3.0), "throughput on the budget's clock: 3 epochs in 1 s"
+    runs = store.measured_runs(FakeRun.exp.id)
+    assert [(r.seq, r.contended, r.remeasured) for r in runs] == [(1, True, True), (2, False, False)]
+    assert all(r.seed == calls[0] for r in runs) and runs[-1] == result
+    assert runs[-1].as_dict()["epochs_per_second"] == pytest.approx(3.0), "on the budget's clock: 3 epochs in 1 s"
 
 
 # --- the allowances around the budget, and inference's -------------------------------------

@@ -78,7 +78,7 @@ def check_loop(store: Store, exp_id: int, requests: list[dict]) -> None:
     assert adam.status == "ok" and "torch.optim.Adam" in adam.code and adam.val_accuracy > 0.5
     assert adam.expected_effect == ADAM_EDIT["expected_effect"]  # checked, and stored with the iteration
     for row in (adam, mlp):  # decided by the rule, whichever way the noise fell
-        assert (row.decision == "keep") == (row.rule["delta"] > row.rule["threshold"]), row.rule
+        assert (row.decision == "keep") == (row.rule["stop"] == "kept"), row.rule
     # 2: the broken MLP crashed at pre-flight, the traceback went back, the fix was trained for real
     assert [a["status"] for a in mlp.attempts] == ["crashed", "ok"]
     assert "mat1 and mat2 shapes cannot be multiplied" in mlp.attempts[0]["reason"]

@@ -184,7 +184,7 @@ def test_store_writes_are_idempotent_per_iteration(tmp_path):
     assert [s.text for s in store.strategies(exp.id)] == ["s0"]
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0006"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0007"
     # a second Store on the same file migrates nothing and sees the same data
     assert len(Store(f"sqlite:///{tmp_path / 'a.db'}").iterations(exp.id)) == 1
 
@@ -244,3 +244,66 @@ def test_a_store_from_before_run_records_upgrades_and_keeps_its_iterations(tmp_p
     assert [(r.memory, r.expected_effect) for r in records] == [
         ({}, ""), ({"constant": "USE_BIAS", "old": True, "new": False}, "")]
     assert step_sizes(records)["USE_BIAS"] < step_sizes([])["USE_BIAS"]  # the offline searcher reads it back
+
+
+def test_a_store_from_before_measured_runs_gets_them_from_its_iterations(tmp_path):
+    """Migration 0007: the runs an older store kept in iterations.runs become measured runs, numbered in iteration
+    order, a contended attempt measured again with the same seed marked so: a resumed experiment's incumbent has
+    its runs for the sequential rule."""
+    import json
+
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine
+
+    from infra.store import MIGRATIONS_DIR
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url)
+    command.upgrade(cfg, "0006")
+    runs = [{"seed": 5, "status": "ok", "val_accuracy": 0.80, "epochs": 3, "contended": True, "clock": "cpu"},
+            {"seed": 5, "status": "ok", "val_accuracy": 0.83, "epochs": 4, "contended": False, "clock": "cpu"},
+            {"seed": 9, "status": "ok", "val_accuracy": 0.84, "epochs": 4, "contended": False, "clock": "cpu"}]
+    with create_engine(url).begin() as conn:
+        conn.exec_driver_sql("INSERT INTO experiments (name, config, status, created_at, updated_at) "
+                             "VALUES ('old', '{}', 'finished', '2026-11-01', '2026-11-01')")
+        conn.exec_driver_sql("INSERT INTO iterations (experiment_id, \"index\", proposer, hypothesis, change_type, "
+                             "code, diff, status, reason, measurements, decision, rule, attempts, runs, started_at) "
+                             "VALUES (1, 0, 'baseline', 'baseline', 'baseline', '', '', 'ok', '', '[0.83, 0.84]', "
+                             f"'baseline', '{{}}', '[]', '{json.dumps(runs)}', '2026-11-01')")
+    store = Store(url)
+    measured = store.measured_runs(store.experiment("old").id)
+    assert [(m.seq, m.iteration, m.seed, m.remeasured, m.score) for m in measured] == [
+        (1, 0, 5, True, None), (2, 0, 5, False, 0.83), (3, 0, 9, False, 0.84)]
+    assert measured[0].compute == {"contended": True, "clock": "cpu"}
+
+
+def test_concurrent_writers_get_distinct_run_numbers(tmp_path):
+    """The store numbers measured runs in the inserting transaction: two processes' worth of writers at once (two
+    Store objects on one SQLite file, four threads) never share a number and leave no gap."""
+    import threading
+
+    from infra.records import MeasuredRun, Status
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    stores = [Store(url), Store(url)]
+    exp = stores[0].ensure_experiment("busy", {})
+    made: list[int] = []
+
+    def write(store: Store, iteration: int) -> None:
+        for k in range(15):
+            run = MeasuredRun(seq=0, iteration=iteration, decided_in=iteration, seed=k, status=Status.OK,
+                              val_accuracy=0.5)
+            made.append(store.add_measured_run(exp.id, run).seq)
+
+    threads = [threading.Thread(target=write, args=(stores[n % 2], n)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(made) == list(range(1, 61))
+    assert [m.seq for m in stores[1].measured_runs(exp.id)] == list(range(1, 61))
+    with pytest.raises(TypeError):
+        MeasuredRun(seq=0, iteration=1, decided_in=1, seed=1, status=Status.OK, val_accuracy=0.5, loss=1.0)

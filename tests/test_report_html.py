@@ -60,7 +60,9 @@ def test_report_holds_everything_and_escapes_what_candidates_wrote(finished, tmp
     assert re.search(r'<img id="progress-plot"[^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{1000,}"', page)
     iterations = page.split('<table id="iterations">')[1].split("</table>")[0]
     assert iterations.count("<tr") == 5  # header and four iterations
-    assert "keep (+0.0120 / 0.0040)" in iterations and "discard (-0.0030 / 0.0040)" in iterations
+    # decisions of the rule before the sequential one show their delta and threshold, in points
+    assert "keep (+1.20 points, threshold 0.40 (the earlier rule))" in iterations
+    assert "discard (-0.30 points, threshold 0.40 (the earlier rule))" in iterations
     assert "0.8420" in iterations and "0.8350" in iterations and "$0.2500" in iterations and "+0.5 points" in iterations
     assert '<span class="add">+LR = 0.05</span>' in page  # the kept change's diff
     assert "Tune the learning rate first." in page and '<span class="add">+Try batch sizes next.' in page
