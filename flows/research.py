@@ -246,7 +246,8 @@ def measure(run: Run, code: str, iteration: int, decided_in: int) -> MeasuredRun
         stored = run.store.add_measured_run(run.exp.id, MeasuredRun(
             seq=0, iteration=iteration, decided_in=decided_in, seed=seed, status=result.status,
             val_accuracy=result.val_accuracy, reason=result.reason, val_loss=result.val_loss, epochs=result.epochs,
-            train_seconds=result.train_seconds, wall_seconds=result.wall_seconds, inference_seconds=result.inference_seconds, contended=result.contended, remeasured=again,
+            train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
+            inference_seconds=result.inference_seconds, contended=result.contended, remeasured=again,
             compute=result.compute))
         failpoint("measured", decided_in)
         if not again:
@@ -410,6 +411,8 @@ def run_iteration(run: Run, i: int) -> bool:
         rule=decision_record(decision, found) if looked else {}, test_accuracy=test_acc, finished_at=utcnow())
     failpoint("recorded", i)
     run.ws.prune_models(i, keep=run.ws.run_dir(i, first.seed) if verdict == Verdict.KEEP else None)
+    if incumbent.runs:  # its runs measured again for this decision: only its own first model is kept
+        run.ws.prune_models(incumbent.index, keep=run.ws.run_dir(incumbent.index, incumbent.runs[0]["seed"]))
     if verdict == Verdict.KEEP:
         run.ws.commit_keep(i, proposal.hypothesis, incumbent.val_accuracy, statistics.fmean(scores), proposal.code)
     what = summary(decision) if looked else first.reason
