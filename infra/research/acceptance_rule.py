@@ -243,8 +243,11 @@ def compare(incumbent: Sequence[float], candidate: Sequence[float], floor: Floor
 
 def spread_too_wide(incumbent: Sequence[float], candidate: Sequence[float], floor: Floor, cfg: RuleConfig) -> str:
     """Why a candidate's runs vary too much for it to become the incumbent, or '' (an F test at cfg.confidence of its
-    sample variance against the incumbent's noise). Its runs would set later thresholds: a candidate that spread its
-    runs on purpose (a little below its first, by steps) raised the next threshold from 0.017 to 0.068 (red team)."""
+    sample variance against the larger of the incumbent's noise and prior_sigma). Its runs would set later
+    thresholds: a candidate that spread its runs on purpose (a little below its first, by steps) raised the next
+    threshold from 0.017 to 0.068 (red team). prior_sigma, what a quiet recipe may vary by at short budgets, because
+    a new recipe may honestly be noisier than the incumbent: an MLP at a 2 s budget (sd 0.0062) was refused against
+    a linear incumbent's 0.0008."""
     if len(candidate) < 2:
         return ""
     ref = trimmed(incumbent, floor)
@@ -252,10 +255,11 @@ def spread_too_wide(incumbent: Sequence[float], candidate: Sequence[float], floo
     dof = floor.dof + len(ref) - 1
     sigma = math.sqrt((floor.dof * floor.sigma**2 + own) / dof)
     spread = statistics.stdev(candidate)
-    limit = sigma * math.sqrt(float(stats.f.ppf(cfg.confidence, len(candidate) - 1, dof)))
+    allowed = max(sigma, cfg.prior_sigma)
+    limit = allowed * math.sqrt(float(stats.f.ppf(cfg.confidence, len(candidate) - 1, dof)))
     if spread <= limit:
         return ""
-    return (f"its runs vary far more than the incumbent's (sd {spread:.4f} against a noise of {sigma:.4f}; at most "
+    return (f"its runs vary far more than the incumbent's (sd {spread:.4f} against a noise of {allowed:.4f}; at most "
             f"{limit:.4f}): as the incumbent it would raise later thresholds")
 
 
