@@ -191,10 +191,15 @@ class Run:
             max_cost_left=self.cost_left(),
         )
 
+    def evidence(self, iteration: int, incumbent: int) -> Evidence:
+        """The evidence for iteration's decision against the incumbent iteration, from the runs stored now
+        (infra/research/evidence.py); a decision with no run yet starts at the next run's number, now."""
+        runs = self.store.measured_runs(self.exp.id)
+        return evidence(runs, iteration, incumbent, self.rule, ((runs[-1].seq if runs else 0) + 1, utcnow()))
+
     def bar(self) -> Bar | None:
         """What a candidate must beat now: the incumbent's current runs under the experiment's floor."""
-        runs = self.store.measured_runs(self.exp.id)
-        found = evidence(runs, -1, self.incumbent().index, self.rule, ((runs[-1].seq if runs else 0) + 1, utcnow()))
+        found = self.evidence(-1, self.incumbent().index)  # no iteration -1: the incumbent's runs as of now
         return bar(found.scores(Role.INCUMBENT), found.floor, self.rule)
 
     # --- make the workspace agree with the store ------------------------------
@@ -364,21 +369,17 @@ def decide_candidate(run: Run, i: int, incumbent: Iteration, code: str) -> tuple
     """The sequential procedure for iteration i's candidate (infra/research/acceptance_rule.py), from the runs the
     store already has for it (a resumed decision) to its end; each run it asks for is measured and stored at once.
     Returns the decision and the evidence it rested on."""
-    def now() -> Evidence:
-        runs = run.store.measured_runs(run.exp.id)
-        return evidence(runs, i, incumbent.index, run.rule, ((runs[-1].seq if runs else 0) + 1, utcnow()))
-
     def measure_for(role: Role) -> float | None:
         if role == Role.CANDIDATE:
             return measure(run, code, i, i).score
         return measure(run, incumbent.code, incumbent.index, i).score
 
-    found = now()
+    found = run.evidence(i, incumbent.index)
     if found.last is not None:
         print(f"iteration {i}: resuming its decision with {len(found.candidate)} candidate and "
               f"{len(found.incumbent)} current incumbent runs already measured")
     decision = keep_or_discard(found, measure_for, run.rule, i)
-    return decision, now()
+    return decision, run.evidence(i, incumbent.index)
 
 
 def run_iteration(run: Run, i: int) -> bool:

@@ -478,7 +478,7 @@ def history(
                       f"{r.test_accuracy:.4f}" if r.test_accuracy is not None else "-",
                       str(len(r.measurements)),
                       str(r.epochs) if r.epochs is not None else "-", cores_column(r.runs),
-                      f"{r.cost_usd:.4f}", stored_summary(r.rule) or "-", escape(hypothesis_column(r)))
+                      f"{r.cost_usd:.4f}", escape(stored_summary(r.rule)) or "-", escape(hypothesis_column(r)))
     out.print(table)
     for change in store.setting_changes(exp.id):
         out.print(escape(display.one_line(f"setting change after iteration {change.after_iteration}: {change.setting} "

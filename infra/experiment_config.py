@@ -69,8 +69,8 @@ class ExperimentConfig(BaseModel):
     def _older_names(cls, values: Any) -> Any:
         """A configuration stored before the export allowance replaced the grace: its grace was the allowance. One
         stored before the sequential keep rule: its confirmation runs are the new rule's business (max_runs)."""
-        if isinstance(values, dict) and isinstance(values.get("rule"), dict) and "confirm_runs" in values["rule"]:
-            values = {**values, "rule": {k: v for k, v in values["rule"].items() if k != "confirm_runs"}}
+        if isinstance(values, dict) and isinstance(values.get("rule"), dict):
+            values = {**values, "rule": current_rule(values["rule"])}
         if isinstance(values, dict) and "grace_s" in values:
             values = dict(values)
             grace = values.pop("grace_s")
@@ -151,14 +151,20 @@ class ExperimentConfig(BaseModel):
         return RuleConfig(**self.rule)
 
 
+def current_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """Stored acceptance rule settings without the one the sequential rule dropped: the old rule's confirmation
+    runs (its cap is max_runs now)."""
+    return {k: v for k, v in rule.items() if k != "confirm_runs"}
+
+
 def fixed_setting_changes(stored: dict[str, Any], config: ExperimentConfig) -> list[tuple[str, Any, Any]]:
     """(setting, stored value, asked-for value) for each fixed setting config would change in a stored experiment's
     configuration. An unset value (None: resolved from the stored one at the run's start) changes nothing."""
     changes = []
     for key in FIXED_SETTINGS:
         before, now = stored.get(key), getattr(config, key)
-        if key == "rule" and isinstance(before, dict):  # the old rule's confirmation runs: see _older_names
-            before = {k: v for k, v in before.items() if k != "confirm_runs"}
+        if key == "rule" and isinstance(before, dict):
+            before = current_rule(before)
         if before is not None and now is not None and before != now:
             changes.append((key, before, now))
     return changes

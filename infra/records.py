@@ -32,7 +32,7 @@ class Verdict(StrEnum):
     BASELINE = "baseline"
     KEEP = "keep"
     DISCARD = "discard"
-    CONFIRM = "confirm"  # the rule's close call: measure the candidate again (never stored)
+    CONFIRM = "confirm"  # undecided: the sequential rule asks for another run (never stored)
 
     @property
     def kept(self) -> bool:

@@ -223,6 +223,14 @@ class Decision:
         return max(stats.t.ppf(self.needed, self.dof) * se, 0.0)
 
 
+def moderated(floor: Floor, *groups: Sequence[float]) -> tuple[float, float]:
+    """(sigma, degrees of freedom) of one run: the groups' pooled sum of squares about their own means, moderated
+    by the floor (module docstring, "own" and "sigma^2")."""
+    own = sum((x - statistics.fmean(g)) ** 2 for g in groups for x in g)
+    dof = floor.dof + sum(len(g) - 1 for g in groups)
+    return math.sqrt((floor.dof * floor.sigma**2 + own) / dof), dof
+
+
 def compare(incumbent: Sequence[float], candidate: Sequence[float], floor: Floor, cfg: RuleConfig) -> Decision:
     """The numbers of one look, verdict undecided (confirm)."""
     if not incumbent or not candidate:
@@ -230,10 +238,7 @@ def compare(incumbent: Sequence[float], candidate: Sequence[float], floor: Floor
     ref = trimmed(incumbent, floor)
     n_i, n_c = len(ref), len(candidate)
     inc_mean, cand_mean = statistics.fmean(ref), statistics.fmean(candidate)
-    own = sum((x - inc_mean) ** 2 for x in ref) + sum((x - cand_mean) ** 2 for x in candidate)
-    d = (n_i - 1) + (n_c - 1)
-    dof = floor.dof + d
-    sigma = math.sqrt((floor.dof * floor.sigma**2 + own) / dof)
+    sigma, dof = moderated(floor, ref, candidate)
     delta = cand_mean - inc_mean
     se = sigma * math.sqrt(1 / n_i + 1 / n_c)
     sure = float(stats.t.cdf(delta / se, dof)) if se > 0 else float(delta > 0)
@@ -250,10 +255,7 @@ def spread_too_wide(incumbent: Sequence[float], candidate: Sequence[float], floo
     a linear incumbent's 0.0008."""
     if len(candidate) < 2:
         return ""
-    ref = trimmed(incumbent, floor)
-    own = sum((x - statistics.fmean(ref)) ** 2 for x in ref)
-    dof = floor.dof + len(ref) - 1
-    sigma = math.sqrt((floor.dof * floor.sigma**2 + own) / dof)
+    sigma, dof = moderated(floor, trimmed(incumbent, floor))
     spread = statistics.stdev(candidate)
     allowed = max(sigma, cfg.prior_sigma)
     limit = allowed * math.sqrt(float(stats.f.ppf(cfg.confidence, len(candidate) - 1, dof)))
