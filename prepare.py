@@ -74,6 +74,7 @@ ARTIFACT_DIR_ENV = "AUTORESEARCH_ARTIFACT_DIR"
 BUDGET_ENV = "TRAINING_BUDGET_SECS"
 DEADLINE_ENV = "AUTORESEARCH_DEADLINE"  # budget_clock() reading by which training must be over
 CPU_THREADS_ENV = "AUTORESEARCH_CPU_THREADS"  # set on a CPU: the budget is CPU time of this many cores
+DEVICE_ENV = "AUTORESEARCH_DEVICE"  # the device to train on (a GPU slot's one GPU is cuda:0)
 
 
 class DataUnavailable(RuntimeError):
@@ -251,7 +252,7 @@ def write_train_split(path: Path, limit: int | None = None, order_seed: int | No
 
 def get_device() -> torch.device:
     """AUTORESEARCH_DEVICE if set (cpu, cuda, cuda:N, mps), else the best available."""
-    wanted = os.environ.get("AUTORESEARCH_DEVICE", "").strip()
+    wanted = os.environ.get(DEVICE_ENV, "").strip()
     if wanted:
         try:
             device = torch.device(wanted)

@@ -1,9 +1,16 @@
 """
-The research flow: baseline, then propose -> train -> evaluate -> decide, every N iterations revise strategy.
+The research flow: baseline, then propose -> train -> evaluate -> decide, every N finished candidates revise strategy.
 
-Resume: the store is the source of truth. A run (or a Prefect flow retry) continues
-after the last finished iteration; an interrupted one is re-run from scratch; the
-workspace's git history and train.py are brought into agreement with the store first.
+Slots: the experiment's measurement slots (infra/sandbox/slots.py) each measure one run at a time; the loop keeps
+every slot busy. A candidate is proposed when a slot is free and no decision under way needs it; each decision asks
+for one run at a time (tasks/measure.py through flows/slot_pool.py) and is decided the moment its run arrives.
+Several candidates are then in flight at once; the proposer is told which. A decision always compares with the
+incumbent of the moment: a candidate kept while others are in flight becomes their reference from their next look
+on (they are re-based; the decision records the incumbent it was compared with, and the one it was proposed on).
+
+Resume: the store is the source of truth. A run (or a Prefect flow retry) adopts every unfinished iteration whose
+decision has runs stored and goes on from them (runs in flight at the crash are made again); the workspace's git
+history and train.py are brought into agreement with the store first.
 """
 
 from __future__ import annotations
@@ -11,10 +18,9 @@ from __future__ import annotations
 import functools
 import math
 import os
-import secrets
 import statistics
 import time
-from dataclasses import fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -26,7 +32,7 @@ import prepare
 from infra import display, operator_files, settings
 from infra.experiment_config import CHANGEABLE_SETTINGS, ExperimentConfig, fixed_setting_changes
 from infra.failpoints import failpoint
-from infra.proposers import Proposal, ProposalContext, Revision, StopResearch
+from infra.proposers import InFlight, Proposal, ProposalContext, Revision, StopResearch
 from infra.records import ChangeType, IterationRecord, MeasuredRun, Status, Verdict, incumbent_of
 from infra.research.acceptance_rule import Bar, Decision, Role, bar, summary
 from infra.research.code_edit import unified_diff
@@ -34,17 +40,18 @@ from infra.research.evidence import Evidence, decision_record, evidence
 from infra.research.lock import experiment_lock
 from infra.research.program import parse_program, read_program, strategy_of, with_strategy
 from infra.research.workspace import Workspace
-from infra.sandbox.compute_record import describe
 from infra.sandbox.allowances import measure_allowances
+from infra.sandbox.slots import Slot, default_slot_count, plan_slots
 from infra.sandbox.trial import log_tail
 from infra.store import Iteration, Store, utcnow
+from flows.slot_pool import SlotPool
 from tasks.decide import keep_or_discard
-from tasks.evaluate import evaluate, test_report
+from tasks.measure import Bench, Job, new_seed
+from tasks.evaluate import test_report
 from tasks.preflight import preflight
 from tasks.propose import fix_candidate, propose_edit
 from tasks.report import publish_artifacts, publish_strategy_diff
 from tasks.revise_strategy import revise_strategy
-from tasks.sandboxed_train import sandboxed_train
 
 
 class ConfigMismatch(ValueError):
@@ -52,9 +59,6 @@ class ConfigMismatch(ValueError):
 
 
 CHANGE_FLAG = "--change-rule"  # the CLI option that lets a resumed run change a changeable fixed setting
-
-
-MAX_CONTENDED_RERUNS = 2  # how often a run starved by the machine's load is measured again
 
 
 class Run:
@@ -71,9 +75,11 @@ class Run:
         self.baseline_code = Path(cfg.baseline_path).read_text()
         self.exp = self.store.ensure_experiment(cfg.name, cfg.model_dump())
         self._resolve_cpu_threads()
+        self.slots = self._resolve_slots()
         self._resolve_allowances()
         self.changes = self._check_same_settings(change_rule)
         self.limits = cfg.limits()
+        self.bench = Bench(self.store, self.exp.id, self.ws.run_dir, self.limits, self.val, cfg.device)
         self.preflight = cfg.preflight if cfg.preflight is not None else cfg.language_model
         self.target = cfg.iterations  # the last iteration this run works towards (see target_of)
 
@@ -81,6 +87,35 @@ class Run:
         """The experiment's stored allotted cores, or the default: the same CPU budget for every candidate."""
         if self.cfg.cpu_threads is None:
             self.cfg.cpu_threads = self.exp.config.get("cpu_threads") or settings.default_cpu_threads()
+
+    def _resolve_slots(self) -> list[Slot]:
+        """The experiment's stored slots and memory cap, or the defaults (infra/sandbox/slots.py): one slot per GPU
+        where runs go to GPUs, else as many CPU slots as leave the orchestrator a core; the memory cap is half the
+        machine's memory shared among them. An experiment stored before slots ran in one."""
+        cfg, stored = self.cfg, self.exp.config
+        gpus = cfg.devices or self._visible_gpus()
+        if cfg.slots is None:
+            cfg.slots = stored.get("slots") or (1 if self.store.iterations(self.exp.id) else
+                                                default_slot_count(cfg.cpu_threads, len(gpus)))
+        if gpus and not cfg.devices:
+            gpus = gpus[:cfg.slots]
+        cfg.devices = gpus or None
+        if cfg.memory_cap_bytes is None:
+            cfg.memory_cap_bytes = stored.get("memory_cap_bytes") or settings.default_memory_cap_bytes() // cfg.slots
+        slots = plan_slots(cfg.slots, cfg.cpu_threads, cfg.devices)
+        print(f"slots: {len(slots)} ({'; '.join(s.describe() for s in slots)}), memory cap "
+              f"{cfg.memory_cap_bytes / 2**30:.1f} GiB each")
+        return slots
+
+    def _visible_gpus(self) -> list[str]:
+        """The GPUs runs would use without --devices: the one --device names, or every visible one when the device
+        is a GPU or (no --device) CUDA is available; none on a CPU."""
+        device = self.cfg.device
+        if device and device.startswith("cuda:"):
+            return [device]
+        if device in (None, "cuda") and torch.cuda.is_available():
+            return [f"cuda:{k}" for k in range(torch.cuda.device_count())]
+        return []
 
     def _resolve_allowances(self) -> None:
         """The experiment's stored start-up and export allowances, or (first run) both measured now in one reference
@@ -136,7 +171,11 @@ class Run:
         return self.store.iterations(self.exp.id, finished_only=True)
 
     def incumbent(self) -> Iteration:
-        return [r for r in self.finished() if Verdict(r.decision).kept][-1]
+        """The iteration kept last: last by when it was decided (records.incumbent_of reads it the same way)."""
+        return max((r for r in self.finished() if Verdict(r.decision).kept), key=lambda r: (r.finished_at, r.index))
+
+    def unfinished(self) -> list[Iteration]:
+        return [r for r in self.store.iterations(self.exp.id) if r.finished_at is None]
 
     def history(self) -> list[IterationRecord]:
         """Finished iterations; failed ones carry the tail of their log, for the proposer to learn from."""
@@ -166,8 +205,9 @@ class Run:
                     "device_memory_gib": round(props.total_memory / 2**30, 1)}
         return {"device": resolved.type}
 
-    def context(self, iteration: int) -> ProposalContext:
-        """What the proposer sees: the whole program.md, the incumbent's record, the rule, the history, the hardware."""
+    def context(self, iteration: int, in_flight: list[InFlight] | None = None) -> ProposalContext:
+        """What the proposer sees: the whole program.md, the incumbent's record, the rule, the history, the hardware,
+        and the candidates being measured now in other slots."""
         inc = self.incumbent()
         history = self.history()
         hardware = {**self.device_facts(self.cfg.device), "budget_s": self.cfg.budget_s,
@@ -175,6 +215,7 @@ class Run:
                     "export_allowance_s": self.limits.export_allowance_s,
                     "inference_allowance_s": self.limits.inference_allowance_s,
                     "cpu_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+                    "slots": len(self.slots),
                     "memory_cap_gib": round(self.limits.memory_cap_bytes / 2**30, 1)}
         hardware["cpu_threads"] = self.limits.cpu_threads if hardware["device"] == "cpu" else None
         return ProposalContext(
@@ -189,6 +230,7 @@ class Run:
             hardware=hardware,
             seed=self.exp.id,
             max_cost_left=self.cost_left(),
+            in_flight=in_flight or [],
         )
 
     def evidence(self, iteration: int, incumbent: int) -> Evidence:
@@ -221,7 +263,7 @@ class Run:
             self.ws.commit_program(versions[-1].version, finished[-1].index if finished else 0)
         committed = set(self.ws.committed_iterations())
         previous = None
-        for row in finished:
+        for row in sorted(finished, key=lambda r: (r.finished_at, r.index)):  # in the order they were decided
             if row.decision == Verdict.KEEP and row.index not in committed:
                 self.ws.commit_keep(row.index, row.hypothesis, previous.val_accuracy, row.val_accuracy, row.code)
             if Verdict(row.decision).kept:
@@ -230,36 +272,7 @@ class Run:
             self.ws.write_train_py(previous.code)
 
 
-# --- one measured run: train, then evaluate ----------------------------------
-
-def new_seed() -> int:
-    """The seed of a measured run (its directory is ws.run_dir(iteration, seed)): drawn at random, so a candidate
-    cannot tell its first run, on which a keep is first decided, from the runs after it (a candidate that knew
-    sabotaged one of its later runs to freeze the experiment: infra/research/acceptance_rule.py)."""
-    return secrets.randbelow(2**31)
-
-
-def measure(run: Run, code: str, iteration: int, decided_in: int) -> MeasuredRun:
-    """One measured run of an iteration's code, with a new seed, stored the moment it is measured. A run the
-    machine's load starved (infra/sandbox/compute_record.py) is measured again with the same seed, at most
-    MAX_CONTENDED_RERUNS times; every attempt is stored, the ones measured again marked so."""
-    seed = new_seed()
-    for attempt in range(MAX_CONTENDED_RERUNS + 1):
-        trained = sandboxed_train(code, run.ws.run_dir(iteration, seed), run.limits, seed, iteration, run.cfg.device)
-        result = evaluate(trained, run.val, run.limits, iteration, seed)
-        again = result.contended and attempt < MAX_CONTENDED_RERUNS
-        stored = run.store.add_measured_run(run.exp.id, MeasuredRun(
-            seq=0, iteration=iteration, decided_in=decided_in, seed=seed, status=result.status,
-            val_accuracy=result.val_accuracy, reason=result.reason, val_loss=result.val_loss, epochs=result.epochs,
-            train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
-            inference_seconds=result.inference_seconds, contended=result.contended, remeasured=again,
-            compute=result.compute))
-        failpoint("measured", decided_in)
-        if not again:
-            return stored
-        print(f"iteration {iteration} seed {seed}: contended ({describe(result.compute)}): measured again")
-    raise AssertionError("unreachable: the last attempt is never measured again")
-
+# --- measured runs and the baseline -------------------------------------------
 
 # what a measured run and an iteration record have in common: status, reason, val_accuracy, epochs, ...
 RUN_FIELDS = tuple(f.name for f in fields(MeasuredRun) if f.name in {g.name for g in fields(IterationRecord)})
@@ -270,10 +283,18 @@ def run_fields(first: MeasuredRun) -> dict[str, Any]:
     return {name: getattr(first, name) for name in RUN_FIELDS}
 
 
-def run_baseline(run: Run) -> None:
+def run_baseline(run: Run, pool: SlotPool) -> None:
+    """Iteration 0: the baseline's `repeats` runs, measured side by side on the slots."""
     code = run.ws.read_train_py()
     done = [r for r in run.store.measured_runs(run.exp.id, decided_in=0) if not r.remeasured]  # a resumed baseline
-    measured = done + [measure(run, code, 0, 0) for _ in range(run.cfg.repeats - len(done))]
+    measured = list(done)
+    wanted = run.cfg.repeats - len(done)
+    while len(measured) < run.cfg.repeats:
+        while wanted and pool.idle:
+            pool.submit(Job(code, 0, 0, new_seed()))
+            wanted -= 1
+        measured.append(pool.next_result()[1])
+    measured.sort(key=lambda m: m.seq)
     scores = [m.score for m in measured if m.score is not None]
     if not scores:
         raise RuntimeError(f"the baseline failed every run: {measured[0].status}: {measured[0].reason}")
@@ -326,24 +347,44 @@ def proposer_failure(exc: Exception) -> str:
     return f"the proposer failed: {type(exc).__name__}: {display.one_line(str(exc))[:500]}"
 
 
-def resumed_proposal(run: Run, i: int) -> tuple[Proposal, dict[str, Any]] | None:
-    """Iteration i's proposal and record fields, when an earlier run of the loop died inside its decision (some of
-    its runs are stored): the decision goes on with that candidate and the runs it has."""
-    row = next((r for r in run.store.iterations(run.exp.id) if r.index == i and r.finished_at is None), None)
-    if row is None or not row.code or not run.store.measured_runs(run.exp.id, decided_in=i):
-        return None
+@dataclass
+class Candidate:
+    """A candidate whose decision is under way: its iteration, its proposal, the incumbent it was proposed on."""
+
+    index: int
+    proposal: Proposal
+    base: dict[str, Any]  # the iteration's record fields from its proposal
+    proposed_on: int  # the incumbent's iteration when it was proposed (its code is an edit of that one)
+    looked: int = 0  # its runs at its last look: a look is taken once per candidate run
+    measuring: bool = False  # one of its runs is being measured now (a decision asks for one run at a time)
+    incumbent_failures: int = 0  # runs of the incumbent, measured for this decision, that failed
+    note: str = field(default="")  # how it was re-based, if it was
+
+    def in_flight(self) -> InFlight:
+        return InFlight(self.index, self.proposal.hypothesis, self.proposal.change_type, self.proposal.code)
+
+
+def adopted(run: Run, row: Iteration) -> Candidate:
+    """An unfinished iteration's candidate, from its stored proposal: its decision goes on from the runs stored
+    (runs that were in flight when the orchestrator died are made again)."""
     proposal = Proposal(hypothesis=row.hypothesis, change_type=ChangeType(row.change_type), code=row.code,
                         expected_effect=row.expected_effect or "", memory=row.memory or {})
     base = dict(proposer=row.proposer, hypothesis=row.hypothesis, change_type=row.change_type,
                 expected_effect=row.expected_effect, memory=row.memory, code=row.code, diff=row.diff,
                 propose_seconds=row.propose_seconds, attempts=row.attempts)
-    return proposal, base
+    made = [r for r in run.store.measured_runs(run.exp.id, decided_in=row.index) if not r.remeasured]
+    ours = [r for r in made if r.iteration == row.index]
+    if made:
+        print(f"iteration {row.index}: resuming its decision with {len(ours)} candidate and "
+              f"{len(made) - len(ours)} incumbent runs already measured")
+    proposed_on = (row.rule or {}).get("proposed_on", run.incumbent().index)
+    return Candidate(row.index, proposal, base, proposed_on)
 
 
-def propose(run: Run, i: int, incumbent: Iteration) -> tuple[Proposal | None, dict[str, Any]]:
+def propose(run: Run, i: int, incumbent: Iteration, in_flight: list[InFlight]) -> tuple[Proposal | None, dict[str, Any]]:
     """A new proposal for iteration i, pre-flighted, and the iteration's record fields (None: nothing to propose)."""
     started = datetime.now(timezone.utc)
-    ctx = run.context(i)
+    ctx = run.context(i, in_flight)
     try:
         proposal = propose_edit(run.cfg.proposer, run.cfg.model, ctx)
     except StopResearch:
@@ -365,68 +406,99 @@ def propose(run: Run, i: int, incumbent: Iteration) -> tuple[Proposal | None, di
     return proposal, base
 
 
-def decide_candidate(run: Run, i: int, incumbent: Iteration, code: str) -> tuple[Decision, Evidence]:
-    """The sequential procedure for iteration i's candidate (infra/research/acceptance_rule.py), from the runs the
-    store already has for it (a resumed decision) to its end; each run it asks for is measured and stored at once.
-    Returns the decision and the evidence it rested on."""
-    def measure_for(role: Role) -> float | None:
-        if role == Role.CANDIDATE:
-            return measure(run, code, i, i).score
-        return measure(run, incumbent.code, incumbent.index, i).score
-
-    found = run.evidence(i, incumbent.index)
-    if found.last is not None:
-        print(f"iteration {i}: resuming its decision with {len(found.candidate)} candidate and "
-              f"{len(found.incumbent)} current incumbent runs already measured")
-    decision = keep_or_discard(found, measure_for, run.rule, i)
-    return decision, run.evidence(i, incumbent.index)
-
-
-def run_iteration(run: Run, i: int) -> bool:
-    """One iteration; False when the proposer has nothing more to propose."""
+def new_candidate(run: Run, in_flight: list[InFlight]) -> Candidate | None:
+    """The next iteration's candidate, proposed against the incumbent of now and numbered by the store; a proposal
+    that failed is recorded at once (never measured) and None returned, as when there is nothing to propose."""
     incumbent = run.incumbent()
+    i = max(r.index for r in run.store.iterations(run.exp.id)) + 1
     failpoint("propose", i)
-    resumed = resumed_proposal(run, i)
-    proposal, base = resumed if resumed else propose(run, i, incumbent)
+    proposal, base = propose(run, i, incumbent, in_flight)
     if proposal is None:
-        return False
+        raise NothingToPropose
     if proposal.error:  # never reaches training; recorded, and the loop goes on
-        run.store.put_iteration(run.exp.id, i, **base, status=Status.INVALID, reason=proposal.error,
-                                decision=Verdict.DISCARD,
-                                rule={}, measurements=[], val_accuracy=None, started_at=utcnow(), finished_at=utcnow())
-        print(f"iteration {i}/{run.target}: failed proposal: {display.one_line(proposal.error)}")
-        return True
-    if not resumed:
-        run.store.put_iteration(run.exp.id, i, **base, status=Status.RUNNING, decision=Verdict.PENDING, rule={},
-                                measurements=[], started_at=utcnow(), finished_at=None)
-    decision, found = decide_candidate(run, i, incumbent, proposal.code)
+        row = run.store.add_iteration(run.exp.id, **base, status=Status.INVALID, reason=proposal.error,
+                                      decision=Verdict.DISCARD, rule={}, measurements=[], val_accuracy=None,
+                                      started_at=utcnow(), finished_at=utcnow())
+        print(f"iteration {row.index}/{run.target}: failed proposal: {display.one_line(proposal.error)}")
+        return None
+    row = run.store.add_iteration(run.exp.id, **base, status=Status.RUNNING, decision=Verdict.PENDING,
+                                  rule={"proposed_on": incumbent.index}, measurements=[], started_at=utcnow(),
+                                  finished_at=None)
+    return Candidate(row.index, proposal, base, incumbent.index)
+
+
+class NothingToPropose(Exception):
+    """The proposer has nothing more to try."""
+
+
+def look(run: Run, cand: Candidate) -> tuple[Decision, Evidence, Iteration]:
+    """The decision about cand after the runs stored now, against the incumbent of now (re-based if another
+    candidate was kept while it was in flight), and the evidence and incumbent it rests on."""
+    incumbent = run.incumbent()
+    if incumbent.index != cand.proposed_on and not cand.note:
+        cand.note = (f"re-based: compared with iteration {incumbent.index}, kept while it was in flight (it was "
+                     f"proposed on iteration {cand.proposed_on})")
+        print(f"iteration {cand.index}: {cand.note}")
+    found = run.evidence(cand.index, incumbent.index)
+    k = len(found.candidate)
+    due = found.last == Role.CANDIDATE and k > cand.looked
+    decision = keep_or_discard(found, run.rule, cand.index, due,
+                               incumbent_failing=cand.incumbent_failures >= MAX_INCUMBENT_FAILURES)
+    if due:
+        cand.looked = k
+    return decision, found, incumbent
+
+
+MAX_INCUMBENT_FAILURES = 2  # failed incumbent runs for one decision after which it compares with the runs there are
+
+
+def next_job(cand: Candidate, decision: Decision, incumbent: Iteration) -> Job:
+    """The run decision asks for next: the candidate's, or the incumbent's again, with a new seed."""
+    if decision.next_run == Role.CANDIDATE:
+        return Job(cand.proposal.code, cand.index, cand.index, new_seed())
+    return Job(incumbent.code, incumbent.index, cand.index, new_seed())
+
+
+def finish(run: Run, cand: Candidate, decision: Decision, found: Evidence, incumbent: Iteration,
+           busy: set[Path]) -> None:
+    """Record cand's decision: keep (its code becomes the incumbent, committed) or discard. busy: run directories
+    being measured now, whose models are not pruned."""
+    i = cand.index
+    failpoint("decided", i)
     first = found.candidate[0]
     scores = found.scores(Role.CANDIDATE)
     verdict = Verdict.KEEP if decision.verdict == Verdict.KEEP else Verdict.DISCARD
     test_acc = test_report(run.ws.run_dir(i, first.seed), run.test, run.limits, i) if verdict == Verdict.KEEP else None
-    failpoint("decided", i)
     looked = not math.isnan(decision.delta)  # False: its first run failed, there was nothing to compare
+    note = "; ".join(n for n in (decision.note, cand.note) if n)
+    rule = {**(decision_record(decision, found) if looked else {}), "incumbent": incumbent.index,
+            "proposed_on": cand.proposed_on, **({"note": note} if note else {})}
     run.store.put_iteration(
-        run.exp.id, i, **base, **{**run_fields(first), "val_accuracy": statistics.fmean(scores) if scores else None},
-        measurements=scores, runs=[r.as_dict() for r in found.candidate], decision=verdict,
-        rule=decision_record(decision, found) if looked else {}, test_accuracy=test_acc, finished_at=utcnow())
+        run.exp.id, i, **cand.base, **{**run_fields(first), "val_accuracy": statistics.fmean(scores) if scores else None},
+        measurements=scores, runs=[r.as_dict() for r in found.candidate], decision=verdict, rule=rule,
+        test_accuracy=test_acc, finished_at=utcnow())
     failpoint("recorded", i)
-    run.ws.prune_models(i, keep=run.ws.run_dir(i, first.seed) if verdict == Verdict.KEEP else None)
+    run.ws.prune_models(i, keep=run.ws.run_dir(i, first.seed) if verdict == Verdict.KEEP else None, busy=busy)
     if incumbent.runs:  # its runs measured again for this decision: only its own first model is kept
-        run.ws.prune_models(incumbent.index, keep=run.ws.run_dir(incumbent.index, incumbent.runs[0]["seed"]))
+        run.ws.prune_models(incumbent.index, keep=run.ws.run_dir(incumbent.index, incumbent.runs[0]["seed"]), busy=busy)
     if verdict == Verdict.KEEP:
-        run.ws.commit_keep(i, proposal.hypothesis, incumbent.val_accuracy, statistics.fmean(scores), proposal.code)
+        run.ws.commit_keep(i, cand.proposal.hypothesis, incumbent.val_accuracy, statistics.fmean(scores),
+                           cand.proposal.code)
     what = summary(decision) if looked else first.reason
-    if decision.note:
-        what += f"; {decision.note}"
+    if note:
+        what += f"; {note}"
     print(f"iteration {i}/{run.target}: {first.status} {verdict} ({display.one_line(what)}) | "
-          f"{display.one_line(proposal.hypothesis)}")
-    return True
+          f"{display.one_line(cand.proposal.hypothesis)}")
 
 
-def maybe_revise(run: Run, i: int) -> None:
-    """Before iteration i: revise the strategy if revise_every iterations have finished since the last version."""
-    after = i - 1
+def candidates_finished(run: Run) -> int:
+    """Finished candidates (iterations after the baseline): what strategy revision counts."""
+    return sum(1 for r in run.finished() if r.index > 0)
+
+
+def maybe_revise(run: Run, in_flight: list[InFlight]) -> None:
+    """Revise the strategy once revise_every more candidates have finished since the last version."""
+    after = candidates_finished(run)
     if after <= 0 or after % run.cfg.revise_every:
         return
     version = after // run.cfg.revise_every
@@ -434,7 +506,7 @@ def maybe_revise(run: Run, i: int) -> None:
         return
     previous = run.strategy()
     try:
-        revision = revise_strategy(run.cfg.proposer, run.cfg.model, run.context(i), after)
+        revision = revise_strategy(run.cfg.proposer, run.cfg.model, run.context(after + 1, in_flight), after)
     except StopResearch:
         raise
     except Exception as exc:  # the strategy stays as it is; the version records why
@@ -445,7 +517,7 @@ def maybe_revise(run: Run, i: int) -> None:
     publish_strategy_diff(run.cfg.name, version, previous, text, lessons)
     run.ws.write_program_md(with_strategy(run.program(), text))
     run.ws.commit_program(version, after)
-    print(f"strategy version {version} after iteration {after}: {display.one_line(lessons)[:500]}")
+    print(f"strategy version {version} after {after} candidates: {display.one_line(lessons)[:500]}")
 
 
 def publish(run: Run, i: int) -> None:
@@ -558,35 +630,87 @@ def run_experiment(config: ExperimentConfig, change_rule: bool = False) -> dict[
 
 
 def research_loop(run: Run, began: datetime, deadline: float | None) -> dict[str, Any]:
-    """The baseline if there is none, then iterations until the run's target, its deadline or the proposer's end."""
-    cfg = run.cfg
-    if not run.finished():
-        run_baseline(run)
-        publish(run, 0)
-    start = run.finished()[-1].index + 1
-    run.target = target_of(cfg, finished_before(run, began))
-    status = "finished"
-    if start <= run.target and guard_crashed_iteration(run, start):
-        publish(run, start)
-        start += 1
-    for i in range(start, run.target + 1):
-        why = out_of_time(run, deadline, i)
-        if why:
-            print(why)
-            status = "stopped"
-            break
-        try:
-            maybe_revise(run, i)
-            if not run_iteration(run, i):
-                print(f"proposer has nothing more to propose after iteration {i - 1}; stopping")
-                break
-        except StopResearch as exc:
-            print(f"stopping before iteration {i}: {exc}")
-            status = "stopped"
-            break
-        publish(run, i)
+    """The baseline if there is none, then candidates until the run's target, its deadline or the proposer's end,
+    every slot kept busy. An error stops it only once no run is being measured any more."""
+    pool = SlotPool(run.bench, run.slots)
+    try:
+        status = decide_all(run, pool, began, deadline)
+    except Exception:
+        pool.drain()
+        raise
     run.store.set_experiment(run.exp.id, status=status)
     return incumbent_of(run.history()).as_dict()
+
+
+def why_stop_proposing(run: Run, deadline: float | None) -> tuple[str, str] | None:
+    """(why, the run's status) when no new candidate should be proposed: the target is reached, or the next one
+    would likely run past the deadline; None to go on."""
+    i = max(r.index for r in run.store.iterations(run.exp.id)) + 1
+    if i > run.target:
+        return "", "finished"
+    why = out_of_time(run, deadline, i)
+    return (why, "stopped") if why else None
+
+
+def decide_all(run: Run, pool: SlotPool, began: datetime, deadline: float | None) -> str:
+    """The loop over slots: look at every decision whose run arrived; give each that needs a run a free slot; with a
+    slot still free, propose a candidate; then wait for the next run. Returns the run's end status."""
+    if not run.finished():
+        run_baseline(run, pool)
+        publish(run, 0)
+    run.target = target_of(run.cfg, finished_before(run, began))
+    deciding: list[Candidate] = []
+    for row in run.unfinished():
+        if guard_crashed_iteration(run, row.index):
+            publish(run, row.index)
+        else:
+            deciding.append(adopted(run, row))
+    status, proposing = "finished", True
+    while True:
+        for cand in list(deciding):
+            if cand.measuring:
+                continue
+            decision, found, incumbent = look(run, cand)
+            if decision.verdict != Verdict.CONFIRM:
+                finish(run, cand, decision, found, incumbent, busy=pool.run_dirs())
+                deciding.remove(cand)
+                publish(run, cand.index)
+            elif pool.idle:
+                pool.submit(next_job(cand, decision, incumbent))
+                cand.measuring = True
+        if proposing and pool.idle and all(c.measuring for c in deciding):
+            stop = why_stop_proposing(run, deadline)
+            if stop is not None:
+                if stop[0]:
+                    print(stop[0])
+                status, proposing = stop[1], False
+                continue
+            in_flight = [c.in_flight() for c in deciding]
+            try:
+                maybe_revise(run, in_flight)
+                cand = new_candidate(run, in_flight)
+            except NothingToPropose:
+                print(f"proposer has nothing more to propose after {candidates_finished(run)} candidates; stopping")
+                proposing = False
+                continue
+            except StopResearch as exc:
+                print(f"stopping before the next candidate: {exc}")
+                status, proposing = "stopped", False
+                continue
+            if cand is None:  # a failed proposal, recorded
+                publish(run, max(r.index for r in run.finished()))
+            else:
+                deciding.append(cand)
+            continue
+        if not pool.running:
+            if not proposing:
+                return status
+            continue
+        job, measured = pool.next_result()
+        cand = next(c for c in deciding if c.index == job.decided_in)
+        cand.measuring = False
+        if measured.score is None and job.iteration != cand.index:
+            cand.incumbent_failures += 1
 
 
 # the flow run is named by its experiment, so the UI lists "research-overnight", not a random name

@@ -196,7 +196,8 @@ def open_store(db: Optional[str], home: Path):
 OPTION_OF_FIELD = {"name": "--experiment", "budget_s": "--budget", "export_allowance_s": "--export-allowance",
                    "inference_allowance_s": "--inference-allowance", "db_url": "--db",
                    "startup_allowance_s": "--startup-allowance", "program_path": "--program",
-                   "baseline_path": "--baseline", "stop_after_s": "--hours", "stop_at": "--until"}
+                   "baseline_path": "--baseline", "stop_after_s": "--hours", "stop_at": "--until",
+                   "devices": "--devices"}
 
 
 def experiment_config(experiment: str, iterations: int, budget: float, proposer: str, revise_every: int, repeats: int,
@@ -204,7 +205,8 @@ def experiment_config(experiment: str, iterations: int, budget: float, proposer:
                       export_allowance: Optional[float], startup_allowance: Optional[float],
                       inference_allowance: float, cpu_threads: Optional[int],
                       model: Optional[str], max_cost: Optional[float], preflight: Optional[bool], fix_attempts: int,
-                      max_runs: Optional[int] = None, **overnight) -> tuple[ExperimentConfig, str]:
+                      max_runs: Optional[int] = None, slots: Optional[int] = None, devices: Optional[str] = None,
+                      **overnight) -> tuple[ExperimentConfig, str]:
     """run's and deploy's options as the experiment's configuration, and why this proposer; bad input exits 2.
     `auto` on an experiment that exists means the proposer it runs with (a fixed setting)."""
     from pydantic import ValidationError
@@ -232,10 +234,25 @@ def experiment_config(experiment: str, iterations: int, budget: float, proposer:
             baseline_path=str(baseline.resolve()), device=device, export_allowance_s=export_allowance, startup_allowance_s=startup_allowance,
             inference_allowance_s=inference_allowance,
             cpu_threads=cpu_threads, model=model, max_cost=max_cost, preflight=preflight, fix_attempts=fix_attempts,
-            rule=rule, **overnight)
+            rule=rule, slots=slots, devices=devices.split(",") if devices else None, **overnight)
     except ValidationError as exc:
         fail(explain(exc, OPTION_OF_FIELD))
+    check_slots(config)
     return config, why
+
+
+def check_slots(config: ExperimentConfig) -> None:
+    """Slots that cannot fit this machine are refused before anything runs (the flow plans them again, with the
+    experiment's stored settings)."""
+    from infra.sandbox.slots import SlotError, plan_slots
+
+    if config.slots is None and not config.devices:
+        return
+    try:
+        plan_slots(config.slots or len(config.devices or []), config.cpu_threads or settings.default_cpu_threads(),
+                   config.devices)
+    except SlotError as exc:
+        fail(f"{'--slots' if config.slots else '--devices'}: {exc}")
 
 
 @app.command()
@@ -256,6 +273,8 @@ def run(
     startup_allowance: Optional[float] = typer.Option(default("startup_allowance_s"), "--startup-allowance", help="seconds before the budget for start-up (default: measured once per experiment)"),
     inference_allowance: float = typer.Option(default("inference_allowance_s"), "--inference-allowance", help="CPU seconds on one core per 10,000 images a model may spend at evaluation (fixed per experiment)"),
     cpu_threads: Optional[int] = typer.Option(default("cpu_threads"), "--cpu-threads", help="cores allotted to a CPU run; its budget is CPU time of these cores (default 1, fixed at the experiment's first run)"),
+    slots: Optional[int] = typer.Option(default("slots"), "--slots", help="runs measured at once, each on its own cores (or GPU); default: one per GPU, else as many as leave the orchestrator a core (fixed at the experiment's first run)"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="one GPU per slot, e.g. cuda:0,cuda:1 (default: every visible GPU when runs go to a GPU)"),
     model: Optional[str] = typer.Option(default("model"), "--model", help="model for claude/openai (default: claude-sonnet-4-6)"),
     max_cost: Optional[float] = typer.Option(default("max_cost"), "--max-cost", help="USD cap on proposer calls; the loop ends before a call could pass it"),
     preflight: Optional[bool] = typer.Option(default("preflight"), "--preflight/--no-preflight", help="smoke-run each candidate first (default: on for claude/openai)"),
@@ -265,7 +284,8 @@ def run(
     """Run (or resume) the research loop on Prefect."""
     config, why = experiment_config(experiment, iterations, budget, proposer, revise_every, repeats, program, baseline,
                                     db, home, device, export_allowance, startup_allowance, inference_allowance,
-                                    cpu_threads, model, max_cost, preflight, fix_attempts, max_runs)
+                                    cpu_threads, model, max_cost, preflight, fix_attempts, max_runs, slots=slots,
+                                    devices=devices)
     check_device(device)
     check_data()
     home_dir = Path(config.home)
@@ -281,12 +301,13 @@ def run(
     from flows.research import ConfigMismatch, research
     from infra.prefect_server import prefect_api
     from infra.research.lock import LockHeld
+    from infra.sandbox.slots import SlotError
 
     try:
         with prefect_api(home_dir) as api_url:
             out.print(f"prefect API: {api_url}")
             best = research(config, change_rule)
-    except (LockHeld, ConfigMismatch) as exc:
+    except (LockHeld, ConfigMismatch, SlotError) as exc:
         fail(str(exc))
     except operator_files.ForeignPath as exc:
         fail(str(exc), code=1)

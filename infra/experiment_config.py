@@ -19,12 +19,13 @@ from infra.proposers import ProposerError, is_language_model
 from infra.research.acceptance_rule import RuleConfig
 from infra.research.code_edit import syntax_error
 from infra.research.program import read_program
+from infra.sandbox.slots import cuda_index
 from infra.store import results_db_url
 
 # what a resumed experiment must keep: changing any of them would give later candidates other compute, or
 # (the rule, the proposer) decide later candidates by other standards than earlier ones
 FIXED_SETTINGS = ("budget_s", "export_allowance_s", "startup_allowance_s", "inference_allowance_s", "cpu_threads",
-                  "repeats", "device", "proposer", "rule")
+                  "repeats", "device", "slots", "memory_cap_bytes", "proposer", "rule")
 # of those, the ones `autoresearch run --change-rule` may change on resume, each change recorded (SettingChange)
 CHANGEABLE_SETTINGS = ("proposer", "rule")
 
@@ -54,6 +55,13 @@ class ExperimentConfig(BaseModel):
     inference_allowance_s: float = Field(settings.DEFAULT_INFERENCE_ALLOWANCE_S, gt=0,
                                          description="CPU seconds on one core per 10,000 images at evaluation")
     cpu_threads: int | None = Field(None, ge=1, description="allotted cores of CPU runs (None: 1, fixed at the first run)")
+    slots: int | None = Field(None, ge=1, description="measurement slots: runs measured at once, none sharing a core "
+                                                      "or a GPU (None: one per GPU, else as many CPU slots as leave the "
+                                                      "orchestrator a core; fixed at the first run)")
+    devices: list[str] | None = Field(None, description="one GPU per slot, e.g. cuda:0,cuda:1 (None: the CPU, or every "
+                                                        "visible GPU when the device is a GPU)")
+    memory_cap_bytes: int | None = Field(None, gt=0, description="memory cap of one run (None: half the machine's "
+                                                                 "memory shared among the slots; fixed at the first run)")
     rule: dict[str, float] = Field(default_factory=dict, description="acceptance rule settings (RuleConfig)")
     # for scheduled (overnight) runs: each run adds `iterations`, and ends cleanly before its time is up
     new_iterations: bool = Field(False, description="iterations counts new ones per run, not the experiment's total")
@@ -102,6 +110,13 @@ class ExperimentConfig(BaseModel):
             raise ValueError(f"{at!r} is not a time of day HH:MM (00:00 to 23:59)")
         return at
 
+    @field_validator("devices")
+    @classmethod
+    def _gpu_devices(cls, devices: list[str] | None) -> list[str] | None:
+        for device in devices or []:
+            cuda_index(device)  # SlotError is a ValueError: it says what is wrong
+        return devices or None
+
     @field_validator("rule")
     @classmethod
     def _rule_settings(cls, rule: dict[str, float]) -> dict[str, float]:
@@ -145,7 +160,8 @@ class ExperimentConfig(BaseModel):
         assert self.startup_allowance_s is not None and self.export_allowance_s is not None, "resolve the allowances first"
         return settings.Limits(budget_s=self.budget_s, startup_allowance_s=self.startup_allowance_s,
                                export_allowance_s=self.export_allowance_s,
-                               inference_allowance_s=self.inference_allowance_s, cpu_threads=self.cpu_threads or 0)
+                               inference_allowance_s=self.inference_allowance_s, cpu_threads=self.cpu_threads or 0,
+                               memory_cap_bytes=self.memory_cap_bytes or 0)
 
     def rule_config(self) -> RuleConfig:
         return RuleConfig(**self.rule)

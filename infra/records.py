@@ -74,6 +74,7 @@ class IterationRecord:
     memory: dict[str, Any] = field(default_factory=dict)  # what the proposer asked to remember of this move
     orchestrator_crashes: int = 0  # how often the orchestrator died while this iteration ran
     finished: bool = False
+    finished_at: str | None = None  # when it was decided (ISO, UTC): with several slots, iterations end out of order
     cost_usd: float = 0.0  # the proposer's calls for this iteration
     log_tail: str = ""  # failed iterations: the end of their training log, for the proposer to learn from
 
@@ -89,8 +90,9 @@ class IterationRecord:
     def from_row(cls, row: Any, cost_usd: float = 0.0) -> IterationRecord:
         """From a store row (infra/store/store.py's Iteration), column by column."""
         values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)
-                  if f.name not in ("iteration", "finished", "cost_usd", "log_tail")}
+                  if f.name not in ("iteration", "finished", "finished_at", "cost_usd", "log_tail")}
         return cls(**{**values, "iteration": row.index, "finished": row.finished_at is not None, "cost_usd": cost_usd,
+                      "finished_at": row.finished_at.isoformat() if row.finished_at else None,
                       "status": Status(row.status), "decision": Verdict(row.decision),
                       "change_type": ChangeType(row.change_type), "memory": row.memory or {},
                       "expected_effect": row.expected_effect or "", "attempts": row.attempts or [],
@@ -122,7 +124,9 @@ class MeasuredRun:
     contended: bool = False  # the machine's load starved it (infra/sandbox/compute_record.py)...
     remeasured: bool = False  # ...and it was measured again with the same seed: never compared
     compute: dict[str, Any] = field(default_factory=dict)  # the compute it received (infra/sandbox/compute_record.py)
-    made_at: Any = None  # datetime, naive UTC
+    slot: int = 0  # the measurement slot that made it (infra/sandbox/slots.py)
+    started_at: Any = None  # datetime, naive UTC; None for runs stored before slots
+    made_at: Any = None  # datetime, naive UTC: when it was stored, right after it ended
 
     @property
     def score(self) -> float | None:
@@ -148,5 +152,7 @@ def seconds_per_epoch(train_seconds: float | None, epochs: int | None) -> float 
 
 
 def incumbent_of(records: list[IterationRecord]) -> IterationRecord | None:
-    """The best so far: the last finished iteration that was kept (the baseline until a change is)."""
-    return next((r for r in reversed(records) if r.finished and r.kept), None)
+    """The best so far: the iteration kept last (the baseline until a change is). Last by when it was decided, not
+    by number: with several slots a candidate can be kept after a later-numbered one (flows/research.py)."""
+    kept = [r for r in records if r.finished and r.kept]
+    return max(kept, key=lambda r: (r.finished_at or "", r.iteration)) if kept else None

@@ -1,27 +1,24 @@
-"""Task: keep or discard, by the sequential acceptance rule (infra/research/acceptance_rule.py): the whole procedure
-for one candidate, so the measured runs it asks for (the candidate's, the incumbent's again) are its nested train and
-evaluate task runs."""
+"""Task: one look of the sequential acceptance rule (infra/research/acceptance_rule.py) at a candidate's evidence:
+keep, discard, or which run to measure next. The loop takes a look each time one of the decision's runs arrives."""
 
 from __future__ import annotations
-
-from typing import Callable
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra.research.acceptance_rule import Decision, Role, RuleConfig, failed, procedure, step
+from infra.research.acceptance_rule import Decision, Role, RuleConfig, failed, steer, step
 from infra.research.evidence import Evidence
 
 
 @task(name="decide", task_run_name="decide-{iteration}", cache_policy=NO_CACHE)
-def keep_or_discard(found: Evidence, measure: Callable[[Role], float | None], rule: RuleConfig,
-                    iteration: int) -> Decision:
-    """The final decision, keep or discard, going on from the runs found (a resumed decision); measure(role) makes
-    and stores one more run, and returns its score (None: it failed)."""
+def keep_or_discard(found: Evidence, rule: RuleConfig, iteration: int, look: bool,
+                    incumbent_failing: bool = False) -> Decision:
+    """The decision after the runs found: final (keep or discard) or the run it needs next. look: a candidate run
+    has arrived since the last look (a look is taken once per candidate run). incumbent_failing: the incumbent's
+    runs for this decision keep failing now, so it is compared with the runs the incumbent has."""
     incumbent = found.scores(Role.INCUMBENT)
-    if found.failed_run is not None:  # a resumed decision whose candidate had already failed a run
+    if found.failed_run is not None:  # a keep needs every run of the candidate
         before = found.scores(Role.CANDIDATE)[:found.failed_run - 1]
         return failed(step(incumbent, before, found.floor, rule, look=False), found.failed_run)
-    decision, _, _ = procedure(incumbent, found.floor, measure, rule, candidate=found.scores(Role.CANDIDATE),
-                               last=found.last)
-    return decision
+    return steer(step(incumbent, found.scores(Role.CANDIDATE), found.floor, rule, look=look), incumbent_failing,
+                 bool(incumbent))

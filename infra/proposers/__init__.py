@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from infra.proposers.base import (CannotFix, Proposal, ProposalContext, Proposer, ProposerError, Revision,
+from infra.proposers.base import (CannotFix, InFlight, Proposal, ProposalContext, Proposer, ProposerError, Revision,
                                   StopResearch)
 
-__all__ = ["Proposal", "ProposalContext", "Proposer", "ProposerError", "Revision", "StopResearch", "CannotFix",
+__all__ = ["InFlight", "Proposal", "ProposalContext", "Proposer", "ProposerError", "Revision", "StopResearch", "CannotFix",
            "is_language_model", "make_proposer", "resolve_spec"]
 
 

@@ -35,6 +35,16 @@ class Revision:
     calls: list[dict[str, Any]] = field(default_factory=list)  # language-model calls and their cost
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """A candidate being measured now in another slot: the proposer should not propose it again."""
+
+    iteration: int
+    hypothesis: str
+    change_type: ChangeType
+    code: str
+
+
 @dataclass
 class ProposalContext:
     iteration: int
@@ -48,6 +58,7 @@ class ProposalContext:
     hardware: dict[str, Any] = field(default_factory=dict)  # device, cores, threads, memory cap, budget
     seed: int = 0
     max_cost_left: float | None = None  # USD the proposer may still spend (None: no cap)
+    in_flight: list[InFlight] = field(default_factory=list)  # candidates being measured now, in other slots
 
 
 class Proposer(Protocol):

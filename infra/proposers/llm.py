@@ -424,9 +424,19 @@ def situation(ctx: ProposalContext) -> str:
 
 # --- the tasks --------------------------------------------------------------------------
 
+def in_flight_text(ctx: ProposalContext) -> str:
+    """The candidates being measured now in other slots, which a new proposal should not repeat."""
+    if not ctx.in_flight:
+        return ""
+    lines = [f"- iteration {c.iteration} ({c.change_type or 'unknown'}): {' '.join(c.hypothesis.split())[:300]}"
+             for c in ctx.in_flight]
+    return ("\n\nBeing measured now in other slots, against the same incumbent (their results are not in yet; do "
+            "not propose these again):\n" + "\n".join(lines))
+
+
 def propose_task(ctx: ProposalContext) -> str:
     return (f"# Task\n\nPropose iteration {ctx.iteration}: one change most likely to raise validation accuracy "
-            "within the budget. Call propose_train_py.")
+            f"within the budget. Call propose_train_py.{in_flight_text(ctx)}")
 
 
 def fix_task(candidate: Proposal, error: str, log_tail: str) -> str:

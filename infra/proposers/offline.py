@@ -79,6 +79,9 @@ def _perturb(name: str, value: Number, step: float, up: bool, rng: random.Random
     return float(f"{new:.4g}")
 
 
+MAX_DRAWS = 20  # draws of a move before one that is not being measured now is given up on
+
+
 class OfflineProposer(CannotFix):
     name = "offline"
 
@@ -91,14 +94,18 @@ class OfflineProposer(CannotFix):
         p_up = search.get("p_up", {})
         rng = random.Random(f"offline-{ctx.seed}-{ctx.iteration}")  # same iteration, same proposal on resume
         names = list(constants)
-        name = rng.choices(names, weights=[max(0.01, float(weights.get(n, 1.0))) for n in names])[0]
-        up = rng.random() < float(p_up.get(name, 0.5))
-        step = step_sizes(ctx.history)[name]
-        old = constants[name]
-        new = _perturb(name, old, step, up, rng)
-        if new == old:  # a degenerate step: force a visible change
-            new = _perturb(name, old, step * 2, not up, rng)
-        code = set_constants(ctx.incumbent_code, {name: new})
+        measuring = {c.code for c in ctx.in_flight}
+        for _ in range(MAX_DRAWS):  # a move being measured now in another slot is drawn again
+            name = rng.choices(names, weights=[max(0.01, float(weights.get(n, 1.0))) for n in names])[0]
+            up = rng.random() < float(p_up.get(name, 0.5))
+            step = step_sizes(ctx.history)[name]
+            old = constants[name]
+            new = _perturb(name, old, step, up, rng)
+            if new == old:  # a degenerate step: force a visible change
+                new = _perturb(name, old, step * 2, not up, rng)
+            code = set_constants(ctx.incumbent_code, {name: new})
+            if code not in measuring:
+                break
         return Proposal(
             hypothesis=f"Set {name} from {old} to {new}",
             change_type=ChangeType.PARAMETRIC,

@@ -303,6 +303,16 @@ def failed(now: Decision, k: int) -> Decision:
     return _ended(now, Verdict.DISCARD, Stop.FAILED, f"run {k} of the candidate failed: a keep needs every run")
 
 
+def steer(decision: Decision, incumbent_failing: bool, has_incumbent: bool) -> Decision:
+    """The run to make next when the incumbent keeps failing now: the candidate's, compared with the incumbent's
+    runs there are. With none at all there is nothing to compare with: an error, not a verdict."""
+    if decision.next_run != Role.INCUMBENT or not incumbent_failing:
+        return decision
+    if not has_incumbent:
+        raise RuntimeError("the incumbent failed every run it was measured again")
+    return Decision(**{**decision.__dict__, "next_run": Role.CANDIDATE})
+
+
 def procedure(incumbent: Sequence[float], floor: Floor, measure: Callable[[Role], float | None],
               cfg: RuleConfig = RuleConfig(), candidate: Sequence[float] = (), last: Role | None = None,
               max_incumbent_failures: int = 2) -> tuple[Decision, list[float], list[float]]:
@@ -313,9 +323,7 @@ def procedure(incumbent: Sequence[float], floor: Floor, measure: Callable[[Role]
     failures = 0
     decision = step(inc, cand, floor, cfg, look=last == Role.CANDIDATE)
     while decision.verdict == Verdict.CONFIRM:
-        role = decision.next_run
-        if role == Role.INCUMBENT and failures >= max_incumbent_failures and inc:
-            role = Role.CANDIDATE  # the incumbent keeps failing now: compare with the runs it has
+        role = steer(decision, failures >= max_incumbent_failures, bool(inc)).next_run
         score = measure(role)
         if role == Role.CANDIDATE:
             if score is None:
@@ -323,8 +331,6 @@ def procedure(incumbent: Sequence[float], floor: Floor, measure: Callable[[Role]
             cand.append(score)
         elif score is None:
             failures += 1
-            if failures >= max_incumbent_failures and not inc:
-                raise RuntimeError("the incumbent failed every run it was measured again")
         else:
             inc.append(score)
         decision = step(inc, cand, floor, cfg, look=role == Role.CANDIDATE)

@@ -60,11 +60,12 @@ class Workspace:
         """One measured run of an iteration (infra/sandbox/trial.py's layout)."""
         return self.iteration_dir(index) / f"seed-{seed}"
 
-    def prune_models(self, index: int, keep: Path | None) -> None:
-        """Delete the model copies of a decided iteration's runs but the one in `keep` (if any): a
-        candidate's models would otherwise take up to the artifact cap per run, night after night."""
+    def prune_models(self, index: int, keep: Path | None, busy: set[Path] = frozenset()) -> None:
+        """Delete the model copies of a decided iteration's runs but the one in `keep` (if any) and those of runs
+        being measured now (busy: another slot may be measuring this code): a candidate's models would otherwise
+        take up to the artifact cap per run, night after night."""
         for model in self.iteration_dir(index).glob(f"*/{MODEL_ARTIFACT}"):
-            if keep is None or model.parent != keep:
+            if (keep is None or model.parent != keep) and model.parent not in busy:
                 model.unlink(missing_ok=True)
 
     def git(self, *args: str, stdin: str | None = None) -> str:

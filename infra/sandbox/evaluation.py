@@ -40,6 +40,7 @@ import prepare
 from infra.sandbox.identity import give_to_sandbox
 from infra.sandbox.run import SandboxJob, SandboxOutcome, run_sandboxed
 from infra.sandbox.safe_files import UnsafeFile, read_untrusted, remove_tree, write_private
+from infra.sandbox.slots import Slot
 from infra.settings import INFERENCE_IMAGES, PREPARE_PY, Limits
 
 EVAL_ERROR_PREFIX = "eval_error:"
@@ -131,10 +132,11 @@ def _killed_reason(outcome: SandboxOutcome, images: int, limits: Limits) -> str:
 
 
 def evaluate_artifact(
-    artifact: Path, images: torch.Tensor, labels: torch.Tensor, eval_dir: Path, limits: Limits
+    artifact: Path, images: torch.Tensor, labels: torch.Tensor, eval_dir: Path, limits: Limits,
+    slot: Slot | None = None,
 ) -> Evaluation:
     """Predict on images (uint8, N x 28 x 28) in a sandbox, within the inference allowance, then score against
-    labels here."""
+    labels here; in a slot, on the slot's cores (never its GPU: evaluation is on the CPU)."""
     if not artifact.is_file() or artifact.is_symlink():
         return Evaluation(False, "no model artifact to evaluate")
     remove_tree(eval_dir)
@@ -154,11 +156,12 @@ def evaluate_artifact(
         workdir=out,
         log_path=eval_dir / "eval.log",
         limits=eval_limits(limits, len(labels)),
-        env={"AUTORESEARCH_DEVICE": "cpu"},
+        env={prepare.DEVICE_ENV: "cpu"},
         ro_paths=[PREPARE_PY, model_path, images_path],
         hidden=hidden_data_dirs(),
         cpu_clock=True,
         marker=prepare.PREDICT_MARKER,
+        slot=None if slot is None else replace(slot, gpu=None),
     )
     try:
         outcome = run_sandboxed(job)

@@ -62,16 +62,27 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / _TICKS
 
 
-def host_busy_seconds() -> float:
-    """CPU time every CPU of the machine has spent on anything (everything in /proc/stat but idle and
-    iowait; stolen time counts, it was not ours to use), in seconds."""
+def host_busy_seconds(cores: tuple[int, ...] | None = None) -> float:
+    """CPU time the machine's CPUs (or only the given cores) have spent on anything (everything in /proc/stat but
+    idle and iowait; stolen time counts, it was not ours to use), in seconds."""
     try:
         with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
+            lines = f.read().splitlines()
+    except OSError:
         return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / _TICKS  # user nice system idle iowait irq softirq steal (guest is in user)
+    wanted = {"cpu"} if cores is None else {f"cpu{c}" for c in cores}
+    busy = 0
+    for line in lines:
+        name, *values = line.split()
+        if name not in wanted:
+            continue
+        try:
+            fields = [int(x) for x in values]
+        except ValueError:
+            continue
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        busy += sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is in user)
+    return busy / _TICKS
 
 
 def run_delay_seconds(pids: list[int]) -> float:

@@ -47,9 +47,11 @@ from infra.sandbox import identity as sandbox_identity
 from infra.sandbox import process_tree, syscall_filter
 from infra.sandbox.compute_record import ComputeRecord, compute_record, host_load
 from infra.sandbox.cpu_cgroup import CpuCgroup
+from infra.sandbox.cpuset_cgroup import CpusetCgroup
 from infra.sandbox.memory_cgroup import MemoryCgroup
 from infra.sandbox.output_capture import BoundedLog
 from infra.sandbox.safe_files import tree_usage
+from infra.sandbox.slots import Slot
 from infra.sandbox.watchdog import BUDGET_MARKER, Watchdog
 from infra.settings import Limits
 
@@ -77,6 +79,7 @@ class SandboxJob:
     gpu: bool = False
     cpu_clock: bool = False  # the budget is CPU time of limits.cpu_threads cores (else the wall clock: infra/sandbox/watchdog.py)
     marker: str = BUDGET_MARKER  # the output line that starts the measured part (training; an evaluation's inference)
+    slot: Slot | None = None  # the measurement slot it runs in: its cores (and GPU); None: the whole machine
 
     @property
     def cpu_threads(self) -> int:
@@ -171,7 +174,7 @@ def bwrap_argv(bwrap: str, job: SandboxJob, userns_fd: int | None, seccomp_fd: i
             binds += ["--tmpfs", str(hidden)]
     if job.gpu:  # CUDA needs its device nodes and sysfs
         binds += ["--ro-bind", "/sys", "/sys"]
-        for dev in sorted(Path("/dev").glob("nvidia*")):
+        for dev in gpu_device_nodes(job.slot, sorted(Path("/dev").glob("nvidia*"))):
             binds += ["--dev-bind", str(dev), str(dev)]
     binds += ["--bind", str(job.workdir), str(job.workdir)]
     for path in job.ro_paths:
@@ -185,6 +188,14 @@ def bwrap_argv(bwrap: str, job: SandboxJob, userns_fd: int | None, seccomp_fd: i
     if userns_fd is not None:
         args += sandbox_identity.drop_to_sandbox_user()
     return args
+
+
+def gpu_device_nodes(slot: Slot | None, nodes: list[Path]) -> list[Path]:
+    """The /dev/nvidia* nodes a GPU job binds: all of them, or for a GPU slot only its own GPU's (/dev/nvidiaN, N
+    its minor number) beside the driver's shared ones (nvidiactl, nvidia-uvm, nvidia-modeset, nvidia-caps)."""
+    if slot is None or slot.gpu is None:
+        return nodes
+    return [n for n in nodes if not n.name[len("nvidia"):].isdigit() or n.name == f"nvidia{slot.gpu.minor}"]
 
 
 KEYCTL_JOIN_SESSION_KEYRING = 1
@@ -210,9 +221,9 @@ def _session_keyring_joiner() -> Callable[[], None]:
 
 
 def _child_setup(job: SandboxJob, private_ipc: bool, cgroup: MemoryCgroup | None,
-                 cpu_group: CpuCgroup | None) -> Callable[[], None]:
+                 cpu_group: CpuCgroup | None, cpuset: CpusetCgroup | None) -> Callable[[], None]:
     """Runs in the child before exec: die with the orchestrator, a session keyring of its own, join the
-    cgroups, private IPC, limits."""
+    cgroups, its slot's cores, private IPC, limits."""
     join_session_keyring = _session_keyring_joiner()
 
     def apply() -> None:
@@ -223,6 +234,10 @@ def _child_setup(job: SandboxJob, private_ipc: bool, cgroup: MemoryCgroup | None
             cgroup.enter()
         if cpu_group is not None:
             cpu_group.enter()
+        if cpuset is not None:
+            cpuset.enter()
+        if job.slot is not None:  # inherited by everything it starts; the syscall filter keeps it from changing it
+            os.sched_setaffinity(0, job.slot.cores)
         if private_ipc:
             sandbox_identity.private_ipc_without_shared_memory()
         if job.cpu_threads:  # a batch job to the scheduler: longer slices when it shares a core, less cache lost
@@ -253,6 +268,8 @@ def _base_env(job: SandboxJob, token: str) -> dict[str, str]:
         for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "AUTORESEARCH_CPU_THREADS"):
             env[key] = str(job.cpu_threads)
         env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if job.gpu and job.slot is not None and job.slot.gpu is not None:  # its one GPU, by UUID: cuda:0 inside
+        env["CUDA_VISIBLE_DEVICES"] = job.slot.gpu.uuid
     env.update(job.env)
     return env
 
@@ -354,16 +371,17 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
     token = uuid.uuid4().hex
     cgroup = MemoryCgroup.create(f"autoresearch-{token}", job.limits.memory_cap_bytes)
     cpu_group = CpuCgroup.create(f"autoresearch-{token}", cgroup)
+    cpuset = CpusetCgroup.create(f"autoresearch-{token}", job.slot.cores, cgroup) if job.slot else None
     try:
-        return _run(job, on_line, bwrap, as_root, token, cgroup, cpu_group)
+        return _run(job, on_line, bwrap, as_root, token, cgroup, cpu_group, cpuset)
     finally:
-        for group in (cpu_group, cgroup):
+        for group in (cpuset, cpu_group, cgroup):
             if group is not None:
                 group.remove()
 
 
 def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | None, as_root: bool, token: str,
-         cgroup: MemoryCgroup | None, cpu_group: CpuCgroup | None) -> SandboxOutcome:
+         cgroup: MemoryCgroup | None, cpu_group: CpuCgroup | None, cpuset: CpusetCgroup | None) -> SandboxOutcome:
     userns_fd = sandbox_identity.user_namespace_fd() if as_root else None
     seccomp_fd = syscall_filter.program_fd() if bwrap else None
     passed = tuple(fd for fd in (userns_fd, seccomp_fd) if fd is not None)
@@ -373,7 +391,8 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
         env = _base_env(job, token)
         log = BoundedLog(job.log_path, on_line)
         free_at_launch = _free_bytes(job.workdir)
-        load_start, busy_start = host_load(), process_tree.host_busy_seconds()
+        cores = job.slot.cores if job.slot else None  # a slot's load is judged on its own cores
+        load_start, busy_start = host_load(), process_tree.host_busy_seconds(cores)
         launched = time.monotonic()
         watchdog = Watchdog(launched, job.limits, job.cpu_clock, marker=job.marker)
         if job.deadline_env:
@@ -387,7 +406,7 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
             stderr=subprocess.STDOUT,
             start_new_session=True,
             pass_fds=passed,
-            preexec_fn=_child_setup(job, private_ipc=as_root, cgroup=cgroup, cpu_group=cpu_group),
+            preexec_fn=_child_setup(job, private_ipc=as_root, cgroup=cgroup, cpu_group=cpu_group, cpuset=cpuset),
         )
     except BaseException:
         if log is not None:
@@ -426,7 +445,7 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
         killer.kill()
         waiter.join()
         final_cpu = _cpu_seconds([proc.pid], cpu_group)  # exited, not reaped: its stat still reads
-        busy_at_exit = process_tree.host_busy_seconds()
+        busy_at_exit = process_tree.host_busy_seconds(cores)
         killer.sweep()
         proc.wait()  # reap only now
         reader.join(timeout=60)  # everything that held the pipe is dead: the reader sees its end
@@ -446,7 +465,8 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
     ceiling = job.cpu_threads > 0 and killed_for == "timeout" and watchdog.cpu_seconds <= watchdog.cpu_limit()
     others_busy = busy_at_exit - busy_start - watchdog.cpu_seconds  # the machine's work that was not this run's
     compute = compute_record(job.cpu_threads, watchdog.cpu_seconds, ended - launched, watchdog.run_delay_seconds,
-                             others_busy, os.cpu_count() or 1, load_start, host_load(), stopped_by_wall_ceiling=ceiling)
+                             others_busy, len(cores) if cores else os.cpu_count() or 1, load_start, host_load(),
+                             stopped_by_wall_ceiling=ceiling)
     return SandboxOutcome(
         exit_code=rc if rc >= 0 else None,
         signal=-rc if rc < 0 else None,

@@ -30,6 +30,8 @@ starts and cannot be removed.
     process_madvise, cachestat
                           ENOSYS, as on a kernel without them: the first advises other processes' memory
                           (MADV_PAGEOUT included); the second reads the page cache's state directly
+    sched_setaffinity     EPERM: a run is pinned to its slot's cores before it starts (infra/sandbox/slots.py); where
+                          no cpuset cgroup holds it there, this keeps it from moving onto another slot's cores
     io_uring_*, userfaultfd, perf_event_open
                           ENOSYS: kernel attack surface a training script does not need
     another ABI           (i386 or x32 system calls on x86_64): the process is killed
@@ -60,18 +62,18 @@ _ARCHES = {
                             "perf_event_open": 298, "io_uring_setup": 425, "io_uring_enter": 426,
                             "io_uring_register": 427, "add_key": 248, "request_key": 249, "keyctl": 250,
                             "fadvise64": 221, "madvise": 28, "process_madvise": 440, "cachestat": 451,
-                            "preadv2": 327, "pwritev2": 328}),
+                            "preadv2": 327, "pwritev2": 328, "sched_setaffinity": 203}),
     # aarch64's fadvise64_64 takes (fd, offset, len, advice) like x86_64's fadvise64: advice is argument 3 on both
     "aarch64": (0xC00000B7, {"socket": 198, "socketpair": 199, "fallocate": 47, "userfaultfd": 282,
                              "perf_event_open": 241, "io_uring_setup": 425, "io_uring_enter": 426,
                              "io_uring_register": 427, "add_key": 217, "request_key": 218, "keyctl": 219,
                              "fadvise64": 223, "madvise": 233, "process_madvise": 440, "cachestat": 451,
-                             "preadv2": 286, "pwritev2": 287}),
+                             "preadv2": 286, "pwritev2": 287, "sched_setaffinity": 122}),
 }
 _REFUSED = {"fallocate": errno.EOPNOTSUPP, "userfaultfd": errno.ENOSYS, "perf_event_open": errno.ENOSYS,
             "io_uring_setup": errno.ENOSYS, "io_uring_enter": errno.ENOSYS, "io_uring_register": errno.ENOSYS,
             "add_key": errno.ENOSYS, "request_key": errno.ENOSYS, "keyctl": errno.ENOSYS,
-            "process_madvise": errno.ENOSYS, "cachestat": errno.ENOSYS}
+            "process_madvise": errno.ENOSYS, "cachestat": errno.ENOSYS, "sched_setaffinity": errno.EPERM}
 # call -> (argument, values refused with EPERM): advice that evicts pages other processes share
 _REFUSED_ADVICE = {"fadvise64": (3, (POSIX_FADV_DONTNEED,)), "madvise": (2, (MADV_COLD, MADV_PAGEOUT))}
 # call -> (argument, bits refused with EPERM when any is set): reads that tell the page cache's state without timing

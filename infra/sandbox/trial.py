@@ -41,6 +41,7 @@ from infra.sandbox.evaluation import evaluate_artifact, hidden_data_dirs
 from infra.sandbox.identity import give_to_sandbox
 from infra.sandbox.run import MAX_OPEN_FILES_SCANNED, SandboxJob, SandboxOutcome, run_sandboxed
 from infra.sandbox.safe_files import UnsafeFile, copy_out, remove_tree, write_private
+from infra.sandbox.slots import Slot
 from infra.settings import MAX_ARTIFACT_BYTES, PREPARE_PY, Limits
 
 MEMORY_ERROR_PATTERNS = ("MemoryError", "can't allocate memory", "Cannot allocate memory", "std::bad_alloc", "out of memory")
@@ -127,7 +128,9 @@ def fresh_run_dir(code: str, run_dir: Path) -> Path:
     return work
 
 
-def train_job(run_dir: Path, limits: Limits, seed: int, split_file: Path, device: str | None) -> SandboxJob:
+def train_job(run_dir: Path, limits: Limits, seed: int, split_file: Path, device: str | None,
+              slot: Slot | None = None) -> SandboxJob:
+    """The sandbox job of a training run; in a GPU slot, on that slot's GPU alone (cuda:0 inside)."""
     work = run_dir / "work"
     env = {
         prepare.BUDGET_ENV: f"{limits.budget_s:g}",
@@ -136,8 +139,9 @@ def train_job(run_dir: Path, limits: Limits, seed: int, split_file: Path, device
         prepare.TRAIN_SPLIT_ENV: str(split_file),
         "PYTHONPATH": str(PREPARE_PY.parent),  # only prepare.py is mounted from there
     }
+    device = slot.device if slot is not None and slot.gpu is not None else device
     if device:
-        env["AUTORESEARCH_DEVICE"] = device
+        env[prepare.DEVICE_ENV] = device
     gpu = (device or "").startswith(("cuda", "mps")) or (device is None and torch.cuda.is_available())
     return SandboxJob(
         argv=[sys.executable, "train.py"],
@@ -151,6 +155,7 @@ def train_job(run_dir: Path, limits: Limits, seed: int, split_file: Path, device
         cap_address_space=not gpu,
         gpu=gpu,
         cpu_clock=not gpu,  # a GPU is the candidate's alone: its clock is the wall
+        slot=slot,
     )
 
 
@@ -235,6 +240,7 @@ def train_candidate(
     device: str | None = None,
     on_line: Callable[[str], None] | None = None,
     split_limit: int | None = None,
+    slot: Slot | None = None,
 ) -> TrialResult:
     """Train code in a sandbox under limits. Status ok here means: it exited in time and saved a model."""
     started = time.monotonic()
@@ -249,7 +255,7 @@ def train_candidate(
         split_file = prepare.write_train_split(run_dir / "data" / "train.pt", split_limit, order_seed=seed)
         split_file.chmod(0o444)
         prepare_hash = _file_hash(PREPARE_PY)
-        outcome = run_sandboxed(train_job(run_dir, limits, seed, split_file, device), on_line)
+        outcome = run_sandboxed(train_job(run_dir, limits, seed, split_file, device, slot), on_line)
         failure = _failure_status(outcome, read_log(run_dir / "train.log"), limits)
         if failure:
             return _result(*failure, run_dir, started, outcome)
@@ -272,18 +278,21 @@ def _clean_up(*paths: Path) -> None:
             print(f"WARNING: {exc}", file=sys.stderr, flush=True)
 
 
-def score_artifact(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, limits: Limits, name: str = "eval"):
+def score_artifact(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, limits: Limits, name: str = "eval",
+                   slot: Slot | None = None):
     """Evaluate the model a trial saved on (images, labels): validation, or the held-out test set, under the
-    same inference allowance (limits.inference_allowance_s per INFERENCE_IMAGES images)."""
-    return evaluate_artifact(Path(run_dir) / prepare.MODEL_ARTIFACT, images, labels, Path(run_dir) / name, limits)
+    same inference allowance (limits.inference_allowance_s per INFERENCE_IMAGES images); in a slot, on its cores."""
+    return evaluate_artifact(Path(run_dir) / prepare.MODEL_ARTIFACT, images, labels, Path(run_dir) / name, limits,
+                             slot)
 
 
-def score_trial(trained: TrialResult, val: tuple[torch.Tensor, torch.Tensor], limits: Limits) -> TrialResult:
+def score_trial(trained: TrialResult, val: tuple[torch.Tensor, torch.Tensor], limits: Limits,
+                slot: Slot | None = None) -> TrialResult:
     """Fill in validation accuracy and loss from independent evaluation; a bad model becomes invalid."""
     if trained.status != Status.OK:
         return trained
     started = time.monotonic()
-    evaluation = score_artifact(Path(trained.run_dir), *val, limits)
+    evaluation = score_artifact(Path(trained.run_dir), *val, limits, slot=slot)
     wall = trained.wall_seconds + time.monotonic() - started
     measured = replace(trained, wall_seconds=wall, inference_seconds=evaluation.inference_seconds)
     if not evaluation.ok:

@@ -114,6 +114,8 @@ class MeasuredRunRow(Base):
     contended: Mapped[bool] = mapped_column(Boolean, default=False)
     remeasured: Mapped[bool] = mapped_column(Boolean, default=False)
     compute: Mapped[dict] = mapped_column(JSON, default=dict)
+    slot: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # the measurement slot that made it
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     made_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -280,6 +282,24 @@ class Store:
                 setattr(row, key, value)
             s.flush()
             return row
+
+    def add_iteration(self, experiment_id: int, **fields: Any) -> Iteration:
+        """A new iteration, numbered by the store: the experiment's next index, taken in the inserting statement's
+        own transaction; two writers that raced for one number are told by the unique constraint, and the loser
+        takes the next (as add_measured_run)."""
+        for _ in range(20):
+            try:
+                with self.session() as s:
+                    last = s.scalar(select(func.max(Iteration.index)).where(Iteration.experiment_id == experiment_id))
+                    row = Iteration(experiment_id=experiment_id, index=(last if last is not None else -1) + 1)
+                    for key, value in fields.items():
+                        setattr(row, key, value)
+                    s.add(row)
+                    s.flush()
+                    return row
+            except IntegrityError:
+                continue
+        raise StoreError("could not number an iteration: too many concurrent writers")
 
     def iterations(self, experiment_id: int, finished_only: bool = False) -> list[Iteration]:
         with self.session() as s:
