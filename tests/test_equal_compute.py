@@ -251,13 +251,14 @@ def test_the_same_candidate_does_the_same_work_on_a_busy_machine(tmp_path):
 
 
 def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeypatch, tmp_path):
-    import flows.research as research
+    import tasks.measure as measuring
+    from infra.sandbox.slots import Slot
     from infra.store import Store
 
     outcomes = iter([True, False])
     calls: list[int] = []
 
-    def fake_train(code, run_dir, limits, seed, iteration, device):
+    def fake_train(code, run_dir, limits, seed, iteration, device, slot):
         calls.append(seed)
         contended = next(outcomes)
         return TrialResult(status="timeout" if contended else "ok", reason="", val_accuracy=None, val_loss=None,
@@ -266,24 +267,18 @@ def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeyp
                            compute=compute_record(1, 1.0, 60.0, 55.0, (1.9 if contended else 0.0) * 60, 2, 2.0, 2.0,
                                                   stopped_by_wall_ceiling=contended).as_dict())
 
-    monkeypatch.setattr(research, "sandboxed_train", fake_train)
-    monkeypatch.setattr(research, "evaluate", lambda trained, *args: trained)
+    monkeypatch.setattr(measuring, "sandboxed_train", fake_train)
+    monkeypatch.setattr(measuring, "evaluate", lambda trained, *args: trained)
 
     store = Store(f"sqlite:///{tmp_path / 'results.db'}")
-
-    class FakeRun:
-        ws = type("W", (), {"run_dir": staticmethod(lambda i, seed: Path(f"/nowhere/{i}/{seed}"))})()
-        limits, val = None, None
-        cfg = type("C", (), {"device": None})()
-        exp = store.ensure_experiment("contended", {})
-
-    FakeRun.store = store
-    result = research.measure(FakeRun(), "code", 4, 4)
+    exp = store.ensure_experiment("contended", {})
+    bench = measuring.Bench(store, exp.id, lambda i, seed: Path(f"/nowhere/{i}/{seed}"), None, None, None)
+    result = measuring.measure(bench, measuring.Job("code", 4, 4, 1234), Slot(1, (0,)))
     assert result.status == "ok" and result.score is None  # ok, but no evaluation in this test: no score
-    assert len(calls) == 2 and calls[0] == calls[1], "the same (random) seed, measured again"
-    runs = store.measured_runs(FakeRun.exp.id)
-    assert [(r.seq, r.contended, r.remeasured) for r in runs] == [(1, True, True), (2, False, False)]
-    assert all(r.seed == calls[0] for r in runs) and runs[-1] == result
+    assert calls == [1234, 1234], "the same seed, measured again"
+    runs = store.measured_runs(exp.id)
+    assert [(r.seq, r.contended, r.remeasured, r.slot) for r in runs] == [(1, True, True, 1), (2, False, False, 1)]
+    assert all(r.seed == 1234 and r.started_at <= r.made_at for r in runs) and runs[-1] == result
     assert runs[-1].as_dict()["epochs_per_second"] == pytest.approx(3.0), "on the budget's clock: 3 epochs in 1 s"
 
 

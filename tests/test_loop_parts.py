@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -184,7 +185,7 @@ def test_store_writes_are_idempotent_per_iteration(tmp_path):
     assert [s.text for s in store.strategies(exp.id)] == ["s0"]
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0007"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0008"
     # a second Store on the same file migrates nothing and sees the same data
     assert len(Store(f"sqlite:///{tmp_path / 'a.db'}").iterations(exp.id)) == 1
 
@@ -307,3 +308,38 @@ def test_concurrent_writers_get_distinct_run_numbers(tmp_path):
     assert [m.seq for m in stores[1].measured_runs(exp.id)] == list(range(1, 61))
     with pytest.raises(TypeError):
         MeasuredRun(seq=0, iteration=1, decided_in=1, seed=1, status=Status.OK, val_accuracy=0.5, loss=1.0)
+
+
+def test_concurrent_writers_get_distinct_iteration_numbers(tmp_path):
+    """Iterations too are numbered by the store, in the inserting transaction: four writers on two Store objects
+    get 1..40 between them, each once, and every row keeps the fields it was written with."""
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'iterations.db'}"
+    stores = [Store(url), Store(url)]
+    exp = stores[0].ensure_experiment("busy", {})
+    stores[0].put_iteration(exp.id, 0, hypothesis="baseline")
+    made: list[tuple[int, str]] = []
+
+    def write(store: Store, writer: int) -> None:
+        for k in range(10):
+            row = store.add_iteration(exp.id, hypothesis=f"writer {writer} move {k}")
+            made.append((row.index, row.hypothesis))
+
+    threads = [threading.Thread(target=write, args=(stores[n % 2], n)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(index for index, _ in made) == list(range(1, 41))
+    assert {(r.index, r.hypothesis) for r in stores[1].iterations(exp.id) if r.index} == set(made)
+
+
+def test_offline_proposer_does_not_propose_a_move_being_measured():
+    from infra.proposers import InFlight
+
+    proposer = OfflineProposer()
+    first = proposer.propose(ctx(7))
+    again = proposer.propose(replace(ctx(7), in_flight=[InFlight(6, first.hypothesis, first.change_type, first.code)]))
+    assert again.code != first.code and classify_change(BASELINE, again.code) == "parametric"
+    assert proposer.propose(ctx(7)).code == first.code, "without it in flight, the same iteration proposes the same"
