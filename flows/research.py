@@ -356,7 +356,7 @@ class Candidate:
     base: dict[str, Any]  # the iteration's record fields from its proposal
     proposed_on: int  # the incumbent's iteration when it was proposed (its code is an edit of that one)
     looked: int = 0  # its runs at its last look: a look is taken once per candidate run
-    measuring: bool = False  # one of its runs is being measured now (a decision asks for one run at a time)
+    measuring: list[Role] = field(default_factory=list)  # whose runs are being measured for it now
     incumbent_failures: int = 0  # runs of the incumbent, measured for this decision, that failed
     note: str = field(default="")  # how it was re-based, if it was
 
@@ -378,7 +378,8 @@ def adopted(run: Run, row: Iteration) -> Candidate:
         print(f"iteration {row.index}: resuming its decision with {len(ours)} candidate and "
               f"{len(made) - len(ours)} incumbent runs already measured")
     proposed_on = (row.rule or {}).get("proposed_on", run.incumbent().index)
-    return Candidate(row.index, proposal, base, proposed_on)
+    last_was_ours = bool(made) and made[-1].iteration == row.index  # then the look after it is due (again)
+    return Candidate(row.index, proposal, base, proposed_on, looked=len(ours) - 1 if last_was_ours else len(ours))
 
 
 def propose(run: Run, i: int, incumbent: Iteration, in_flight: list[InFlight]) -> tuple[Proposal | None, dict[str, Any]]:
@@ -441,10 +442,10 @@ def look(run: Run, cand: Candidate) -> tuple[Decision, Evidence, Iteration]:
         print(f"iteration {cand.index}: {cand.note}")
     found = run.evidence(cand.index, incumbent.index)
     k = len(found.candidate)
-    due = found.last == Role.CANDIDATE and k > cand.looked
+    due = k > cand.looked  # at most one look per candidate run: the rule's guarantee counts looks by run
     decision = keep_or_discard(found, run.rule, cand.index, due,
                                incumbent_failing=cand.incumbent_failures >= MAX_INCUMBENT_FAILURES)
-    if due:
+    if due and not math.isnan(decision.delta):  # a look was taken (not one put off for more incumbent runs)
         cand.looked = k
     return decision, found, incumbent
 
@@ -452,9 +453,9 @@ def look(run: Run, cand: Candidate) -> tuple[Decision, Evidence, Iteration]:
 MAX_INCUMBENT_FAILURES = 2  # failed incumbent runs for one decision after which it compares with the runs there are
 
 
-def next_job(cand: Candidate, decision: Decision, incumbent: Iteration) -> Job:
-    """The run decision asks for next: the candidate's, or the incumbent's again, with a new seed."""
-    if decision.next_run == Role.CANDIDATE:
+def next_job(cand: Candidate, role: Role, incumbent: Iteration) -> Job:
+    """A run for cand's decision: the candidate's, or the incumbent's again, with a new seed."""
+    if role == Role.CANDIDATE:
         return Job(cand.proposal.code, cand.index, cand.index, new_seed())
     return Job(incumbent.code, incumbent.index, cand.index, new_seed())
 
@@ -667,7 +668,7 @@ def decide_all(run: Run, pool: SlotPool, began: datetime, deadline: float | None
             deciding.append(adopted(run, row))
     status, proposing = "finished", True
     while True:
-        for cand in list(deciding):
+        for cand in list(deciding):  # a look for each decision with no run being measured; a run for it, or its end
             if cand.measuring:
                 continue
             decision, found, incumbent = look(run, cand)
@@ -676,8 +677,8 @@ def decide_all(run: Run, pool: SlotPool, began: datetime, deadline: float | None
                 deciding.remove(cand)
                 publish(run, cand.index)
             elif pool.idle:
-                pool.submit(next_job(cand, decision, incumbent))
-                cand.measuring = True
+                pool.submit(next_job(cand, decision.next_run, incumbent))
+                cand.measuring.append(decision.next_run)
         if proposing and pool.idle and all(c.measuring for c in deciding):
             stop = why_stop_proposing(run, deadline)
             if stop is not None:
@@ -702,16 +703,23 @@ def decide_all(run: Run, pool: SlotPool, began: datetime, deadline: float | None
             else:
                 deciding.append(cand)
             continue
+        if not proposing:  # the last decisions: a slot nothing else needs measures the other side of one at once
+            for cand in deciding:
+                if pool.idle and len(cand.measuring) == 1 and cand.looked < run.rule.max_runs:
+                    other = Role.INCUMBENT if cand.measuring[0] == Role.CANDIDATE else Role.CANDIDATE
+                    pool.submit(next_job(cand, other, run.incumbent()))
+                    cand.measuring.append(other)
         if not pool.running:
             if not proposing:
                 return status
             continue
         job, measured = pool.next_result()
-        cand = next(c for c in deciding if c.index == job.decided_in)
-        cand.measuring = False
+        cand = next((c for c in deciding if c.index == job.decided_in), None)
+        if cand is None:  # its decision ended while this run was measured: stored, and read by later decisions
+            continue
+        cand.measuring.remove(Role.CANDIDATE if job.iteration == cand.index else Role.INCUMBENT)
         if measured.score is None and job.iteration != cand.index:
             cand.incumbent_failures += 1
-
 
 # the flow run is named by its experiment, so the UI lists "research-overnight", not a random name
 @flow(name="research", flow_run_name="research-{config.name}", log_prints=True, retries=1, retry_delay_seconds=10,

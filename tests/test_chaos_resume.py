@@ -29,16 +29,18 @@ FIXTURES = Path(__file__).parent / "fixtures"
 KILL_POINTS = ["propose:1", "measured:1", "train:2", "train:2", "decided:3", "recorded:3"]
 
 
-def run_cli(home: Path, replay: Path, failpoint: str | None) -> subprocess.CompletedProcess:
+def run_cli(home: Path, replay: Path, failpoint: str | None, experiment: str = "chaos", iterations: int = 3,
+            slots: int = 1) -> subprocess.CompletedProcess:
     baseline = replay.parent / "weak_baseline.py"
     env = {**os.environ, "PREFECT_HOME": str(home / "prefect-home"), "AUTORESEARCH_FAILPOINT": failpoint or ""}
     env.pop("PREFECT_API_URL", None)
     # output to a file, not a pipe: a leaked grandchild holding a pipe would hang the test instead of failing it
-    output = home.parent / f"cli-{failpoint or 'final'}.log"
+    output = home.parent / f"cli-{experiment}-{failpoint or 'final'}.log"
     with open(output, "w") as sink:
         done = subprocess.run(
-            [sys.executable, "-m", "infra.cli", "run", "--experiment", "chaos", "--iterations", "3", "--budget", "2",
-             "--proposer", f"replay:{replay}", "--baseline", str(baseline), "--home", str(home)],
+            [sys.executable, "-m", "infra.cli", "run", "--experiment", experiment, "--iterations", str(iterations),
+             "--budget", "2", "--proposer", f"replay:{replay}", "--baseline", str(baseline), "--home", str(home),
+             "--slots", str(slots)],
             cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=600)
     done.stderr = output.read_text()
     return done
@@ -124,4 +126,60 @@ def test_sigkill_at_any_point_then_resume(tmp_path):
     assert ws.train_py.read_text() == rows[kept[-1]].code
     assert ws.git("status", "--porcelain").strip() == ""
     assert exp.status == "finished"
+    assert stray_processes(home) == []
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two slots need two usable cores")
+def test_sigkill_with_two_runs_in_flight_then_resume(tmp_path):
+    """Two slots: the orchestrator is SIGKILLed the moment a run of iteration 2's decision is stored, while the
+    other slot measures another decision's run; then once after a decision is recorded. Each re-run adopts every
+    unfinished decision with the runs stored (the one in flight at the kill is made again): at the end every
+    iteration is decided once, every run numbered once, no run counted by two decisions, nothing left running."""
+    home = tmp_path / "runs"
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    baseline = set_constants(BASELINE_TRAIN_PY.read_text(), {"LEARNING_RATE": 0.0})
+    (tmp_path / "weak_baseline.py").write_text(baseline)
+    for k, lr in enumerate((0.0, 0.001, 0.01), 1):
+        (replay / f"{k:02d}_lr.py").write_text(f"# learning rate {lr}\n" + set_constants(baseline, {"LEARNING_RATE": lr}))
+    (replay / "04_mlp.py").write_text((FIXTURES / "mlp_adam.py").read_text())
+    store = Store(f"sqlite:///{home / 'autoresearch.db'}")
+
+    stored_at_kill: list = []
+    for point in ("measured:2", "recorded:3"):
+        done = run_cli(home, replay, point, experiment="pair", iterations=4, slots=2)
+        assert done.returncode == -9, f"{point}: expected SIGKILL, got {done.returncode}\n{done.stderr[-3000:]}"
+        assert stray_processes(home) == [], f"{point}: processes left running"
+        assert lock_holder(home / "pair") is None
+        if point == "measured:2":
+            stored_at_kill = store.measured_runs(store.experiment("pair").id)
+            assert [m.decided_in for m in stored_at_kill].count(2) == 1
+    final = run_cli(home, replay, None, experiment="pair", iterations=4, slots=2)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert "resuming its decision" in (home.parent / "cli-pair-recorded:3.log").read_text()
+
+    exp = store.experiment("pair")
+    rows = store.iterations(exp.id)
+    assert [r.index for r in rows] == [0, 1, 2, 3, 4] and all(r.finished_at is not None for r in rows)
+    measured = store.measured_runs(exp.id)
+    assert [m.seq for m in measured] == list(range(1, len(measured) + 1))
+    assert measured[:len(stored_at_kill)] == stored_at_kill, "nothing stored before the kill was lost or changed"
+    assert {m.slot for m in measured} == {0, 1}
+    used: list[int] = []
+    for r in rows[1:]:
+        if r.rule.get("candidate_runs"):
+            own = [m.seq for m in measured if m.decided_in == r.index and m.iteration == r.index and not m.remeasured]
+            assert [c["seq"] for c in r.rule["candidate_runs"]] == own, (r.index, r.rule["candidate_runs"], own)
+            used += own
+    assert len(used) == len(set(used)), "a run counted by two decisions"
+    killed_in_2 = next(m for m in stored_at_kill if m.decided_in == 2)
+    assert killed_in_2.seq in [c["seq"] for c in rows[2].rule["candidate_runs"] + rows[2].rule["incumbent_runs"]] \
+        or rows[2].rule.get("stop") == "failed"
+    assert rows[2].orchestrator_crashes >= 1
+    assert rows[4].decision == "keep", (rows[4].status, rows[4].reason, rows[4].rule)
+    ws = Workspace(home / "pair")
+    kept = sorted((r for r in rows if r.decision in ("baseline", "keep")), key=lambda r: r.finished_at)
+    assert ws.committed_iterations() == sorted(r.index for r in kept)
+    assert ws.train_py.read_text() == kept[-1].code
+    assert ws.git("status", "--porcelain").strip() == ""
     assert stray_processes(home) == []

@@ -318,10 +318,21 @@ def procedure(incumbent: Sequence[float], floor: Floor, measure: Callable[[Role]
               max_incumbent_failures: int = 2) -> tuple[Decision, list[float], list[float]]:
     """Drive `step` to a decision: (the decision, the candidate's scores, the incumbent's scores it used).
     measure(role) makes one more run and returns its score (None: it failed). candidate and last: the runs a
-    resumed decision already has, and whose run was made last (a look is taken once per candidate run)."""
+    resumed decision already has, and whose run was made last. A look is taken at most once per candidate run,
+    as soon as the incumbent has the runs it needs (flows/research.py takes them the same way)."""
     inc, cand = list(incumbent), list(candidate)
     failures = 0
-    decision = step(inc, cand, floor, cfg, look=last == Role.CANDIDATE)
+    looked = len(cand) - 1 if last == Role.CANDIDATE else len(cand)  # a resumed decision's look is due or taken
+
+    def at_most_one_look_per_run() -> Decision:
+        nonlocal looked
+        due = len(cand) > looked
+        now = step(inc, cand, floor, cfg, look=due)
+        if due and not math.isnan(now.delta):  # taken (not put off until the incumbent has enough runs)
+            looked = len(cand)
+        return now
+
+    decision = at_most_one_look_per_run()
     while decision.verdict == Verdict.CONFIRM:
         role = steer(decision, failures >= max_incumbent_failures, bool(inc)).next_run
         score = measure(role)
@@ -333,7 +344,7 @@ def procedure(incumbent: Sequence[float], floor: Floor, measure: Callable[[Role]
             failures += 1
         else:
             inc.append(score)
-        decision = step(inc, cand, floor, cfg, look=role == Role.CANDIDATE)
+        decision = at_most_one_look_per_run()
     return decision, cand, inc
 
 
