@@ -356,7 +356,8 @@ class Candidate:
     base: dict[str, Any]  # the iteration's record fields from its proposal
     proposed_on: int  # the incumbent's iteration when it was proposed (its code is an edit of that one)
     looked: int = 0  # its runs at its last look: a look is taken once per candidate run
-    measuring: list[Role] = field(default_factory=list)  # whose runs are being measured for it now
+    measuring: list[Role] = field(default_factory=list)  # whose runs are being measured for it now (one each at most)
+    arrived: bool = True  # a run of its arrived since its last look (or it is new): a look is due
     incumbent_failures: int = 0  # runs of the incumbent, measured for this decision, that failed
     note: str = field(default="")  # how it was re-based, if it was
 
@@ -668,15 +669,22 @@ def decide_all(run: Run, pool: SlotPool, began: datetime, deadline: float | None
             deciding.append(adopted(run, row))
     status, proposing = "finished", True
     while True:
-        for cand in list(deciding):  # a look for each decision with no run being measured; a run for it, or its end
-            if cand.measuring:
+        for cand in list(deciding):  # a look at each decision a run arrived for; the run it asks for, or its end
+            if not cand.arrived and (cand.measuring or not pool.idle):
                 continue
             decision, found, incumbent = look(run, cand)
-            if decision.verdict != Verdict.CONFIRM:
+            cand.arrived = False
+            if decision.verdict != Verdict.CONFIRM:  # a run still being measured for it is stored, and not used
                 finish(run, cand, decision, found, incumbent, busy=pool.run_dirs())
                 deciding.remove(cand)
                 publish(run, cand.index)
-            elif pool.idle:
+                if proposing:  # revised the moment the count is reached, for the proposals still to come
+                    try:
+                        maybe_revise(run, [c.in_flight() for c in deciding])
+                    except StopResearch as exc:
+                        print(f"stopping before the next candidate: {exc}")
+                        status, proposing = "stopped", False
+            elif pool.idle and decision.next_run not in cand.measuring:
                 pool.submit(next_job(cand, decision.next_run, incumbent))
                 cand.measuring.append(decision.next_run)
         if proposing and pool.idle and all(c.measuring for c in deciding):
@@ -705,7 +713,7 @@ def decide_all(run: Run, pool: SlotPool, began: datetime, deadline: float | None
             continue
         if not proposing:  # the last decisions: a slot nothing else needs measures the other side of one at once
             for cand in deciding:
-                if pool.idle and len(cand.measuring) == 1 and cand.looked < run.rule.max_runs:
+                if pool.idle and len(cand.measuring) == 1 and cand.looked < run.rule.max_runs - 1:
                     other = Role.INCUMBENT if cand.measuring[0] == Role.CANDIDATE else Role.CANDIDATE
                     pool.submit(next_job(cand, other, run.incumbent()))
                     cand.measuring.append(other)
@@ -718,6 +726,7 @@ def decide_all(run: Run, pool: SlotPool, began: datetime, deadline: float | None
         if cand is None:  # its decision ended while this run was measured: stored, and read by later decisions
             continue
         cand.measuring.remove(Role.CANDIDATE if job.iteration == cand.index else Role.INCUMBENT)
+        cand.arrived = True
         if measured.score is None and job.iteration != cand.index:
             cand.incumbent_failures += 1
 

@@ -258,7 +258,7 @@ def test_two_slots_overlap_each_on_its_own_core_and_noise_is_still_not_kept(tmp_
     baseline = tmp_path / "quiet_baseline.py"
     baseline.write_text(probed(QUIET_BASELINE))
     home = tmp_path / "runs"
-    config = dict(name="two", iterations=11, budget_s=2.0, proposer=f"replay:{replay}", revise_every=5, repeats=3,
+    config = dict(name="two", iterations=11, budget_s=4.0, proposer=f"replay:{replay}", revise_every=5, repeats=3,
                   slots=2, home=str(home), db_url=f"sqlite:///{home / 'autoresearch.db'}", baseline_path=str(baseline))
     research(config)
 
@@ -289,9 +289,32 @@ def test_two_slots_overlap_each_on_its_own_core_and_noise_is_still_not_kept(tmp_
         assert r.rule["incumbent"] in [k.index for k in rows if k.decision in ("baseline", "keep")]
         if r.rule["incumbent"] != r.rule["proposed_on"]:
             assert "re-based" in r.rule["note"]
-    # strategy revision counts finished candidates: after 5 and after 10
-    assert [(s.version, s.after_iteration) for s in store.strategies(exp.id)] == [(0, 0), (1, 5), (2, 10)]
+    # each measured run is its own Prefect task run, tagged with its slot
+    tagged = measure_task_tags()
+    assert len(tagged) >= len({m.seed for m in measured}), "one task run per measured run (the harness may hold more)"
+    assert {tuple(tags) for tags in tagged} >= {("slot-0",), ("slot-1",)}
+    assert all(len(tags) == 1 and tags[0].startswith("slot-") for tags in tagged)
+    # strategy revision counts finished candidates: after 5, the moment the fifth is decided; after 10 only if the
+    # tenth was decided before the last candidate was proposed (after it, a revision would serve no proposal)
+    versions = [(s.version, s.after_iteration) for s in store.strategies(exp.id)]
+    assert versions in ([(0, 0), (1, 5)], [(0, 0), (1, 5), (2, 10)]), versions
     # the research log agrees with the store: the keeps in the order they were decided
     kept = sorted((r for r in rows if r.decision in ("baseline", "keep")), key=lambda r: r.finished_at)
     assert ws.committed_iterations() == sorted(r.index for r in kept)
     assert ws.train_py.read_text() == kept[-1].code
+
+
+def measure_task_tags() -> list[list[str]]:
+    """The tags of every `measure-...` task run the Prefect API holds."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    async def read() -> list[list[str]]:
+        async with get_client() as client:
+            runs = await client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="measure-")),
+                                               limit=1000)
+            return [sorted(r.tags) for r in runs]
+
+    return asyncio.run(read())

@@ -379,6 +379,9 @@ def hardware_text(hw: dict[str, Any]) -> str:
     if hw.get("cpu_cores"):
         lines.append(f"Machine: {hw['cpu_cores']} CPU cores ({hw.get('usable_cores', hw['cpu_cores'])} usable by the "
                      f"sandbox); memory cap per candidate {hw.get('memory_cap_gib', 0):g} GiB of host memory.")
+    if hw.get("slots", 1) > 1:
+        lines.append(f"{hw['slots']} measurement slots: {hw['slots']} candidates are measured side by side, each on its "
+                     f"own cores (and GPU), with the same budget.")
     return "\n".join(lines)
 
 
