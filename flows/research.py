@@ -359,7 +359,7 @@ class Candidate:
     measuring: list[Role] = field(default_factory=list)  # whose runs are being measured for it now (one each at most)
     arrived: bool = True  # a run of its arrived since its last look (or it is new): a look is due
     incumbent_failures: int = 0  # runs of the incumbent, measured for this decision, that failed
-    note: str = field(default="")  # how it was re-based, if it was
+    rebased: str = ""  # how it was re-based (compared with an incumbent kept while it was in flight), if it was
 
     def in_flight(self) -> InFlight:
         return InFlight(self.index, self.proposal.hypothesis, self.proposal.change_type, self.proposal.code)
@@ -437,10 +437,11 @@ def look(run: Run, cand: Candidate) -> tuple[Decision, Evidence, Iteration]:
     """The decision about cand after the runs stored now, against the incumbent of now (re-based if another
     candidate was kept while it was in flight), and the evidence and incumbent it rests on."""
     incumbent = run.incumbent()
-    if incumbent.index != cand.proposed_on and not cand.note:
-        cand.note = (f"re-based: compared with iteration {incumbent.index}, kept while it was in flight (it was "
-                     f"proposed on iteration {cand.proposed_on})")
-        print(f"iteration {cand.index}: {cand.note}")
+    rebased = (f"re-based: compared with iteration {incumbent.index}, kept while it was in flight (it was proposed "
+               f"on iteration {cand.proposed_on})") if incumbent.index != cand.proposed_on else ""
+    if rebased != cand.rebased:
+        cand.rebased = rebased
+        print(f"iteration {cand.index}: {rebased}")
     found = run.evidence(cand.index, incumbent.index)
     k = len(found.candidate)
     due = k > cand.looked  # at most one look per candidate run: the rule's guarantee counts looks by run
@@ -472,9 +473,9 @@ def finish(run: Run, cand: Candidate, decision: Decision, found: Evidence, incum
     verdict = Verdict.KEEP if decision.verdict == Verdict.KEEP else Verdict.DISCARD
     test_acc = test_report(run.ws.run_dir(i, first.seed), run.test, run.limits, i) if verdict == Verdict.KEEP else None
     looked = not math.isnan(decision.delta)  # False: its first run failed, there was nothing to compare
-    note = "; ".join(n for n in (decision.note, cand.note) if n)
+    note = "; ".join(n for n in (decision.note, cand.rebased) if n)
     rule = {**(decision_record(decision, found) if looked else {}), "incumbent": incumbent.index,
-            "proposed_on": cand.proposed_on, **({"note": note} if note else {})}
+            "proposed_on": cand.proposed_on, **({"rebased": cand.rebased} if cand.rebased else {})}
     run.store.put_iteration(
         run.exp.id, i, **cand.base, **{**run_fields(first), "val_accuracy": statistics.fmean(scores) if scores else None},
         measurements=scores, runs=[r.as_dict() for r in found.candidate], decision=verdict, rule=rule,

@@ -288,7 +288,7 @@ def test_two_slots_overlap_each_on_its_own_core_and_noise_is_still_not_kept(tmp_
     for r in rows[1:]:
         assert r.rule["incumbent"] in [k.index for k in rows if k.decision in ("baseline", "keep")]
         if r.rule["incumbent"] != r.rule["proposed_on"]:
-            assert "re-based" in r.rule["note"]
+            assert r.rule["rebased"].startswith("re-based: compared with iteration")
     # each measured run is its own Prefect task run, tagged with its slot
     tagged = measure_task_tags()
     assert len(tagged) >= len({m.seed for m in measured}), "one task run per measured run (the harness may hold more)"

@@ -400,10 +400,11 @@ def bar(incumbent: Sequence[float], floor: Floor, cfg: RuleConfig = RuleConfig()
 
 
 def stored_summary(rule: dict) -> str:
-    """A stored decision's summary (an iteration's `rule`); decisions of the rule before the sequential one show their
-    delta and threshold; '' when nothing was compared."""
+    """A stored decision's summary (an iteration's `rule`), and how it was re-based if it was (slots: compared with an
+    incumbent kept while it was in flight); decisions of the rule before the sequential one show their delta and
+    threshold; '' when nothing was compared."""
     if rule.get("summary"):
-        return str(rule["summary"])
+        return str(rule["summary"]) + (f"; {rule['rebased']}" if rule.get("rebased") else "")
     if rule.get("threshold") is not None and rule.get("delta") is not None:
         return f"{rule['delta'] * 100:+.2f} points, threshold {rule['threshold'] * 100:.2f} (the earlier rule)"
     return ""

@@ -17,9 +17,9 @@ the slot's own cores (infra/sandbox/compute_record.py), so the experiment's othe
 
 The default count, measured (docs/benchmarks.md, "Slots"): one slot per GPU on a GPU machine; on a CPU machine as
 many slots of `cpu_threads` cores as leave one core for the orchestrator's own work (evaluation of the test set,
-proposing, Prefect): one on a 2-core machine, 15 on a 16-core one. Two slots on this 2-core machine measure 1.9x
-the runs per hour at the same epochs per run, but leave the orchestrator no core of its own: a choice to make
-on purpose (`--slots 2`), not a default.
+proposing, Prefect): one on a 2-core machine, 15 on a 16-core one. Two slots on this 2-core machine measure 1.96x
+the runs per hour at the same epochs per run (+1.1%; benchmarks/throughput.py), but leave the orchestrator no core
+of its own: a choice to make on purpose (`--slots 2`), not a default.
 """
 
 from __future__ import annotations
