@@ -198,6 +198,7 @@ print("snooper found:", found or "nothing", flush=True)
 @requires_real_data
 @requires_bwrap
 @TWO_CORES
+@pytest.mark.alone  # its run "alone" must be alone: not beside the other lane
 def test_a_hostile_candidate_in_one_slot_changes_nothing_in_the_other(tmp_path):
     import prepare
     from infra.sandbox.trial import score_trial, train_candidate
