@@ -15,19 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.sandbox.memory_cgroup import CGROUP_ROOT, MemoryCgroup, remove_group
-
-
-def _own_cpuacct_dir() -> Path | None:
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "cpuacct" in controllers.split(","):
-            return CGROUP_ROOT / controllers / path.lstrip("/")
-    return None
+from infra.sandbox.memory_cgroup import MemoryCgroup, own_v1_dir, remove_group
 
 
 @dataclass
@@ -42,7 +30,7 @@ class CpuCgroup:
         if memory is not None and memory.version == 2:
             group = cls(memory.path, 2, owned=False)
             return group if (memory.path / "cpu.stat").exists() else None
-        parent = _own_cpuacct_dir()
+        parent = own_v1_dir("cpuacct")
         if parent is None:
             return None
         try:

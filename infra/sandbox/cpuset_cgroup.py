@@ -13,19 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.sandbox.memory_cgroup import CGROUP_ROOT, MemoryCgroup, remove_group
-
-
-def _own_cpuset_dir() -> Path | None:
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "cpuset" in controllers.split(","):
-            return CGROUP_ROOT / controllers / path.lstrip("/")
-    return None
+from infra.sandbox.memory_cgroup import MemoryCgroup, own_v1_dir, remove_group
 
 
 def cpu_list(cores: tuple[int, ...]) -> str:
@@ -46,7 +34,7 @@ class CpusetCgroup:
             except OSError:
                 return None
             return cls(memory.path, owned=False)
-        parent = _own_cpuset_dir()
+        parent = own_v1_dir("cpuset")
         if parent is None:
             return None
         path = parent / name

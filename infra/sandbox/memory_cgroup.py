@@ -35,6 +35,19 @@ def _own_cgroup_dirs() -> list[tuple[int, Path]]:
     return found
 
 
+def own_v1_dir(controller: str) -> Path | None:
+    """This process's group in the cgroup v1 hierarchy of controller (cpuacct, cpuset), or None where there is none."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            return CGROUP_ROOT / controllers / path.lstrip("/")
+    return None
+
+
 @dataclass
 class MemoryCgroup:
     path: Path
