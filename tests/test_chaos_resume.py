@@ -169,13 +169,19 @@ def test_sigkill_with_two_runs_in_flight_then_resume(tmp_path):
     for r in rows[1:]:
         if r.rule.get("candidate_runs"):
             own = [m.seq for m in measured if m.decided_in == r.index and m.iteration == r.index and not m.remeasured]
-            assert [c["seq"] for c in r.rule["candidate_runs"]] == own, (r.index, r.rule["candidate_runs"], own)
-            used += own
+            counted = [c["seq"] for c in r.rule["candidate_runs"]]
+            # every run stored before its last look counts; one still being measured then is stored after, unused
+            assert counted == own[:len(counted)], (r.index, counted, own)
+            used += counted
     assert len(used) == len(set(used)), "a run counted by two decisions"
+    # iteration 2's decision went on with the run stored at the kill, unless it was in flight at both kills (then
+    # the crash limit, 2, recorded it as failed: a crash cannot be pinned on one of the runs in flight)
     killed_in_2 = next(m for m in stored_at_kill if m.decided_in == 2)
-    assert killed_in_2.seq in [c["seq"] for c in rows[2].rule["candidate_runs"] + rows[2].rule["incumbent_runs"]] \
-        or rows[2].rule.get("stop") == "failed"
-    assert rows[2].orchestrator_crashes >= 1
+    if rows[2].orchestrator_crashes == 2:
+        assert rows[2].reason == "crashed the orchestrator 2 times"
+    else:
+        used_by_2 = rows[2].rule.get("candidate_runs", []) + rows[2].rule.get("incumbent_runs", [])
+        assert rows[2].orchestrator_crashes == 1 and killed_in_2.seq in [c["seq"] for c in used_by_2], rows[2].rule
     assert rows[4].decision == "keep", (rows[4].status, rows[4].reason, rows[4].rule)
     ws = Workspace(home / "pair")
     kept = sorted((r for r in rows if r.decision in ("baseline", "keep")), key=lambda r: r.finished_at)
