@@ -313,9 +313,14 @@ def measure_task_tags() -> list[list[str]]:
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
     async def read() -> list[list[str]]:
+        found: list[list[str]] = []
         async with get_client() as client:
-            runs = await client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="measure-")),
-                                               limit=1000)
-            return [sorted(r.tags) for r in runs]
+            while True:  # the API gives at most 200 at a time
+                page = await client.read_task_runs(
+                    task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="measure-")), limit=200,
+                    offset=len(found))
+                found += [sorted(r.tags) for r in page]
+                if len(page) < 200:
+                    return found
 
     return asyncio.run(read())
