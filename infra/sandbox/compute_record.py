@@ -11,8 +11,9 @@ the load a number was measured under:
     core_share     cpu_seconds / (wall_seconds x threads): 1.0 is every allotted core, all the time
     waiting_share  the most time one of its processes was ready to compute but waited for a CPU, per wall
                    second (schedstat run delay; a run can raise it by making its processes wait for each other)
-    free_cores     the cores the rest of the machine left it, on average: all cores minus what every
-                   other process (and the kernel) used while it ran (/proc/stat minus its own CPU time)
+    free_cores     the cores the rest of the machine left it, on average: all cores (in a measurement slot, the
+                   slot's own cores: the experiment's other slots are not foreign load) minus what every other
+                   process (and the kernel) used on them while it ran (/proc/stat minus its own CPU time)
     load_start, load_end   the host's 1-minute load average at launch and at exit
 
 A run is `contended` when the clock could not make up for the machine's load, judged from outside the
