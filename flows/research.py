@@ -131,7 +131,7 @@ class Run:
                   f"inference {self.cfg.inference_allowance_s:g} CPU s per 10,000 images")
             return
         measured = measure_allowances(self.ws.root / "iterations" / "allowance-probe", self.cfg.device,
-                                      cpu_threads=self.cfg.cpu_threads)
+                                      cpu_threads=self.cfg.cpu_threads, slot=self.slots[0])
         if self.cfg.startup_allowance_s is None:
             self.cfg.startup_allowance_s = measured.startup_s
         if self.cfg.export_allowance_s is None:

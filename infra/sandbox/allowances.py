@@ -40,6 +40,7 @@ from pathlib import Path
 import prepare
 from infra.sandbox.run import run_sandboxed
 from infra.sandbox.safe_files import remove_tree
+from infra.sandbox.slots import Slot
 from infra.sandbox.trial import fresh_run_dir, read_log, train_job
 from infra.settings import Limits
 
@@ -83,8 +84,9 @@ def allowance_for(seconds: float) -> float:
 
 
 def measure_allowances(scratch: Path, device: str | None = None, memory_cap_bytes: int = 0,
-                       cpu_threads: int = 0) -> Allowances:
-    """Run REFERENCE in the sandbox (in scratch, removed afterwards) and return the allowances for it."""
+                       cpu_threads: int = 0, slot: Slot | None = None) -> Allowances:
+    """Run REFERENCE in the sandbox (in scratch, removed afterwards) and return the allowances for it; in a slot,
+    pinned as the candidates will be."""
     limits = Limits(budget_s=1.0, startup_allowance_s=PROBE_LIMIT_S, export_allowance_s=PROBE_LIMIT_S,
                     memory_cap_bytes=memory_cap_bytes, cpu_threads=cpu_threads)
     scratch = Path(os.path.abspath(scratch))
@@ -92,7 +94,7 @@ def measure_allowances(scratch: Path, device: str | None = None, memory_cap_byte
     try:
         split = prepare.write_train_split(scratch / "data" / "train.pt")
         split.chmod(0o444)
-        outcome = run_sandboxed(train_job(scratch, limits, 0, split, device))
+        outcome = run_sandboxed(train_job(scratch, limits, 0, split, device, slot))
         if outcome.exit_code != 0 or outcome.marker_at_s is None or outcome.after_marker_s is None:
             tail = "\n".join(read_log(outcome.log_path).splitlines()[-5:])
             raise RuntimeError(f"the reference start-up and export failed in the sandbox (exit {outcome.exit_code}, "

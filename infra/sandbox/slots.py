@@ -6,7 +6,9 @@ or a device with another.
                affinity, set before exec; a cpuset cgroup where the machine lets the orchestrator make one
                (infra/sandbox/cpuset_cgroup.py), which the candidate cannot widen; and the syscall filter, which
                refuses sched_setaffinity (infra/sandbox/syscall_filter.py), so where there is no cpuset a candidate
-               still cannot move to another slot's cores.
+               still cannot move to another slot's cores. A lone CPU slot has every usable core: with no neighbour
+               to keep apart from, pinning would only stop the scheduler moving it off a core another process keeps
+               busy (CI found a run pinned beside a busy loop slower than its measured allowances).
     GPU slot   one GPU and `cpu_threads` cores for its host-side work. The sandbox binds only that GPU's device node
                (/dev/nvidiaN, N its minor number) beside the driver's control and UVM nodes, and names it in
                CUDA_VISIBLE_DEVICES by its UUID, so inside it is cuda:0 and no other GPU can be opened.
@@ -133,6 +135,8 @@ def plan_slots(count: int, cpu_threads: int, devices: list[str] | None = None,
         if len({g.name for g in gpus}) > 1:
             raise SlotError(f"the slots' GPUs differ ({', '.join(sorted({g.name for g in gpus}))}): candidates in "
                             "them would not get equal compute")
+    if count == 1 and not devices:  # a lone slot shares a core with no neighbour: not pinned, so the scheduler may
+        return [Slot(0, tuple(cores))]  # still move it off a core another process keeps busy (as before slots)
     # the highest cores first: the lowest, where the system and the orchestrator usually run, stay free longest
     spare = list(reversed(cores))
     return [Slot(k, tuple(sorted(spare[k * cpu_threads:(k + 1) * cpu_threads])), gpus[k]) for k in range(count)]
