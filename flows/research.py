@@ -373,14 +373,14 @@ def adopted(run: Run, row: Iteration) -> Candidate:
     base = dict(proposer=row.proposer, hypothesis=row.hypothesis, change_type=row.change_type,
                 expected_effect=row.expected_effect, memory=row.memory, code=row.code, diff=row.diff,
                 propose_seconds=row.propose_seconds, attempts=row.attempts)
-    made = [r for r in run.store.measured_runs(run.exp.id, decided_in=row.index) if not r.remeasured]
-    ours = [r for r in made if r.iteration == row.index]
-    if made:
-        print(f"iteration {row.index}: resuming its decision with {len(ours)} candidate and "
-              f"{len(made) - len(ours)} incumbent runs already measured")
+    found = run.evidence(row.index, run.incumbent().index)
+    k = len(found.candidate)
+    if found.last is not None:
+        print(f"iteration {row.index}: resuming its decision with {k} candidate and {len(found.incumbent)} current "
+              f"incumbent runs already measured")
     proposed_on = (row.rule or {}).get("proposed_on", run.incumbent().index)
-    last_was_ours = bool(made) and made[-1].iteration == row.index  # then the look after it is due (again)
-    return Candidate(row.index, proposal, base, proposed_on, looked=len(ours) - 1 if last_was_ours else len(ours))
+    # a candidate's run made last: the look after it is due (again)
+    return Candidate(row.index, proposal, base, proposed_on, looked=k - 1 if found.last == Role.CANDIDATE else k)
 
 
 def propose(run: Run, i: int, incumbent: Iteration, in_flight: list[InFlight]) -> tuple[Proposal | None, dict[str, Any]]:
