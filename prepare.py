@@ -29,6 +29,7 @@ import json
 import operator
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +50,8 @@ STD = 0.3530
 SPLIT_SEED = 20240611  # the 50k/10k train/validation split never changes
 VAL_SIZE = 10_000
 RUN_SUBSET = 0.98  # each measured run trains on this share of the training split, chosen by its seed
-SEED = int(os.environ.get("AUTORESEARCH_SEED", "0"))  # per-run seed, injected by the sandbox
+SEED_ENV = "AUTORESEARCH_SEED"
+SEED = int(os.environ.get(SEED_ENV, "0"))  # per-run seed, injected by the sandbox
 
 # file name -> (md5 of the official .gz, md5 of the decompressed IDX content)
 # Mirrors repackage the .gz (Debian's headers differ), so we verify the decompressed bytes.
@@ -66,6 +68,7 @@ MODEL_ARTIFACT = "model.safetensors"  # weights and a core ATen graph; no pickle
 # took 7.3 CPU s per 10,000 images, a kNN over the training images 10.9, and no allowance could tell them apart;
 # at 100, 3.7 and 12.5. (save_model's check runs one batch: 10x cheaper too.)
 EVAL_BATCH_SIZE = 100
+BUDGET_MARKER = "budget_start:"  # printed by TrainingBudget: the orchestrator measures training from here
 PREDICT_MARKER = "predict_start:"  # printed by `predict` once loaded: the orchestrator times inference from here
 
 # Set by the sandbox: the only data a candidate can reach, and where its artifact goes.
@@ -75,6 +78,9 @@ BUDGET_ENV = "TRAINING_BUDGET_SECS"
 DEADLINE_ENV = "AUTORESEARCH_DEADLINE"  # budget_clock() reading by which training must be over
 CPU_THREADS_ENV = "AUTORESEARCH_CPU_THREADS"  # set on a CPU: the budget is CPU time of this many cores
 DEVICE_ENV = "AUTORESEARCH_DEVICE"  # the device to train on (a GPU slot's one GPU is cuda:0)
+# Set by the operator: a folder holding the four original files, and where verified copies are kept.
+DATA_DIR_ENV = "AUTORESEARCH_DATA_DIR"
+CACHE_DIR_ENV = "AUTORESEARCH_CACHE_DIR"
 
 
 class DataUnavailable(RuntimeError):
@@ -85,17 +91,18 @@ class DataUnavailable(RuntimeError):
 # Data: locate, download, verify (fixed)
 # ---------------------------------------------------------------------------
 
+
 def cache_dir() -> Path:
     """Where verified, decompressed files live: torchvision's layout under it (FashionMNIST/raw)."""
     default = Path.home() / ".cache" / "autoresearch"
-    return Path(os.environ.get("AUTORESEARCH_CACHE_DIR", default))
+    return Path(os.environ.get(CACHE_DIR_ENV, default))
 
 
 def source_dirs() -> list[Path]:
     """Places searched for the four files, in order, before downloading."""
     dirs = []
-    if os.environ.get("AUTORESEARCH_DATA_DIR"):
-        dirs.append(Path(os.environ["AUTORESEARCH_DATA_DIR"]))
+    if os.environ.get(DATA_DIR_ENV):
+        dirs.append(Path(os.environ[DATA_DIR_ENV]))
     dirs += [cache_dir(), DEBIAN_DIR]
     return dirs
 
@@ -134,9 +141,11 @@ def _install(contents: dict[str, bytes]) -> None:
     raw = _raw_folder()
     raw.mkdir(parents=True, exist_ok=True)
     for name, content in contents.items():
-        tmp = raw / f".{name}.tmp"
-        tmp.write_bytes(content)
-        tmp.replace(raw / name)
+        # a temporary name of this writer's own: two processes installing at once (two `make setup`s, a CI clone and
+        # a checkout) each rename a whole file into place, never one the other is still writing
+        with tempfile.NamedTemporaryFile(dir=raw, prefix=f".{name}.", suffix=".tmp", delete=False) as tmp:
+            tmp.write(content)
+        Path(tmp.name).replace(raw / name)
 
 
 def _download() -> None:
@@ -180,6 +189,7 @@ def ensure_data(allow_download: bool = True) -> Path:
 # Splits (fixed): 50k train / 10k validation from the official 60k, seeded;
 # the official 10k test set is held out for reporting only.
 # ---------------------------------------------------------------------------
+
 
 def _official(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     from torchvision.datasets import FashionMNIST
@@ -236,7 +246,7 @@ def write_train_split(path: Path, limit: int | None = None, order_seed: int | No
     images, labels = load_split_uint8("train")
     if order_seed is not None:
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(order_seed))
-        order = order[:round(RUN_SUBSET * len(labels))]
+        order = order[: round(RUN_SUBSET * len(labels))]
         images, labels = images[order], labels[order]
     images, labels = images[:limit], labels[:limit]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,6 +259,7 @@ def write_train_split(path: Path, limit: int | None = None, order_seed: int | No
 # ---------------------------------------------------------------------------
 # Device (fixed)
 # ---------------------------------------------------------------------------
+
 
 def get_device() -> torch.device:
     """AUTORESEARCH_DEVICE if set (cpu, cuda, cuda:N, mps), else the best available."""
@@ -276,6 +287,7 @@ def get_device() -> torch.device:
 # Time budget (fixed): train.py asks before each epoch whether another fits.
 # ---------------------------------------------------------------------------
 
+
 def _tree_cpu_ticks(root: int) -> int | None:
     """utime + stime + cutime + cstime of root and every process below it, from /proc (None: no /proc)."""
     children: dict[int, list[int]] = {}
@@ -290,7 +302,7 @@ def _tree_cpu_ticks(root: int) -> int | None:
                 text = f.read()
         except OSError:
             continue
-        fields = text[text.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+        fields = text[text.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
         children.setdefault(int(fields[1]), []).append(pid)
         ticks[pid] = sum(int(x) for x in fields[11:15])
     total, stack = 0, [root]
@@ -349,8 +361,11 @@ class TrainingBudget:
         deadline = os.environ.get(DEADLINE_ENV) if seconds is None else None
         self.deadline = min(self.start + self.seconds, float(deadline)) if deadline else self.start + self.seconds
         clock = f"CPU time of {self.threads} cores" if self.threads else "wall clock"
-        print(f"budget_start: {self.seconds:.1f} (clock: {clock}; seconds left until the deadline: "
-              f"{self.remaining:.1f})", flush=True)
+        print(
+            f"{BUDGET_MARKER} {self.seconds:.1f} (clock: {clock}; seconds left until the deadline: "
+            f"{self.remaining:.1f})",
+            flush=True,
+        )
 
     @property
     def elapsed(self) -> float:
@@ -445,8 +460,15 @@ def _graph_json(program: "torch.export.ExportedProgram") -> tuple[list[dict], di
             nodes.append({"name": node.name, "op": "placeholder", "tensor": inputs[node.name]})
         elif node.op == "call_function":
             target = "getitem" if node.target is operator.getitem else str(node.target)
-            nodes.append({"name": node.name, "op": "call", "target": target,
-                          "args": _encode_arg(node.args), "kwargs": {k: _encode_arg(v) for k, v in node.kwargs.items()}})
+            nodes.append(
+                {
+                    "name": node.name,
+                    "op": "call",
+                    "target": target,
+                    "args": _encode_arg(node.args),
+                    "kwargs": {k: _encode_arg(v) for k, v in node.kwargs.items()},
+                }
+            )
         elif node.op == "output":
             nodes.append({"name": node.name, "op": "output", "value": _encode_arg(node.args[0][user_outputs[0]])})
         else:
@@ -466,8 +488,10 @@ def save_model(model: torch.nn.Module, directory: str | Path | None = None) -> P
         program = torch.export.export(model, (example,)).run_decompositions()
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise ArtifactError(f"torch.export could not capture the model ({type(exc).__name__}: {first_line}); "
-                            "forward() must not branch on tensor values") from None
+        raise ArtifactError(
+            f"torch.export could not capture the model ({type(exc).__name__}: {first_line}); "
+            "forward() must not branch on tensor values"
+        ) from None
     nodes, tensors = _graph_json(program)
     path = directory / MODEL_ARTIFACT
     save_file(tensors, str(path), metadata={"format": ARTIFACT_FORMAT, "graph": json.dumps(nodes)})
@@ -484,7 +508,7 @@ def _decode_arg(value, env: dict[str, object]):
         return value
     if not isinstance(value, dict) or len(value) != 1:
         raise ArtifactError(f"malformed graph argument {str(value)[:80]}")
-    (tag, name), = value.items()
+    ((tag, name),) = value.items()
     if tag == "node":
         if name not in env:
             raise ArtifactError(f"graph refers to {str(name)[:40]!r} before defining it")
@@ -494,7 +518,12 @@ def _decode_arg(value, env: dict[str, object]):
     if tag == "device" and name == "cpu":
         return torch.device("cpu")
     kinds = {"dtype": torch.dtype, "layout": torch.layout, "memory_format": torch.memory_format}
-    if tag in kinds and isinstance(name, str) and name.isidentifier() and isinstance(getattr(torch, name, None), kinds[tag]):
+    if (
+        tag in kinds
+        and isinstance(name, str)
+        and name.isidentifier()
+        and isinstance(getattr(torch, name, None), kinds[tag])
+    ):
         return getattr(torch, name)
     raise ArtifactError(f"unsupported graph constant {str(value)[:80]}")
 
@@ -584,12 +613,13 @@ def load_artifact(path: str | Path) -> GraphModel:
 # orchestrator holds them and computes accuracy and loss from these logits.
 # ---------------------------------------------------------------------------
 
+
 @torch.inference_mode()
 def predict(model, images: torch.Tensor) -> torch.Tensor:
     """Logits (N x NUM_CLASSES) for uint8 images (N x 28 x 28), in batches of EVAL_BATCH_SIZE on the CPU."""
     outputs = []
     for start in range(0, len(images), EVAL_BATCH_SIZE):
-        batch = to_model_input(images[start:start + EVAL_BATCH_SIZE])
+        batch = to_model_input(images[start : start + EVAL_BATCH_SIZE])
         n = len(batch)
         if n < EVAL_BATCH_SIZE:  # the graph's batch is fixed: pad, then drop the padding's outputs
             batch = torch.cat([batch, batch.new_zeros(EVAL_BATCH_SIZE - n, *IMAGE_SHAPE)])

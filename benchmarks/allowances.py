@@ -43,11 +43,17 @@ TRAIN_STEPS = 20
 
 def cnn(widths: tuple[int, int, int]) -> nn.Module:
     """The seed's 3-block CNN (benchmarks/cnn3.py) at other widths."""
+
     def block(c_in: int, c_out: int) -> list[nn.Module]:
         return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
 
-    return nn.Sequential(*block(1, widths[0]), *block(widths[0], widths[1]), *block(widths[1], widths[2]),
-                         nn.Flatten(), nn.Linear(widths[2] * 9, 10))
+    return nn.Sequential(
+        *block(1, widths[0]),
+        *block(widths[0], widths[1]),
+        *block(widths[1], widths[2]),
+        nn.Flatten(),
+        nn.Linear(widths[2] * 9, 10),
+    )
 
 
 class NearestNeighbours(nn.Module):
@@ -107,9 +113,12 @@ def allowances(repeats: int, cpu_threads: int) -> None:
     with tempfile.TemporaryDirectory(prefix="allowances-") as tmp:
         for n in range(repeats):
             got = measure_allowances(Path(tmp) / f"probe-{n}", "cpu", cpu_threads=cpu_threads)
-            print(f"start-up {got.measured_startup_s:.2f} -> {got.startup_s:g} {got.clock} s, "
-                  f"export {got.measured_export_s:.2f} -> {got.export_s:g} {got.clock} s "
-                  f"(load {os.getloadavg()[0]:.1f})", flush=True)
+            print(
+                f"start-up {got.measured_startup_s:.2f} -> {got.startup_s:g} {got.clock} s, "
+                f"export {got.measured_export_s:.2f} -> {got.export_s:g} {got.clock} s "
+                f"(load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
 
 
 def inference(repeats: int) -> None:

@@ -27,8 +27,9 @@ from torchvision import datasets, transforms
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import prepare  # noqa: E402
 from cnn3 import three_block_cnn  # noqa: E402
+
+import prepare  # noqa: E402
 from infra.sandbox.evaluation import evaluate_artifact  # noqa: E402
 from infra.settings import Limits  # noqa: E402
 
@@ -56,7 +57,7 @@ def tensor_pipeline(seconds: float) -> float:
     while time.perf_counter() - start < seconds:
         perm = torch.randperm(len(y))
         for i in range(0, len(y), BATCH_SIZE):
-            idx = perm[i:i + BATCH_SIZE]
+            idx = perm[i : i + BATCH_SIZE]
             step(model, opt, x[idx], y[idx])
             seen += len(idx)
             if seen % (BATCH_SIZE * 200) == 0 and time.perf_counter() - start >= seconds:

@@ -71,8 +71,11 @@ def slowdown_shift() -> float:
     """What 10% less compute costs the small CNN, from the noise bank (mean at 20 s minus at 18 s); 0.003 without it."""
     if BANK.exists():
         recipes = json.loads(BANK.read_text())["recipes"]
-        means = [statistics.fmean(r["val_accuracy"] for r in recipes[n]["runs"] if r["status"] == "ok")
-                 for n in ("small_cnn", "small_cnn_slow10") if n in recipes and recipes[n]["runs"]]
+        means = [
+            statistics.fmean(r["val_accuracy"] for r in recipes[n]["runs"] if r["status"] == "ok")
+            for n in ("small_cnn", "small_cnn_slow10")
+            if n in recipes and recipes[n]["runs"]
+        ]
         if len(means) == 2:
             return means[0] - means[1]
     return 0.003
@@ -110,6 +113,7 @@ def old_keeps(gain: float, noise: Noise, rng: random.Random, n_incumbent: int = 
 
 
 # --- the sequential procedure ------------------------------------------------------------------
+
 
 def pooled_floor(noise: Noise, rng: random.Random, cfg: rule.RuleConfig) -> rule.Floor:
     return rule.noise_floor([[MEAN + noise(rng) for _ in range(3)] for _ in range(6)], cfg)
@@ -163,8 +167,11 @@ def margins(cfg: rule.RuleConfig) -> None:
     wild = tame[:3] + [MEAN - TAIL_DROP]
     groups = [[MEAN + rng.gauss(0, 0.002) for _ in range(3)] for _ in range(6)]
     wild_groups = [g[:2] + [MEAN - TAIL_DROP] if i < 2 else g for i, g in enumerate(groups)]
-    for label, inc, grp in (("no wild run", tame, groups), ("a wild incumbent run", wild, groups),
-                            ("wild runs in the floor's iterations too", wild, wild_groups)):
+    for label, inc, grp in (
+        ("no wild run", tame, groups),
+        ("a wild incumbent run", wild, groups),
+        ("wild runs in the floor's iterations too", wild, wild_groups),
+    ):
         floor = rule.noise_floor(grp, cfg)
         d = rule.compare(inc, [MEAN, MEAN], floor, cfg)
         print(f"margin at 2 runs, sigma 0.002, {label}: {d.threshold * 100:.2f} points (floor sigma {floor.sigma:.4f})")
@@ -180,8 +187,13 @@ def night(noise: Noise, rng: random.Random, cfg: rule.RuleConfig, candidates: in
     record = []
     for c in range(candidates):
         u = rng.random()
-        gain = (-rng.uniform(0.01, 0.05) if u < 0.7 else rng.uniform(-0.002, 0.002) if u < 0.9
-                else rng.uniform(0.003, 0.010))
+        gain = (
+            -rng.uniform(0.01, 0.05)
+            if u < 0.7
+            else rng.uniform(-0.002, 0.002)
+            if u < 0.9
+            else rng.uniform(0.003, 0.010)
+        )
         slow = shift if c >= candidates // 2 else 0.0
         start = seq
         inc_scores = [s for made, s in incumbent if made > start - cfg.window_runs]
@@ -228,8 +240,11 @@ def night_report(noise: Noise, cfg: rule.RuleConfig, nights: int, seed: int, shi
         rows = [r for r in records if r["period"] == period]
         better = [r for r in rows if r["gain"] >= 0.003]
         null = [r for r in rows if r["gain"] <= 0.0]
-        print(f"night ({label}), {name}: real gains (+0.3 to +1.0) kept {100 * sum(r['kept'] for r in better) / len(better):.1f}% "
-              f"of {len(better)}; no-better kept {100 * sum(r['kept'] for r in null) / len(null):.2f}% of {len(null)}")
+        print(
+            f"night ({label}), {name}: real gains (+0.3 to +1.0) kept "
+            f"{100 * sum(r['kept'] for r in better) / len(better):.1f}% "
+            f"of {len(better)}; no-better kept {100 * sum(r['kept'] for r in null) / len(null):.2f}% of {len(null)}"
+        )
     print(f"night ({label}): {per:.2f} runs per candidate (the incumbent's included), {nights} nights of 400")
     return per
 
@@ -252,11 +267,19 @@ def main() -> None:
     shift = slowdown_shift()
     per = night_report(gaussian(0.002), cfg, args.nights, args.seed, 0.0, "sigma 0.002, steady")
     for sign, how in ((1, "slower"), (-1, "faster")):
-        night_report(gaussian(0.002), cfg, 5 * args.nights, args.seed, sign * shift,
-                     f"sigma 0.002, 10% {how} from the middle: every score {-sign * shift * 100:+.2f} points")
+        night_report(
+            gaussian(0.002),
+            cfg,
+            5 * args.nights,
+            args.seed,
+            sign * shift,
+            f"sigma 0.002, 10% {how} from the middle: every score {-sign * shift * 100:+.2f} points",
+        )
     print(f"+0.3 at sigma 0.002 kept {rates[('gaussian 0.002', 'new', 0.003)]:.1f}%")
-    print(f"decision power: +0.5 at sigma 0.002 kept {rates[('gaussian 0.002', 'new', 0.005)]:.1f}%; "
-          f"no change kept {rates[('gaussian 0.002', 'new', 0.0)]:.1f}%; mix {per:.2f} runs per candidate")
+    print(
+        f"decision power: +0.5 at sigma 0.002 kept {rates[('gaussian 0.002', 'new', 0.005)]:.1f}%; "
+        f"no change kept {rates[('gaussian 0.002', 'new', 0.0)]:.1f}%; mix {per:.2f} runs per candidate"
+    )
 
 
 if __name__ == "__main__":

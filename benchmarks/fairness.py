@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import prepare  # noqa: E402
-from infra.sandbox.compute_record import describe  # noqa: E402
 from infra.sandbox.allowances import measure_allowances  # noqa: E402
+from infra.sandbox.compute_record import describe  # noqa: E402
 from infra.sandbox.trial import run_trial  # noqa: E402
 from infra.settings import BASELINE_TRAIN_PY, Limits  # noqa: E402
 
@@ -46,24 +46,37 @@ def main() -> None:
         scratch = Path(tmp)
         limits = Limits(budget_s=args.budget, cpu_threads=args.cpu_threads)
         allowances = measure_allowances(scratch / "probe", cpu_threads=limits.cpu_threads)
-        limits = Limits(budget_s=args.budget, startup_allowance_s=allowances.startup_s,
-                        export_allowance_s=allowances.export_s, cpu_threads=limits.cpu_threads)
-        print(f"budget {args.budget:g} s on {limits.cpu_threads} cores (CPU clock), start-up allowance "
-              f"{allowances.startup_s:g} CPU s, export allowance {allowances.export_s:g} CPU s, "
-              f"{os.cpu_count()} cores on this machine")
+        limits = Limits(
+            budget_s=args.budget,
+            startup_allowance_s=allowances.startup_s,
+            export_allowance_s=allowances.export_s,
+            cpu_threads=limits.cpu_threads,
+        )
+        print(
+            f"budget {args.budget:g} s on {limits.cpu_threads} cores (CPU clock), start-up allowance "
+            f"{allowances.startup_s:g} CPU s, export allowance {allowances.export_s:g} CPU s, "
+            f"{os.cpu_count()} cores on this machine"
+        )
         epochs: dict[tuple[str, str], list[int]] = {}
         accuracy: dict[tuple[str, str], list[float]] = {}
         for condition, pinned in conditions.items():
             # sessions of their own, as another user's jobs would be (autogroup scheduling shares one
             # fair slice per session)
-            hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(core)], start_new_session=True)
-                    for core in pinned]
+            hogs = [
+                subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(core)], start_new_session=True)
+                for core in pinned
+            ]
             try:
                 for name, path in CANDIDATES.items():
                     for n in range(args.repeats):
-                        result = run_trial(path.read_text(), scratch / f"{condition}-{name}-{n}", limits, seed=n, val=val)
-                        print(f"{condition:8s} {name:9s} seed {n}: {result.status} epochs {result.epochs} "
-                              f"val_accuracy {result.val_accuracy} | {describe(result.compute)}", flush=True)
+                        result = run_trial(
+                            path.read_text(), scratch / f"{condition}-{name}-{n}", limits, seed=n, val=val
+                        )
+                        print(
+                            f"{condition:8s} {name:9s} seed {n}: {result.status} epochs {result.epochs} "
+                            f"val_accuracy {result.val_accuracy} | {describe(result.compute)}",
+                            flush=True,
+                        )
                         if result.status == "ok":
                             epochs.setdefault((name, condition), []).append(result.epochs or 0)
                             accuracy.setdefault((name, condition), []).append(result.val_accuracy)
@@ -75,10 +88,13 @@ def main() -> None:
             for condition in list(conditions)[1:]:
                 quiet, loaded = epochs.get((name, "quiet"), []), epochs.get((name, condition), [])
                 if quiet and loaded:
-                    print(f"{name}: epochs quiet {statistics.fmean(quiet):.1f} {condition} {statistics.fmean(loaded):.1f} "
-                          f"ratio {statistics.fmean(loaded) / statistics.fmean(quiet):.2f}; val_accuracy quiet "
-                          f"{statistics.fmean(accuracy[(name, 'quiet')]):.4f} {condition} "
-                          f"{statistics.fmean(accuracy[(name, condition)]):.4f}")
+                    print(
+                        f"{name}: epochs quiet {statistics.fmean(quiet):.1f} "
+                        f"{condition} {statistics.fmean(loaded):.1f} "
+                        f"ratio {statistics.fmean(loaded) / statistics.fmean(quiet):.2f}; val_accuracy quiet "
+                        f"{statistics.fmean(accuracy[(name, 'quiet')]):.4f} {condition} "
+                        f"{statistics.fmean(accuracy[(name, condition)]):.4f}"
+                    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,10 @@ for _ in range(107):
     sys.stdout.write(chunk)
 sys.stdout.flush()
 """
-SAVE_AT_ONCE = "from prepare import save_model\nfrom torch import nn\nsave_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))\n"
+SAVE_AT_ONCE = (
+    "from prepare import save_model\nfrom torch import nn\n"
+    "save_model(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))\n"
+)
 
 
 def rss_mib() -> float:
@@ -56,10 +59,16 @@ def main() -> None:
         started = time.perf_counter()
         allowances = measure_allowances(Path(tmp) / "probe")
         probe_s = time.perf_counter() - started
-        print(f"startup_allowance_s: {allowances.startup_s:g}, export_allowance_s: {allowances.export_s:g} "
-              f"(probe took {probe_s:.1f} s)")
-        limits = Limits(budget_s=30, startup_allowance_s=allowances.startup_s, export_allowance_s=allowances.export_s,
-                        memory_cap_bytes=6 * 2**30)
+        print(
+            f"startup_allowance_s: {allowances.startup_s:g}, export_allowance_s: {allowances.export_s:g} "
+            f"(probe took {probe_s:.1f} s)"
+        )
+        limits = Limits(
+            budget_s=30,
+            startup_allowance_s=allowances.startup_s,
+            export_allowance_s=allowances.export_s,
+            memory_cap_bytes=6 * 2**30,
+        )
 
         walls = []
         for k in range(3):

@@ -46,8 +46,14 @@ RECIPES = {
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return {"cpu": model, "cores": os.cpu_count(), "node": platform.node(), "python": platform.python_version()}
 
 
@@ -65,8 +71,14 @@ def main() -> None:
         sys.exit(f"unknown recipes {unknown}; known: {', '.join(RECIPES)}")
     val = prepare.load_split_uint8("val")
     bank = json.loads(args.out.read_text()) if args.out.exists() else {}
-    bank.update({"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "cpu_threads": args.cpu_threads, "budget_s": args.budget})
+    bank.update(
+        {
+            "machine": machine(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "cpu_threads": args.cpu_threads,
+            "budget_s": args.budget,
+        }
+    )
     recipes = bank.setdefault("recipes", {})
     with tempfile.TemporaryDirectory(prefix="noise-bank-") as tmp:
         scratch = Path(tmp)
@@ -74,25 +86,41 @@ def main() -> None:
         bank["allowances"] = {"startup_s": allowances.startup_s, "export_s": allowances.export_s}
         for name in names:
             code, share = RECIPES[name]
-            limits = Limits(budget_s=args.budget * share, startup_allowance_s=allowances.startup_s,
-                            export_allowance_s=allowances.export_s, cpu_threads=args.cpu_threads)
+            limits = Limits(
+                budget_s=args.budget * share,
+                startup_allowance_s=allowances.startup_s,
+                export_allowance_s=allowances.export_s,
+                cpu_threads=args.cpu_threads,
+            )
             entry = recipes.setdefault(name, {"budget_s": limits.budget_s, "runs": []})
             if entry["budget_s"] != limits.budget_s:  # another budget: measured again from scratch
                 entry.update(budget_s=limits.budget_s, runs=[])
             while len(entry["runs"]) < args.seeds:
                 seed = secrets.randbelow(2**31)
                 result = run_trial(code, scratch / f"{name}-{seed}", limits, seed=seed, val=val)
-                entry["runs"].append({"seed": seed, "status": str(result.status), "val_accuracy": result.val_accuracy,
-                                      "epochs": result.epochs, "contended": result.contended})
-                print(f"noise bank: {name} seed {seed}: {result.status} epochs {result.epochs} "
-                      f"val_accuracy {result.val_accuracy}", flush=True)
+                entry["runs"].append(
+                    {
+                        "seed": seed,
+                        "status": str(result.status),
+                        "val_accuracy": result.val_accuracy,
+                        "epochs": result.epochs,
+                        "contended": result.contended,
+                    }
+                )
+                print(
+                    f"noise bank: {name} seed {seed}: {result.status} epochs {result.epochs} "
+                    f"val_accuracy {result.val_accuracy}",
+                    flush=True,
+                )
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(bank, indent=1) + "\n")
     for name in names:
         scores = [r["val_accuracy"] for r in recipes[name]["runs"] if r["status"] == "ok"]
         if len(scores) >= 2:
-            print(f"noise bank: {name} ({recipes[name]['budget_s']:g} s): mean {statistics.fmean(scores):.4f} "
-                  f"sd {statistics.stdev(scores):.4f} min {min(scores):.4f} max {max(scores):.4f} over {len(scores)}")
+            print(
+                f"noise bank: {name} ({recipes[name]['budget_s']:g} s): mean {statistics.fmean(scores):.4f} "
+                f"sd {statistics.stdev(scores):.4f} min {min(scores):.4f} max {max(scores):.4f} over {len(scores)}"
+            )
 
 
 if __name__ == "__main__":

@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import infra.sandbox.trial as trial  # noqa: E402
 import prepare  # noqa: E402
-from infra.sandbox.allowances import measure_allowances  # noqa: E402
-from infra.settings import BASELINE_TRAIN_PY, Limits  # noqa: E402
 import tasks.evaluate as evaluate_task  # noqa: E402
 import tasks.sandboxed_train as train_task  # noqa: E402
 from flows.research import research  # noqa: E402
 from infra.prefect_server import prefect_api  # noqa: E402
+from infra.sandbox.allowances import measure_allowances  # noqa: E402
+from infra.settings import BASELINE_TRAIN_PY, Limits  # noqa: E402
 from infra.store import Store, default_db_url  # noqa: E402
 
 SANDBOX_SECONDS: list[float] = []
@@ -45,6 +45,7 @@ def timed(fn):
             return fn(*args, **kwargs)
         finally:
             SANDBOX_SECONDS.append(time.perf_counter() - start)
+
     return wrapper
 
 
@@ -54,8 +55,9 @@ def per_run(budgets: list[float]) -> None:
     with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
         allowances = measure_allowances(Path(tmp) / "probe")
         for budget in budgets:
-            limits = Limits(budget_s=budget, startup_allowance_s=allowances.startup_s,
-                            export_allowance_s=allowances.export_s)
+            limits = Limits(
+                budget_s=budget, startup_allowance_s=allowances.startup_s, export_allowance_s=allowances.export_s
+            )
             marks: dict[str, float] = {}
 
             def on_line(line: str) -> None:
@@ -73,10 +75,14 @@ def per_run(budgets: list[float]) -> None:
                 continue
             before, training = marks["budget_start:"] - start, marks["epochs:"] - marks["budget_start:"]
             export, evaluation = exited - marks["epochs:"], end - exited
-            print(f"budget {budget:g} s on {limits.cpu_threads} cores: before_training {before:.2f} s, training {training:.2f} s, "
-                  f"export {export:.2f} s, evaluation {evaluation:.2f} s | outside training {before + export + evaluation:.2f} s, "
-                  f"wall {end - start:.1f} s, wall/budget {(end - start) / budget:.2f} "
-                  f"({trained.compute['core_share']:.0%} of its cores while it ran)", flush=True)
+            print(
+                f"budget {budget:g} s on {limits.cpu_threads} cores: before_training {before:.2f} s, "
+                f"training {training:.2f} s, export {export:.2f} s, evaluation {evaluation:.2f} s | "
+                f"outside training {before + export + evaluation:.2f} s, "
+                f"wall {end - start:.1f} s, wall/budget {(end - start) / budget:.2f} "
+                f"({trained.compute.core_share:.0%} of its cores while it ran)",
+                flush=True,
+            )
 
 
 def orchestration(iterations: int, budget: float) -> None:
@@ -87,8 +93,16 @@ def orchestration(iterations: int, budget: float) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        config = dict(name="overhead", iterations=0, budget_s=budget, proposer="offline", revise_every=3,
-                      repeats=2, home=str(home), db_url=default_db_url(home))
+        config = dict(
+            name="overhead",
+            iterations=0,
+            budget_s=budget,
+            proposer="offline",
+            revise_every=3,
+            repeats=2,
+            home=str(home),
+            db_url=default_db_url(home),
+        )
         with prefect_api(home):
             research(config)  # the baseline, and a warm API
             SANDBOX_SECONDS.clear()

@@ -47,8 +47,11 @@ def measure(code: str, seeds: int, limits: Limits, scratch: Path, label: str) ->
     for _ in range(seeds):
         seed = secrets.randbelow(2**31)
         result = run_trial(code, scratch / f"{label}-{seed}", limits, seed=seed, val=val)
-        print(f"small effect: {label} seed {seed}: {result.status} epochs {result.epochs} "
-              f"val_accuracy {result.val_accuracy}", flush=True)
+        print(
+            f"small effect: {label} seed {seed}: {result.status} epochs {result.epochs} "
+            f"val_accuracy {result.val_accuracy}",
+            flush=True,
+        )
         if result.status == "ok" and not result.contended:
             scores.append(result.val_accuracy)
     return scores
@@ -62,14 +65,40 @@ def loop(weaker: str, stronger: str, budget: float, scratch: Path, n: int) -> di
     baseline.write_text(weaker)
     env = {**os.environ, "PREFECT_HOME": str(home / "prefect-home")}
     env.pop("PREFECT_API_URL", None)
-    cli = [sys.executable, "-m", "infra.cli"]
-    done = subprocess.run(cli + ["run", "--experiment", "small", "--iterations", "1", "--budget", str(budget),
-                                 "--proposer", f"replay:{replay}", "--baseline", str(baseline), "--home", str(home)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    cli = [sys.executable, "-m", "app.cli"]
+    done = subprocess.run(
+        cli
+        + [
+            "run",
+            "--experiment",
+            "small",
+            "--iterations",
+            "1",
+            "--budget",
+            str(budget),
+            "--proposer",
+            f"replay:{replay}",
+            "--baseline",
+            str(baseline),
+            "--home",
+            str(home),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if done.returncode != 0:
         raise SystemExit(f"the loop failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    history = subprocess.run(cli + ["history", "small", "--json", "--home", str(home)], cwd=REPO_ROOT, env=env,
-                             capture_output=True, text=True, check=True)
+    history = subprocess.run(
+        cli + ["history", "small", "--json", "--home", str(home)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(history.stdout)[1]
 
 
@@ -85,24 +114,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="small-effect-") as tmp:
         scratch = Path(tmp)
         allowances = measure_allowances(scratch / "probe", cpu_threads=1)
-        limits = Limits(budget_s=args.budget, startup_allowance_s=allowances.startup_s,
-                        export_allowance_s=allowances.export_s, cpu_threads=1)
+        limits = Limits(
+            budget_s=args.budget,
+            startup_allowance_s=allowances.startup_s,
+            export_allowance_s=allowances.export_s,
+            cpu_threads=1,
+        )
         a = measure(weaker, args.seeds, limits, scratch, args.weaker)
         b = measure(stronger, args.seeds, limits, scratch, args.stronger)
         diff = statistics.fmean(b) - statistics.fmean(a)
         se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-        print(f"small effect: {args.weaker}: mean {statistics.fmean(a):.4f} sd {statistics.stdev(a):.4f} "
-              f"({len(a)} runs); {args.stronger}: mean {statistics.fmean(b):.4f} sd {statistics.stdev(b):.4f} "
-              f"({len(b)} runs)")
+        print(
+            f"small effect: {args.weaker}: mean {statistics.fmean(a):.4f} sd {statistics.stdev(a):.4f} "
+            f"({len(a)} runs); {args.stronger}: mean {statistics.fmean(b):.4f} sd {statistics.stdev(b):.4f} "
+            f"({len(b)} runs)"
+        )
         print(f"small effect: difference {diff * 100:+.2f} points, standard error {se * 100:.2f} ({diff / se:.1f} SE)")
         kept = 0
         for n in range(args.loops):
             row = loop(weaker, stronger, args.budget, scratch, n)
-            rule = row["rule"]
-            kept += row["decision"] == "keep"
-            print(f"small effect: loop {n + 1}: {row['decision']} ({rule.get('summary', row['reason'])}); runs: "
-                  f"candidate {len(rule.get('candidate_runs', []))}, incumbent {len(rule.get('incumbent_runs', []))}",
-                  flush=True)
+            decision = row["decision"]  # one `history --json` record
+            kept += row["verdict"] == "keep"
+            print(
+                f"small effect: loop {n + 1}: {row['verdict']} ({decision['summary'] or row['reason']}); runs: "
+                f"candidate {len(decision['candidate_runs'])}, incumbent {len(decision['incumbent_runs'])}",
+                flush=True,
+            )
         print(f"small effect: the stronger recipe was kept in {kept} of {args.loops} loops")
 
 

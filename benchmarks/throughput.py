@@ -60,8 +60,9 @@ class Pass:
         return statistics.fmean(r.epochs or 0 for n, r in self.runs if name in (None, n))
 
 
-def measure_pass(slots: list[Slot], jobs: list[tuple[str, int]], limits: Limits, scratch: Path,
-                 val, device: str | None) -> Pass:
+def measure_pass(
+    slots: list[Slot], jobs: list[tuple[str, int]], limits: Limits, scratch: Path, val, device: str | None
+) -> Pass:
     """Measure every job (candidate, seed) on the slots, each slot taking the next job when it is free."""
     todo: queue.Queue = queue.Queue()
     for job in jobs:
@@ -76,12 +77,15 @@ def measure_pass(slots: list[Slot], jobs: list[tuple[str, int]], limits: Limits,
             except queue.Empty:
                 return
             run_dir = scratch / f"{len(slots)}-slots-{name}-{seed}"
-            result = score_trial(train_candidate(CANDIDATES[name], run_dir, limits, seed, device, slot=slot), val,
-                                 limits, slot)
+            result = score_trial(
+                train_candidate(CANDIDATES[name], run_dir, limits, seed, device, slot=slot), val, limits, slot
+            )
             with lock:
                 done.append((name, result))
-            print(f"  {slot.name}: {name} seed {seed}: {result.status} {result.epochs} epochs, val "
-                  f"{result.val_accuracy}", flush=True)
+            print(
+                f"  {slot.name}: {name} seed {seed}: {result.status} {result.epochs} epochs, val {result.val_accuracy}",
+                flush=True,
+            )
 
     started = time.monotonic()
     threads = [threading.Thread(target=work, args=(slot,)) for slot in slots]
@@ -108,10 +112,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         scratch = Path(tmp)
         allowances = measure_allowances(scratch / "probe", devices[0] if devices else "cpu", cpu_threads=1)
-        limits = Limits(budget_s=args.budget, startup_allowance_s=allowances.startup_s,
-                        export_allowance_s=allowances.export_s, cpu_threads=1)
-        print(f"throughput: {args.runs} runs per setting ({', '.join(names)} alternating), budget {args.budget:g} s, "
-              f"allowances {allowances.startup_s:g} + {allowances.export_s:g} s")
+        limits = Limits(
+            budget_s=args.budget,
+            startup_allowance_s=allowances.startup_s,
+            export_allowance_s=allowances.export_s,
+            cpu_threads=1,
+        )
+        print(
+            f"throughput: {args.runs} runs per setting ({', '.join(names)} alternating), budget {args.budget:g} s, "
+            f"allowances {allowances.startup_s:g} + {allowances.export_s:g} s"
+        )
         passes = []
         for count in counts:
             slots = plan_slots(count, 1, devices[:count] if devices else None)
@@ -119,15 +129,20 @@ def main() -> None:
             measured = measure_pass(slots, jobs, limits, scratch, val, "cuda:0" if devices else "cpu")
             passes.append(measured)
             per = ", ".join(f"{n} {measured.epochs(n):.1f}" for n in names)
-            print(f"throughput: {count} slot(s): {len(measured.runs)} runs in {measured.wall_s:.0f} s, "
-                  f"{measured.runs_per_hour:.0f} runs/hour, utilisation {measured.utilisation:.2f}, epochs per run "
-                  f"{measured.epochs():.1f} ({per})", flush=True)
+            print(
+                f"throughput: {count} slot(s): {len(measured.runs)} runs in {measured.wall_s:.0f} s, "
+                f"{measured.runs_per_hour:.0f} runs/hour, utilisation {measured.utilisation:.2f}, epochs per run "
+                f"{measured.epochs():.1f} ({per})",
+                flush=True,
+            )
     reference = passes[0]
     for other in passes[1:]:
         changes = [other.epochs(n) / reference.epochs(n) - 1 for n in names if reference.epochs(n)]
         worst = max(changes, key=abs)
-        print(f"throughput: {other.slots} slots {other.runs_per_hour / reference.runs_per_hour:.2f}x the runs per hour "
-              f"of {reference.slots}; epochs per run {statistics.fmean(changes):+.1%} (worst candidate {worst:+.1%})")
+        print(
+            f"throughput: {other.slots} slots {other.runs_per_hour / reference.runs_per_hour:.2f}x the runs per hour "
+            f"of {reference.slots}; epochs per run {statistics.fmean(changes):+.1%} (worst candidate {worst:+.1%})"
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """
-The flow a deployment runs (`autoresearch deploy`, infra/deployments.py): the experiment's name is its only
+The flow a deployment runs (`autoresearch deploy`, app/deployments.py): the experiment's name is its only
 parameter; everything else comes from the store.
 
 The Prefect API lets whoever holds its credentials start a deployment's run with other parameters. A
@@ -37,25 +37,37 @@ def deployed_config(experiment: str) -> ExperimentConfig:
     if served is None:
         raise DeploymentRefused("this flow runs only under `autoresearch deploy`, which sets the experiment it serves")
     if experiment != served:
-        raise DeploymentRefused(f"this deployment serves experiment {served!r}; its runs take no other experiment "
-                                f"and no other parameter (asked for {experiment!r}). Change what a deployment runs "
-                                f"with `autoresearch deploy`")
+        raise DeploymentRefused(
+            f"this deployment serves experiment {served!r}; its runs take no other experiment "
+            f"and no other parameter (asked for {experiment!r}). Change what a deployment runs "
+            f"with `autoresearch deploy`"
+        )
     home = settings.runs_home()
     operator_files.operator_dir(home, create=False)
     store = Store(results_db_url(home))
     exp = store.experiment(served)
     if exp is None or exp.deployed_config is None:
-        raise DeploymentRefused(f"experiment {served!r} has no deployed configuration in {store.url}: run "
-                                f"`autoresearch deploy --experiment {served} ...` again")
+        raise DeploymentRefused(
+            f"experiment {served!r} has no deployed configuration in {store.url}: run "
+            f"`autoresearch deploy --experiment {served} ...` again"
+        )
     config = ExperimentConfig(**exp.deployed_config)
     if Path(config.home) != home or config.db_url != store.url:
-        raise DeploymentRefused(f"experiment {served!r}'s deployed configuration names another runs home or store "
-                                f"({config.home}, {config.db_url}) than its serving process ({home}, {store.url})")
+        raise DeploymentRefused(
+            f"experiment {served!r}'s deployed configuration names another runs home or store "
+            f"({config.home}, {config.db_url}) than its serving process ({home}, {store.url})"
+        )
     return config
 
 
-@flow(name="research", flow_run_name="research-{experiment}", log_prints=True, retries=1, retry_delay_seconds=10,
-      persist_result=False)
+@flow(
+    name="research",
+    flow_run_name="research-{experiment}",
+    log_prints=True,
+    retries=1,
+    retry_delay_seconds=10,
+    persist_result=False,
+)
 def scheduled_research(experiment: str) -> dict[str, Any]:
     """A scheduled run of one experiment: resume it with the configuration `deploy` stored for it."""
     operator_files.private_umask()

@@ -26,7 +26,9 @@ _ESCAPE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-
 # C0 and C1 controls (not tab), DEL, line and paragraph separators, bidirectional marks, embeddings,
 # overrides and isolates
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
-_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
+_CONTROL_BUT_NEWLINE = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]"
+)
 TABLE_CELL_CHARS = 300
 
 
@@ -78,4 +80,4 @@ def table_cell(value: object) -> object:
     if value is None or isinstance(value, (bool, int, float)):
         return value
     line = one_line(str(value))
-    return code_span(line if len(line) <= TABLE_CELL_CHARS else line[:TABLE_CELL_CHARS - 1] + "…")
+    return code_span(line if len(line) <= TABLE_CELL_CHARS else line[: TABLE_CELL_CHARS - 1] + "…")

@@ -24,8 +24,19 @@ from infra.store import results_db_url
 
 # what a resumed experiment must keep: changing any of them would give later candidates other compute, or
 # (the rule, the proposer) decide later candidates by other standards than earlier ones
-FIXED_SETTINGS = ("budget_s", "export_allowance_s", "startup_allowance_s", "inference_allowance_s", "cpu_threads",
-                  "repeats", "device", "slots", "memory_cap_bytes", "proposer", "rule")
+FIXED_SETTINGS = (
+    "budget_s",
+    "export_allowance_s",
+    "startup_allowance_s",
+    "inference_allowance_s",
+    "cpu_threads",
+    "repeats",
+    "device",
+    "slots",
+    "memory_cap_bytes",
+    "proposer",
+    "rule",
+)
 # of those, the ones `autoresearch run --change-rule` may change on resume, each change recorded (SettingChange)
 CHANGEABLE_SETTINGS = ("proposer", "rule")
 
@@ -36,41 +47,80 @@ class ExperimentConfig(BaseModel):
     name: str = Field("default", description="experiment name (resumes if it exists)")
     iterations: int = Field(20, ge=0, description="iterations after the baseline (iteration 0)")
     budget_s: float = Field(120.0, gt=0, description="training budget per candidate, seconds")
-    proposer: str = Field("offline", description="resolved proposer spec: offline, replay:DIR, claude or openai")
+    proposer: str = Field(
+        "offline", description="resolved proposer spec: offline, optuna:SAMPLER, replay:DIR, claude or openai"
+    )
     revise_every: int = Field(5, ge=1, description="revise the strategy every N iterations")
     repeats: int = Field(2, ge=1, description="seeds for the baseline (later incumbents get theirs from the keep rule)")
-    home: str = Field("", description="runs directory ('': AUTORESEARCH_HOME or ./runs)")
-    db_url: str = Field("", description="SQLAlchemy URL ('': AUTORESEARCH_DB_URL or sqlite under home)")
+    home: str = Field("", description="runs directory (default: AUTORESEARCH_HOME or ./runs)")
+    db_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the store (default: AUTORESEARCH_DB_URL, else SQLite under the runs directory)",
+    )
     program_path: str = Field(str(settings.REPO_ROOT / "program.md"), description="program.md to start from")
     baseline_path: str = Field(str(settings.BASELINE_TRAIN_PY), description="train.py to start from (iteration 0)")
-    device: str | None = Field(None, description="cpu, cuda, cuda:N or mps (None: the best available)")
-    model: str | None = Field(None, description="model of a language-model proposer (None: the provider's default)")
-    max_cost: float | None = Field(None, gt=0, description="USD cap on proposer calls for the whole experiment")
-    preflight: bool | None = Field(None, description="smoke-run candidates first (None: for language models only)")
+    device: str | None = Field(None, description="cpu, cuda, cuda:N or mps (default: the best available)")
+    model: str | None = Field(
+        None, description="model of a language-model proposer (default: the provider's; claude-sonnet-4-6 for claude)"
+    )
+    max_cost: float | None = Field(
+        None,
+        gt=0,
+        description="USD cap on proposer calls for the whole experiment; the loop ends before a call could pass it",
+    )
+    preflight: bool | None = Field(None, description="smoke-run each candidate first (default: on for claude/openai)")
     fix_attempts: int = Field(2, ge=0, description="fixes asked for after a pre-flight crash")
-    startup_allowance_s: float | None = Field(None, ge=0, description="before the budget, on its clock (None: measured "
-                                                                       "once for the experiment)")
-    export_allowance_s: float | None = Field(None, ge=0, description="after the deadline, to save the model and exit "
-                                                                      "(None: measured once for the experiment)")
-    inference_allowance_s: float = Field(settings.DEFAULT_INFERENCE_ALLOWANCE_S, gt=0,
-                                         description="CPU seconds on one core per 10,000 images at evaluation")
-    cpu_threads: int | None = Field(None, ge=1, description="allotted cores of CPU runs (None: 1, fixed at the first run)")
-    slots: int | None = Field(None, ge=1, description="measurement slots: runs measured at once, none sharing a core "
-                                                      "or a GPU (None: one per GPU, else as many CPU slots as leave the "
-                                                      "orchestrator a core; fixed at the first run)")
-    devices: list[str] | None = Field(None, description="one GPU per slot, e.g. cuda:0,cuda:1 (None: the CPU, or every "
-                                                        "visible GPU when the device is a GPU)")
-    memory_cap_bytes: int | None = Field(None, gt=0, description="memory cap of one run (None: half the machine's "
-                                                                 "memory shared among the slots; fixed at the first run)")
+    startup_allowance_s: float | None = Field(
+        None, ge=0, description="seconds before the budget for start-up (default: measured once per experiment)"
+    )
+    export_allowance_s: float | None = Field(
+        None,
+        ge=0,
+        description="seconds after the deadline to save the model before SIGKILL (default: measured once per "
+        "experiment)",
+    )
+    inference_allowance_s: float = Field(
+        settings.DEFAULT_INFERENCE_ALLOWANCE_S,
+        gt=0,
+        description="CPU seconds on one core per 10,000 images a model may spend at evaluation (fixed per experiment)",
+    )
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="cores allotted to a CPU run; its budget is CPU time of these cores (default 1, fixed at the "
+        "experiment's first run)",
+    )
+    slots: int | None = Field(
+        None,
+        ge=1,
+        description="runs measured at once, each on its own cores (or GPU); default: one per GPU, else as many "
+        "as leave the orchestrator a core (fixed at the experiment's first run)",
+    )
+    devices: list[str] | None = Field(
+        None, description="one GPU per slot, e.g. cuda:0,cuda:1 (default: every visible GPU when runs go to a GPU)"
+    )
+    memory_cap_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="memory cap of one run (None: half the machine's "
+        "memory shared among the slots; fixed at the first run)",
+    )
     rule: dict[str, float] = Field(default_factory=dict, description="acceptance rule settings (RuleConfig)")
     # for scheduled (overnight) runs: each run adds `iterations`, and ends cleanly before its time is up
     new_iterations: bool = Field(False, description="iterations counts new ones per run, not the experiment's total")
-    stop_after_s: float | None = Field(None, gt=0, description="end the run between iterations before this many "
-                                                                "seconds since it started (None: no limit)")
-    stop_at: str | None = Field(None, description="end the run between iterations before this local time, HH:MM "
-                                            "(its next occurrence after the run starts)")
-    crash_limit: int = Field(2, ge=1, description="an iteration the orchestrator died in this many times is "
-                                                  "recorded as failed and skipped")
+    stop_after_s: float | None = Field(
+        None,
+        gt=0,
+        description="end the run between iterations before this many seconds since it started (None: no limit)",
+    )
+    stop_at: str | None = Field(
+        None,
+        description="end the run between iterations before this local time, HH:MM "
+        "(its next occurrence after the run starts)",
+    )
+    crash_limit: int = Field(
+        2, ge=1, description="an iteration the orchestrator died in this many times is recorded as failed and skipped"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -157,11 +207,17 @@ class ExperimentConfig(BaseModel):
         return is_language_model(self.proposer)
 
     def limits(self) -> settings.Limits:
-        assert self.startup_allowance_s is not None and self.export_allowance_s is not None, "resolve the allowances first"
-        return settings.Limits(budget_s=self.budget_s, startup_allowance_s=self.startup_allowance_s,
-                               export_allowance_s=self.export_allowance_s,
-                               inference_allowance_s=self.inference_allowance_s, cpu_threads=self.cpu_threads or 0,
-                               memory_cap_bytes=self.memory_cap_bytes or 0)
+        assert self.startup_allowance_s is not None and self.export_allowance_s is not None, (
+            "resolve the allowances first"
+        )
+        return settings.Limits(
+            budget_s=self.budget_s,
+            startup_allowance_s=self.startup_allowance_s,
+            export_allowance_s=self.export_allowance_s,
+            inference_allowance_s=self.inference_allowance_s,
+            cpu_threads=self.cpu_threads or 0,
+            memory_cap_bytes=self.memory_cap_bytes or 0,
+        )
 
     def rule_config(self) -> RuleConfig:
         return RuleConfig(**self.rule)
@@ -184,11 +240,6 @@ def fixed_setting_changes(stored: dict[str, Any], config: ExperimentConfig) -> l
         if before is not None and now is not None and before != now:
             changes.append((key, before, now))
     return changes
-
-
-def default(field: str) -> Any:
-    """A field's default, for the CLI's options."""
-    return ExperimentConfig.model_fields[field].default
 
 
 def explain(exc: ValidationError, names: dict[str, str] | None = None) -> str:

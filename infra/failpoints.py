@@ -6,7 +6,8 @@ process SIGKILL itself at that point. Unset (always, outside tests) it does noth
 Prefect flow retry must recover from.
 
 Points: propose, train (while the candidate trains), decided (after the decision,
-before the store write), recorded (after the store write, before the git commit).
+before the store write), recorded (after the store write, before the git commit),
+asked (the optuna proposer: a trial asked for, its iteration not stored yet).
 """
 
 from __future__ import annotations

@@ -52,11 +52,15 @@ def _check_ancestors(path: Path) -> None:
         if stat.S_ISLNK(info.st_mode):  # resolve() was not applied by the caller: refuse to guess
             raise ForeignPath(f"{parent} is a symbolic link: give the real path")
         if info.st_uid not in (0, os.geteuid()):
-            raise ForeignPath(f"{parent} belongs to {_whose(info.st_uid)}, who could replace what is below it: "
-                              f"keep the runs home under directories of your own")
+            raise ForeignPath(
+                f"{parent} belongs to {_whose(info.st_uid)}, who could replace what is below it: "
+                f"keep the runs home under directories of your own"
+            )
         if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
-            raise ForeignPath(f"{parent} is writable by other users (mode {stat.S_IMODE(info.st_mode):o}), who could "
-                              f"replace what is below it: keep the runs home under directories of your own")
+            raise ForeignPath(
+                f"{parent} is writable by other users (mode {stat.S_IMODE(info.st_mode):o}), who could "
+                f"replace what is below it: keep the runs home under directories of your own"
+            )
 
 
 def operator_dir(path: Path, create: bool = True) -> Path:
@@ -81,8 +85,9 @@ def operator_dir(path: Path, create: bool = True) -> Path:
     if not stat.S_ISDIR(info.st_mode):
         raise ForeignPath(f"{path} is not a directory")
     if info.st_uid != os.geteuid():
-        raise ForeignPath(f"{path} belongs to {_whose(info.st_uid)}, not to you (uid {os.geteuid()}): "
-                          f"use a directory of your own")
+        raise ForeignPath(
+            f"{path} belongs to {_whose(info.st_uid)}, not to you (uid {os.geteuid()}): use a directory of your own"
+        )
     if stat.S_IMODE(info.st_mode) != DIR_MODE:
         os.chmod(path, DIR_MODE, follow_symlinks=False)
     return path
@@ -102,8 +107,10 @@ def _parent_checked(path: Path) -> Path:
     if info.st_uid not in (0, os.geteuid()):
         raise ForeignPath(f"{path.parent} belongs to {_whose(info.st_uid)}, not to you: use a directory of your own")
     if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
-        raise ForeignPath(f"{path.parent} is writable by other users (mode {stat.S_IMODE(info.st_mode):o}): use a "
-                          f"directory of your own")
+        raise ForeignPath(
+            f"{path.parent} is writable by other users (mode {stat.S_IMODE(info.st_mode):o}): use a "
+            f"directory of your own"
+        )
     return path
 
 

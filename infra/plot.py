@@ -19,8 +19,14 @@ def progress_png(rows: list[IterationRecord], title: str) -> bytes:
     kept = [r for r in scored if r.kept]
     other = [r for r in scored if not r.kept]
     ax.scatter([r.iteration for r in other], [r.val_accuracy for r in other], c="0.6", s=18, label="discarded")
-    ax.scatter([r.iteration for r in kept], [r.val_accuracy for r in kept], c="tab:green", s=40, zorder=3,
-               label="kept (mean of its runs)")
+    ax.scatter(
+        [r.iteration for r in kept],
+        [r.val_accuracy for r in kept],
+        c="tab:green",
+        s=40,
+        zorder=3,
+        label="kept (mean of its runs)",
+    )
     failed = [r.iteration for r in rows if r.val_accuracy is None and r.finished]
     if failed and scored:
         low = min(r.val_accuracy for r in scored)

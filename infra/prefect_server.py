@@ -155,8 +155,10 @@ def recorded_server(home: Path) -> ServerRecord | None:
     if record is None:
         return None
     if not ours(record.url):
-        print(f"prefect: ignoring {record_path(home)}: nothing of yours listens at {record.url} (stale record)",
-              file=sys.stderr)
+        print(
+            f"prefect: ignoring {record_path(home)}: nothing of yours listens at {record.url} (stale record)",
+            file=sys.stderr,
+        )
         return None
     if healthy(record.url):
         return record
@@ -225,13 +227,34 @@ def prefect_api(log_dir: Path) -> Iterator[str]:
     try:
         with operator_files.append_to(log_dir / "prefect-server.log") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(prefect.__file__).parent.parent),
-                 "--factory", "prefect.server.api.server:create_app", "--fd", str(listener.fileno()),
-                 "--log-level", "error", "--lifespan", "on"],
-                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                     "PREFECT__SERVER_FINAL": "1", "PREFECT_SERVER_API_AUTH_STRING": auth},
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=die_with_parent,
-                pass_fds=(listener.fileno(),))
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--app-dir",
+                    str(Path(prefect.__file__).parent.parent),
+                    "--factory",
+                    "prefect.server.api.server:create_app",
+                    "--fd",
+                    str(listener.fileno()),
+                    "--log-level",
+                    "error",
+                    "--lifespan",
+                    "on",
+                ],
+                env={
+                    **os.environ,
+                    "PREFECT_UI_ENABLED": "0",
+                    "PREFECT__SERVER_EPHEMERAL": "1",
+                    "PREFECT__SERVER_FINAL": "1",
+                    "PREFECT_SERVER_API_AUTH_STRING": auth,
+                },
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=die_with_parent,
+                pass_fds=(listener.fileno(),),
+            )
     finally:
         listener.close()  # uvicorn holds its own copy
     try:

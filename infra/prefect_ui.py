@@ -20,8 +20,15 @@ import time
 from pathlib import Path
 
 from infra import operator_files
-from infra.prefect_server import (ServerRecord, forget_credentials, new_credentials, read_record, record_path,
-                                  wait_healthy, write_record)
+from infra.prefect_server import (
+    ServerRecord,
+    forget_credentials,
+    new_credentials,
+    read_record,
+    record_path,
+    wait_healthy,
+    write_record,
+)
 from infra.sandbox.process_tree import die_with_parent
 
 DEFAULT_PORT = 4200
@@ -63,38 +70,73 @@ def is_server_process(record: ServerRecord) -> bool:
             return False
     except OSError:
         return False
-    return (alive(record.pid) and "prefect" in argv and argv[argv.index("prefect") + 1:][:2] == ["server", "start"]
-            and "--port" in argv and argv[argv.index("--port") + 1:][:1] == [str(record.port)])
+    return (
+        alive(record.pid)
+        and "prefect" in argv
+        and argv[argv.index("prefect") + 1 :][:2] == ["server", "start"]
+        and "--port" in argv
+        and argv[argv.index("--port") + 1 :][:1] == [str(record.port)]
+    )
 
 
 def server_command(port: int) -> list[str]:
     return [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
 
 
-def server_env(home: Path, port: int, auth: str) -> dict[str, str]:
-    """The server's settings: everything under the runs home, bound to loopback, credentials required, no analytics."""
+DATABASE_SCHEMES = ("postgresql+asyncpg://", "sqlite+aiosqlite:///")  # what Prefect's server can keep its state in
+
+
+def check_database_url(url: str) -> None:
+    """A Prefect server database URL (Prefect's own setting, PREFECT_API_DATABASE_CONNECTION_URL), or ServerError."""
+    if not url.startswith(DATABASE_SCHEMES):
+        raise ServerError(
+            f"--database-url must start with {' or '.join(DATABASE_SCHEMES)} (Prefect's async drivers), got "
+            f"{url.split('://')[0]}://..."
+        )
+
+
+def server_env(home: Path, port: int, auth: str, database_url: str | None = None) -> dict[str, str]:
+    """The server's settings: everything under the runs home, bound to loopback, credentials required, no analytics.
+    database_url: where the server keeps its state (default: SQLite under the runs home; PostgreSQL for many
+    workers)."""
     prefect_home = home / SERVER_HOME
-    env = {**os.environ, "PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_API_AUTH_STRING": auth,
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
-           "PREFECT_SERVER_API_HOST": HOST, "PREFECT_SERVER_API_PORT": str(port),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "true"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_SERVER_API_AUTH_STRING": auth,
+        "PREFECT_API_DATABASE_CONNECTION_URL": database_url or f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}",
+        "PREFECT_SERVER_API_HOST": HOST,
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "true",
+    }
     # a client setting inherited from the caller would point the UI's own requests at another API
     for key in ("PREFECT_API_URL", "PREFECT_UI_API_URL", "PREFECT_UI_URL", "PREFECT_API_AUTH_STRING"):
         env.pop(key, None)
     return env
 
 
-def start(home: Path, port: int, background: bool) -> tuple[subprocess.Popen, ServerRecord]:
+def start(
+    home: Path, port: int, background: bool, database_url: str | None = None
+) -> tuple[subprocess.Popen, ServerRecord]:
     """Start the server, wait until it answers, record it. In the foreground it dies with this process;
     in the background it has its own session, so it outlives the terminal."""
+    if database_url is not None:
+        check_database_url(database_url)
     if port_in_use(port):
         raise ServerError(f"port {port} on {HOST} is in use; choose another with --port")
     operator_files.operator_dir(home / SERVER_HOME)
     auth = new_credentials(home)
     with operator_files.append_to(home / SERVER_LOG) as log:
-        proc = subprocess.Popen(server_command(port), env=server_env(home, port, auth), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=log, start_new_session=background,
-                                preexec_fn=None if background else die_with_parent)
+        proc = subprocess.Popen(
+            server_command(port),
+            env=server_env(home, port, auth, database_url),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=background,
+            preexec_fn=None if background else die_with_parent,
+        )
     record = ServerRecord(url=f"http://{HOST}:{port}/api", pid=proc.pid, port=port)
     try:
         wait_healthy(record.url, proc, STARTUP_TIMEOUT_S)

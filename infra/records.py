@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from infra.sandbox.compute_record import ComputeRecord
 
 
 class Status(StrEnum):
@@ -50,60 +53,6 @@ class ChangeType(StrEnum):
     NONE = "none"  # the same program
 
 
-@dataclass
-class IterationRecord:
-    iteration: int
-    status: Status = Status.RUNNING
-    decision: Verdict = Verdict.PENDING
-    val_accuracy: float | None = None  # the mean of its measured runs
-    val_loss: float | None = None
-    test_accuracy: float | None = None  # kept iterations only: the held-out test set, reported, never decided on
-    measurements: list[float] = field(default_factory=list)  # validation accuracy of every ok measured run
-    hypothesis: str = ""
-    expected_effect: str = ""
-    change_type: ChangeType = ChangeType.UNKNOWN
-    proposer: str = ""
-    reason: str = ""
-    epochs: int | None = None  # the first measured run's, as the orchestrator measured it
-    train_seconds: float | None = None
-    wall_seconds: float | None = None
-    propose_seconds: float | None = None
-    rule: dict[str, Any] = field(default_factory=dict)  # the acceptance rule's numbers: delta, threshold, sigma, ...
-    attempts: list[dict[str, Any]] = field(default_factory=list)  # pre-flight runs and fixes: attempt, note, status, ...
-    runs: list[dict[str, Any]] = field(default_factory=list)  # every measured run: seed, status, epochs, its compute
-    memory: dict[str, Any] = field(default_factory=dict)  # what the proposer asked to remember of this move
-    orchestrator_crashes: int = 0  # how often the orchestrator died while this iteration ran
-    finished: bool = False
-    finished_at: str | None = None  # when it was decided (ISO, UTC): with several slots, iterations end out of order
-    cost_usd: float = 0.0  # the proposer's calls for this iteration
-    log_tail: str = ""  # failed iterations: the end of their training log, for the proposer to learn from
-
-    @property
-    def kept(self) -> bool:
-        return self.decision.kept
-
-    @property
-    def seconds_per_epoch(self) -> float | None:
-        return seconds_per_epoch(self.train_seconds, self.epochs)
-
-    @classmethod
-    def from_row(cls, row: Any, cost_usd: float = 0.0) -> IterationRecord:
-        """From a store row (infra/store/store.py's Iteration), column by column."""
-        values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)
-                  if f.name not in ("iteration", "finished", "finished_at", "cost_usd", "log_tail")}
-        return cls(**{**values, "iteration": row.index, "finished": row.finished_at is not None, "cost_usd": cost_usd,
-                      "finished_at": row.finished_at.isoformat() if row.finished_at else None,
-                      "status": Status(row.status), "decision": Verdict(row.decision),
-                      "change_type": ChangeType(row.change_type), "memory": row.memory or {},
-                      "expected_effect": row.expected_effect or "", "attempts": row.attempts or [],
-                      "runs": row.runs or [], "rule": row.rule or {}, "measurements": row.measurements or []})
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly (`history --json`, artifacts): the enums as their strings."""
-        return {key: (str(value) if isinstance(value, StrEnum) else value)
-                for key, value in dataclasses.asdict(self).items()}
-
-
 @dataclass(frozen=True)
 class MeasuredRun:
     """One measured run (train, then evaluate) as the store keeps it, the moment it finishes: the experiment numbers
@@ -123,10 +72,10 @@ class MeasuredRun:
     inference_seconds: float | None = None
     contended: bool = False  # the machine's load starved it (infra/sandbox/compute_record.py)...
     remeasured: bool = False  # ...and it was measured again with the same seed: never compared
-    compute: dict[str, Any] = field(default_factory=dict)  # the compute it received (infra/sandbox/compute_record.py)
+    compute: ComputeRecord | None = None  # the compute it received; None: it never reached training
     slot: int = 0  # the measurement slot that made it (infra/sandbox/slots.py)
-    started_at: Any = None  # datetime, naive UTC; None for runs stored before slots
-    made_at: Any = None  # datetime, naive UTC: when it was stored, right after it ended
+    started_at: datetime | None = None  # naive UTC; None for runs stored before slots
+    made_at: datetime | None = None  # naive UTC: when it was stored, right after it ended
 
     @property
     def score(self) -> float | None:
@@ -136,14 +85,166 @@ class MeasuredRun:
     def as_dict(self) -> dict[str, Any]:
         """As the history, the prompt and `history --json` show one run: its numbers and its compute."""
         per_second = self.epochs / self.train_seconds if self.epochs and self.train_seconds else None
-        return {"seq": self.seq, "seed": self.seed, "status": str(self.status), "val_accuracy": self.val_accuracy,
-                "epochs": self.epochs, "train_seconds": self.train_seconds, "epochs_per_second": per_second,
-                "inference_seconds": self.inference_seconds, **self.compute}
+        return {
+            "seq": self.seq,
+            "seed": self.seed,
+            "status": str(self.status),
+            "val_accuracy": self.val_accuracy,
+            "epochs": self.epochs,
+            "train_seconds": self.train_seconds,
+            "epochs_per_second": per_second,
+            "inference_seconds": self.inference_seconds,
+            **(self.compute.as_dict() if self.compute else {}),
+        }
 
     @classmethod
     def from_row(cls, row: Any) -> MeasuredRun:
         values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
-        return cls(**{**values, "status": Status(row.status), "compute": row.compute or {}})
+        return cls(**{**values, "status": Status(row.status), "compute": ComputeRecord.from_stored(row.compute)})
+
+
+@dataclass(frozen=True)
+class RunUsed:
+    """A run a decision rested on, as the decision stores it."""
+
+    seq: int
+    seed: int
+    score: float | None
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """How an iteration was decided, as stored with it (iterations.decision, JSON): the acceptance rule's numbers at
+    its last look (infra/research/acceptance_rule.py Decision), why it stopped, its one-line summary, the runs it
+    rested on, the incumbent it was compared with and the one it was proposed on. Empty for the baseline and for an
+    iteration never compared; a decision of the rule before the sequential one holds its delta and threshold only."""
+
+    summary: str = ""
+    verdict: str = ""
+    stop: str = ""
+    delta: float | None = None  # mean(candidate) - mean(incumbent), accuracy
+    sigma: float | None = None
+    dof: float | None = None
+    sure: float | None = None  # how sure the rule was that the candidate is better
+    needed: float | None = None  # how sure a keep had to be
+    threshold: float | None = None  # the delta a keep needed at the last look
+    incumbent_mean: float | None = None
+    candidate_mean: float | None = None
+    n_incumbent: int | None = None
+    n_candidate: int | None = None
+    floor_sigma: float | None = None
+    note: str = ""
+    candidate_runs: tuple[RunUsed, ...] = ()
+    incumbent_runs: tuple[RunUsed, ...] = ()
+    incumbent: int | None = None  # the iteration it was compared with
+    proposed_on: int | None = None  # the incumbent when it was proposed
+    rebased: str = ""  # how it was re-based (compared with an incumbent kept while it was in flight), if it was
+
+    def line(self) -> str:
+        """The decision in one line (acceptance_rule.summary's form), with how it was re-based; the earlier rule's
+        delta and threshold; '' when nothing was compared."""
+        if self.summary:
+            return self.summary + (f"; {self.rebased}" if self.rebased else "")
+        if self.threshold is not None and self.delta is not None:
+            return f"{self.delta * 100:+.2f} points, threshold {self.threshold * 100:.2f} (the earlier rule)"
+        return ""
+
+    def as_stored(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any] | None) -> DecisionRecord:
+        """Back from the store's JSON. A decision stored by an older version may lack later fields (their defaults)
+        or hold ones since dropped (ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in (stored or {}).items() if key in known}
+        for key in ("candidate_runs", "incumbent_runs"):
+            values[key] = tuple(RunUsed(r["seq"], r["seed"], r.get("score")) for r in values.get(key) or ())
+        return cls(**values)
+
+
+@dataclass
+class IterationRecord:
+    iteration: int
+    status: Status = Status.RUNNING
+    verdict: Verdict = Verdict.PENDING
+    val_accuracy: float | None = None  # the mean of its measured runs
+    val_loss: float | None = None
+    test_accuracy: float | None = None  # kept iterations only: the held-out test set, reported, never decided on
+    measurements: list[float] = field(default_factory=list)  # validation accuracy of every ok measured run
+    hypothesis: str = ""
+    expected_effect: str = ""
+    change_type: ChangeType = ChangeType.UNKNOWN
+    proposer: str = ""
+    reason: str = ""
+    epochs: int | None = None  # the first measured run's, as the orchestrator measured it
+    train_seconds: float | None = None
+    wall_seconds: float | None = None
+    propose_seconds: float | None = None
+    decision: DecisionRecord = field(default_factory=DecisionRecord)  # how it was decided: the rule's numbers
+    attempts: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # pre-flight runs and fixes: attempt, note, status, ...
+    runs: list[MeasuredRun] = field(default_factory=list)  # its code's runs for its decision, as made (the store's)
+    memory: dict[str, Any] = field(default_factory=dict)  # what the proposer asked to remember of this move
+    orchestrator_crashes: int = 0  # how often the orchestrator died while this iteration ran
+    code: str = ""  # the candidate's whole train.py
+    diff: str = ""  # against the incumbent it was proposed on
+    finished: bool = False
+    started_at: datetime | None = None  # naive UTC, as the store keeps times
+    finished_at: datetime | None = None  # when it was decided: with several slots, iterations end out of order
+    cost_usd: float = 0.0  # the proposer's calls for this iteration
+    log_tail: str = ""  # failed iterations: the end of their training log, for the proposer to learn from
+
+    @property
+    def kept(self) -> bool:
+        return self.verdict.kept
+
+    @property
+    def seconds_per_epoch(self) -> float | None:
+        return seconds_per_epoch(self.train_seconds, self.epochs)
+
+    @classmethod
+    def from_row(cls, row: Any, cost_usd: float = 0.0, runs: list[MeasuredRun] | None = None) -> IterationRecord:
+        """From a store row (infra/store/store.py's Iteration), column by column, with its measured runs."""
+        values = {
+            f.name: getattr(row, f.name)
+            for f in dataclasses.fields(cls)
+            if f.name not in ("iteration", "finished", "cost_usd", "log_tail", "runs")
+        }
+        return cls(
+            **{
+                **values,
+                "iteration": row.index,
+                "finished": row.finished_at is not None,
+                "cost_usd": cost_usd,
+                "status": Status(row.status),
+                "verdict": Verdict(row.verdict),
+                "change_type": ChangeType(row.change_type),
+                "memory": row.memory or {},
+                "expected_effect": row.expected_effect or "",
+                "attempts": row.attempts or [],
+                "runs": runs or [],
+                "decision": DecisionRecord.from_stored(row.decision),
+                "measurements": row.measurements or [],
+            }
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly (`history --json`, artifacts): the enums as their strings, times in ISO, each run as
+        MeasuredRun shows it, the decision as it is stored; without the code and the diff (git and `autoresearch
+        report` show those)."""
+        shown = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("code", "diff")}
+        return {
+            key: (
+                str(value)
+                if isinstance(value, StrEnum)
+                else value.isoformat()
+                if isinstance(value, datetime)
+                else value
+            )
+            for key, value in shown.items()
+        } | {"runs": [run.as_dict() for run in self.runs], "decision": self.decision.as_stored()}
 
 
 def seconds_per_epoch(train_seconds: float | None, epochs: int | None) -> float | None:
@@ -151,8 +252,14 @@ def seconds_per_epoch(train_seconds: float | None, epochs: int | None) -> float 
     return train_seconds / epochs if train_seconds and epochs else None
 
 
-def incumbent_of(records: list[IterationRecord]) -> IterationRecord | None:
-    """The best so far: the iteration kept last (the baseline until a change is). Last by when it was decided, not
-    by number: with several slots a candidate can be kept after a later-numbered one (flows/research.py)."""
+def kept_in_order(records: list[IterationRecord]) -> list[IterationRecord]:
+    """The iterations that became the incumbent, in the order they did: by when each was decided, not by number (with
+    several slots a candidate can be kept after a later-numbered one)."""
     kept = [r for r in records if r.finished and r.kept]
-    return max(kept, key=lambda r: (r.finished_at or "", r.iteration)) if kept else None
+    return sorted(kept, key=lambda r: (r.finished_at or datetime.min, r.iteration))
+
+
+def incumbent_of(records: list[IterationRecord]) -> IterationRecord | None:
+    """The best so far: the iteration kept last (the baseline until a change is)."""
+    kept = kept_in_order(records)
+    return kept[-1] if kept else None

@@ -16,7 +16,6 @@ from html import escape
 
 from infra.plot import progress_png
 from infra.records import IterationRecord, Status, Verdict, incumbent_of
-from infra.research.acceptance_rule import stored_summary
 from infra.research.code_edit import unified_diff
 
 STYLE = """
@@ -50,38 +49,50 @@ def diff_html(diff: str) -> str:
     """A unified diff, escaped line by line, additions and deletions coloured."""
     lines = []
     for line in diff.splitlines():
-        css = ("hunk" if line.startswith("@@") else "" if line.startswith(("+++", "---"))
-               else "add" if line.startswith("+") else "del" if line.startswith("-") else "")
+        css = (
+            "hunk"
+            if line.startswith("@@")
+            else ""
+            if line.startswith(("+++", "---"))
+            else "add"
+            if line.startswith("+")
+            else "del"
+            if line.startswith("-")
+            else ""
+        )
         lines.append(f'<span class="{css}">{escape(line)}</span>' if css else escape(line))
     return "<pre>" + "\n".join(lines) + "</pre>"
 
 
 def decision_cell(r: IterationRecord) -> str:
     """The verdict and the numbers it rested on (acceptance_rule.summary's form)."""
-    numbers = stored_summary(r.rule)
-    return f"{escape(r.decision or '-')} ({escape(numbers)})" if numbers else escape(r.decision or "-")
+    numbers = r.decision.line()
+    return f"{escape(r.verdict or '-')} ({escape(numbers)})" if numbers else escape(r.verdict or "-")
 
 
 def iteration_rows(records: list[IterationRecord]) -> str:
     rows = []
     for r in records:
-        css = r.decision if r.kept else "failed" if r.status not in (Status.OK, Status.RUNNING) else ""
+        css = r.verdict if r.kept else "failed" if r.status not in (Status.OK, Status.RUNNING) else ""
         why = r.reason if r.status != Status.OK else ""  # an ok run's reason says nothing
         rows.append(
             f'<tr class="{escape(css)}"><td class="num">{r.iteration}</td><td>{escape(r.status)}</td>'
             f'<td class="num">{decision_cell(r)}</td><td class="num">{_num(r.val_accuracy)}</td>'
             f'<td class="num">{_num(r.test_accuracy)}</td><td class="num">${r.cost_usd:.4f}</td>'
-            f"<td>{escape(r.hypothesis)}</td><td>{escape(r.expected_effect)}</td><td>{escape(why)}</td></tr>")
+            f"<td>{escape(r.hypothesis)}</td><td>{escape(r.expected_effect)}</td><td>{escape(why)}</td></tr>"
+        )
     return "\n".join(rows)
 
 
 def kept_changes(records: list[IterationRecord], diffs: dict[int, str]) -> str:
     parts = []
     for r in records:
-        if r.decision == Verdict.KEEP:
-            parts.append(f"<h3>Iteration {r.iteration}: {escape(r.hypothesis)}</h3>"
-                         f"<p>validation {_num(r.val_accuracy)} ({escape(stored_summary(r.rule))}), "
-                         f"test {_num(r.test_accuracy)}</p>{diff_html(diffs.get(r.iteration, ''))}")
+        if r.verdict == Verdict.KEEP:
+            parts.append(
+                f"<h3>Iteration {r.iteration}: {escape(r.hypothesis)}</h3>"
+                f"<p>validation {_num(r.val_accuracy)} ({escape(r.decision.line())}), "
+                f"test {_num(r.test_accuracy)}</p>{diff_html(diffs.get(r.iteration, ''))}"
+            )
     return "\n".join(parts) or "<p>No change was kept: the baseline is still the best.</p>"
 
 
@@ -93,8 +104,14 @@ def strategy_versions(strategies: list[Strategy]) -> str:
         if previous is None:
             body = f"<pre>{escape(current.text)}</pre>"
         else:
-            body = diff_html(unified_diff(previous.text + "\n", current.text + "\n",
-                                          f"strategy v{previous.version}", f"strategy v{current.version}"))
+            body = diff_html(
+                unified_diff(
+                    previous.text + "\n",
+                    current.text + "\n",
+                    f"strategy v{previous.version}",
+                    f"strategy v{current.version}",
+                )
+            )
         parts.append(head + lessons + body)
     return "\n".join(parts) or "<p>No strategy recorded.</p>"
 
@@ -104,8 +121,11 @@ def summary(records: list[IterationRecord], total_cost: float) -> str:
     finished = [r for r in records if r.finished]
     kept = [r for r in finished if r.kept]
     best = incumbent_of(records)
-    gap = (best.val_accuracy - best.test_accuracy
-           if best and best.val_accuracy is not None and best.test_accuracy is not None else None)
+    gap = (
+        best.val_accuracy - best.test_accuracy
+        if best and best.val_accuracy is not None and best.test_accuracy is not None
+        else None
+    )
     rows = [
         ("iterations finished", f"{len(finished)} (of which {max(0, len(kept) - 1)} kept after the baseline)"),
         ("best", f"iteration {best.iteration}: {escape(best.hypothesis)}" if best else "-"),
@@ -117,8 +137,14 @@ def summary(records: list[IterationRecord], total_cost: float) -> str:
     return '<table class="summary">' + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 
-def render(experiment: str, status: str, records: list[IterationRecord], diffs: dict[int, str],
-           strategies: list[Strategy], total_cost: float) -> str:
+def render(
+    experiment: str,
+    status: str,
+    records: list[IterationRecord],
+    diffs: dict[int, str],
+    strategies: list[Strategy],
+    total_cost: float,
+) -> str:
     """The whole page. diffs: each iteration's diff against the incumbent it was proposed to."""
     png = progress_png(records, f"{experiment}: validation accuracy per iteration")
     plot = f"data:image/png;base64,{base64.b64encode(png).decode()}"
@@ -134,7 +160,8 @@ def render(experiment: str, status: str, records: list[IterationRecord], diffs: 
 <img id="progress-plot" alt="validation accuracy per iteration" src="{plot}">
 <h2>Iterations</h2>
 <table id="iterations">
-<tr><th>it</th><th>status</th><th>decision (delta, how sure, runs, what a keep needed)</th><th>val</th><th>test</th><th>cost</th>
+<tr><th>it</th><th>status</th><th>decision (delta, how sure, runs, what a keep needed)</th>
+<th>val</th><th>test</th><th>cost</th>
 <th>hypothesis</th><th>expected effect</th><th>why it failed</th></tr>
 {iteration_rows(records)}
 </table>

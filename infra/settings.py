@@ -65,9 +65,12 @@ def default_cpu_threads() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), DEFAULT_CPU_THREADS))
 
 
+HOME_ENV = "AUTORESEARCH_HOME"
+
+
 def runs_home(override: str | Path | None = None) -> Path:
     """Where experiments and scratch runs live: --home, AUTORESEARCH_HOME, or runs/ in the repo."""
-    return Path(override or os.environ.get("AUTORESEARCH_HOME") or REPO_ROOT / "runs").resolve()
+    return Path(override or os.environ.get(HOME_ENV) or REPO_ROOT / "runs").resolve()
 
 
 @dataclass(frozen=True)

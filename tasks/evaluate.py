@@ -13,9 +13,21 @@ from infra.sandbox.trial import TrialResult, score_artifact, score_trial
 from infra.settings import Limits
 
 
-@task(name="evaluate", task_run_name="evaluate-{iteration}-seed-{seed}", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
-def evaluate(trained: TrialResult, val: tuple[torch.Tensor, torch.Tensor], limits: Limits, iteration: int, seed: int,
-             slot: Slot | None = None) -> TrialResult:
+@task(
+    name="evaluate",
+    task_run_name="evaluate-{iteration}-seed-{seed}",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=5,
+)
+def evaluate(
+    trained: TrialResult,
+    val: tuple[torch.Tensor, torch.Tensor],
+    limits: Limits,
+    iteration: int,
+    seed: int,
+    slot: Slot | None = None,
+) -> TrialResult:
     result = score_trial(trained, val, limits, slot)
     get_run_logger().info(f"evaluated: status {result.status}, val_accuracy {result.val_accuracy}")
     return result

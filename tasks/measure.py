@@ -62,16 +62,33 @@ def measure(bench: Bench, job: Job, slot: Slot) -> MeasuredRun:
     measured again marked so."""
     for attempt in range(MAX_CONTENDED_RERUNS + 1):
         started = utcnow()
-        trained = sandboxed_train(job.code, bench.run_dir(job.iteration, job.seed), bench.limits, job.seed,
-                                  job.iteration, bench.device, slot)
+        trained = sandboxed_train(
+            job.code, bench.run_dir(job.iteration, job.seed), bench.limits, job.seed, job.iteration, bench.device, slot
+        )
         result = evaluate(trained, bench.val, bench.limits, job.iteration, job.seed, slot)
         again = result.contended and attempt < MAX_CONTENDED_RERUNS
-        stored = bench.store.add_measured_run(bench.experiment_id, MeasuredRun(
-            seq=0, iteration=job.iteration, decided_in=job.decided_in, seed=job.seed, status=result.status,
-            val_accuracy=result.val_accuracy, reason=result.reason, val_loss=result.val_loss, epochs=result.epochs,
-            train_seconds=result.train_seconds, wall_seconds=result.wall_seconds,
-            inference_seconds=result.inference_seconds, contended=result.contended, remeasured=again,
-            compute=result.compute, slot=slot.index, started_at=started))
+        stored = bench.store.add_measured_run(
+            bench.experiment_id,
+            MeasuredRun(
+                seq=0,
+                iteration=job.iteration,
+                decided_in=job.decided_in,
+                seed=job.seed,
+                status=result.status,
+                val_accuracy=result.val_accuracy,
+                reason=result.reason,
+                val_loss=result.val_loss,
+                epochs=result.epochs,
+                train_seconds=result.train_seconds,
+                wall_seconds=result.wall_seconds,
+                inference_seconds=result.inference_seconds,
+                contended=result.contended,
+                remeasured=again,
+                compute=result.compute,
+                slot=slot.index,
+                started_at=started,
+            ),
+        )
         failpoint("measured", job.decided_in)
         if not again:
             return stored

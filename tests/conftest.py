@@ -32,14 +32,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         lane = "process-driven" if item.get_closest_marker("process_driven") else "in-process"
         item.add_marker(pytest.mark.xdist_group(lane))
 
+
 REAL_DATA_AVAILABLE = any(
     (d / "train-images-idx3-ubyte.gz").exists() or (d / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").exists()
     for d in (prepare.DEBIAN_DIR, Path.home() / ".cache" / "autoresearch")
 )
 requires_real_data = pytest.mark.skipif(not REAL_DATA_AVAILABLE, reason="real Fashion-MNIST not installed (make setup)")
 requires_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
-requires_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
-                                       reason="chromium not installed (make setup installs Debian's chromium)")
+requires_chromium = pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="chromium not installed (make setup installs Debian's chromium)"
+)
 
 
 def idx_images(images: np.ndarray) -> bytes:
@@ -55,7 +57,7 @@ def learnable_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray
     """Each class lights up its own band of rows, plus noise: a linear model can learn it."""
     images = rng.integers(0, 60, size=(len(labels), 28, 28))
     for i, label in enumerate(labels):
-        images[i, label * 2:label * 2 + 3, :] = 230
+        images[i, label * 2 : label * 2 + 3, :] = 230
     return images.astype(np.uint8)
 
 
@@ -102,18 +104,26 @@ def _no_network() -> None:
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect API for every in-process flow test (about 10 s to start)."""
-    import infra  # noqa: F401  (Prefect's offline settings first)
-
     from prefect.testing.utilities import prefect_test_harness
+
+    import infra  # noqa: F401  (Prefect's offline settings first)
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
 
 
 def record(iteration: int, **fields) -> IterationRecord:
-    """A finished iteration record for proposer tests (status, decision and change type may be given as strings)."""
-    values = {"status": Status.OK, "decision": Verdict.DISCARD, "change_type": ChangeType.PARAMETRIC, "finished": True,
-              **fields}
-    values.update(status=Status(values["status"]), decision=Verdict(values["decision"]),
-                  change_type=ChangeType(values["change_type"]))
+    """A finished iteration record for proposer tests (status, verdict and change type may be given as strings)."""
+    values = {
+        "status": Status.OK,
+        "verdict": Verdict.DISCARD,
+        "change_type": ChangeType.PARAMETRIC,
+        "finished": True,
+        **fields,
+    }
+    values.update(
+        status=Status(values["status"]),
+        verdict=Verdict(values["verdict"]),
+        change_type=ChangeType(values["change_type"]),
+    )
     return IterationRecord(iteration=iteration, **values)

@@ -23,10 +23,12 @@ MIN_CACHEABLE_TOKENS = 1024  # Sonnet's minimum cacheable prompt length
 
 def canonical(value: Any) -> str:
     """A request part as a cache key: sorted JSON without the cache_control markers themselves."""
+
     def strip(v: Any) -> Any:
         if isinstance(v, dict):
             return {k: strip(x) for k, x in v.items() if k != "cache_control"}
         return [strip(x) for x in v] if isinstance(v, list) else v
+
     return json.dumps(strip(value), sort_keys=True, separators=(",", ":"))
 
 
@@ -60,14 +62,20 @@ class PromptCache:
     def usage(self, body: dict[str, Any], output_tokens: int) -> dict[str, int]:
         items = self.items(body)
         breakpoints = [i for i, (_, block) in enumerate(items) if isinstance(block, dict) and "cache_control" in block]
-        prefixes = [(canonical([body.get("model"), items[:i + 1]]), estimated_tokens(items[:i + 1])) for i in breakpoints]
+        prefixes = [
+            (canonical([body.get("model"), items[: i + 1]]), estimated_tokens(items[: i + 1])) for i in breakpoints
+        ]
         cacheable = [(key, tokens) for key, tokens in prefixes if tokens >= MIN_CACHEABLE_TOKENS]
         with self.lock:
             read = max((tokens for key, tokens in cacheable if key in self.seen), default=0)
             self.seen.update(key for key, _ in cacheable)
         write = max(0, (cacheable[-1][1] if cacheable else 0) - read)
-        return {"input_tokens": max(1, estimated_tokens(items) - read - write), "output_tokens": output_tokens,
-                "cache_creation_input_tokens": write, "cache_read_input_tokens": read}
+        return {
+            "input_tokens": max(1, estimated_tokens(items) - read - write),
+            "output_tokens": output_tokens,
+            "cache_creation_input_tokens": write,
+            "cache_read_input_tokens": read,
+        }
 
 
 class FakeLLMServer:
@@ -117,30 +125,64 @@ class FakeLLMServer:
 
 
 USAGE = {"input_tokens": 1500, "output_tokens": 400, "cache_creation_input_tokens": 3000, "cache_read_input_tokens": 0}
-CACHED_USAGE = {"input_tokens": 1500, "output_tokens": 400, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 3000}
+CACHED_USAGE = {
+    "input_tokens": 1500,
+    "output_tokens": 400,
+    "cache_creation_input_tokens": 0,
+    "cache_read_input_tokens": 3000,
+}
 
 
 def anthropic_tool_use(name: str, tool_input: dict[str, Any], usage: dict[str, int] = USAGE) -> dict[str, Any]:
-    return {"id": "msg_fake", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
-            "content": [{"type": "tool_use", "id": f"toolu_{len(json.dumps(tool_input)) % 10**6}", "name": name,
-                         "input": tool_input}],
-            "stop_reason": "tool_use", "stop_sequence": None, "usage": usage}
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-6",
+        "content": [
+            {
+                "type": "tool_use",
+                "id": f"toolu_{len(json.dumps(tool_input)) % 10**6}",
+                "name": name,
+                "input": tool_input,
+            }
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": usage,
+    }
 
 
 def anthropic_error(kind: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
-def openai_function_call(name: str, arguments: dict[str, Any] | str, prompt_tokens: int = 2000,
-                         completion_tokens: int = 300) -> dict[str, Any]:
+def openai_function_call(
+    name: str, arguments: dict[str, Any] | str, prompt_tokens: int = 2000, completion_tokens: int = 300
+) -> dict[str, Any]:
     args = arguments if isinstance(arguments, str) else json.dumps(arguments)
-    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "local",
-            "choices": [{"index": 0, "finish_reason": "tool_calls",
-                         "message": {"role": "assistant", "content": None,
-                                     "tool_calls": [{"id": "call_1", "type": "function",
-                                                     "function": {"name": name, "arguments": args}}]}}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}}
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "local",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": name, "arguments": args}}],
+                },
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
 def request_text(body: dict[str, Any]) -> str:

@@ -13,8 +13,12 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000
 
 def dump_dom(url: str, virtual_time_ms: int = 15000) -> str:
     """The DOM once the page's scripts had virtual_time_ms of (virtual) time: what a JS app rendered."""
-    done = subprocess.run(["chromium", *FLAGS, f"--virtual-time-budget={virtual_time_ms}", "--dump-dom", url],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["chromium", *FLAGS, f"--virtual-time-budget={virtual_time_ms}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -23,8 +27,12 @@ def screenshot(url: str, path: Path, virtual_time_ms: int = 15000) -> np.ndarray
     """Save a PNG of the page and return its pixels (height x width x channels, floats in 0..1)."""
     import matplotlib.image
 
-    done = subprocess.run(["chromium", *FLAGS, f"--virtual-time-budget={virtual_time_ms}", f"--screenshot={path}", url],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["chromium", *FLAGS, f"--virtual-time-budget={virtual_time_ms}", f"--screenshot={path}", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and path.exists(), done.stderr[-2000:]
     return matplotlib.image.imread(path)
 
@@ -45,9 +53,19 @@ class DevTools:
 
         from websockets.sync.client import connect
 
-        self.proc = subprocess.Popen(["chromium", *FLAGS, "--remote-debugging-port=0", f"--user-data-dir={profile}",
-                                      "--no-first-run", "--disable-background-networking", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                "chromium",
+                *FLAGS,
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                "--no-first-run",
+                "--disable-background-networking",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         port_file, deadline = profile / "DevToolsActivePort", time.monotonic() + 60
         while not port_file.exists() or not port_file.read_text().strip():
             assert time.monotonic() < deadline and self.proc.poll() is None, "chromium did not start its DevTools"
@@ -80,7 +98,9 @@ class DevTools:
         deadline = time.monotonic() + timeout
         while True:
             dom = self.evaluate("document.documentElement ? document.documentElement.outerHTML : ''") or ""
-            if (wait_for is None and self.evaluate("document.readyState") == "complete") or (wait_for and wait_for in dom):
+            if (wait_for is None and self.evaluate("document.readyState") == "complete") or (
+                wait_for and wait_for in dom
+            ):
                 return dom
             if time.monotonic() > deadline:
                 return dom

@@ -10,9 +10,21 @@ from datetime import datetime, timedelta
 import pytest
 from scipy import stats
 
-from infra.records import MeasuredRun, Status
-from infra.research.acceptance_rule import (Floor, Role, RuleConfig, Stop, bar, compare, naive_decide, noise_floor,
-                                            procedure, step, summary, trimmed)
+from infra.records import DecisionRecord, MeasuredRun, RunUsed, Status
+from infra.research.acceptance_rule import (
+    Floor,
+    Role,
+    RuleConfig,
+    Stop,
+    bar,
+    compare,
+    naive_decide,
+    noise_floor,
+    procedure,
+    step,
+    summary,
+    trimmed,
+)
 from infra.research.evidence import decision_record, evidence
 
 # Noise measured here: the baseline recipe over 6 seeds at a 20 s budget.
@@ -26,8 +38,9 @@ def floor_of(sigma: float, rng: random.Random) -> Floor:
     return noise_floor([[rng.gauss(MEAN, sigma) for _ in range(3)] for _ in range(6)], CFG)
 
 
-def kept_share(gain: float, sigma: float, trials: int, seed: int, cfg: RuleConfig = CFG,
-               tail: float = 0.0) -> tuple[float, float]:
+def kept_share(
+    gain: float, sigma: float, trials: int, seed: int, cfg: RuleConfig = CFG, tail: float = 0.0
+) -> tuple[float, float]:
     """(share of candidates kept, mean runs per candidate, the incumbent's included) by the whole procedure."""
     rng = random.Random(seed)
     noise = lambda: rng.gauss(0, sigma) - (0.04 if tail and rng.random() < tail else 0.0)  # noqa: E731
@@ -171,8 +184,10 @@ def test_the_procedure_resumed_between_two_runs_ends_as_it_would_have():
     floor = floor_of(0.002, rng)
     for trial in range(40):
         script = random.Random(trial)
-        draws = {Role.CANDIDATE: [MEAN + 0.004 + script.gauss(0, 0.002) for _ in range(8)],
-                 Role.INCUMBENT: [MEAN + script.gauss(0, 0.002) for _ in range(10)]}
+        draws = {
+            Role.CANDIDATE: [MEAN + 0.004 + script.gauss(0, 0.002) for _ in range(8)],
+            Role.INCUMBENT: [MEAN + script.gauss(0, 0.002) for _ in range(10)],
+        }
         log: list[Role] = []
 
         def measure(role: Role) -> float:  # the incumbent's first two draws are its runs before the decision
@@ -184,7 +199,7 @@ def test_the_procedure_resumed_between_two_runs_ends_as_it_would_have():
         for cut in range(1, len(made)):
             log = made[:cut]
             c = [draws[Role.CANDIDATE][j] for j in range(sum(r == Role.CANDIDATE for r in log))]
-            i = draws[Role.INCUMBENT][:2 + sum(r == Role.INCUMBENT for r in log)]
+            i = draws[Role.INCUMBENT][: 2 + sum(r == Role.INCUMBENT for r in log)]
             resumed, _, _ = procedure(i, floor, measure, CFG, candidate=c, last=log[-1])
             assert log == made and resumed == whole, (trial, cut)
 
@@ -212,9 +227,16 @@ def test_drift_a_slower_machine_halfway_causes_no_burst_of_false_discards():
 
 
 def run(seq: int, iteration: int, decided_in: int, score: float | None, at: datetime, remeasured: bool = False):
-    return MeasuredRun(seq=seq, iteration=iteration, decided_in=decided_in, seed=seq * 7, made_at=at,
-                       status=Status.OK if score is not None else Status.CRASHED, val_accuracy=score,
-                       remeasured=remeasured)
+    return MeasuredRun(
+        seq=seq,
+        iteration=iteration,
+        decided_in=decided_in,
+        seed=seq * 7,
+        made_at=at,
+        status=Status.OK if score is not None else Status.CRASHED,
+        val_accuracy=score,
+        remeasured=remeasured,
+    )
 
 
 def test_evidence_uses_the_incumbents_current_runs_only():
@@ -232,14 +254,19 @@ def test_evidence_uses_the_incumbents_current_runs_only():
     assert late.incumbent == []
     assert found.floor.pooled  # the baseline's two runs
     record = decision_record(step([0.845, 0.846], [0.86], found.floor), found)
-    assert record["candidate_runs"][0] == {"seq": 14, "seed": 98, "score": 0.86}
-    assert record["summary"].startswith("+1.45 points")
+    assert record.candidate_runs[0] == RunUsed(seq=14, seed=98, score=0.86)
+    assert record.summary.startswith("+1.45 points")
+    assert DecisionRecord.from_stored(record.as_stored()) == record  # stored as JSON, read back as the same record
 
 
 def test_a_remeasured_run_never_counts():
     t0 = datetime(2026, 12, 4, 22, 0)
-    runs = [run(1, 0, 0, 0.84, t0), run(2, 0, 0, 0.85, t0), run(3, 1, 1, 0.99, t0, remeasured=True),
-            run(4, 1, 1, 0.86, t0)]
+    runs = [
+        run(1, 0, 0, 0.84, t0),
+        run(2, 0, 0, 0.85, t0),
+        run(3, 1, 1, 0.99, t0, remeasured=True),
+        run(4, 1, 1, 0.86, t0),
+    ]
     found = evidence(runs, 1, 0, CFG, (5, t0))
     assert found.scores(Role.CANDIDATE) == [0.86]
 

@@ -29,8 +29,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 KILL_POINTS = ["propose:1", "measured:1", "train:2", "train:2", "decided:3", "recorded:3"]
 
 
-def run_cli(home: Path, replay: Path, failpoint: str | None, experiment: str = "chaos", iterations: int = 3,
-            slots: int = 1) -> subprocess.CompletedProcess:
+def run_cli(
+    home: Path, replay: Path, failpoint: str | None, experiment: str = "chaos", iterations: int = 3, slots: int = 1
+) -> subprocess.CompletedProcess:
     baseline = replay.parent / "weak_baseline.py"
     env = {**os.environ, "PREFECT_HOME": str(home / "prefect-home"), "AUTORESEARCH_FAILPOINT": failpoint or ""}
     env.pop("PREFECT_API_URL", None)
@@ -38,10 +39,32 @@ def run_cli(home: Path, replay: Path, failpoint: str | None, experiment: str = "
     output = home.parent / f"cli-{experiment}-{failpoint or 'final'}.log"
     with open(output, "w") as sink:
         done = subprocess.run(
-            [sys.executable, "-m", "infra.cli", "run", "--experiment", experiment, "--iterations", str(iterations),
-             "--budget", "2", "--proposer", f"replay:{replay}", "--baseline", str(baseline), "--home", str(home),
-             "--slots", str(slots)],
-            cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, timeout=600)
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "run",
+                "--experiment",
+                experiment,
+                "--iterations",
+                str(iterations),
+                "--budget",
+                "2",
+                "--proposer",
+                f"replay:{replay}",
+                "--baseline",
+                str(baseline),
+                "--home",
+                str(home),
+                "--slots",
+                str(slots),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+        )
     done.stderr = output.read_text()
     return done
 
@@ -53,12 +76,12 @@ def finished_logs(home: Path, store: Store) -> dict[int, float | None]:
         return {}
     ws = Workspace(home / "chaos")
     logs = {}
-    for row in store.iterations(exp.id, finished_only=True):
-        if not row.runs:  # never measured (the loop guard recorded it): nothing to train again
-            logs[row.index] = None
+    for record in store.records(exp.id, finished_only=True):
+        if not record.runs:  # never measured (the loop guard recorded it): nothing to train again
+            logs[record.iteration] = None
             continue
-        log = ws.run_dir(row.index, row.runs[0]["seed"]) / "train.log"  # the first measured run
-        logs[row.index] = log.stat().st_mtime
+        log = ws.run_dir(record.iteration, record.runs[0].seed) / "train.log"  # the first measured run
+        logs[record.iteration] = log.stat().st_mtime
     return logs
 
 
@@ -111,17 +134,19 @@ def test_sigkill_at_any_point_then_resume(tmp_path):
     # none made again (its first run's seed and number are the decision's first)
     made_for_1 = [m for m in store.measured_runs(exp.id, decided_in=1) if not m.remeasured]
     assert made_for_1[0] == killed_inside_a_decision[0]
-    used = [r["seq"] for r in rows[1].rule["candidate_runs"]] + [r["seq"] for r in rows[1].rule["incumbent_runs"]]
+    used = [r["seq"] for r in rows[1].decision["candidate_runs"]] + [
+        r["seq"] for r in rows[1].decision["incumbent_runs"]
+    ]
     assert len(used) == len(set(used)) and killed_inside_a_decision[0].seq in used
-    assert [r["seq"] for r in rows[1].rule["candidate_runs"]] == [m.seq for m in made_for_1 if m.iteration == 1]
+    assert [r["seq"] for r in rows[1].decision["candidate_runs"]] == [m.seq for m in made_for_1 if m.iteration == 1]
     assert rows[1].orchestrator_crashes == 1 and "iteration 1: resuming its decision with 1 candidate" in resumed_output
     poison = rows[2]
-    assert (poison.status, poison.decision, poison.orchestrator_crashes) == ("crashed", "discard", 2)
+    assert (poison.status, poison.verdict, poison.orchestrator_crashes) == ("crashed", "discard", 2)
     assert poison.reason == "crashed the orchestrator 2 times"
     assert rows[3].orchestrator_crashes == 1  # killed once after its decision, run again once
-    assert rows[3].decision == "keep", (rows[3].status, rows[3].reason, rows[3].rule)
+    assert rows[3].verdict == "keep", (rows[3].status, rows[3].reason, rows[3].decision)
     ws = Workspace(home / "chaos")
-    kept = [r.index for r in rows if r.decision in ("baseline", "keep")]
+    kept = [r.index for r in rows if r.verdict in ("baseline", "keep")]
     assert ws.committed_iterations() == kept
     assert ws.train_py.read_text() == rows[kept[-1]].code
     assert ws.git("status", "--porcelain").strip() == ""
@@ -141,7 +166,9 @@ def test_sigkill_with_two_runs_in_flight_then_resume(tmp_path):
     baseline = set_constants(BASELINE_TRAIN_PY.read_text(), {"LEARNING_RATE": 0.0})
     (tmp_path / "weak_baseline.py").write_text(baseline)
     for k, lr in enumerate((0.0, 0.001, 0.01), 1):
-        (replay / f"{k:02d}_lr.py").write_text(f"# learning rate {lr}\n" + set_constants(baseline, {"LEARNING_RATE": lr}))
+        (replay / f"{k:02d}_lr.py").write_text(
+            f"# learning rate {lr}\n" + set_constants(baseline, {"LEARNING_RATE": lr})
+        )
     (replay / "04_mlp.py").write_text((FIXTURES / "mlp_adam.py").read_text())
     store = Store(f"sqlite:///{home / 'autoresearch.db'}")
 
@@ -163,15 +190,15 @@ def test_sigkill_with_two_runs_in_flight_then_resume(tmp_path):
     assert [r.index for r in rows] == [0, 1, 2, 3, 4] and all(r.finished_at is not None for r in rows)
     measured = store.measured_runs(exp.id)
     assert [m.seq for m in measured] == list(range(1, len(measured) + 1))
-    assert measured[:len(stored_at_kill)] == stored_at_kill, "nothing stored before the kill was lost or changed"
+    assert measured[: len(stored_at_kill)] == stored_at_kill, "nothing stored before the kill was lost or changed"
     assert {m.slot for m in measured} == {0, 1}
     used: list[int] = []
     for r in rows[1:]:
-        if r.rule.get("candidate_runs"):
+        if r.decision.get("candidate_runs"):
             own = [m.seq for m in measured if m.decided_in == r.index and m.iteration == r.index and not m.remeasured]
-            counted = [c["seq"] for c in r.rule["candidate_runs"]]
+            counted = [c["seq"] for c in r.decision["candidate_runs"]]
             # every run stored before its last look counts; one still being measured then is stored after, unused
-            assert counted == own[:len(counted)], (r.index, counted, own)
+            assert counted == own[: len(counted)], (r.index, counted, own)
             used += counted
     assert len(used) == len(set(used)), "a run counted by two decisions"
     # iteration 2's decision went on with the run stored at the kill, unless it was in flight at both kills (then
@@ -180,11 +207,11 @@ def test_sigkill_with_two_runs_in_flight_then_resume(tmp_path):
     if rows[2].orchestrator_crashes == 2:
         assert rows[2].reason == "crashed the orchestrator 2 times"
     else:
-        used_by_2 = rows[2].rule.get("candidate_runs", []) + rows[2].rule.get("incumbent_runs", [])
+        used_by_2 = rows[2].decision.get("candidate_runs", []) + rows[2].decision.get("incumbent_runs", [])
         assert rows[2].orchestrator_crashes == 1 and killed_in_2.seq in [c["seq"] for c in used_by_2], rows[2].rule
-    assert rows[4].decision == "keep", (rows[4].status, rows[4].reason, rows[4].rule)
+    assert rows[4].verdict == "keep", (rows[4].status, rows[4].reason, rows[4].decision)
     ws = Workspace(home / "pair")
-    kept = sorted((r for r in rows if r.decision in ("baseline", "keep")), key=lambda r: r.finished_at)
+    kept = sorted((r for r in rows if r.verdict in ("baseline", "keep")), key=lambda r: r.finished_at)
     assert ws.committed_iterations() == sorted(r.index for r in kept)
     assert ws.train_py.read_text() == kept[-1].code
     assert ws.git("status", "--porcelain").strip() == ""

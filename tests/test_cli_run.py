@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from infra.records import MeasuredRun, Status
 from infra.research.lock import experiment_lock
+from infra.sandbox.compute_record import ComputeRecord
 from infra.settings import REPO_ROOT
 from infra.store import Store, utcnow
 from tests.conftest import requires_bwrap, requires_real_data
@@ -19,8 +22,14 @@ from tests.conftest import requires_bwrap, requires_real_data
 def cli(*args: str, home: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     full_env.pop("PREFECT_API_URL", None)
-    return subprocess.run([sys.executable, "-m", "infra.cli", *args, "--home", str(home)], cwd=REPO_ROOT,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args, "--home", str(home)],
+        cwd=REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -29,13 +38,31 @@ def recorded(tmp_path) -> Path:
     home = tmp_path / "runs"
     store = Store(f"sqlite:///{home / 'autoresearch.db'}")
     exp = store.ensure_experiment("kept", {"budget_s": 5.0})
-    run = {"seed": 0, "status": "ok", "clock": "cpu", "threads": 1, "cpu_seconds": 9.8, "wall_seconds": 10.1,
-           "core_share": 0.97, "waiting_share": 0.01, "load_start": 0.5, "load_end": 0.6, "contended": False}
-    starved = {**run, "seed": 1, "status": "timeout", "core_share": 0.2, "waiting_share": 0.8, "contended": True}
-    store.put_iteration(exp.id, 0, status="ok", decision="baseline", hypothesis="baseline", val_accuracy=0.83,
-                        measurements=[0.83, 0.831], runs=[run, starved, {**run, "seed": 1}], finished_at=utcnow())
-    store.put_iteration(exp.id, 1, status="crashed", decision="discard", hypothesis="bigger lr",
-                        expected_effect="+1 point", reason="ValueError: boom", finished_at=utcnow())
+    got = ComputeRecord("cpu", 1, 9.8, 10.1, 0.97, 0.01, 1.0, 0.5, 0.6, False)
+    starved = replace(got, core_share=0.2, waiting_share=0.8, contended=True)
+    for seed, status, score, compute in [(0, "ok", 0.83, got), (1, "timeout", None, starved), (1, "ok", 0.831, got)]:
+        run = MeasuredRun(0, 0, 0, seed, Status(status), score, contended=compute.contended, compute=compute)
+        store.add_measured_run(exp.id, replace(run, remeasured=compute.contended))
+    store.put_iteration(
+        exp.id,
+        0,
+        status="ok",
+        verdict="baseline",
+        hypothesis="baseline",
+        val_accuracy=0.83,
+        measurements=[0.83, 0.831],
+        finished_at=utcnow(),
+    )
+    store.put_iteration(
+        exp.id,
+        1,
+        status="crashed",
+        verdict="discard",
+        hypothesis="bigger lr",
+        expected_effect="+1 point",
+        reason="ValueError: boom",
+        finished_at=utcnow(),
+    )
     return home
 
 
@@ -60,11 +87,17 @@ def history_json(home: Path, name: str = "kept") -> list[dict]:
         (["--experiment", "../escape"], "invalid experiment name '../escape'"),
         (["--experiment", "a/b"], "invalid experiment name 'a/b'"),
         (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--proposer", "offline", "--sampler", "cmaes"], "--sampler goes with --proposer optuna"),
+        (["--proposer", "optuna", "--sampler", "bayes"], "unknown Optuna sampler 'bayes'"),
     ],
 )
 def test_bad_input_fails_clearly_and_loses_nothing(recorded, args, message):
     before = history_json(recorded)
-    done = cli("run", "--experiment", "kept", *args, home=recorded) if "--experiment" not in args else cli("run", *args, home=recorded)
+    done = (
+        cli("run", "--experiment", "kept", *args, home=recorded)
+        if "--experiment" not in args
+        else cli("run", *args, home=recorded)
+    )
     assert done.returncode == 2, done.stdout + done.stderr
     assert "error:" in done.stderr and message in " ".join(done.stderr.split())
     assert history_json(recorded) == before
@@ -98,7 +131,10 @@ def test_unreadable_program_md(recorded, tmp_path):
 
 def test_history_and_status_read_the_store(recorded):
     rows = history_json(recorded)
-    assert [(r["iteration"], r["status"], r["decision"]) for r in rows] == [(0, "ok", "baseline"), (1, "crashed", "discard")]
+    assert [(r["iteration"], r["status"], r["verdict"]) for r in rows] == [
+        (0, "ok", "baseline"),
+        (1, "crashed", "discard"),
+    ]
     assert rows[1]["hypothesis"] == "bigger lr" and rows[0]["val_accuracy"] == pytest.approx(0.83)
     assert [r["contended"] for r in rows[0]["runs"]] == [False, True, False] and rows[1]["runs"] == []
     table = cli("history", "kept", home=recorded, env={"COLUMNS": "200"})
@@ -117,19 +153,31 @@ def test_history_and_status_read_the_store(recorded):
 def test_offline_demo_end_to_end(tmp_path):
     """The issue's own command: `autoresearch run --experiment demo --iterations 3 --budget 5 --proposer offline`."""
     home = tmp_path / "runs"
-    done = cli("run", "--experiment", "demo", "--iterations", "3", "--budget", "5", "--proposer", "offline",
-               home=home, env={"PREFECT_HOME": str(tmp_path / "prefect")}, timeout=600)
+    done = cli(
+        "run",
+        "--experiment",
+        "demo",
+        "--iterations",
+        "3",
+        "--budget",
+        "5",
+        "--proposer",
+        "offline",
+        home=home,
+        env={"PREFECT_HOME": str(tmp_path / "prefect")},
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "offline parametric searcher" in done.stdout
     rows = history_json(home, "demo")
     assert [r["iteration"] for r in rows] == [0, 1, 2, 3]
-    assert rows[0]["decision"] == "baseline" and len(rows[0]["measurements"]) == 2
+    assert rows[0]["verdict"] == "baseline" and len(rows[0]["measurements"]) == 2
     for r in rows:
         assert r["status"] in ("ok", "crashed", "timeout", "invalid")
-        assert r["decision"] in ("baseline", "keep", "discard")
+        assert r["verdict"] in ("baseline", "keep", "discard")
         assert r["finished"]
     for r in rows[1:]:
         assert r["hypothesis"].startswith("Set ") and r["change_type"] == "parametric"
         if r["status"] == "ok":
-            assert {"delta", "sure", "sigma", "summary"} <= set(r["rule"])
+            assert {"delta", "sure", "sigma", "summary"} <= set(r["decision"])
     assert rows[0]["test_accuracy"] is not None  # held out, reported, never used to decide

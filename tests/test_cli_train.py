@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from infra.cli import app
+from app.cli import app
 from infra.settings import BASELINE_TRAIN_PY
 from tests.conftest import requires_bwrap, requires_real_data
 
 runner = CliRunner()
-AUTORESEARCH = [sys.executable, "-m", "infra.cli"]
+AUTORESEARCH = [sys.executable, "-m", "app.cli"]
 
 
 def run_cli(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -75,7 +75,8 @@ def test_baseline_end_to_end_on_real_data(tmp_path):
     for key in ("status", "reason", "val_accuracy", "val_loss", "epochs", "train_seconds", "wall_seconds", "log_path"):
         assert key in record
     assert record["status"] == "ok", record["reason"]
-    # learned (chance is 0.10); the baseline recipe is heavy-tailed (DESIGN.md: 0.761-0.846 over 6 seeds),
+    # learned (chance is 0.10); the baseline recipe is heavy-tailed (0.761-0.846 over 6 seeds, measured when the
+    # project began),
     # and each seed now has its own data order, so no single run can be held to the typical 0.84
     assert record["val_accuracy"] >= 0.70
     assert record["epochs"] >= 2
@@ -89,8 +90,12 @@ def test_baseline_end_to_end_on_real_data(tmp_path):
 def test_candidate_text_is_never_rich_markup(synthetic_data, tmp_path):
     """A crash reason (the candidate's own words) full of markup is printed as text, not interpreted."""
     bad = tmp_path / "markup.py"
-    bad.write_text("print('[link=https://evil.example/]click[/link] [blink]x[/blink]')\n"
-                   "raise RuntimeError('[/] [bold red]unbalanced[/bold')\n")
-    result = runner.invoke(app, ["train", str(bad), "--budget", "2", "--startup-allowance", "5", "--home", str(tmp_path)])
+    bad.write_text(
+        "print('[link=https://evil.example/]click[/link] [blink]x[/blink]')\n"
+        "raise RuntimeError('[/] [bold red]unbalanced[/bold')\n"
+    )
+    result = runner.invoke(
+        app, ["train", str(bad), "--budget", "2", "--startup-allowance", "5", "--home", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     assert "RuntimeError: [/] [bold red]unbalanced[/bold" in " ".join(result.output.split())

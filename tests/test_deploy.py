@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra.deployments import SILENCE_S
+from app.deployments import SILENCE_S
 from infra.experiment_config import ExperimentConfig
 from infra.prefect_server import credentials, free_port
 from infra.records import Verdict
@@ -30,15 +30,18 @@ from infra.store import Store
 from tests.conftest import requires_bwrap, requires_real_data
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "give exactly one of --cron"),
-    (["--cron", "0 22 * * *", "--interval", "10"], "give exactly one of --cron"),
-    (["--cron", "every night"], "--cron 'every night' is not a valid cron string"),
-    (["--interval", "0"], "--interval must be positive"),
-    (["--interval", "10", "--hours", "-1"], "--hours must be positive"),
-    (["--interval", "10", "--budget", "0"], "--budget: Input should be greater than 0"),
-    (["--interval", "10", "--until", "25:00"], "--until: '25:00' is not a time of day HH:MM"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "give exactly one of --cron"),
+        (["--cron", "0 22 * * *", "--interval", "10"], "give exactly one of --cron"),
+        (["--cron", "every night"], "--cron 'every night' is not a valid cron string"),
+        (["--interval", "0"], "--interval must be positive"),
+        (["--interval", "10", "--hours", "-1"], "--hours must be positive"),
+        (["--interval", "10", "--budget", "0"], "--budget: Input should be greater than 0"),
+        (["--interval", "10", "--until", "25:00"], "--until: '25:00' is not a time of day HH:MM"),
+    ],
+)
 def test_bad_deploy_input_fails_clearly(tmp_path, args, message):
     done = cli(tmp_path, "deploy", "--experiment", "night", *args)
     assert done.returncode == 2, done.stdout + done.stderr
@@ -51,8 +54,15 @@ def test_deploy_without_a_server_says_how_to_start_one(tmp_path):
 
 
 def cli(home: Path, *args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infra.cli", *args, "--home", str(home)], cwd=REPO_ROOT, env=env(home),
-                          capture_output=True, text=True, timeout=180, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args, "--home", str(home)],
+        cwd=REPO_ROOT,
+        env=env(home),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        **kwargs,
+    )
 
 
 def env(home: Path) -> dict[str, str]:
@@ -65,9 +75,31 @@ def start_deploy(home: Path, log: Path, *schedule: str) -> subprocess.Popen:
     """Its own session: the serving process and its flow-run subprocesses are one process group to kill."""
     with open(log, "a") as sink:
         return subprocess.Popen(
-            [sys.executable, "-m", "infra.cli", "deploy", "--experiment", "night", *(schedule or ("--interval", "10")),
-             "--iterations", "1", "--budget", "1", "--repeats", "1", "--proposer", "offline", "--home", str(home)],
-            cwd=REPO_ROOT, env=env(home), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "deploy",
+                "--experiment",
+                "night",
+                *(schedule or ("--interval", "10")),
+                "--iterations",
+                "1",
+                "--budget",
+                "1",
+                "--repeats",
+                "1",
+                "--proposer",
+                "offline",
+                "--home",
+                str(home),
+            ],
+            cwd=REPO_ROOT,
+            env=env(home),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -121,8 +153,11 @@ def started_ui(tmp_path: Path) -> tuple[Path, Path, API]:
 
 def flow_runs(api: API) -> list[dict]:
     """The runs that ran (not those a schedule left cancelled as a collision, which have a start time too)."""
-    return [r for r in api.post("flow_runs/filter", {"sort": "START_TIME_ASC"})
-            if r["start_time"] is not None and r["run_count"] > 0]
+    return [
+        r
+        for r in api.post("flow_runs/filter", {"sort": "START_TIME_ASC"})
+        if r["start_time"] is not None and r["run_count"] > 0
+    ]
 
 
 def logged(api: API, run_id: str) -> str:
@@ -138,6 +173,7 @@ def test_deploy_survives_sigkill_and_resumes(tmp_path):
     store = Store(f"sqlite:///{home / 'autoresearch.db'}")
     deploy = start_deploy(home, log)
     try:
+
         def rows():
             exp = store.experiment("night")
             return store.iterations(exp.id) if exp else []
@@ -157,8 +193,9 @@ def test_deploy_survives_sigkill_and_resumes(tmp_path):
 
         wait_for("the killed run marked Crashed", lambda: state_of(killed["id"]) == "CRASHED", SILENCE_S + 150, log)
         # a later run resumes: iteration 2 is run again, once, and finished
-        iteration_2 = wait_for("iteration 2 finished", lambda: next(
-            (r for r in rows() if r.index == 2 and r.finished_at), None), 240, log)
+        iteration_2 = wait_for(
+            "iteration 2 finished", lambda: next((r for r in rows() if r.index == 2 and r.finished_at), None), 240, log
+        )
         assert iteration_2.orchestrator_crashes == 1
         resumed = [r for r in flow_runs(api) if r["start_time"] > killed["start_time"] and r["id"] != killed["id"]]
         assert resumed and resumed[0]["deployment_id"] == killed["deployment_id"]
@@ -179,11 +216,11 @@ def test_deploy_survives_sigkill_and_resumes(tmp_path):
     finished = [r for r in rows() if r.finished_at]
     assert [r.index for r in finished] == list(range(len(finished))) and len(indices) - len(finished) <= 1
     # store, git and train.py agree, as the next run finds them: the last kill may have landed between a store
-    # write and its git commit, which every run's start (Run.sync) puts right before anything else
-    from flows.research import Run
+    # write and its git commit, which every run's start (Loop.sync) puts right before anything else
+    from flows.research import Loop
 
-    Run(ExperimentConfig(**store.experiment("night").config)).sync()
-    kept = [r for r in finished if Verdict(r.decision).kept]
+    Loop(ExperimentConfig(**store.experiment("night").config)).sync()
+    kept = [r for r in finished if Verdict(r.verdict).kept]
     ws = Workspace(home / "night")
     assert ws.committed_iterations() == [r.index for r in kept]
     assert ws.train_py.read_text() == kept[-1].code
@@ -201,8 +238,12 @@ def test_deploy_with_cron_uses_the_ui_server_and_its_runs_take_the_name_only(tmp
     cron = f"0 {(datetime.now(timezone.utc) + timedelta(hours=12)).hour} * * *"  # no scheduled run during the test
     deploy = start_deploy(home, log, "--cron", cron)
     try:
-        deployment = wait_for("the deployment on the ui server", lambda: next(
-            (d for d in api.post("deployments/filter") if d["name"] == "night"), None), 120, log)
+        deployment = wait_for(
+            "the deployment on the ui server",
+            lambda: next((d for d in api.post("deployments/filter") if d["name"] == "night"), None),
+            120,
+            log,
+        )
         assert [s["schedule"].get("cron") for s in deployment["schedules"]] == [cron]
         assert deployment["parameters"] == {"experiment": "night"}
         assert set(deployment["parameter_openapi_schema"]["properties"]) == {"experiment"}
@@ -224,8 +265,10 @@ def test_deploy_with_cron_uses_the_ui_server_and_its_runs_take_the_name_only(tmp
         extra = api.post(create, {"parameters": {"experiment": "night", "config": {"home": str(tmp_path / "x")}}})
         run = wait_for("the run given another parameter to end", lambda: ended(extra["id"]), 240, log)
         assert run["state_type"] in ("FAILED", "CRASHED") and run["run_count"] <= 1
-        assert "Function expects parameters ['experiment'] but was provided with parameters ['experiment', 'config']" \
+        assert (
+            "Function expects parameters ['experiment'] but was provided with parameters ['experiment', 'config']"
             in log.read_text()
+        )
         assert not (tmp_path / "x").exists() and not (home / "elsewhere").exists()
     finally:
         kill_group(deploy)

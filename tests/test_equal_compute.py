@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 import prepare
-from infra.sandbox import process_tree
 from infra import settings
+from infra.records import MeasuredRun, Status
+from infra.sandbox import process_tree
 from infra.sandbox.allowances import allowance_for
 from infra.sandbox.compute_record import compute_record, describe
 from infra.sandbox.evaluation import EVAL_STARTUP_CAP_S, eval_limits, inference_over_allowance
@@ -26,13 +27,21 @@ from tests.conftest import requires_bwrap
 # --- the clock -----------------------------------------------------------------------
 
 
-LIMITS = Limits(budget_s=10.0, startup_allowance_s=3.0, export_allowance_s=2.0, memory_cap_bytes=2**30, disk_cap_bytes=2**30,
-                max_files=100, cpu_threads=1)
+LIMITS = Limits(
+    budget_s=10.0,
+    startup_allowance_s=3.0,
+    export_allowance_s=2.0,
+    memory_cap_bytes=2**30,
+    disk_cap_bytes=2**30,
+    max_files=100,
+    cpu_threads=1,
+)
 
 
 def cpu_watchdog(threads: int = 2) -> Watchdog:
-    return Watchdog(launched=1000.0, limits=LIMITS if threads == 1 else replace(LIMITS, cpu_threads=threads),
-                    cpu_clock=True)
+    return Watchdog(
+        launched=1000.0, limits=LIMITS if threads == 1 else replace(LIMITS, cpu_threads=threads), cpu_clock=True
+    )
 
 
 def test_on_a_cpu_clock_the_budget_is_cpu_seconds_of_the_allotted_cores():
@@ -87,9 +96,17 @@ def test_a_wall_clock_is_unchanged_for_gpu_runs():
 
 def test_contended_means_the_rest_of_the_machine_left_too_little_and_the_clock_could_not_make_up():
     def record(threads=1, cpu=5.0, wall=60.0, delay=50.0, others=0.0, ceiling=True):
-        return compute_record(threads, cpu_seconds=cpu, wall_seconds=wall, run_delay_seconds=delay,
-                              others_busy_seconds=others, cores=2, load_start=3, load_end=4,
-                              stopped_by_wall_ceiling=ceiling)
+        return compute_record(
+            threads,
+            cpu_seconds=cpu,
+            wall_seconds=wall,
+            run_delay_seconds=delay,
+            others_busy_seconds=others,
+            cores=2,
+            load_start=3,
+            load_end=4,
+            stopped_by_wall_ceiling=ceiling,
+        )
 
     starved = record(others=1.8 * 60)  # other work used 1.8 of the 2 cores: 0.2 left for a run that needs 1
     assert starved.contended and starved.free_cores == pytest.approx(0.2) and starved.clock == "cpu"
@@ -99,20 +116,30 @@ def test_contended_means_the_rest_of_the_machine_left_too_little_and_the_clock_c
     assert self_made.waiting_share > 1 and not self_made.contended, "waiting behind itself is not the machine's load"
     assert not record(threads=2, others=0.4 * 60).contended, "1.6 free cores are 80% of 2"
     assert record(threads=2, others=0.6 * 60).contended, "1.4 free cores are 70% of 2"
-    assert not record(cpu=20, wall=20, others=1.9 * 20, ceiling=False).contended, \
+    assert not record(cpu=20, wall=20, others=1.9 * 20, ceiling=False).contended, (
         "a CPU clock makes up for the load: the run got its whole budget"
+    )
     gpu = record(threads=0, cpu=20, wall=20, others=1.5 * 20, ceiling=False)
     assert gpu.contended and gpu.clock == "wall", "on a wall clock, cores lost to other work are lost time"
-    assert "CONTENDED" in describe(gpu.as_dict()) and describe({}) == ""
+    assert "CONTENDED" in describe(gpu) and describe(None) == ""
 
 
 def test_a_run_that_sleeps_on_a_busy_machine_is_not_contended():
     """Found by the red team: the free cores alone judged a sleeper on a busy machine contended ("kept waiting
     for a CPU by the machine's load"), to be run twice more. It must also have waited for a CPU itself."""
+
     def stopped_by_the_ceiling(delay):  # 5 CPU s in 60 s wall, the rest of the machine using 1.8 of 2 cores
-        return compute_record(1, cpu_seconds=5.0, wall_seconds=60.0, run_delay_seconds=delay,
-                              others_busy_seconds=1.8 * 60, cores=2, load_start=3, load_end=4,
-                              stopped_by_wall_ceiling=True)
+        return compute_record(
+            1,
+            cpu_seconds=5.0,
+            wall_seconds=60.0,
+            run_delay_seconds=delay,
+            others_busy_seconds=1.8 * 60,
+            cores=2,
+            load_start=3,
+            load_end=4,
+            stopped_by_wall_ceiling=True,
+        )
 
     asleep = stopped_by_the_ceiling(delay=0.3)
     assert asleep.free_cores == pytest.approx(0.2) and not asleep.contended, "starved, but it never waited"
@@ -139,8 +166,9 @@ def test_training_budget_on_a_cpu_clock_counts_cpu_time_per_core(monkeypatch, ca
 
 def test_cpu_time_of_a_tree_includes_children_it_has_reaped(tmp_path):
     spin = "import time\nwhile time.process_time() < 1.0:\n    pass\n"
-    outer = subprocess.Popen([sys.executable, "-c",
-                              f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {spin!r}])\n"])
+    outer = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {spin!r}])\n"]
+    )
     os.waitid(os.P_PID, outer.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped: its stat still reads
     try:
         assert process_tree.cpu_seconds([outer.pid]) >= 0.8
@@ -184,23 +212,36 @@ def test_budget_clock_inside_a_process_counts_its_children():
         print("children counted:", prepare.run_cpu_seconds() - time.process_time() >= 0.8, flush=True)
         child.kill()
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
-                         cwd=Path(prepare.__file__).parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=Path(prepare.__file__).parent
+    )
     assert "children counted: True" in out.stdout, out.stderr
 
 
 def test_the_proposer_is_told_the_clock_and_the_compute_each_iteration_got():
-    from infra.proposers.llm import hardware_text, history_text
+    from infra.proposers.base import Hardware
+    from infra.proposers.situation import hardware_text, history_text
 
-    record = compute_record(1, cpu_seconds=9.0, wall_seconds=30.0, run_delay_seconds=20.0, others_busy_seconds=54.0,
-                            cores=2, load_start=2.5, load_end=3.0, stopped_by_wall_ceiling=True).as_dict()
-    text = history_text([make_record(3, status="timeout", decision="discard", epochs=4, hypothesis="wider",
-                                     runs=[{"seed": 3000, **record}])])
+    record = compute_record(
+        1,
+        cpu_seconds=9.0,
+        wall_seconds=30.0,
+        run_delay_seconds=20.0,
+        others_busy_seconds=54.0,
+        cores=2,
+        load_start=2.5,
+        load_end=3.0,
+        stopped_by_wall_ceiling=True,
+    )
+    starved = MeasuredRun(0, 3, 3, 3000, Status.TIMEOUT, None, compute=record)
+    text = history_text(
+        [make_record(3, status="timeout", verdict="discard", epochs=4, hypothesis="wider", runs=[starved])]
+    )
     assert "9.0 CPU s in 30.0 s wall, 30% of 1 cores" in text and "0.2 cores left free" in text
     assert "CONTENDED" in text and "| 4 |" in text
-    hardware = hardware_text({"device": "cpu", "budget_s": 120, "cpu_threads": 1})
+    hardware = hardware_text(Hardware("cpu", 120, cpu_threads=1))
     assert "120 s of CPU time on 1 allotted cores" in hardware
-    assert "of wall time" in hardware_text({"device": "cuda", "budget_s": 120, "cpu_threads": None})
+    assert "of wall time" in hardware_text(Hardware("cuda", 120, cpu_threads=None))
 
 
 # --- the measured runs ------------------------------------------------------------------
@@ -230,8 +271,10 @@ def test_the_same_candidate_does_the_same_work_on_a_busy_machine(tmp_path):
     quiet = train_candidate(FIXED_WORK, tmp_path / "quiet", limits, seed=1)
     # each in a session of its own: with autogroup scheduling a session shares one fair slice, and the
     # sandboxed run is a session of its own too
-    hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], start_new_session=True)
-            for _ in range(len(os.sched_getaffinity(0)) + 1)]
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", BUSY_LOOP], start_new_session=True)
+        for _ in range(len(os.sched_getaffinity(0)) + 1)
+    ]
     try:
         busy = train_candidate(FIXED_WORK, tmp_path / "busy", limits, seed=1)
     finally:
@@ -239,15 +282,15 @@ def test_the_same_candidate_does_the_same_work_on_a_busy_machine(tmp_path):
             hog.kill()
             hog.wait()
     assert quiet.status == busy.status == "ok", (quiet.reason, busy.reason)
-    assert busy.compute["core_share"] < 0.9, f"the machine was not busy: {busy.compute}"
+    assert busy.compute.core_share < 0.9, f"the machine was not busy: {busy.compute}"
     assert busy.epochs >= 0.8 * quiet.epochs, (quiet.epochs, busy.epochs, quiet.compute, busy.compute)
     # A "quiet" run beside a process another user left running is not quiet: a busy sibling core slowed its CPU
     # seconds by a third here (65 epochs against about 100 alone), so the busy run may then do relatively more.
-    shared = quiet.compute["free_cores"] < len(os.sched_getaffinity(0)) - 0.5
+    shared = quiet.compute.free_cores < len(os.sched_getaffinity(0)) - 0.5
     assert busy.epochs <= (1.5 if shared else 1.25) * quiet.epochs, (quiet.epochs, busy.epochs, quiet.compute)
     for result in (quiet, busy):
-        assert result.compute["clock"] == "cpu" and result.compute["threads"] == 1
-        assert result.compute["cpu_seconds"] <= limits.startup_allowance_s + limits.budget_s + limits.export_allowance_s
+        assert result.compute.clock == "cpu" and result.compute.threads == 1
+        assert result.compute.cpu_seconds <= limits.startup_allowance_s + limits.budget_s + limits.export_allowance_s
 
 
 def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeypatch, tmp_path):
@@ -261,11 +304,24 @@ def test_a_contended_measurement_is_run_again_and_every_attempt_recorded(monkeyp
     def fake_train(code, run_dir, limits, seed, iteration, device, slot):
         calls.append(seed)
         contended = next(outcomes)
-        return TrialResult(status="timeout" if contended else "ok", reason="", val_accuracy=None, val_loss=None,
-                           epochs=3, train_seconds=1.0, wall_seconds=2.0, peak_memory_bytes=0, exit_code=0,
-                           signal=None, log_path="", run_dir=str(run_dir), isolated=True,
-                           compute=compute_record(1, 1.0, 60.0, 55.0, (1.9 if contended else 0.0) * 60, 2, 2.0, 2.0,
-                                                  stopped_by_wall_ceiling=contended).as_dict())
+        return TrialResult(
+            status="timeout" if contended else "ok",
+            reason="",
+            val_accuracy=None,
+            val_loss=None,
+            epochs=3,
+            train_seconds=1.0,
+            wall_seconds=2.0,
+            peak_memory_bytes=0,
+            exit_code=0,
+            signal=None,
+            log_path="",
+            run_dir=str(run_dir),
+            isolated=True,
+            compute=compute_record(
+                1, 1.0, 60.0, 55.0, (1.9 if contended else 0.0) * 60, 2, 2.0, 2.0, stopped_by_wall_ceiling=contended
+            ),
+        )
 
     monkeypatch.setattr(measuring, "sandboxed_train", fake_train)
     monkeypatch.setattr(measuring, "evaluate", lambda trained, *args: trained)
@@ -304,7 +360,8 @@ def test_inference_within_its_allowance_per_ten_thousand_images_is_ok():
     assert inference_over_allowance(1.6, 2_000, 8.0) is None  # the allowance scales with the images: 1.6 s for 2,000
     over = inference_over_allowance(1.7, 2_000, 8.0)
     assert over is not None and over.startswith(
-        "inference took 1.7 CPU s for 2,000 images, over the allowance of 8 CPU s per 10,000 images")
+        "inference took 1.7 CPU s for 2,000 images, over the allowance of 8 CPU s per 10,000 images"
+    )
     assert "14.2 CPU s for 10,000 images, over the allowance of 6 CPU s" in inference_over_allowance(14.2, 10_000, 6.0)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from pydantic import ValidationError
 
-from infra.experiment_config import ExperimentConfig, default, explain
+from app.cli import run
+from infra.experiment_config import ExperimentConfig, explain
 from infra.settings import BASELINE_TRAIN_PY
 
 
@@ -14,32 +17,38 @@ def test_defaults_live_in_one_place_and_fill_where_results_go(tmp_path, monkeypa
     monkeypatch.delenv("AUTORESEARCH_DB_URL", raising=False)
     cfg = ExperimentConfig()
     assert (cfg.name, cfg.iterations, cfg.budget_s, cfg.repeats, cfg.proposer) == ("default", 20, 120.0, 2, "offline")
-    assert default("iterations") == 20 and default("budget_s") == 120.0
+    options = inspect.signature(run).parameters  # the CLI's options take the field's default and help text
+    assert options["iterations"].default.default == 20 and options["budget_s"].default.default == 120.0
+    assert options["budget_s"].default.help == ExperimentConfig.model_fields["budget_s"].description
     assert cfg.home == str(tmp_path / "home") and cfg.db_url == f"sqlite:///{tmp_path / 'home' / 'autoresearch.db'}"
     assert not cfg.language_model and ExperimentConfig(proposer="claude").language_model
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("repeats", 0, "greater than or equal to 1"),
-    ("iterations", -1, "greater than or equal to 0"),
-    ("budget_s", 0, "greater than 0"),
-    ("revise_every", 0, "greater than or equal to 1"),
-    ("cpu_threads", 0, "greater than or equal to 1"),
-    ("max_cost", -1.0, "greater than 0"),
-    ("name", "../etc", "invalid experiment name"),
-    ("proposer", "gpt5", "unknown proposer 'gpt5'"),
-    ("rule", {"confidense": 0.9}, "unknown acceptance rule setting"),
-    ("baseline_path", "/no/such/train.py", "no such baseline file"),
-    ("program_path", "/no/such/program.md", "program.md"),
-    ("budget", 10, "Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("repeats", 0, "greater than or equal to 1"),
+        ("iterations", -1, "greater than or equal to 0"),
+        ("budget_s", 0, "greater than 0"),
+        ("revise_every", 0, "greater than or equal to 1"),
+        ("cpu_threads", 0, "greater than or equal to 1"),
+        ("max_cost", -1.0, "greater than 0"),
+        ("name", "../etc", "invalid experiment name"),
+        ("proposer", "gpt5", "unknown proposer 'gpt5'"),
+        ("rule", {"confidense": 0.9}, "unknown acceptance rule setting"),
+        ("baseline_path", "/no/such/train.py", "no such baseline file"),
+        ("program_path", "/no/such/program.md", "program.md"),
+        ("budget", 10, "Extra inputs are not permitted"),
+    ],
+)
 def test_every_bad_value_is_refused_by_name_before_anything_runs(field, value, message):
     with pytest.raises(ValidationError) as caught:
         ExperimentConfig(**{field: value})
     text = explain(caught.value)
     assert text.startswith(f"{field}: ") and message in text
     assert explain(caught.value, {"name": "--experiment"}).startswith(
-        "--experiment: " if field == "name" else f"--{field.replace('_', '-')}: ")
+        "--experiment: " if field == "name" else f"--{field.replace('_', '-')}: "
+    )
 
 
 def test_a_baseline_that_does_not_compile_is_refused(tmp_path):

@@ -45,8 +45,7 @@ pytestmark = requires_bwrap
 
 # Small budget; the allowances leave room for torch's import and the export on a loaded 2-core machine.
 # One allotted core: on a CPU clock a single-threaded candidate then reaches its limits as fast as on the wall.
-LIMITS = Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=6 * 2**30,
-                cpu_threads=1)
+LIMITS = Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=6 * 2**30, cpu_threads=1)
 # Generous bound on the whole trial: hard limit + evaluation.
 WALL_BOUND_S = LIMITS.hard_limit_s + 60
 QUICK = Limits(budget_s=1, startup_allowance_s=3, export_allowance_s=2, memory_cap_bytes=6 * 2**30, cpu_threads=1)
@@ -65,7 +64,7 @@ def probes(result) -> dict:
     found = {}
     for line in Path(result.log_path).read_text().splitlines():
         if line.startswith("probe: "):
-            found.update(json.loads(line[len("probe: "):]))
+            found.update(json.loads(line[len("probe: ") :]))
     return found
 
 
@@ -88,7 +87,9 @@ def sandbox_user_processes() -> list[int]:
 
 
 def describe(pids: list[int]) -> list[str]:
-    return [Path(f"/proc/{pid}/stat").read_text()[:200] if Path(f"/proc/{pid}").exists() else f"{pid} gone" for pid in pids]
+    return [
+        Path(f"/proc/{pid}/stat").read_text()[:200] if Path(f"/proc/{pid}").exists() else f"{pid} gone" for pid in pids
+    ]
 
 
 @pytest.fixture(autouse=True)
@@ -111,6 +112,7 @@ def host_stays_intact(synthetic_data, tmp_path):
 
 # --- honest and plainly broken candidates --------------------------------------
 
+
 def test_honest_baseline_is_ok_on_learnable_data(tmp_path):
     result = trial(tmp_path, "", header=(REPO_ROOT / "baseline" / "train.py").read_text())
     assert result.status == "ok", result.reason
@@ -128,33 +130,41 @@ def test_syntax_error_is_invalid_and_never_runs(tmp_path):
 
 
 def test_exception_mid_training_is_crashed_with_its_error(tmp_path):
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         budget = TrainingBudget()
         for epoch in range(3):
             print(f"epoch {epoch}", flush=True)
             if epoch == 2:
                 raise ZeroDivisionError("division by zero in epoch 2")
-    """)
+    """,
+    )
     assert result.status == "crashed"
     assert "ZeroDivisionError: division by zero in epoch 2" in result.reason
     assert result.exit_code == 1
 
 
 def test_nan_loss_model_is_invalid(tmp_path):
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         budget = TrainingBudget()
         model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
         with torch.no_grad():
             model[1].weight.fill_(float("nan"))  # what lr=1e10 does after a few steps
         print("loss: nan", flush=True)
         save_model(model)
-    """)
+    """,
+    )
     assert result.status == "invalid"
     assert "NaN or infinity" in result.reason
 
 
 def test_fake_printed_accuracy_is_never_the_metric(tmp_path):
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         budget = TrainingBudget()
         model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
         with torch.no_grad():
@@ -163,7 +173,8 @@ def test_fake_printed_accuracy_is_never_the_metric(tmp_path):
         print("val_accuracy: 0.9990", flush=True)
         print("accuracy: 99.9%", flush=True)
         save_model(model)
-    """)
+    """,
+    )
     _, labels = prepare.load_split_uint8("val")
     assert result.status == "ok"
     assert result.val_accuracy == pytest.approx((labels == 0).float().mean().item())
@@ -171,11 +182,14 @@ def test_fake_printed_accuracy_is_never_the_metric(tmp_path):
 
 
 def test_never_saving_a_model_is_invalid(tmp_path):
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         budget = TrainingBudget()
         print("epoch 1 done", flush=True)
         budget.report()
-    """)
+    """,
+    )
     assert result.status == "invalid"
     assert "no model saved" in result.reason and "save_model" in result.reason
     assert result.epochs == 0
@@ -189,9 +203,12 @@ def test_wrong_output_shape_is_invalid(tmp_path):
 
 # --- 1. no privileges: nothing mounted can be remounted, unmounted or written ----
 
+
 def test_the_candidate_has_no_privileges_and_cannot_change_its_mounts(tmp_path):
     site_packages = next(p for p in map(Path, os.sys.path) if p.name == "site-packages")
-    result = trial(tmp_path, f"""
+    result = trial(
+        tmp_path,
+        f"""
         import ctypes, os
         libc = ctypes.CDLL(None, use_errno=True)
         def errno_of(call, *args):
@@ -200,7 +217,7 @@ def test_the_candidate_has_no_privileges_and_cannot_change_its_mounts(tmp_path):
         split = os.environ["AUTORESEARCH_TRAIN_SPLIT"]
         attempts = {{}}
         for name, path in [("split", split), ("prepare", {str(PREPARE_PY)!r}),
-                           ("site_packages", {str(site_packages / 'evil.pth')!r}), ("etc", "/etc/evil")]:
+                           ("site_packages", {str(site_packages / "evil.pth")!r}), ("etc", "/etc/evil")]:
             try:
                 open(path, "ab").write(b"import os")
                 attempts[name] = "written"
@@ -229,7 +246,9 @@ def test_the_candidate_has_no_privileges_and_cannot_change_its_mounts(tmp_path):
             datasets_after=os.listdir("/usr/share/datasets") if os.path.isdir("/usr/share/datasets") else None,
             attempts=attempts,
         )
-    """, header="")
+    """,
+        header="",
+    )
     found = probes(result)
     assert found["uid"] == sandbox_identity.INSIDE_UID and found["gid"] == sandbox_identity.INSIDE_UID
     assert int(found["cap_eff"], 16) == 0 and int(found["cap_bnd"], 16) == 0 and found["no_new_privs"] == "1"
@@ -255,7 +274,9 @@ def test_validation_and_test_data_are_unreachable(tmp_path):
         os.environ["AUTORESEARCH_DATA_DIR"] + "/t10k-labels-idx1-ubyte.gz",
         str(REPO_ROOT / "infra" / "trial.py"),
     ]
-    result = trial(tmp_path, f"""
+    result = trial(
+        tmp_path,
+        f"""
         readable = []
         for path in {targets!r}:
             try:
@@ -265,7 +286,8 @@ def test_validation_and_test_data_are_unreachable(tmp_path):
                 pass
         probe(readable=readable)
         load_split("val")
-    """)
+    """,
+    )
     assert probes(result)["readable"] == []
     assert result.status == "crashed"
     assert "PermissionError" in result.reason and "'val' split is not available" in result.reason
@@ -274,10 +296,18 @@ def test_validation_and_test_data_are_unreachable(tmp_path):
 def test_writes_outside_the_work_directory_fail(tmp_path, host_stays_intact):
     outside_home = Path.home() / f".autoresearch-probe-{uuid.uuid4().hex[:8]}"  # not mounted at all
     outside_home.write_text("original")
-    targets = [str(PREPARE_PY), str(outside_home), "/usr/evil.txt", "/etc/evil.txt", "/evil.txt",
-               str(host_stays_intact)]
+    targets = [
+        str(PREPARE_PY),
+        str(outside_home),
+        "/usr/evil.txt",
+        "/etc/evil.txt",
+        "/evil.txt",
+        str(host_stays_intact),
+    ]
     try:
-        result = trial(tmp_path, f"""
+        result = trial(
+            tmp_path,
+            f"""
             written = []
             for path in {targets!r}:
                 try:
@@ -287,7 +317,9 @@ def test_writes_outside_the_work_directory_fail(tmp_path, host_stays_intact):
                 except OSError:
                     pass
             probe(written=written)
-        """, header="")
+        """,
+            header="",
+        )
         # the canary's path is under /tmp: inside, that is the sandbox's private /tmp (bounded, discarded)
         assert [w for w in probes(result)["written"] if not w.startswith("/tmp/")] == []
         assert outside_home.read_text() == "original"
@@ -315,10 +347,14 @@ def test_network_connections_are_blocked(tmp_path):
     thread = threading.Thread(target=accept_loop, daemon=True)
     thread.start()
     try:
-        result = trial(tmp_path, f"""
+        result = trial(
+            tmp_path,
+            f"""
             import socket
             socket.create_connection(("127.0.0.1", {port}), timeout=3).sendall(b"leak")
-        """, header="")
+        """,
+            header="",
+        )
     finally:
         stop.set()
         thread.join()
@@ -330,15 +366,19 @@ def test_network_connections_are_blocked(tmp_path):
 
 # --- 2. the artifact is never unpickled, evaluated or imported ---------------------
 
+
 def test_a_pickled_artifact_is_rejected_without_running_it(tmp_path):
     marker = f"PWNED-{uuid.uuid4().hex[:8]}"
-    result = trial(tmp_path, f"""
+    result = trial(
+        tmp_path,
+        f"""
         import os
         class Payload:
             def __reduce__(self):
                 return (os.system, ("echo {marker}-from-$$",))
         torch.save({{"weights": Payload()}}, "{prepare.MODEL_ARTIFACT}")
-    """)
+    """,
+    )
     assert result.status == "invalid"
     assert "could not load model artifact" in result.reason and "not a safetensors" in result.reason
     eval_log = (tmp_path / "run" / "eval" / "eval.log").read_text()
@@ -346,34 +386,45 @@ def test_a_pickled_artifact_is_rejected_without_running_it(tmp_path):
 
 
 def test_a_torch_export_archive_is_rejected(tmp_path):
-    result = trial(tmp_path, f"""
+    result = trial(
+        tmp_path,
+        f"""
         model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
         program = torch.export.export(model, (torch.zeros(2, 1, 28, 28),))
         torch.export.save(program, "{prepare.MODEL_ARTIFACT}")
-    """)
+    """,
+    )
     assert result.status == "invalid"
     assert "could not load model artifact" in result.reason
 
 
-@pytest.mark.parametrize("target, message", [
-    ("aten.from_file.default", "is not a core ATen operator"),
-    ("builtins.eval", "only core ATen operators"),
-    ("aten.__class__.__init__", "only core ATen operators"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("aten.from_file.default", "is not a core ATen operator"),
+        ("builtins.eval", "only core ATen operators"),
+        ("aten.__class__.__init__", "only core ATen operators"),
+    ],
+)
 def test_a_graph_naming_anything_but_core_aten_is_rejected(tmp_path, target, message):
-    result = trial(tmp_path, f"""
+    result = trial(
+        tmp_path,
+        f"""
         import json
         from safetensors.torch import save_file
         graph = [{{"name": "x", "op": "placeholder", "tensor": None}},
                  {{"name": "y", "op": "call", "target": {target!r}, "args": ["/proc/self/environ"], "kwargs": {{}}}},
                  {{"name": "out", "op": "output", "value": {{"node": "y"}}}}]
-        save_file({{}}, "{prepare.MODEL_ARTIFACT}", metadata={{"format": "{prepare.ARTIFACT_FORMAT}", "graph": json.dumps(graph)}})
-    """)
+        save_file({{}}, "{prepare.MODEL_ARTIFACT}",
+                  metadata={{"format": "{prepare.ARTIFACT_FORMAT}", "graph": json.dumps(graph)}})
+    """,
+    )
     assert result.status == "invalid"
     assert message in result.reason
 
 
 # --- 3. links, FIFOs and directories are never followed or trusted -------------
+
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "directory", "hardlink"])
 def test_a_model_that_is_not_a_regular_file_is_invalid(tmp_path, kind):
@@ -384,13 +435,17 @@ def test_a_model_that_is_not_a_regular_file_is_invalid(tmp_path, kind):
         "hardlink": f"os.link(os.environ['AUTORESEARCH_TRAIN_SPLIT'], '{prepare.MODEL_ARTIFACT}')",
     }[kind]
     started = time.monotonic()
-    result = trial(tmp_path, f"""
+    result = trial(
+        tmp_path,
+        f"""
         import os
         try:
             {make}
         except OSError as exc:
             probe(error=exc.strerror)
-    """, header="")
+    """,
+        header="",
+    )
     assert result.status == "invalid"
     if kind == "hardlink":  # across mounts: the kernel refuses; nothing was saved
         assert probes(result)["error"] == "Invalid cross-device link" and "no model saved" in result.reason
@@ -401,7 +456,9 @@ def test_a_model_that_is_not_a_regular_file_is_invalid(tmp_path, kind):
 
 def test_names_of_orchestrator_files_in_the_work_directory_change_nothing(tmp_path, host_stays_intact):
     canary = host_stays_intact
-    result = trial(tmp_path, f"""
+    result = trial(
+        tmp_path,
+        f"""
         import os
         for name in ("train.log", "eval", "logits.npy", "images.npy", "eval.log", "seed-1001", "test-eval", "data"):
             os.symlink({str(canary)!r}, name)
@@ -409,10 +466,11 @@ def test_names_of_orchestrator_files_in_the_work_directory_change_nothing(tmp_pa
         os.mkfifo("fifo")
         print("wrote the traps", flush=True)
         {SAVE_LINEAR}
-    """)
+    """,
+    )
     assert result.status == "ok", result.reason
     run = tmp_path / "run"
-    log = (run / "train.log")
+    log = run / "train.log"
     assert log.is_file() and not log.is_symlink() and "wrote the traps" in log.read_text()
     assert (run / "eval" / "eval.log").is_file() and not (run / "eval").is_symlink()
     assert canary.read_text() == "original"
@@ -432,8 +490,11 @@ def test_the_run_directory_cannot_be_a_link_left_by_an_earlier_attempt(tmp_path,
 
 # --- 4. output is data: it never crashes, floods or injects ---------------------
 
+
 def test_malformed_output_is_bounded_data(tmp_path):
-    result = trial(tmp_path, f"""
+    result = trial(
+        tmp_path,
+        f"""
         import sys
         print("epochs: 99999999999999999999999", flush=True)
         print("epochs: \\u00b2", flush=True)
@@ -442,7 +503,8 @@ def test_malformed_output_is_bounded_data(tmp_path):
         sys.stdout.buffer.write(b"x" * 3_000_000 + b"\\n")
         sys.stdout.flush()
         {SAVE_LINEAR}
-    """)
+    """,
+    )
     assert result.status == "ok", result.reason
     assert result.epochs is None  # none of those lines is a valid epoch count
     text = (tmp_path / "run" / "train.log").read_text()
@@ -455,7 +517,9 @@ def test_an_output_flood_leaves_the_orchestrator_and_the_log_small(tmp_path):
     clear_refs = Path("/proc/self/clear_refs")
     clear_refs.write_text("5")  # reset this process's peak RSS (VmHWM)
     rss_before = process_tree.rss_bytes([os.getpid()])
-    result = trial(tmp_path, f"""
+    result = trial(
+        tmp_path,
+        f"""
         import sys
         line = "y" * (2**30)
         sys.stdout.write(line)   # one 1 GiB line
@@ -465,7 +529,8 @@ def test_an_output_flood_leaves_the_orchestrator_and_the_log_small(tmp_path):
             sys.stdout.write(chunk)
         sys.stdout.flush()
         {SAVE_LINEAR}
-    """)
+    """,
+    )
     status = Path("/proc/self/status").read_text()
     peak = int(status.split("VmHWM:")[1].split()[0]) * 1024
     assert result.status == "ok", result.reason
@@ -477,14 +542,19 @@ def test_an_output_flood_leaves_the_orchestrator_and_the_log_small(tmp_path):
 
 # --- 5. the budget is the orchestrator's -----------------------------------------
 
+
 def test_budget_ignoring_sigterm_catching_loop_is_killed_at_its_deadline(tmp_path):
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         import signal, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         budget = TrainingBudget()
         while True:  # never asks the budget, never stops
             pass
-    """, limits=QUICK)
+    """,
+        limits=QUICK,
+    )
     assert result.status == "timeout"
     assert "SIGKILL" in result.reason and "past its deadline" in result.reason
     assert result.signal == 9
@@ -501,8 +571,13 @@ def measured(tmp_path_factory) -> Limits:
         got = measure_allowances(tmp / "probe", "cpu", memory_cap_bytes=6 * 2**30, cpu_threads=1)
     print(f"measured: {got}")
     assert got.clock == "cpu" and got.measured_startup_s > 0 and got.measured_export_s > 0
-    return Limits(budget_s=1, startup_allowance_s=got.startup_s, export_allowance_s=got.export_s,
-                  memory_cap_bytes=6 * 2**30, cpu_threads=1)
+    return Limits(
+        budget_s=1,
+        startup_allowance_s=got.startup_s,
+        export_allowance_s=got.export_s,
+        memory_cap_bytes=6 * 2**30,
+        cpu_threads=1,
+    )
 
 
 def _train_into_the_export_allowance(stop_at: str) -> str:
@@ -531,16 +606,19 @@ def test_time_after_the_deadline_buys_at_most_the_export_allowance(tmp_path, mea
     after its deadline and saves at the last moment gets at most the measured export allowance, and ends
     `timeout` if it misjudges."""
     allowance = measured.export_allowance_s
-    result = trial(tmp_path, _train_into_the_export_allowance(f"deadline + {allowance} - 2 * export - 0.3"),
-                   limits=measured)
+    result = trial(
+        tmp_path, _train_into_the_export_allowance(f"deadline + {allowance} - 2 * export - 0.3"), limits=measured
+    )
     found = probes(result)
     deadline_cpu = found["deadline"]  # one core: budget_clock() is the run's CPU time
-    print(f"export allowance {allowance} CPU s; the cheater stopped training {found['stopped'] - deadline_cpu:+.2f} "
-          f"CPU s after its deadline and exited {result.compute['cpu_seconds'] - deadline_cpu:+.2f} after it "
-          f"({result.status}: {result.reason})")
+    print(
+        f"export allowance {allowance} CPU s; the cheater stopped training {found['stopped'] - deadline_cpu:+.2f} "
+        f"CPU s after its deadline and exited {result.compute.cpu_seconds - deadline_cpu:+.2f} after it "
+        f"({result.status}: {result.reason})"
+    )
     assert result.status in ("ok", "timeout"), result.reason
     if result.status == "ok":  # the CPU time read from the exited process: exact, whatever the poll saw
-        assert result.compute["cpu_seconds"] <= deadline_cpu + allowance + 0.01  # 0.01: the record's rounding
+        assert result.compute.cpu_seconds <= deadline_cpu + allowance + 0.01  # 0.01: the record's rounding
     else:
         assert "export allowance" in result.reason, result.reason
 
@@ -563,7 +641,7 @@ def test_an_honest_baseline_is_ok_under_the_measured_allowances(tmp_path, measur
     result = trial(tmp_path, "", header=(REPO_ROOT / "baseline" / "train.py").read_text(), limits=measured)
     assert result.status == "ok", result.reason
     assert result.epochs >= 1
-    assert result.compute["cpu_seconds"] <= measured.startup_allowance_s + measured.budget_s + measured.export_allowance_s
+    assert result.compute.cpu_seconds <= measured.startup_allowance_s + measured.budget_s + measured.export_allowance_s
 
 
 def test_no_budget_marker_still_killed_at_hard_limit(tmp_path):
@@ -613,6 +691,7 @@ def test_setsid_children_do_not_outlive_the_run(tmp_path, monkeypatch, sandbox_m
 
 # --- 5b. inference is budgeted too -----------------------------------------------
 
+
 def _nearest_neighbours(copies: int) -> str:
     """A kNN with no training (red team: 0.86 on Fashion-MNIST): the training split, `copies` times over, is the
     model's weight; distances by one matmul. Only evaluation-time compute makes it work."""
@@ -651,13 +730,20 @@ INFERENCE = replace(LIMITS, inference_allowance_s=0.5)
 
 def test_inference_over_its_allowance_is_invalid_and_an_honest_model_within_it_is_ok(tmp_path):
     val = ten_thousand_val()
-    knn = run_trial(HEADER + PROBE + textwrap.dedent(_nearest_neighbours(copies=20)), tmp_path / "knn", INFERENCE,
-                    val=val)
+    knn = run_trial(
+        HEADER + PROBE + textwrap.dedent(_nearest_neighbours(copies=20)), tmp_path / "knn", INFERENCE, val=val
+    )
     linear = run_trial(HEADER + SAVE_LINEAR, tmp_path / "linear", INFERENCE, val=val)
-    print(f"stored {probes(knn)['stored']} images: kNN {knn.inference_seconds} CPU s, linear {linear.inference_seconds} CPU s")
+    print(
+        f"stored {probes(knn)['stored']} images: kNN {knn.inference_seconds} CPU s, "
+        f"linear {linear.inference_seconds} CPU s"
+    )
     assert knn.status == "invalid", knn.reason
-    assert re.fullmatch(r"inference took \d+\.\d CPU s for 10,000 images, over the allowance of 0\.5 CPU s per "
-                        r"10,000 images \(one core\).*", knn.reason), knn.reason
+    assert re.fullmatch(
+        r"inference took \d+\.\d CPU s for 10,000 images, over the allowance of 0\.5 CPU s per "
+        r"10,000 images \(one core\).*",
+        knn.reason,
+    ), knn.reason
     assert knn.inference_seconds > INFERENCE.inference_allowance_s
     held_out = score_artifact(Path(knn.run_dir), *val, INFERENCE, name="test-eval")  # the test-set report's path
     assert not held_out.ok and held_out.reason.startswith("inference took "), held_out.reason
@@ -671,14 +757,21 @@ def test_inference_is_killed_at_the_start_up_cap_plus_its_allowance(tmp_path, mo
     import infra.sandbox.evaluation as evaluation
 
     monkeypatch.setattr(evaluation, "EVAL_STARTUP_CAP_S", 6.0)  # the interpreter, torch and the model: 1.5-3 CPU s
-    knn = run_trial(HEADER + PROBE + textwrap.dedent(_nearest_neighbours(copies=100)), tmp_path / "knn", INFERENCE,
-                    val=ten_thousand_val())
+    knn = run_trial(
+        HEADER + PROBE + textwrap.dedent(_nearest_neighbours(copies=100)),
+        tmp_path / "knn",
+        INFERENCE,
+        val=ten_thousand_val(),
+    )
     assert knn.status == "invalid", knn.reason
-    assert knn.reason.startswith("killed: inference took ") and "over the allowance of 0.5 CPU s" in knn.reason, knn.reason
+    assert knn.reason.startswith("killed: inference took ") and "over the allowance of 0.5 CPU s" in knn.reason, (
+        knn.reason
+    )
     assert knn.inference_seconds > INFERENCE.inference_allowance_s
 
 
 # --- 6. limits that are limits -----------------------------------------------------
+
 
 def test_memory_past_the_cap_is_crashed_with_reason(tmp_path):
     limits = Limits(budget_s=2, startup_allowance_s=20, export_allowance_s=2, memory_cap_bytes=2**30)
@@ -693,11 +786,15 @@ def test_watchdog_kills_on_tree_rss_without_rlimit(tmp_path):
     workdir.mkdir()
     sandbox_identity.give_to_sandbox(workdir)
     grow = "import time\nhold = []\nwhile True:\n    hold.append(b'x' * 50_000_000)\n    time.sleep(0.05)\n"
-    outcome = run_sandboxed(SandboxJob(
-        argv=[os.sys.executable, "-c", grow], workdir=workdir, log_path=tmp_path / "log",
-        limits=Limits(budget_s=30, startup_allowance_s=0, export_allowance_s=0, memory_cap_bytes=512 * 2**20),
-        cap_address_space=False,
-    ))
+    outcome = run_sandboxed(
+        SandboxJob(
+            argv=[os.sys.executable, "-c", grow],
+            workdir=workdir,
+            log_path=tmp_path / "log",
+            limits=Limits(budget_s=30, startup_allowance_s=0, export_allowance_s=0, memory_cap_bytes=512 * 2**20),
+            cap_address_space=False,
+        )
+    )
     assert outcome.killed_for == "memory"  # by the watchdog, or by the kernel in the run's memory cgroup
     assert outcome.peak_rss_bytes < 2 * 2**30
     assert outcome.wall_seconds < 20
@@ -707,9 +804,14 @@ def test_watchdog_kills_on_tree_rss_without_rlimit(tmp_path):
 def test_private_tmpfs_and_memfd_count_against_the_memory_cap(tmp_path, where):
     """Pages in the private /tmp and /dev/shm, or in a memfd, are in no process's RSS: they must still count.
     (Each tmpfs is also bounded by the cap itself: a single one fills up with ENOSPC first.)"""
-    opener = ("os.fdopen(os.memfd_create('hoard'), 'wb')" if where == "memfd"
-              else "open(('/tmp', '/dev/shm')[i % 2] + f'/hoard-{i}', 'wb')")
-    result = trial(tmp_path, f"""
+    opener = (
+        "os.fdopen(os.memfd_create('hoard'), 'wb')"
+        if where == "memfd"
+        else "open(('/tmp', '/dev/shm')[i % 2] + f'/hoard-{i}', 'wb')"
+    )
+    result = trial(
+        tmp_path,
+        f"""
         import os, time
         held = []
         chunk = b"m" * (64 * 2**20)
@@ -720,7 +822,10 @@ def test_private_tmpfs_and_memfd_count_against_the_memory_cap(tmp_path, where):
             held.append(f)
         probe(wrote=len(held))
         time.sleep(30)
-    """, limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**30), header="")
+    """,
+        limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**30),
+        header="",
+    )
     assert result.status == "crashed", result.reason
     assert "exceeded the memory cap of 1.00 GiB" in result.reason
 
@@ -728,12 +833,16 @@ def test_private_tmpfs_and_memfd_count_against_the_memory_cap(tmp_path, where):
 def test_sysv_shared_memory_is_unavailable(tmp_path):
     if not sandbox_identity.as_root():
         pytest.skip("the private IPC namespace without shared memory is made by a root orchestrator")
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         segment = libc.shmget(0, 2**30, 0o1600)  # IPC_PRIVATE | IPC_CREAT | 0600
         probe(segment=segment, errno=ctypes.get_errno())
-    """, header="")
+    """,
+        header="",
+    )
     found = probes(result)
     assert found["segment"] == -1 and found["errno"] == 28  # ENOSPC: no segments allowed at all
 
@@ -741,7 +850,9 @@ def test_sysv_shared_memory_is_unavailable(tmp_path):
 def test_processes_and_threads_are_limited(tmp_path):
     if not sandbox_identity.as_root():
         pytest.skip("the per-sandbox task limit is set by a root orchestrator")
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         import threading, time
         started = 0
         try:
@@ -750,30 +861,43 @@ def test_processes_and_threads_are_limited(tmp_path):
                 started += 1
         except RuntimeError as exc:
             probe(started=started, error=str(exc))
-    """, header="")
+    """,
+        header="",
+    )
     found = probes(result)
     assert found["started"] < MAX_TASKS and "can't start new thread" in found["error"]
 
 
 def test_too_many_files_in_the_work_directory_is_killed(tmp_path):
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         import time
         for i in range(100_000):
             open(f"f{i}", "w").close()
         time.sleep(30)
-    """, limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**31, max_files=2000), header="")
+    """,
+        limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**31, max_files=2000),
+        header="",
+    )
     assert result.status == "crashed"
     assert "disk cap" in result.reason and "2000 files" in result.reason
 
 
 def test_a_file_larger_than_the_disk_cap_cannot_be_written(tmp_path):
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         import signal
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so the write fails instead of killing the process
         with open("big.bin", "wb") as f:
             f.write(b"d" * (80 * 2**20))
-    """, limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**31,
-                       disk_cap_bytes=64 * 2**20), header="")
+    """,
+        limits=Limits(
+            budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**31, disk_cap_bytes=64 * 2**20
+        ),
+        header="",
+    )
     assert result.status == "crashed"
     # RLIMIT_FSIZE stops the write at the cap ("File too large"); the watchdog may see the capped file's
     # allocated blocks (a little over its size) first and kill: both keep the file at the cap.
@@ -781,6 +905,7 @@ def test_a_file_larger_than_the_disk_cap_cannot_be_written(tmp_path):
 
 
 # --- found by the red team ---------------------------------------------------------
+
 
 def requires_memory_cgroup():
     from infra.sandbox.memory_cgroup import MemoryCgroup
@@ -803,7 +928,9 @@ def test_the_kill_is_on_time_however_slow_the_measurements(tmp_path, monkeypatch
         return measure(*args, **kwargs)
 
     monkeypatch.setattr(sandbox, "_resource_verdict", slow)
-    result = trial(tmp_path, f"""
+    result = trial(
+        tmp_path,
+        f"""
         import os, signal
         from prepare import budget_clock
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -811,7 +938,9 @@ def test_the_kill_is_on_time_however_slow_the_measurements(tmp_path, monkeypatch
         while budget_clock() < deadline + {QUICK.export_allowance_s} + 0.5:
             pass
         {SAVE_LINEAR}
-    """, limits=QUICK)
+    """,
+        limits=QUICK,
+    )
     assert result.status == "timeout", result.reason
 
 
@@ -822,7 +951,9 @@ def test_children_nobody_waits_for_still_spend_the_cpu_budget(tmp_path):
 
     if not accounting_available():
         pytest.skip("no cpuacct cgroup can be made here: the README lists this gap")
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         import os, signal, time
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)
         while True:  # the parent idles; each child computes for 0.1 s, less than a poll, and vanishes
@@ -832,10 +963,13 @@ def test_children_nobody_waits_for_still_spend_the_cpu_budget(tmp_path):
                     pass
                 os._exit(0)
             time.sleep(0.12)
-    """, limits=QUICK, header="")
+    """,
+        limits=QUICK,
+        header="",
+    )
     assert result.status == "timeout"
     assert "past its deadline" in result.reason, result.reason
-    assert result.compute["cpu_seconds"] > QUICK.startup_allowance_s + QUICK.budget_s
+    assert result.compute.cpu_seconds > QUICK.startup_allowance_s + QUICK.budget_s
 
 
 def test_a_run_cannot_make_itself_contended_to_be_measured_again(tmp_path, monkeypatch):
@@ -846,7 +980,9 @@ def test_a_run_cannot_make_itself_contended_to_be_measured_again(tmp_path, monke
 
     monkeypatch.setattr(watchdog, "WALL_CEILING", 2.0)
     limits = Limits(budget_s=1, startup_allowance_s=3, export_allowance_s=1, memory_cap_bytes=2**30, cpu_threads=1)
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         import os, time
         for _ in range(20):
             if os.fork() == 0:
@@ -857,7 +993,10 @@ def test_a_run_cannot_make_itself_contended_to_be_measured_again(tmp_path, monke
                     while time.perf_counter() < end:
                         pass
         time.sleep(600)
-    """, limits=limits, header="")
+    """,
+        limits=limits,
+        header="",
+    )
     assert result.status == "timeout"
     assert not result.contended, result.compute
     assert "sleeping or blocked" in result.reason, result.reason
@@ -873,7 +1012,7 @@ def test_a_run_that_sleeps_instead_of_computing_meets_the_wall_ceiling(tmp_path,
     assert result.status == "timeout"
     assert "wall-clock ceiling" in result.reason and "sleeping or blocked" in result.reason, result.reason
     assert not result.contended
-    assert result.compute["clock"] == "cpu" and result.compute["cpu_seconds"] < 5
+    assert result.compute.clock == "cpu" and result.compute.cpu_seconds < 5
     assert result.signal == 9
 
 
@@ -884,7 +1023,9 @@ def test_holding_more_open_files_than_can_be_counted_is_killed(tmp_path, monkeyp
     import infra.sandbox.run as sandbox
 
     monkeypatch.setattr(sandbox.MemoryCgroup, "create", classmethod(lambda cls, name, limit: None))
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         import os, time
         for _ in range(24):
             if os.fork() == 0:
@@ -892,7 +1033,9 @@ def test_holding_more_open_files_than_can_be_counted_is_killed(tmp_path, monkeyp
                 time.sleep(60)
                 os._exit(0)
         time.sleep(60)
-    """, header="")
+    """,
+        header="",
+    )
     assert result.status == "crashed"
     assert "open files" in result.reason
 
@@ -900,8 +1043,11 @@ def test_holding_more_open_files_than_can_be_counted_is_killed(tmp_path, monkeyp
 def _in_flight(kind: str) -> str:
     """Create files, send their descriptors over a unix socket that nobody reads, and close them:
     no process maps them, holds them open, or sees them in a directory."""
-    make = ("fd = os.memfd_create('hidden')" if kind == "memfd"
-            else "fd = os.open(f'hidden-{i}', os.O_RDWR | os.O_CREAT, 0o600); os.unlink(f'hidden-{i}')")
+    make = (
+        "fd = os.memfd_create('hidden')"
+        if kind == "memfd"
+        else "fd = os.open(f'hidden-{i}', os.O_RDWR | os.O_CREAT, 0o600); os.unlink(f'hidden-{i}')"
+    )
     return f"""
         import os, socket, time
         keep, drop = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -917,8 +1063,12 @@ def _in_flight(kind: str) -> str:
 
 def test_memory_in_flight_over_a_socket_counts_against_the_cap(tmp_path):
     requires_memory_cgroup()
-    result = trial(tmp_path, _in_flight("memfd"), header="",
-                   limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**30))
+    result = trial(
+        tmp_path,
+        _in_flight("memfd"),
+        header="",
+        limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**30),
+    )
     assert result.status == "crashed"
     assert "exceeded the memory cap of 1.00 GiB" in result.reason
 
@@ -927,16 +1077,23 @@ def test_disk_in_flight_over_a_socket_counts_against_the_disk_cap(tmp_path, monk
     import infra.sandbox.run as sandbox
 
     monkeypatch.setattr(sandbox, "DISK_SLACK_BYTES", 128 * 2**20)
-    result = trial(tmp_path, _in_flight("deleted file"), header="",
-                   limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**31,
-                                 disk_cap_bytes=256 * 2**20))
+    result = trial(
+        tmp_path,
+        _in_flight("deleted file"),
+        header="",
+        limits=Limits(
+            budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**31, disk_cap_bytes=256 * 2**20
+        ),
+    )
     assert result.status == "crashed"
     assert "disk cap" in result.reason
 
 
 def test_kernel_memory_in_extended_attributes_counts_against_the_cap(tmp_path):
     requires_memory_cgroup()
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         import os, time
         value = b"v" * 60_000
         for i in range(100_000):  # about 6 GB of xattr values, against a 1 GiB cap
@@ -945,19 +1102,25 @@ def test_kernel_memory_in_extended_attributes_counts_against_the_cap(tmp_path):
                 open(path, "w").close()
             os.setxattr(path, f"user.k{i}", value)
         time.sleep(30)
-    """, header="", limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**30))
+    """,
+        header="",
+        limits=Limits(budget_s=2, startup_allowance_s=8, export_allowance_s=10, memory_cap_bytes=2**30),
+    )
     assert result.status == "crashed", result.reason
     assert "memory cap" in result.reason or "No space left" in result.reason
 
 
 def test_deep_directories_cannot_break_the_clean_up(tmp_path):
-    result = trial(tmp_path, f"""
+    result = trial(
+        tmp_path,
+        f"""
         import os
         {SAVE_LINEAR}
         for _ in range(3000):
             os.mkdir("d")
             os.chdir("d")
-    """)
+    """,
+    )
     assert result.status == "ok", result.reason
     assert not (tmp_path / "run" / "work").exists() and not (tmp_path / "run" / "data").exists()
     again = trial(tmp_path, SAVE_LINEAR)  # a re-run of the same directory (a resume, a retry) works too
@@ -992,7 +1155,9 @@ save_model(model)
 
 def test_the_next_honest_run_scores_as_before(tmp_path):
     before = run_trial(FIXED_EPOCHS, tmp_path / "before", LIMITS, val=prepare.load_split_uint8("val"))
-    attack = trial(tmp_path, """
+    attack = trial(
+        tmp_path,
+        """
         import os
         split = os.environ["AUTORESEARCH_TRAIN_SPLIT"]
         for target in (split, os.environ["PYTHONPATH"] + "/prepare.py"):
@@ -1001,7 +1166,8 @@ def test_the_next_honest_run_scores_as_before(tmp_path):
             except OSError as exc:
                 probe(**{os.path.basename(target): exc.strerror})
         load_split("train")  # the split is still readable, and unchanged
-    """)
+    """,
+    )
     assert attack.status == "invalid" and "no model saved" in attack.reason
     after = run_trial(FIXED_EPOCHS, tmp_path / "after", LIMITS, val=prepare.load_split_uint8("val"))
     assert before.status == after.status == "ok"
@@ -1015,12 +1181,16 @@ def test_kernel_buffers_and_fast_disk_reservations_are_refused(tmp_path):
 
     if program() is None:
         pytest.skip("no syscall filter for this architecture")
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         import ctypes, os, socket
         libc = ctypes.CDLL(None, use_errno=True)
         found = {}
-        for name, family, kind in [("netlink", socket.AF_NETLINK, socket.SOCK_RAW), ("tcp", socket.AF_INET, socket.SOCK_STREAM),
-                                   ("udp", socket.AF_INET, socket.SOCK_DGRAM), ("tcp6", socket.AF_INET6, socket.SOCK_STREAM)]:
+        for name, family, kind in [("netlink", socket.AF_NETLINK, socket.SOCK_RAW),
+                                   ("tcp", socket.AF_INET, socket.SOCK_STREAM),
+                                   ("udp", socket.AF_INET, socket.SOCK_DGRAM),
+                                   ("tcp6", socket.AF_INET6, socket.SOCK_STREAM)]:
             try:
                 socket.socket(family, kind).close()
                 found[name] = "opened"
@@ -1034,10 +1204,13 @@ def test_kernel_buffers_and_fast_disk_reservations_are_refused(tmp_path):
         os.posix_fallocate(fd, 0, 4096)  # still works, by writing
         found["io_uring_setup"] = libc.syscall(425, 8, None) and ctypes.get_errno()
         probe(**found)
-    """, header="")
+    """,
+        header="",
+    )
     found = probes(result)
-    assert {k: found[k] for k in ("netlink", "tcp", "udp", "tcp6")} == dict.fromkeys(("netlink", "tcp", "udp", "tcp6"),
-                                                                                      errno.EAFNOSUPPORT)
+    assert {k: found[k] for k in ("netlink", "tcp", "udp", "tcp6")} == dict.fromkeys(
+        ("netlink", "tcp", "udp", "tcp6"), errno.EAFNOSUPPORT
+    )
     assert found["unix"] == "ok"
     assert found["fallocate"] == errno.EOPNOTSUPP and found["io_uring_setup"] == errno.ENOSYS
 
@@ -1059,11 +1232,32 @@ def test_the_evaluator_reads_an_artifact_whatever_its_mode(tmp_path):
 
 # System call numbers, written out here again rather than taken from the filter (glibc wraps none of the key calls)
 SYSCALLS = {
-    "x86_64": {"audit_arch": 0xC000003E, "read": 0, "madvise": 28, "fadvise64": 221, "add_key": 248, "request_key": 249,
-               "keyctl": 250, "process_madvise": 440, "cachestat": 451, "preadv2": 327, "pwritev2": 328},
-    "aarch64": {"audit_arch": 0xC00000B7, "read": 63, "add_key": 217, "request_key": 218, "keyctl": 219,
-                "fadvise64": 223, "madvise": 233, "process_madvise": 440, "cachestat": 451,  # fadvise64_64
-                "preadv2": 286, "pwritev2": 287},
+    "x86_64": {
+        "audit_arch": 0xC000003E,
+        "read": 0,
+        "madvise": 28,
+        "fadvise64": 221,
+        "add_key": 248,
+        "request_key": 249,
+        "keyctl": 250,
+        "process_madvise": 440,
+        "cachestat": 451,
+        "preadv2": 327,
+        "pwritev2": 328,
+    },
+    "aarch64": {
+        "audit_arch": 0xC00000B7,
+        "read": 63,
+        "add_key": 217,
+        "request_key": 218,
+        "keyctl": 219,
+        "fadvise64": 223,
+        "madvise": 233,
+        "process_madvise": 440,
+        "cachestat": 451,  # fadvise64_64
+        "preadv2": 286,
+        "pwritev2": 287,
+    },
 }
 KEY_SPEC_SESSION_KEYRING, KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING = -3, -4, -5
 KEYCTL_JOIN_SESSION_KEYRING, KEYCTL_SEARCH, KEYCTL_READ, KEYCTL_INVALIDATE = 1, 10, 11, 21
@@ -1125,17 +1319,28 @@ def test_a_key_in_the_orchestrators_session_keyring_is_out_of_reach(tmp_path):
     secret, description = uuid.uuid4().hex, f"autoresearch-test-{uuid.uuid4().hex[:12]}"
 
     def orchestrator(libc):
-        serial = libc.syscall(add_key, b"user", description.encode(), secret.encode(), ctypes.c_long(len(secret)),
-                              ctypes.c_long(KEY_SPEC_SESSION_KEYRING))
+        serial = libc.syscall(
+            add_key,
+            b"user",
+            description.encode(),
+            secret.encode(),
+            ctypes.c_long(len(secret)),
+            ctypes.c_long(KEY_SPEC_SESSION_KEYRING),
+        )
         if serial < 0:
             raise OSError(ctypes.get_errno(), "add_key")
         try:
-            return trial(tmp_path, key_probe() + textwrap.dedent(f"""
+            return trial(
+                tmp_path,
+                key_probe()
+                + textwrap.dedent(f"""
                 probe(search=call(KEYCTL, {KEYCTL_SEARCH}, {KEY_SPEC_SESSION_KEYRING}, b"user", b"{description}", 0),
                       request=call(REQUEST_KEY, b"user", b"{description}", None, 0),
                       read_key=read({serial}), read_session=read({KEY_SPEC_SESSION_KEYRING}),
                       proc_keys=open("/proc/keys").read())
-            """), header="")
+            """),
+                header="",
+            )
         finally:
             libc.syscall(keyctl, ctypes.c_long(KEYCTL_INVALIDATE), ctypes.c_long(serial))
 
@@ -1153,23 +1358,36 @@ def test_a_run_cannot_leave_data_in_a_keyring_for_the_next(tmp_path):
     """Found by the red team: keys kept 16 KB from run to run (weights carried over bought +0.7 to +1.2 points).
     A candidate tries to store data in its user, user-session, session and a named keyring; the next looks."""
     secret, name = uuid.uuid4().hex, f"carry-{uuid.uuid4().hex[:12]}"
-    rings = {"user": KEY_SPEC_USER_KEYRING, "user_session": KEY_SPEC_USER_SESSION_KEYRING,
-             "session": KEY_SPEC_SESSION_KEYRING}
-    first = trial(tmp_path, key_probe() + textwrap.dedent(f"""
+    rings = {
+        "user": KEY_SPEC_USER_KEYRING,
+        "user_session": KEY_SPEC_USER_SESSION_KEYRING,
+        "session": KEY_SPEC_SESSION_KEYRING,
+    }
+    first = trial(
+        tmp_path,
+        key_probe()
+        + textwrap.dedent(f"""
         stored = {{ring: call(ADD_KEY, b"user", b"{name}", b"{secret}", {len(secret)}, number)
                   for ring, number in {rings}.items()}}
         stored["named"] = call(KEYCTL, {KEYCTL_JOIN_SESSION_KEYRING}, b"autoresearch-carry")
         probe(stored=stored)
-    """), header="")
+    """),
+        header="",
+    )
     stored = probes(first)["stored"]
     serials = [s for s in stored.values() if s > 0]  # the proposer would pass them on through the log
-    second = trial(tmp_path, key_probe() + textwrap.dedent(f"""
+    second = trial(
+        tmp_path,
+        key_probe()
+        + textwrap.dedent(f"""
         found = {{ring: call(KEYCTL, {KEYCTL_SEARCH}, number, b"user", b"{name}", 0)
                  for ring, number in {rings}.items()}}
         found["named"] = call(KEYCTL, {KEYCTL_JOIN_SESSION_KEYRING}, b"autoresearch-carry")
         found["read"] = [read(serial) for serial in {serials}]
         probe(found=found, proc_keys=open("/proc/keys").read())
-    """), header="")
+    """),
+        header="",
+    )
     refused = -errno.ENOSYS
     assert stored == dict.fromkeys(("user", "user_session", "session", "named"), refused), stored
     found = probes(second)
@@ -1283,19 +1501,34 @@ def test_a_run_cannot_evict_pages_for_the_next(tmp_path):
     workdir.mkdir()
     sandbox_identity.give_to_sandbox(workdir)
     calls = [str(numbers[name]) for name in ("fadvise64", "process_madvise", "cachestat")]
-    outcome = run_sandboxed(SandboxJob(
-        argv=[sys.executable, "-c", EVICT, str(shared), *calls], workdir=workdir, log_path=tmp_path / "log",
-        limits=Limits(budget_s=30, startup_allowance_s=0, export_allowance_s=0, memory_cap_bytes=2**30), ro_paths=[shared],
-    ))
+    outcome = run_sandboxed(
+        SandboxJob(
+            argv=[sys.executable, "-c", EVICT, str(shared), *calls],
+            workdir=workdir,
+            log_path=tmp_path / "log",
+            limits=Limits(budget_s=30, startup_allowance_s=0, export_allowance_s=0, memory_cap_bytes=2**30),
+            ro_paths=[shared],
+        )
+    )
     log = (tmp_path / "log").read_text()
     assert outcome.exit_code == 0, log
     assert resident_pages(shared) == (total, total), "the sandbox evicted pages of a file it can only read"
-    found = json.loads(next(line for line in log.splitlines() if line.startswith("probe: "))[len("probe: "):])
-    assert found == {"fadvise_dontneed": errno.EPERM, "fadvise_dontneed_high_bits": errno.EPERM,
-                     "madvise_pageout": errno.EPERM, "madvise_cold": errno.EPERM,
-                     "process_madvise": errno.ENOSYS, "cachestat": errno.ENOSYS,
-                     "preadv2_nowait": errno.EPERM, "preadv2_plain": 0, "fadvise_sequential": 0, "fadvise_random": 0, "madvise_dontneed_own": 0,
-                     "madvise_willneed_own": 0, "madvise_dontneed_shared": 0}
+    found = json.loads(next(line for line in log.splitlines() if line.startswith("probe: "))[len("probe: ") :])
+    assert found == {
+        "fadvise_dontneed": errno.EPERM,
+        "fadvise_dontneed_high_bits": errno.EPERM,
+        "madvise_pageout": errno.EPERM,
+        "madvise_cold": errno.EPERM,
+        "process_madvise": errno.ENOSYS,
+        "cachestat": errno.ENOSYS,
+        "preadv2_nowait": errno.EPERM,
+        "preadv2_plain": 0,
+        "fadvise_sequential": 0,
+        "fadvise_random": 0,
+        "madvise_dontneed_own": 0,
+        "madvise_willneed_own": 0,
+        "madvise_dontneed_shared": 0,
+    }
 
 
 def filter_verdict(machine: str, call: str, *args: int) -> int:
@@ -1339,12 +1572,15 @@ def test_the_filter_refuses_keys_and_eviction_on_both_architectures(machine):
 
 # --- an evaluation error carries no data out ------------------------------------------
 
+
 def test_an_evaluation_error_carries_no_data(tmp_path):
     """Found by the red team: the message of an error at evaluation time reached the stored reason, which the
     proposer reads: an index computed from validation pixels carried 56 bits a run. Only its type is kept.
     The model indexes a one-row table with the position of each image's brightest pixel: 0 at export (zeros),
     in range; on real images out of range, and torch's IndexError quotes the index."""
-    result = trial(tmp_path, """
+    result = trial(
+        tmp_path,
+        """
         class Leaky(nn.Module):
             def __init__(self):
                 super().__init__()
@@ -1354,6 +1590,7 @@ def test_an_evaluation_error_carries_no_data(tmp_path):
                 return self.table[x.flatten(1).argmax(1)]
 
         save_model(Leaky())
-    """)
+    """,
+    )
     assert result.status == "invalid"
     assert result.reason == "model failed on the images: IndexError", result.reason

@@ -11,13 +11,12 @@ import re
 from pathlib import Path
 
 import pytest
-
 from sqlalchemy import select
 
 from infra.proposers.pricing import DEFAULT_PRICES
 from infra.store import ProposerCall, Store
-from tests.fake_llm import FakeLLMServer, anthropic_tool_use, openai_function_call, request_text
 from tests.conftest import requires_bwrap, requires_real_data
+from tests.fake_llm import FakeLLMServer, anthropic_tool_use, openai_function_call, request_text
 from tests.test_llm_proposers import ADAM_EDIT, KEY
 
 pytestmark = [requires_real_data, requires_bwrap]
@@ -35,20 +34,36 @@ class ScriptedModel:
     def __call__(self, path: str, body: dict) -> tuple[int, dict]:
         text = request_text(body)
         if "Rewrite the research strategy" in text:
-            return 200, self.tool_call("revise_strategy", {"strategy": REVISED, "lessons": "Adam beats SGD in short budgets"})
+            return 200, self.tool_call(
+                "revise_strategy", {"strategy": REVISED, "lessons": "Adam beats SGD in short budgets"}
+            )
         if "failed a short pre-flight run" in text:
-            return 200, self.tool_call("propose_train_py", {
-                "hypothesis": "fixed: the input layer takes 784 features", "change_type": "structural",
-                "expected_effect": "runs", "train_py": MLP})
+            return 200, self.tool_call(
+                "propose_train_py",
+                {
+                    "hypothesis": "fixed: the input layer takes 784 features",
+                    "change_type": "structural",
+                    "expected_effect": "runs",
+                    "train_py": MLP,
+                },
+            )
         iteration = int(re.search(r"Propose iteration (\d+)", text).group(1))
         if iteration == 1:
             return 200, self.tool_call("propose_train_py", ADAM_EDIT)
         if iteration == 2:
-            return 200, self.tool_call("propose_train_py", {
-                "hypothesis": "an MLP with normalised inputs and cosine-decayed Adam", "change_type": "structural",
-                "expected_effect": "+4 points", "train_py": BROKEN_MLP})
-        return 200, self.tool_call("propose_train_py", {"hypothesis": "", "change_type": "sideways",
-                                                        "expected_effect": "?", "train_py": "x = ("})
+            return 200, self.tool_call(
+                "propose_train_py",
+                {
+                    "hypothesis": "an MLP with normalised inputs and cosine-decayed Adam",
+                    "change_type": "structural",
+                    "expected_effect": "+4 points",
+                    "train_py": BROKEN_MLP,
+                },
+            )
+        return 200, self.tool_call(
+            "propose_train_py",
+            {"hypothesis": "", "change_type": "sideways", "expected_effect": "?", "train_py": "x = ("},
+        )
 
 
 def anthropic_body(name: str, tool_input: dict) -> dict:
@@ -63,8 +78,17 @@ def run_loop(tmp_path: Path, proposer: str, model: str | None) -> tuple[Store, i
     from flows.research import research
 
     home = tmp_path / "runs"
-    config = dict(name=f"llm-{proposer}", iterations=3, budget_s=2.0, proposer=proposer, model=model,
-                  revise_every=2, repeats=2, home=str(home), db_url=f"sqlite:///{home / 'autoresearch.db'}")
+    config = dict(
+        name=f"llm-{proposer}",
+        iterations=3,
+        budget_s=2.0,
+        proposer=proposer,
+        model=model,
+        revise_every=2,
+        repeats=2,
+        home=str(home),
+        db_url=f"sqlite:///{home / 'autoresearch.db'}",
+    )
     research(config)
     store = Store(config["db_url"])
     return store, store.experiment(config["name"]).id, home
@@ -78,7 +102,7 @@ def check_loop(store: Store, exp_id: int, requests: list[dict]) -> None:
     assert adam.status == "ok" and "torch.optim.Adam" in adam.code and adam.val_accuracy > 0.5
     assert adam.expected_effect == ADAM_EDIT["expected_effect"]  # checked, and stored with the iteration
     for row in (adam, mlp):  # decided by the rule, whichever way the noise fell
-        assert (row.decision == "keep") == (row.rule["stop"] == "kept"), row.rule
+        assert (row.verdict == "keep") == (row.decision["stop"] == "kept"), row.decision
     # 2: the broken MLP crashed at pre-flight, the traceback went back, the fix was trained for real
     assert [a["status"] for a in mlp.attempts] == ["crashed", "ok"]
     assert "mat1 and mat2 shapes cannot be multiplied" in mlp.attempts[0]["reason"]
@@ -89,7 +113,7 @@ def check_loop(store: Store, exp_id: int, requests: list[dict]) -> None:
     assert mlp.expected_effect == "+4 points"  # the idea's, not the fix's
     # 3: malformed twice: a failed proposal, recorded, never trained
     assert failed.status == "invalid" and "invalid proposal after one re-ask" in failed.reason
-    assert failed.decision == "discard" and failed.val_accuracy is None
+    assert failed.verdict == "discard" and failed.val_accuracy is None
     # strategy revised after iteration 2 (revise_every=2), and the next prompt carries it
     assert [(s.version, s.after_iteration) for s in store.strategies(exp_id)] == [(0, 0), (1, 2)]
     texts = [request_text(r) for r in requests]
@@ -126,15 +150,26 @@ def test_claude_loop(tmp_path, prefect_harness, monkeypatch):
     assert "Propose iteration 2" in texts[fix_at - 1]
     assert server.usages[fix_at]["cache_read_input_tokens"] > server.usages[fix_at - 1]["cache_read_input_tokens"]
     with store.session() as session:  # the stored calls say so too
-        stored = [(c.purpose, c.cache_read_tokens) for c in session.scalars(
-            select(ProposerCall).where(ProposerCall.experiment_id == exp_id).order_by(ProposerCall.id))]
-    assert [purpose for purpose, _ in stored[fix_at - 1:fix_at + 1]] == ["propose", "fix"]
+        stored = [
+            (c.purpose, c.cache_read_tokens)
+            for c in session.scalars(
+                select(ProposerCall).where(ProposerCall.experiment_id == exp_id).order_by(ProposerCall.id)
+            )
+        ]
+    assert [purpose for purpose, _ in stored[fix_at - 1 : fix_at + 1]] == ["propose", "fix"]
     assert stored[fix_at][1] == server.usages[fix_at]["cache_read_input_tokens"] > 0
     # costs add up from the usage fields the (caching) fake reported
     p = DEFAULT_PRICES["claude-sonnet-4-6"]
-    billed = sum((u["input_tokens"] * p["input"] + u["output_tokens"] * p["output"]
-                  + u["cache_creation_input_tokens"] * p["cache_write"] + u["cache_read_input_tokens"] * p["cache_read"]) / 1e6
-                 for u in server.usages)
+    billed = sum(
+        (
+            u["input_tokens"] * p["input"]
+            + u["output_tokens"] * p["output"]
+            + u["cache_creation_input_tokens"] * p["cache_write"]
+            + u["cache_read_input_tokens"] * p["cache_read"]
+        )
+        / 1e6
+        for u in server.usages
+    )
     assert store.total_cost(exp_id) == pytest.approx(billed)
     assert sum(store.cost_by_iteration(exp_id).values()) == pytest.approx(store.total_cost(exp_id))
     # the API key is nowhere: not in the store, the workspace, or the Prefect logs and flow parameters
@@ -167,8 +202,18 @@ def test_spending_cap_ends_the_loop_cleanly(tmp_path, prefect_harness, monkeypat
     with FakeLLMServer(lambda path, body: (200, anthropic_tool_use("propose_train_py", ADAM_EDIT))) as server:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
         home = tmp_path / "runs"
-        config = dict(name="capped", iterations=3, budget_s=1.0, proposer="claude", max_cost=0.084, preflight=False,
-                      revise_every=5, repeats=2, home=str(home), db_url=f"sqlite:///{home / 'autoresearch.db'}")
+        config = dict(
+            name="capped",
+            iterations=3,
+            budget_s=1.0,
+            proposer="claude",
+            max_cost=0.084,
+            preflight=False,
+            revise_every=5,
+            repeats=2,
+            home=str(home),
+            db_url=f"sqlite:///{home / 'autoresearch.db'}",
+        )
         research(config)
     store = Store(config["db_url"])
     exp = store.experiment("capped")

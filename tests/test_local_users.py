@@ -28,16 +28,21 @@ from infra.prefect_server import API_USER, CREDENTIALS, ServerRecord, free_port,
 from infra.settings import REPO_ROOT
 from tests.conftest import requires_bwrap, requires_real_data
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None or not Path("/usr/bin/python3").exists(),
-                                reason="needs root, useradd and /usr/bin/python3 to make and act as a second user")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("useradd") is None or not Path("/usr/bin/python3").exists(),
+    reason="needs root, useradd and /usr/bin/python3 to make and act as a second user",
+)
 
 
 @pytest.fixture(scope="module")
 def intruder():
     """A real unprivileged user of this machine, removed afterwards."""
     name = f"ar-intruder-{os.getpid() % 100000}"
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield pwd.getpwnam(name)
     finally:
@@ -46,9 +51,22 @@ def intruder():
 
 def as_intruder(intruder, code: str, timeout: float = 60) -> dict:
     """Run Python (the system's, stdlib only) as the intruder; it prints one JSON object of what it found."""
-    done = subprocess.run(["setpriv", f"--reuid={intruder.pw_uid}", f"--regid={intruder.pw_gid}", "--clear-groups",
-                           "/usr/bin/python3", "-c", textwrap.dedent(code)], cwd="/", capture_output=True, text=True,
-                          timeout=timeout, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    done = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={intruder.pw_uid}",
+            f"--regid={intruder.pw_gid}",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            textwrap.dedent(code),
+        ],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -67,8 +85,15 @@ def operator(*args: str, home: Path, tmp_path: Path, timeout: float = 300) -> su
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "client-prefect")}
     env.pop("PREFECT_API_URL", None)
     env.pop("PREFECT_API_AUTH_STRING", None)
-    return subprocess.run([sys.executable, "-m", "infra.cli", *args, "--home", str(home)], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, preexec_fn=lambda: os.umask(0))
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args, "--home", str(home)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=lambda: os.umask(0),
+    )
 
 
 OPEN_EACH = """
@@ -97,8 +122,22 @@ def test_another_user_can_neither_read_our_files_nor_use_our_prefect_api(intrude
     assert started.returncode == 0, started.stdout + started.stderr
     record = read_record(home)
     try:
-        done = operator("run", "--experiment", "private", "--iterations", "0", "--budget", "1", "--repeats", "1",
-                        "--proposer", "offline", home=home, tmp_path=tmp_path, timeout=600)
+        done = operator(
+            "run",
+            "--experiment",
+            "private",
+            "--iterations",
+            "0",
+            "--budget",
+            "1",
+            "--repeats",
+            "1",
+            "--proposer",
+            "offline",
+            home=home,
+            tmp_path=tmp_path,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         # whatever the umask: the home and everything directly in it are the operator's alone
         assert stat.S_IMODE(home.stat().st_mode) == 0o700
@@ -106,8 +145,14 @@ def test_another_user_can_neither_read_our_files_nor_use_our_prefect_api(intrude
             mode = stat.S_IMODE(entry.lstat().st_mode)
             assert mode == (0o700 if entry.is_dir() else 0o600), (entry, oct(mode))
         assert stat.S_IMODE((home / "prefect-ui" / "prefect.db").stat().st_mode) == 0o600
-        secrets = [home / "autoresearch.db", home / CREDENTIALS, home / "prefect-ui" / "prefect.db",
-                   home / "prefect-server.json", home / "private" / "train.py", home / "prefect-ui.log"]
+        secrets = [
+            home / "autoresearch.db",
+            home / CREDENTIALS,
+            home / "prefect-ui" / "prefect.db",
+            home / "prefect-server.json",
+            home / "private" / "train.py",
+            home / "prefect-ui.log",
+        ]
         found = as_intruder(intruder, f"PATHS = {[str(home), *map(str, secrets)]!r}\n" + textwrap.dedent(OPEN_EACH))
         assert set(found.values()) == {"Permission denied"}, found
         home.chmod(0o755)  # were the home open, the files in it are still 0600
@@ -119,15 +164,23 @@ def test_another_user_can_neither_read_our_files_nor_use_our_prefect_api(intrude
 
         # the API: every call but the health check needs the operator's credentials
         api = record.url
-        attempts = {"read logs": ("POST", "logs/filter", {}), "read artifacts": ("POST", "artifacts/filter", {}),
-                    "read flow runs and their parameters": ("POST", "flow_runs/filter", {}),
-                    "list deployments": ("POST", "deployments/filter", {}),
-                    "list automations": ("POST", "automations/filter", {}),
-                    "start a run with other parameters": ("POST", "deployments/00000000-0000-0000-0000-000000000000/"
-                                                          "create_flow_run", {"parameters": {"experiment": "x"}}),
-                    "pause a deployment": ("POST", "deployments/00000000-0000-0000-0000-000000000000/pause_deployment", {}),
-                    "delete an automation": ("DELETE", "automations/00000000-0000-0000-0000-000000000000", None)}
-        found = as_intruder(intruder, f"""
+        attempts = {
+            "read logs": ("POST", "logs/filter", {}),
+            "read artifacts": ("POST", "artifacts/filter", {}),
+            "read flow runs and their parameters": ("POST", "flow_runs/filter", {}),
+            "list deployments": ("POST", "deployments/filter", {}),
+            "list automations": ("POST", "automations/filter", {}),
+            "start a run with other parameters": (
+                "POST",
+                "deployments/00000000-0000-0000-0000-000000000000/create_flow_run",
+                {"parameters": {"experiment": "x"}},
+            ),
+            "pause a deployment": ("POST", "deployments/00000000-0000-0000-0000-000000000000/pause_deployment", {}),
+            "delete an automation": ("DELETE", "automations/00000000-0000-0000-0000-000000000000", None),
+        }
+        found = as_intruder(
+            intruder,
+            f"""
             import json, urllib.request, urllib.error
             found = {{}}
             for what, (method, path, body) in {attempts!r}.items():
@@ -140,7 +193,8 @@ def test_another_user_can_neither_read_our_files_nor_use_our_prefect_api(intrude
                     found[what] = exc.code
             found["health"] = urllib.request.urlopen("{api}/health", timeout=20).status
             print(json.dumps(found))
-        """)
+        """,
+        )
         assert found.pop("health") == 200
         assert found == dict.fromkeys(attempts, 401), found
         auth = (home / CREDENTIALS).read_text().strip()
@@ -169,7 +223,9 @@ def test_a_runs_home_of_another_user_is_refused_and_its_links_never_followed(int
     canary = tmp_path / "root-only.txt"
     canary.write_text("precious")
     canary.chmod(0o600)
-    made = as_intruder(intruder, f"""
+    made = as_intruder(
+        intruder,
+        f"""
         import json, os, tempfile
         evil = tempfile.mkdtemp(prefix="ar-evil-", dir="/tmp")
         os.chmod(evil, 0o777)
@@ -177,11 +233,13 @@ def test_a_runs_home_of_another_user_is_refused_and_its_links_never_followed(int
         os.symlink("{canary}", evil + "/night/.lock")
         os.symlink("{tmp_path}/planted.py", evil + "/night/train.py")
         print(json.dumps({{"evil": evil}}))
-    """)
+    """,
+    )
     evil = Path(made["evil"])
     try:
-        done = operator("run", "--experiment", "night", "--iterations", "0", "--budget", "1", home=evil,
-                        tmp_path=tmp_path)
+        done = operator(
+            "run", "--experiment", "night", "--iterations", "0", "--budget", "1", home=evil, tmp_path=tmp_path
+        )
         assert done.returncode == 1, done.stdout + done.stderr
         assert f"belongs to uid {intruder.pw_uid}" in " ".join(done.stderr.split())
         assert canary.read_text() == "precious" and not (tmp_path / "planted.py").exists()
@@ -204,8 +262,19 @@ def test_a_link_in_our_own_home_is_refused_never_followed(plant, shared, tmp_pat
     else:
         (home / "night").mkdir(mode=0o700)
         os.symlink(canary, home / "night" / plant)
-    done = operator("run", "--experiment", "night", "--iterations", "0", "--budget", "1", "--proposer", "offline",
-                    home=home, tmp_path=tmp_path)
+    done = operator(
+        "run",
+        "--experiment",
+        "night",
+        "--iterations",
+        "0",
+        "--budget",
+        "1",
+        "--proposer",
+        "offline",
+        home=home,
+        tmp_path=tmp_path,
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "is a symbolic link; refusing to follow it" in " ".join(done.stderr.split())
     assert canary.read_text() == "precious" and list(elsewhere.iterdir()) == []
@@ -223,8 +292,14 @@ def test_a_server_another_user_started_on_our_recorded_port_gets_nothing(intrude
     os.chown(theirs, intruder.pw_uid, intruder.pw_gid)
     heard = theirs / "heard.json"
     squatter = subprocess.Popen(
-        ["setpriv", f"--reuid={intruder.pw_uid}", f"--regid={intruder.pw_gid}", "--clear-groups", "/usr/bin/python3",
-         "-c", textwrap.dedent(f"""
+        [
+            "setpriv",
+            f"--reuid={intruder.pw_uid}",
+            f"--regid={intruder.pw_gid}",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            textwrap.dedent(f"""
             import json, http.server
             class Handler(http.server.BaseHTTPRequestHandler):
                 def do_GET(self):
@@ -235,7 +310,11 @@ def test_a_server_another_user_started_on_our_recorded_port_gets_nothing(intrude
                     self.wfile.write(b"true")
                 do_POST = do_GET
             http.server.HTTPServer(("127.0.0.1", {port}), Handler).serve_forever()
-         """)], cwd="/", env={"PATH": "/usr/bin:/bin"})
+         """),
+        ],
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -249,7 +328,9 @@ def test_a_server_another_user_started_on_our_recorded_port_gets_nothing(intrude
         stopped = operator("ui", "--stop", home=home, tmp_path=tmp_path)
         assert stopped.returncode == 0 and "removed a stale record" in stopped.stdout
         assert squatter.poll() is None  # not ours: never signalled
-        assert not heard.exists() or "Authorization" not in heard.read_text() and "authorization" not in heard.read_text()
+        assert (
+            not heard.exists() or "Authorization" not in heard.read_text() and "authorization" not in heard.read_text()
+        )
     finally:
         squatter.kill()
         squatter.wait()
@@ -263,17 +344,28 @@ def test_a_report_is_never_written_through_another_users_link(intruder, shared, 
     home = shared / "runs"
     store = Store(f"sqlite:///{home / 'autoresearch.db'}")
     exp = store.ensure_experiment("morning", {"budget_s": 1.0})
-    store.put_iteration(exp.id, 0, status="ok", decision="baseline", hypothesis="baseline", val_accuracy=0.8,
-                        measurements=[0.8], finished_at=utcnow())
+    store.put_iteration(
+        exp.id,
+        0,
+        status="ok",
+        verdict="baseline",
+        hypothesis="baseline",
+        val_accuracy=0.8,
+        measurements=[0.8],
+        finished_at=utcnow(),
+    )
     victim = tmp_path / "root-only.conf"
     victim.write_text("precious")
-    made = as_intruder(intruder, f"""
+    made = as_intruder(
+        intruder,
+        f"""
         import json, os, tempfile
         theirs = tempfile.mkdtemp(prefix="ar-reports-", dir="/tmp")
         os.chmod(theirs, 0o1777)
         os.symlink("{victim}", theirs + "/morning.html")
         print(json.dumps({{"dir": theirs}}))
-    """)
+    """,
+    )
     theirs = Path(made["dir"])
     try:
         done = operator("report", "morning", "--out", str(theirs / "morning.html"), home=home, tmp_path=tmp_path)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from infra.deployments import session_start
 from infra.records import Status, Verdict
 from infra.research.workspace import Workspace
+from infra.session import session_start
 from infra.store import Store, utcnow
 from tests.conftest import requires_bwrap, requires_real_data
 
@@ -41,31 +41,48 @@ def test_a_run_right_after_crashed_runs_keeps_their_session():
 @requires_bwrap
 def test_crash_loop_guard_time_limit_and_new_iterations(tmp_path, prefect_harness, monkeypatch):
     from flows.research import research
-    from infra import deployments
+    from infra import session as deployment_session
 
     home = tmp_path / "runs"
-    config = dict(name="night", iterations=0, budget_s=1.0, repeats=1, proposer="offline", home=str(home),
-                  db_url=f"sqlite:///{home / 'autoresearch.db'}")
+    config = dict(
+        name="night",
+        iterations=0,
+        budget_s=1.0,
+        repeats=1,
+        proposer="offline",
+        home=str(home),
+        db_url=f"sqlite:///{home / 'autoresearch.db'}",
+    )
     research(config)  # the baseline
     store = Store(config["db_url"])
     exp = store.experiment("night")
     # the orchestrator died in iteration 1 once already, and (the row left running) once more: K=2 reached
-    store.put_iteration(exp.id, 1, proposer="offline", hypothesis="poison", code="print('poison')", status=Status.RUNNING,
-                        decision=Verdict.PENDING, orchestrator_crashes=1, started_at=utcnow(), finished_at=None)
+    store.put_iteration(
+        exp.id,
+        1,
+        proposer="offline",
+        hypothesis="poison",
+        code="print('poison')",
+        status=Status.RUNNING,
+        verdict=Verdict.PENDING,
+        orchestrator_crashes=1,
+        started_at=utcnow(),
+        finished_at=None,
+    )
     session = datetime.now(timezone.utc)
     research({**config, "iterations": 2, "new_iterations": True})  # last finished 0, so iterations 1 and 2
     rows = store.records(exp.id)
     assert [r.iteration for r in rows] == [0, 1, 2] and all(r.finished for r in rows)
     poison = rows[1]
-    assert (poison.status, poison.decision, poison.orchestrator_crashes) == (Status.CRASHED, Verdict.DISCARD, 2)
+    assert (poison.status, poison.verdict, poison.orchestrator_crashes) == (Status.CRASHED, Verdict.DISCARD, 2)
     assert poison.reason == "crashed the orchestrator 2 times"
     assert rows[2].hypothesis != "poison" and rows[2].status in (Status.OK, Status.CRASHED, Status.TIMEOUT)
-    incumbent = [r for r in store.iterations(exp.id) if Verdict(r.decision).kept][-1]
+    incumbent = [r for r in store.iterations(exp.id) if Verdict(r.verdict).kept][-1]
     assert Workspace(home / "night").train_py.read_text() == incumbent.code
 
     # a run that resumes a crashed run of its deployment (its session began before iterations 1 and 2) adds
     # nothing: its 2 new iterations are done
-    monkeypatch.setattr(deployments, "session_started", lambda: session)
+    monkeypatch.setattr(deployment_session, "session_started", lambda: session)
     research({**config, "iterations": 2, "new_iterations": True})
     assert [r.iteration for r in store.records(exp.id)] == [0, 1, 2]
     monkeypatch.undo()

@@ -1,4 +1,5 @@
-"""`autoresearch ui`: a persistent Prefect server that `run` reports to; its UI shows the loop; --stop and Ctrl-C end it."""
+"""`autoresearch ui`: a persistent Prefect server that `run` reports to; its UI shows the loop; --stop and Ctrl-C end
+it."""
 
 from __future__ import annotations
 
@@ -16,8 +17,15 @@ import httpx
 import pytest
 
 from infra import prefect_ui
-from infra.prefect_server import (ServerRecord, credentials, free_port, read_record, record_path, recorded_server,
-                                  write_record)
+from infra.prefect_server import (
+    ServerRecord,
+    credentials,
+    free_port,
+    read_record,
+    record_path,
+    recorded_server,
+    write_record,
+)
 from infra.settings import REPO_ROOT
 from tests.conftest import requires_bwrap, requires_chromium, requires_real_data
 from tests.headless_chromium import DevTools, distinct_colours
@@ -60,8 +68,22 @@ def post(record: ServerRecord, path: str, body: dict, home: Path) -> list[dict]:
 @pytest.mark.process_driven
 def test_run_reports_to_the_ui_server_and_the_ui_shows_it(ui_server, tmp_path):
     home = tmp_path / "runs"
-    done = cli("run", "--experiment", "uitest", "--iterations", "1", "--budget", "1", "--proposer", "offline",
-               "--repeats", "1", home=home, env=cli_env(tmp_path), timeout=600)
+    done = cli(
+        "run",
+        "--experiment",
+        "uitest",
+        "--iterations",
+        "1",
+        "--budget",
+        "1",
+        "--proposer",
+        "offline",
+        "--repeats",
+        "1",
+        home=home,
+        env=cli_env(tmp_path),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"prefect API: {ui_server.url}" in done.stdout  # no variable exported: the record was found
 
@@ -69,21 +91,32 @@ def test_run_reports_to_the_ui_server_and_the_ui_shows_it(ui_server, tmp_path):
     flow_runs = post(ui_server, "flow_runs/filter", {"flow_runs": {"name": {"any_": ["research-uitest"]}}}, home)
     assert len(flow_runs) == 1 and flow_runs[0]["state_type"] == "COMPLETED"
     flow_run = flow_runs[0]
-    tasks = {t["name"]: t for t in post(ui_server, "task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}},
-                                        home)}
+    tasks = {
+        t["name"]: t
+        for t in post(ui_server, "task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}}, home)
+    }
     from infra.store import Store
 
     store = Store(f"sqlite:///{home / 'autoresearch.db'}")
-    seeds = [[run["seed"] for run in r.runs] for r in store.records(store.experiment("uitest").id)]  # random seeds
+    seeds = [[run.seed for run in r.runs] for r in store.records(store.experiment("uitest").id)]  # random seeds
     train_1 = f"train-1-seed-{seeds[1][0]}"
-    assert {f"train-0-seed-{seeds[0][0]}", f"evaluate-0-seed-{seeds[0][0]}", "propose-1", train_1,
-            f"evaluate-1-seed-{seeds[1][0]}", "decide-1", "report-1"} <= set(tasks), sorted(tasks)
+    assert {
+        f"train-0-seed-{seeds[0][0]}",
+        f"evaluate-0-seed-{seeds[0][0]}",
+        "propose-1",
+        train_1,
+        f"evaluate-1-seed-{seeds[1][0]}",
+        "decide-1",
+        "report-1",
+    } <= set(tasks), sorted(tasks)
     logs = post(ui_server, "logs/filter", {"logs": {"task_run_id": {"any_": [tasks[train_1]["id"]]}}}, home)
     lines = [log["message"] for log in logs]
     assert any(line.startswith("budget_start:") for line in lines), lines  # the candidate's own output
     assert any(line.startswith("epoch ") for line in lines), lines
-    artifacts = {a["key"] for a in post(ui_server, "artifacts/filter",
-                                        {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}, home)}
+    artifacts = {
+        a["key"]
+        for a in post(ui_server, "artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}, home)
+    }
     assert {"uitest-history", "uitest-progress", "uitest-best", "uitest-strategy", "uitest-progress-plot"} <= artifacts
 
     page = f"{ui_server.ui_url}/runs/flow-run/{flow_run['id']}"
@@ -117,9 +150,16 @@ def test_foreground_server_stops_on_ctrl_c(tmp_path):
     env = {**os.environ, **cli_env(tmp_path)}
     env.pop("PREFECT_API_URL", None)
     # its own process group, as a terminal's foreground job; SIGINT handled (a background shell job ignores it)
-    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "ui", "--port", str(port), "--home", str(home)],
-                            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "ui", "--port", str(port), "--home", str(home)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     record = None
     try:
         deadline = time.monotonic() + 200
@@ -169,4 +209,3 @@ def test_a_stale_record_is_ignored_and_stop_never_signals_a_stranger(tmp_path, c
     finally:
         stranger.kill()
         stranger.wait()
-

@@ -97,6 +97,7 @@ def test_tensors_are_unnormalised_floats_in_unit_range(synthetic_data):
 def test_each_run_seed_gets_its_own_subset_and_order_of_the_training_images(synthetic_data, tmp_path):
     """A candidate that pins its own seed (and sorts the data) still sees run-to-run variation: which 98% of
     the training images a run gets, and their order, follow the run's seed."""
+
     def saved(name, **kwargs):
         return torch.load(prepare.write_train_split(tmp_path / name, **kwargs), weights_only=True)
 
@@ -247,23 +248,79 @@ def write_artifact(path, graph, tensors=None, fmt=prepare.ARTIFACT_FORMAT):
 IDENTITY_INPUT = {"name": "x", "op": "placeholder", "tensor": None}
 
 
-@pytest.mark.parametrize("graph, message", [
-    ([IDENTITY_INPUT, {"name": "y", "op": "call", "target": "aten.from_file.default", "args": ["/etc/passwd"], "kwargs": {}},
-      {"name": "o", "op": "output", "value": {"node": "y"}}], "is not a core ATen operator"),
-    ([IDENTITY_INPUT, {"name": "y", "op": "call", "target": "os.system", "args": ["true"], "kwargs": {}},
-      {"name": "o", "op": "output", "value": {"node": "y"}}], "only core ATen operators"),
-    ([IDENTITY_INPUT, {"name": "y", "op": "call", "target": "aten.relu.default", "args": [{"node": "later"}], "kwargs": {}},
-      {"name": "o", "op": "output", "value": {"node": "y"}}], "before defining it"),
-    ([IDENTITY_INPUT, {"name": "y", "op": "call", "target": "aten.relu.default", "args": [{"py": "__import__('os')"}],
-                       "kwargs": {}}, {"name": "o", "op": "output", "value": {"node": "y"}}], "unsupported graph constant"),
-    ([IDENTITY_INPUT, {"name": "y", "op": "call", "target": "aten._to_copy.default", "args": [{"node": "x"}],
-                       "kwargs": {"dtype": {"dtype": "__class__"}}}, {"name": "o", "op": "output", "value": {"node": "y"}}],
-     "unsupported graph constant"),
-    ([IDENTITY_INPUT, {"name": "y", "op": "call", "target": "aten.to.dtype", "args": [{"node": "x"}, {"dtype": "float16"}],
-                       "kwargs": {}}, {"name": "o", "op": "output", "value": {"node": "y"}}], "is not a core ATen operator"),
-    ([IDENTITY_INPUT, {"name": "p", "op": "placeholder", "tensor": "missing"}], "missing tensor"),
-    ([IDENTITY_INPUT], "exactly one output"),
-])
+@pytest.mark.parametrize(
+    "graph, message",
+    [
+        (
+            [
+                IDENTITY_INPUT,
+                {"name": "y", "op": "call", "target": "aten.from_file.default", "args": ["/etc/passwd"], "kwargs": {}},
+                {"name": "o", "op": "output", "value": {"node": "y"}},
+            ],
+            "is not a core ATen operator",
+        ),
+        (
+            [
+                IDENTITY_INPUT,
+                {"name": "y", "op": "call", "target": "os.system", "args": ["true"], "kwargs": {}},
+                {"name": "o", "op": "output", "value": {"node": "y"}},
+            ],
+            "only core ATen operators",
+        ),
+        (
+            [
+                IDENTITY_INPUT,
+                {"name": "y", "op": "call", "target": "aten.relu.default", "args": [{"node": "later"}], "kwargs": {}},
+                {"name": "o", "op": "output", "value": {"node": "y"}},
+            ],
+            "before defining it",
+        ),
+        (
+            [
+                IDENTITY_INPUT,
+                {
+                    "name": "y",
+                    "op": "call",
+                    "target": "aten.relu.default",
+                    "args": [{"py": "__import__('os')"}],
+                    "kwargs": {},
+                },
+                {"name": "o", "op": "output", "value": {"node": "y"}},
+            ],
+            "unsupported graph constant",
+        ),
+        (
+            [
+                IDENTITY_INPUT,
+                {
+                    "name": "y",
+                    "op": "call",
+                    "target": "aten._to_copy.default",
+                    "args": [{"node": "x"}],
+                    "kwargs": {"dtype": {"dtype": "__class__"}},
+                },
+                {"name": "o", "op": "output", "value": {"node": "y"}},
+            ],
+            "unsupported graph constant",
+        ),
+        (
+            [
+                IDENTITY_INPUT,
+                {
+                    "name": "y",
+                    "op": "call",
+                    "target": "aten.to.dtype",
+                    "args": [{"node": "x"}, {"dtype": "float16"}],
+                    "kwargs": {},
+                },
+                {"name": "o", "op": "output", "value": {"node": "y"}},
+            ],
+            "is not a core ATen operator",
+        ),
+        ([IDENTITY_INPUT, {"name": "p", "op": "placeholder", "tensor": "missing"}], "missing tensor"),
+        ([IDENTITY_INPUT], "exactly one output"),
+    ],
+)
 def test_load_artifact_accepts_only_core_aten_and_plain_constants(tmp_path, graph, message):
     path = tmp_path / "model.safetensors"
     write_artifact(path, graph)

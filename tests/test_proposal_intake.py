@@ -13,8 +13,8 @@ from markdown_it import MarkdownIt
 from infra import display
 from infra.proposers import intake
 from infra.proposers.base import Proposal, Revision
-from infra.proposers.llm import InvalidProposal, proposal_from
 from infra.proposers.replay import ReplayProposer
+from infra.proposers.tool_schema import InvalidProposal, proposal_from
 from infra.records import ChangeType
 from infra.research.code_edit import MAX_CODE_BYTES, set_constants
 from infra.research.program import read_program, strategy_of, with_strategy
@@ -24,19 +24,25 @@ from tests.test_llm_proposers import ctx
 
 BASELINE = BASELINE_TRAIN_PY.read_text()
 TUNED = set_constants(BASELINE, {"LEARNING_RATE": 0.05})
-ESCAPES = ("\x1b[2J\x1b[H"  # clear the screen
-           "\x1b]0;pwned\x07"  # window title
-           "\x1b]8;;http://attacker.example/\x1b\\click\x1b]8;;\x1b\\"  # OSC 8 link
-           "\x1b]52;c;ZXZpbA==\x07"  # OSC 52: write the clipboard
-           "\x1b[31mKEPT 0.99\x1b[0m"  # a fake red verdict
-           "\u202eevil\u202c")  # a right-to-left override
+ESCAPES = (
+    "\x1b[2J\x1b[H"  # clear the screen
+    "\x1b]0;pwned\x07"  # window title
+    "\x1b]8;;http://attacker.example/\x1b\\click\x1b]8;;\x1b\\"  # OSC 8 link
+    "\x1b]52;c;ZXZpbA==\x07"  # OSC 52: write the clipboard
+    "\x1b[31mKEPT 0.99\x1b[0m"  # a fake red verdict
+    "\u202eevil\u202c"
+)  # a right-to-left override
 MARKDOWN = "[click](javascript:alert(1)) ![x](http://attacker.example/pixel.png) <img src=x onerror=alert(1)>"
 
 
 def test_an_overlong_hypothesis_with_nul_and_escapes_is_cut_and_cleaned():
     hostile = "idea\0 " + ESCAPES + "\n\nIteration: 2\n\n" + "x" * 200_000
-    accepted = intake.accept_proposal(Proposal(hypothesis=hostile, change_type=ChangeType.PARAMETRIC, code=TUNED,
-                                               expected_effect="\x1b[2J+1 point\nor so"), BASELINE)
+    accepted = intake.accept_proposal(
+        Proposal(
+            hypothesis=hostile, change_type=ChangeType.PARAMETRIC, code=TUNED, expected_effect="\x1b[2J+1 point\nor so"
+        ),
+        BASELINE,
+    )
     assert not accepted.error and accepted.code == TUNED
     assert len(accepted.hypothesis) == intake.MAX_HYPOTHESIS_CHARS and accepted.hypothesis.endswith("…")
     for bad in ("\0", "\x1b", "\n", "\x07", "\u202e"):
@@ -45,16 +51,19 @@ def test_an_overlong_hypothesis_with_nul_and_escapes_is_cut_and_cleaned():
     assert accepted.expected_effect == "+1 point or so"
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("hypothesis", 42, "hypothesis must be text, got int"),
-    ("expected_effect", ["+1"], "expected_effect must be text, got list"),
-    ("code", b"print(1)", "the code must be text, got bytes"),
-    ("code", "x = 1\0", "NUL"),
-    ("code", "\ud800", "not valid text"),
-    ("memory", {"when": object()}, "memory is not JSON"),
-    ("memory", {"x": "y" * 5000}, "memory is larger than"),
-    ("memory", [1, 2], "memory must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("hypothesis", 42, "hypothesis must be text, got int"),
+        ("expected_effect", ["+1"], "expected_effect must be text, got list"),
+        ("code", b"print(1)", "the code must be text, got bytes"),
+        ("code", "x = 1\0", "NUL"),
+        ("code", "\ud800", "not valid text"),
+        ("memory", {"when": object()}, "memory is not JSON"),
+        ("memory", {"x": "y" * 5000}, "memory is larger than"),
+        ("memory", [1, 2], "memory must be a JSON object"),
+    ],
+)
 def test_a_value_of_the_wrong_type_refuses_the_whole_proposal(field, value, message):
     fields = dict(hypothesis="h", change_type=ChangeType.PARAMETRIC, code=TUNED, expected_effect="", memory={})
     accepted = intake.accept_proposal(Proposal(**{**fields, field: value}), BASELINE)
@@ -68,17 +77,27 @@ def test_code_is_capped_by_bytes_before_anything_parses_it(monkeypatch):
 
     monkeypatch.setattr(intake, "classify_change", never)
     huge = "x = 1\n" * (50 * 2**20 // 6)  # 50 MB of statements
-    accepted = intake.accept_proposal(Proposal(hypothesis="big", change_type=ChangeType.STRUCTURAL, code=huge), BASELINE)
+    accepted = intake.accept_proposal(
+        Proposal(hypothesis="big", change_type=ChangeType.STRUCTURAL, code=huge), BASELINE
+    )
     assert accepted.error == f"proposal refused: train.py is larger than {MAX_CODE_BYTES // 1024} KiB"
     multibyte = "# " + "é" * (MAX_CODE_BYTES // 2) + "\n"  # under the cap in characters, over it in bytes
-    assert "larger than" in intake.accept_proposal(
-        Proposal(hypothesis="", change_type=ChangeType.STRUCTURAL, code=multibyte), BASELINE).error
+    assert (
+        "larger than"
+        in intake.accept_proposal(
+            Proposal(hypothesis="", change_type=ChangeType.STRUCTURAL, code=multibyte), BASELINE
+        ).error
+    )
 
 
 def test_the_change_type_is_measured_not_taken_from_the_label():
-    label_lies = intake.accept_proposal(Proposal(hypothesis="h", change_type=ChangeType.STRUCTURAL, code=TUNED), BASELINE)
+    label_lies = intake.accept_proposal(
+        Proposal(hypothesis="h", change_type=ChangeType.STRUCTURAL, code=TUNED), BASELINE
+    )
     assert label_lies.change_type == ChangeType.PARAMETRIC
-    garbage = intake.accept_proposal(Proposal(hypothesis="h", change_type="sideways", code=BASELINE + "# c\n"), BASELINE)
+    garbage = intake.accept_proposal(
+        Proposal(hypothesis="h", change_type="sideways", code=BASELINE + "# c\n"), BASELINE
+    )
     assert garbage.change_type == ChangeType.NONE and not garbage.error
 
 
@@ -97,24 +116,39 @@ def test_a_revision_cannot_add_a_section_to_program_md(tmp_path):
     assert unchecked == once  # its headings are neutralised all the same
 
 
-@pytest.mark.parametrize("revision, reason", [
-    (Revision(strategy=7, lessons=""), "strategy must be text"),
-    (Revision(strategy="   ", lessons="x"), "the strategy is empty"),
-    ("a string", "not a revision"),
-])
+@pytest.mark.parametrize(
+    "revision, reason",
+    [
+        (Revision(strategy=7, lessons=""), "strategy must be text"),
+        (Revision(strategy="   ", lessons="x"), "the strategy is empty"),
+        ("a string", "not a revision"),
+    ],
+)
 def test_a_bad_revision_keeps_the_strategy(revision, reason):
     kept = intake.accept_revision(revision, "the current strategy")
     assert kept.strategy == "the current strategy" and reason in kept.lessons
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"hypothesis": "h", "change_type": "parametric", "expected_effect": "e", "edits": [{"search": 1, "replace": "x"}]},
-     "edit 1 must be an object with text fields"),
-    ({"hypothesis": "h", "change_type": "parametric", "expected_effect": "e", "edits": ["LEARNING_RATE"]},
-     "edit 1 must be an object with text fields"),
-    ({"hypothesis": ["h"], "change_type": "parametric", "expected_effect": "e", "train_py": TUNED}, "'hypothesis'"),
-    (["not", "an", "object"], "must be an object"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (
+            {
+                "hypothesis": "h",
+                "change_type": "parametric",
+                "expected_effect": "e",
+                "edits": [{"search": 1, "replace": "x"}],
+            },
+            "edit 1 must be an object with text fields",
+        ),
+        (
+            {"hypothesis": "h", "change_type": "parametric", "expected_effect": "e", "edits": ["LEARNING_RATE"]},
+            "edit 1 must be an object with text fields",
+        ),
+        ({"hypothesis": ["h"], "change_type": "parametric", "expected_effect": "e", "train_py": TUNED}, "'hypothesis'"),
+        (["not", "an", "object"], "must be an object"),
+    ],
+)
 def test_a_malformed_model_answer_is_an_invalid_proposal_not_a_crash(data, message):
     with pytest.raises(InvalidProposal, match=message):
         proposal_from(data, BASELINE)
@@ -139,8 +173,9 @@ def test_a_hostile_hypothesis_is_committed_and_its_trailer_text_is_not_read(tmp_
     assert ws.committed_iterations() == [0, 1]
     ws.commit_keep(1, hostile, 0.80, 0.85, TUNED)  # idempotent
     assert ws.committed_iterations() == [0, 1] and ws.read_train_py() == TUNED
-    subject = subprocess.run(["git", "-C", str(ws.root), "log", "-1", "--format=%s"], capture_output=True,
-                             text=True).stdout
+    subject = subprocess.run(
+        ["git", "-C", str(ws.root), "log", "-1", "--format=%s"], capture_output=True, text=True
+    ).stdout
     assert subject.startswith("Iteration 1: better lr Iteration: 2 yyy")
 
 

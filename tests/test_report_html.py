@@ -25,17 +25,56 @@ def finished(tmp_path) -> Path:
     home = tmp_path / "runs"
     store = Store(f"sqlite:///{home / 'autoresearch.db'}")
     exp = store.ensure_experiment("morning", {"budget_s": 5.0})
-    store.put_iteration(exp.id, 0, status="ok", decision="baseline", hypothesis="baseline", code=BASELINE, diff="",
-                        val_accuracy=0.83, test_accuracy=0.82, measurements=[0.83, 0.831], finished_at=utcnow())
-    store.put_iteration(exp.id, 1, status="ok", decision="keep", hypothesis="halve the learning rate",
-                        expected_effect="+0.5 points", code=KEPT, diff="--- a\n+++ b\n@@ -1 +1 @@\n-LR = 0.1\n+LR = 0.05\n",
-                        rule={"delta": 0.012, "threshold": 0.004}, val_accuracy=0.842, test_accuracy=0.835,
-                        measurements=[0.842, 0.843], finished_at=utcnow())
-    store.put_iteration(exp.id, 2, status="ok", decision="discard", hypothesis=HOSTILE, expected_effect=HOSTILE_IMG,
-                        code=KEPT + "# </pre>" + HOSTILE, diff=f"+# </pre>{HOSTILE}\n",
-                        rule={"delta": -0.003, "threshold": 0.004}, val_accuracy=0.839, finished_at=utcnow())
-    store.put_iteration(exp.id, 3, status="crashed", decision="discard", hypothesis="bigger batch",
-                        reason=f"RuntimeError: {HOSTILE_IMG}", finished_at=utcnow())
+    store.put_iteration(
+        exp.id,
+        0,
+        status="ok",
+        verdict="baseline",
+        hypothesis="baseline",
+        code=BASELINE,
+        diff="",
+        val_accuracy=0.83,
+        test_accuracy=0.82,
+        measurements=[0.83, 0.831],
+        finished_at=utcnow(),
+    )
+    store.put_iteration(
+        exp.id,
+        1,
+        status="ok",
+        verdict="keep",
+        hypothesis="halve the learning rate",
+        expected_effect="+0.5 points",
+        code=KEPT,
+        diff="--- a\n+++ b\n@@ -1 +1 @@\n-LR = 0.1\n+LR = 0.05\n",
+        decision={"delta": 0.012, "threshold": 0.004},
+        val_accuracy=0.842,
+        test_accuracy=0.835,
+        measurements=[0.842, 0.843],
+        finished_at=utcnow(),
+    )
+    store.put_iteration(
+        exp.id,
+        2,
+        status="ok",
+        verdict="discard",
+        hypothesis=HOSTILE,
+        expected_effect=HOSTILE_IMG,
+        code=KEPT + "# </pre>" + HOSTILE,
+        diff=f"+# </pre>{HOSTILE}\n",
+        decision={"delta": -0.003, "threshold": 0.004},
+        val_accuracy=0.839,
+        finished_at=utcnow(),
+    )
+    store.put_iteration(
+        exp.id,
+        3,
+        status="crashed",
+        verdict="discard",
+        hypothesis="bigger batch",
+        reason=f"RuntimeError: {HOSTILE_IMG}",
+        finished_at=utcnow(),
+    )
     store.add_strategy(exp.id, 0, 0, "Tune the learning rate first.", "initial strategy")
     store.add_strategy(exp.id, 1, 2, f"Try batch sizes next. {HOSTILE}", f"learning rate done {HOSTILE_IMG}")
     store.add_proposer_call(exp.id, 1, cost_usd=0.25)

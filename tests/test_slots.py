@@ -27,7 +27,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TWO_CORES = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="two slots need two usable cores")
 
 # printed by a candidate: the cores it may run on, and every core its processes were seen running on
-PROBE = '''
+PROBE = """
 import os as _os, threading as _threading, atexit as _atexit
 def _cpu():
     return int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[36])
@@ -39,7 +39,7 @@ def _sample():
 _threading.Thread(target=_sample, daemon=True).start()
 print("cpus_allowed:", open("/proc/self/status").read().split("Cpus_allowed_list:")[1].split()[0], flush=True)
 _atexit.register(lambda: print("ran_on:", ",".join(map(str, sorted(_seen))), flush=True))
-'''
+"""
 
 
 def probed(code: str) -> str:
@@ -76,16 +76,34 @@ def test_the_default_leaves_the_orchestrator_a_core_or_takes_one_slot_per_gpu():
 
 
 def test_a_gpu_slot_binds_only_its_own_gpu_and_names_it_by_uuid(tmp_path):
-    nodes = [Path(f"/dev/{n}") for n in ("nvidia0", "nvidia1", "nvidia2", "nvidiactl", "nvidia-uvm",
-                                         "nvidia-uvm-tools", "nvidia-modeset", "nvidia-caps")]
+    nodes = [
+        Path(f"/dev/{n}")
+        for n in (
+            "nvidia0",
+            "nvidia1",
+            "nvidia2",
+            "nvidiactl",
+            "nvidia-uvm",
+            "nvidia-uvm-tools",
+            "nvidia-modeset",
+            "nvidia-caps",
+        )
+    ]
     gpu = Gpu(index=1, uuid="GPU-1234abcd", minor=2, name="NVIDIA H200")
     slot = Slot(1, (3,), gpu)
-    assert [n.name for n in gpu_device_nodes(slot, nodes)] == ["nvidia2", "nvidiactl", "nvidia-uvm",
-                                                                "nvidia-uvm-tools", "nvidia-modeset", "nvidia-caps"]
+    assert [n.name for n in gpu_device_nodes(slot, nodes)] == [
+        "nvidia2",
+        "nvidiactl",
+        "nvidia-uvm",
+        "nvidia-uvm-tools",
+        "nvidia-modeset",
+        "nvidia-caps",
+    ]
     assert gpu_device_nodes(None, nodes) == nodes, "outside a slot a GPU job binds them all, as before slots"
     assert gpu_device_nodes(Slot(0, (1,)), nodes) == nodes
-    job = SandboxJob(argv=["true"], workdir=tmp_path, log_path=tmp_path / "log", limits=Limits(budget_s=1), gpu=True,
-                     slot=slot)
+    job = SandboxJob(
+        argv=["true"], workdir=tmp_path, log_path=tmp_path / "log", limits=Limits(budget_s=1), gpu=True, slot=slot
+    )
     assert _base_env(job, "token")["CUDA_VISIBLE_DEVICES"] == "GPU-1234abcd"
     assert slot.device == "cuda:0", "its one GPU is the first inside"
     cpu_job = replace(job, gpu=False, slot=Slot(0, (1,)))
@@ -107,11 +125,30 @@ def test_devices_are_checked_with_the_field_named():
 
 def test_the_cli_refuses_more_slots_than_cores(tmp_path):
     cores = len(os.sched_getaffinity(0))
-    done = subprocess.run([sys.executable, "-m", "infra.cli", "run", "--experiment", "toomany", "--slots",
-                           str(cores + 1), "--home", str(tmp_path / "runs"), "--proposer", "offline"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "run",
+            "--experiment",
+            "toomany",
+            "--slots",
+            str(cores + 1),
+            "--home",
+            str(tmp_path / "runs"),
+            "--proposer",
+            "offline",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2, done.stdout + done.stderr
-    assert f"--slots: {cores + 1} slots of 1 cores need {cores + 1} cores" in " ".join((done.stdout + done.stderr).split())
+    assert f"--slots: {cores + 1} slots of 1 cores need {cores + 1} cores" in " ".join(
+        (done.stdout + done.stderr).split()
+    )
 
 
 # --- the sandbox keeps a run on its slot's cores ---------------------------------------------------
@@ -126,13 +163,21 @@ def test_a_run_cannot_leave_its_slots_core(tmp_path):
     work = tmp_path / "work"
     work.mkdir(mode=0o755)
     give_to_sandbox(work)
-    code = ("import os\nprint('allowed:', sorted(os.sched_getaffinity(0)))\n"
-            "try:\n    os.sched_setaffinity(0, set(range(64)) & set(range(os.cpu_count())))\n    print('widened')\n"
-            "except OSError as exc:\n    print('refused:', exc.errno)\n"
-            "print('after:', sorted(os.sched_getaffinity(0)))\n")
+    code = (
+        "import os\nprint('allowed:', sorted(os.sched_getaffinity(0)))\n"
+        "try:\n    os.sched_setaffinity(0, set(range(64)) & set(range(os.cpu_count())))\n    print('widened')\n"
+        "except OSError as exc:\n    print('refused:', exc.errno)\n"
+        "print('after:', sorted(os.sched_getaffinity(0)))\n"
+    )
     slot = plan_slots(2, 1)[1]
-    job = SandboxJob(argv=[sys.executable, "-c", code], workdir=work, log_path=tmp_path / "log",
-                     limits=Limits(budget_s=5), cpu_clock=True, slot=slot)
+    job = SandboxJob(
+        argv=[sys.executable, "-c", code],
+        workdir=work,
+        log_path=tmp_path / "log",
+        limits=Limits(budget_s=5),
+        cpu_clock=True,
+        slot=slot,
+    )
     outcome = run_sandboxed(job)
     log = (tmp_path / "log").read_text()
     assert outcome.exit_code == 0, log
@@ -144,7 +189,7 @@ def test_a_run_cannot_leave_its_slots_core(tmp_path):
 # --- a hostile candidate in one slot, a quiet one in the other ------------------------------------
 
 
-BURNER = '''
+BURNER = """
 import os, time
 # every core it can: four processes, each asking for every core, each noting where it ran
 readers = []
@@ -165,9 +210,9 @@ for _ in range(4):
     readers.append(r)
 for r in readers:
     print("burner:", os.read(r, 1000).decode(), flush=True)
-'''
+"""
 
-SNOOPER = '''
+SNOOPER = """
 import os
 # the other slot's run: its directory, its processes (their command lines name its directory)
 victim = {victim!r}
@@ -192,7 +237,7 @@ for pid in os.listdir("/proc"):
         if victim in cmd:
             found.append("process %s: %s" % (pid, cmd))
 print("snooper found:", found or "nothing", flush=True)
-'''
+"""
 
 
 @requires_real_data
@@ -215,8 +260,10 @@ def test_a_hostile_candidate_in_one_slot_changes_nothing_in_the_other(tmp_path):
         results[name] = train_candidate(code, run_dir, limits, seed=3, slot=slot)
 
     for hostile in (BURNER, SNOOPER.format(victim=str(victim_dir))):
-        threads = [threading.Thread(target=measure, args=("victim", victim, victim_dir, slots[0])),
-                   threading.Thread(target=measure, args=("hostile", hostile, tmp_path / "hostile", slots[1]))]
+        threads = [
+            threading.Thread(target=measure, args=("victim", victim, victim_dir, slots[0])),
+            threading.Thread(target=measure, args=("hostile", hostile, tmp_path / "hostile", slots[1])),
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -259,8 +306,18 @@ def test_two_slots_overlap_each_on_its_own_core_and_noise_is_still_not_kept(tmp_
     baseline = tmp_path / "quiet_baseline.py"
     baseline.write_text(probed(QUIET_BASELINE))
     home = tmp_path / "runs"
-    config = dict(name="two", iterations=11, budget_s=4.0, proposer=f"replay:{replay}", revise_every=5, repeats=3,
-                  slots=2, home=str(home), db_url=f"sqlite:///{home / 'autoresearch.db'}", baseline_path=str(baseline))
+    config = dict(
+        name="two",
+        iterations=11,
+        budget_s=4.0,
+        proposer=f"replay:{replay}",
+        revise_every=5,
+        repeats=3,
+        slots=2,
+        home=str(home),
+        db_url=f"sqlite:///{home / 'autoresearch.db'}",
+        baseline_path=str(baseline),
+    )
     research(config)
 
     store = Store(config["db_url"])
@@ -269,15 +326,19 @@ def test_two_slots_overlap_each_on_its_own_core_and_noise_is_still_not_kept(tmp_
     rows = store.iterations(exp.id)
     assert [r.index for r in rows] == list(range(12)) and all(r.finished_at is not None for r in rows)
     assert all(r.status == "ok" for r in rows), [(r.index, r.status, r.reason) for r in rows]
-    kept_copies = [r.index for r in rows[1:11] if r.decision == "keep"]
+    kept_copies = [r.index for r in rows[1:11] if r.verdict == "keep"]
     assert len(kept_copies) <= 1, f"noise kept: {kept_copies}"
-    assert rows[11].decision == "keep", (rows[11].rule.get("summary"), rows[11].reason)
+    assert rows[11].verdict == "keep", (rows[11].decision.get("summary"), rows[11].reason)
 
     measured = store.measured_runs(exp.id)
     assert [m.seq for m in measured] == list(range(1, len(measured) + 1)), "numbered once each, in order"
     assert {m.slot for m in measured} == {0, 1}
-    overlapping = [(a.seq, b.seq) for a in measured for b in measured
-                   if a.slot != b.slot and a.started_at < b.made_at and b.started_at < a.made_at]
+    overlapping = [
+        (a.seq, b.seq)
+        for a in measured
+        for b in measured
+        if a.slot != b.slot and a.started_at < b.made_at and b.started_at < a.made_at
+    ]
     assert overlapping, "no two runs were measured at the same time"
     slots = {s.index: s for s in plan_slots(2, 1)}
     ws = Workspace(home / "two")
@@ -287,9 +348,9 @@ def test_two_slots_overlap_each_on_its_own_core_and_noise_is_still_not_kept(tmp_
         assert log_value(log, "cpus_allowed") == core and log_value(log, "ran_on") == core, (m.seq, m.slot, log[-500:])
     # every decision says which incumbent it was compared with; one re-based on a keep in flight says so
     for r in rows[1:]:
-        assert r.rule["incumbent"] in [k.index for k in rows if k.decision in ("baseline", "keep")]
-        if r.rule["incumbent"] != r.rule["proposed_on"]:
-            assert r.rule["rebased"].startswith("re-based: compared with iteration")
+        assert r.decision["incumbent"] in [k.index for k in rows if k.verdict in ("baseline", "keep")]
+        if r.decision["incumbent"] != r.decision["proposed_on"]:
+            assert r.decision["rebased"].startswith("re-based: compared with iteration")
     # each measured run is its own Prefect task run, tagged with its slot
     tagged = measure_task_tags()
     assert len(tagged) >= len({m.seed for m in measured}), "one task run per measured run (the harness may hold more)"
@@ -300,7 +361,7 @@ def test_two_slots_overlap_each_on_its_own_core_and_noise_is_still_not_kept(tmp_
     versions = [(s.version, s.after_iteration) for s in store.strategies(exp.id)]
     assert versions in ([(0, 0), (1, 5)], [(0, 0), (1, 5), (2, 10)]), versions
     # the research log agrees with the store: the keeps in the order they were decided
-    kept = sorted((r for r in rows if r.decision in ("baseline", "keep")), key=lambda r: r.finished_at)
+    kept = sorted((r for r in rows if r.verdict in ("baseline", "keep")), key=lambda r: r.finished_at)
     assert ws.committed_iterations() == sorted(r.index for r in kept)
     assert ws.train_py.read_text() == kept[-1].code
 
@@ -317,8 +378,10 @@ def measure_task_tags() -> list[list[str]]:
         async with get_client() as client:
             while True:  # the API gives at most 200 at a time
                 page = await client.read_task_runs(
-                    task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="measure-")), limit=200,
-                    offset=len(found))
+                    task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="measure-")),
+                    limit=200,
+                    offset=len(found),
+                )
                 found += [sorted(r.tags) for r in page]
                 if len(page) < 200:
                     return found

@@ -27,8 +27,14 @@ def test_read_untrusted_takes_only_a_bounded_regular_file(tmp_path):
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "dir").mkdir()
     assert read_untrusted(tmp_path, "ok.bin", 5) == b"12345"
-    for name, message in [("big.bin", "over the limit"), ("link", "not a regular file"), ("fifo", "not a regular file"),
-                          ("dir", "not a regular file"), ("missing", "no missing"), ("../target", "bad file name")]:
+    for name, message in [
+        ("big.bin", "over the limit"),
+        ("link", "not a regular file"),
+        ("fifo", "not a regular file"),
+        ("dir", "not a regular file"),
+        ("missing", "no missing"),
+        ("../target", "bad file name"),
+    ]:
         with pytest.raises(UnsafeFile, match=message):
             read_untrusted(tmp_path, name, 10)
 
@@ -122,22 +128,34 @@ def test_bounded_log_memory_stays_small_for_a_huge_stream(tmp_path):
     assert (tmp_path / "log").stat().st_size < 16_000
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("epochs: 12\n", 12),
-    ("epochs: 3\nepochs: 7\n", 7),
-    ("epochs: \u00b2\n", None),
-    ("epochs: 99999999999999999999\n", None),
-    ("epochs: -3\n", None),
-    ("epochs: \uff11\n", None),  # a full-width digit: isdigit() is True, int() would accept it
-    ("no epochs here\n", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("epochs: 12\n", 12),
+        ("epochs: 3\nepochs: 7\n", 7),
+        ("epochs: \u00b2\n", None),
+        ("epochs: 99999999999999999999\n", None),
+        ("epochs: -3\n", None),
+        ("epochs: \uff11\n", None),  # a full-width digit: isdigit() is True, int() would accept it
+        ("no epochs here\n", None),
+    ],
+)
 def test_printed_epochs_are_parsed_strictly(text, expected):
     assert reported_epochs(text) == expected
 
 
 def test_watchdog_deadline_is_the_same_whatever_the_candidate_prints():
-    dog = Watchdog(launched=100.0, limits=Limits(budget_s=10, startup_allowance_s=5, export_allowance_s=2, memory_cap_bytes=10,
-                                                 disk_cap_bytes=10, max_files=3))
+    dog = Watchdog(
+        launched=100.0,
+        limits=Limits(
+            budget_s=10,
+            startup_allowance_s=5,
+            export_allowance_s=2,
+            memory_cap_bytes=10,
+            disk_cap_bytes=10,
+            max_files=3,
+        ),
+    )
     assert dog.deadline == 115.0 and dog.kill_at() == 117.0
     dog.saw_line("budget_start: 10.0", 112.0)  # a late marker buys nothing
     assert dog.kill_at() == 117.0

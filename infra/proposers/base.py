@@ -45,6 +45,24 @@ class InFlight:
     code: str
 
 
+@dataclass(frozen=True)
+class Hardware:
+    """The machine and the compute every candidate gets, as the proposer is told them."""
+
+    device: str  # cpu, cuda:N, mps
+    budget_s: float
+    cpu_threads: int | None = None  # allotted cores on a CPU clock; None on a GPU (wall clock)
+    startup_allowance_s: float | None = None
+    export_allowance_s: float | None = None
+    inference_allowance_s: float | None = None  # CPU s on one core per 10,000 images
+    cpu_cores: int | None = None
+    usable_cores: int | None = None  # the cores this process (and so the sandbox) may run on
+    memory_cap_gib: float | None = None  # per candidate
+    slots: int = 1
+    device_name: str | None = None  # a GPU's name
+    device_memory_gib: float | None = None
+
+
 @dataclass
 class ProposalContext:
     iteration: int
@@ -55,10 +73,12 @@ class ProposalContext:
     rule: RuleConfig = field(default_factory=RuleConfig)  # the experiment's acceptance rule
     bar: Bar | None = None  # what a candidate must beat now: the incumbent's current runs, the rule's margins
     history: list[IterationRecord] = field(default_factory=list)  # finished iterations, oldest first
-    hardware: dict[str, Any] = field(default_factory=dict)  # device, cores, threads, memory cap, budget
+    hardware: Hardware = field(default_factory=lambda: Hardware("cpu", 120.0))
     seed: int = 0
     max_cost_left: float | None = None  # USD the proposer may still spend (None: no cap)
     in_flight: list[InFlight] = field(default_factory=list)  # candidates being measured now, in other slots
+    experiment: str = ""  # the experiment's name
+    store_url: str = ""  # the experiment's store: where a proposer with a memory of its own (optuna) keeps it
 
 
 class Proposer(Protocol):
@@ -74,6 +94,13 @@ class Proposer(Protocol):
         """A new Strategy section and the lessons learned, from the history so far."""
 
 
+class Settles(Protocol):
+    """A proposer that is told each finished iteration's outcome (optuna's `tell`), beyond what the history shows."""
+
+    def settle(self, ctx: ProposalContext) -> int:
+        """Take in every finished iteration of ctx.history not taken in yet (idempotent); returns how many."""
+
+
 class CannotFix:
     """For proposers without a model to ask: a crashed candidate stays crashed, the iteration is recorded as
     failed, and the loop goes on."""
@@ -81,5 +108,9 @@ class CannotFix:
     name = ""
 
     def fix(self, ctx: ProposalContext, candidate: Proposal, error: str, log_tail: str) -> Proposal:
-        return Proposal(hypothesis=candidate.hypothesis, change_type=candidate.change_type, code=candidate.code,
-                        error=f"the {self.name} proposer cannot fix a candidate that crashed: {error}")
+        return Proposal(
+            hypothesis=candidate.hypothesis,
+            change_type=candidate.change_type,
+            code=candidate.code,
+            error=f"the {self.name} proposer cannot fix a candidate that crashed: {error}",
+        )

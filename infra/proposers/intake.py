@@ -43,7 +43,7 @@ class Refused(ValueError):
 
 
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def text(value: Any, field: str, limit: int, multiline: bool = False) -> str:
@@ -110,11 +110,23 @@ def accept_proposal(proposal: Any, incumbent: str) -> Proposal | None:
         hypothesis = text(proposal.hypothesis, "hypothesis", MAX_HYPOTHESIS_CHARS)
         expected = text(proposal.expected_effect, "expected_effect", MAX_EXPECTED_EFFECT_CHARS)
         if error:  # a failed proposal: its code is never trained, and the incumbent's stands in for it
-            return Proposal(hypothesis=hypothesis, change_type=ChangeType.UNKNOWN, code=incumbent,
-                            expected_effect=expected, error=error, calls=proposal.calls)
+            return Proposal(
+                hypothesis=hypothesis,
+                change_type=ChangeType.UNKNOWN,
+                code=incumbent,
+                expected_effect=expected,
+                error=error,
+                calls=proposal.calls,
+            )
         new_code = code(proposal.code)
-        return Proposal(hypothesis=hypothesis, change_type=change_type(proposal.change_type, incumbent, new_code),
-                        code=new_code, expected_effect=expected, memory=memory(proposal.memory), calls=proposal.calls)
+        return Proposal(
+            hypothesis=hypothesis,
+            change_type=change_type(proposal.change_type, incumbent, new_code),
+            code=new_code,
+            expected_effect=expected,
+            memory=memory(proposal.memory),
+            calls=proposal.calls,
+        )
     except Refused as exc:
         return _refused(proposal, incumbent, str(exc))
 
@@ -125,8 +137,13 @@ def _refused(proposal: Proposal | None, incumbent: str, why: str) -> Proposal:
     except Refused:
         hypothesis = ""
     calls = proposal.calls if isinstance(proposal, Proposal) and isinstance(proposal.calls, list) else []
-    return Proposal(hypothesis=hypothesis, change_type=ChangeType.UNKNOWN, code=incumbent,
-                    error=f"proposal refused: {_cut(why, MAX_ERROR_CHARS)}", calls=calls)
+    return Proposal(
+        hypothesis=hypothesis,
+        change_type=ChangeType.UNKNOWN,
+        code=incumbent,
+        error=f"proposal refused: {_cut(why, MAX_ERROR_CHARS)}",
+        calls=calls,
+    )
 
 
 def accept_revision(revision: Any, current: str) -> Revision:

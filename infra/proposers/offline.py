@@ -27,11 +27,10 @@ from typing import Any
 
 from infra.proposers.base import CannotFix, Proposal, ProposalContext, Revision
 from infra.records import ChangeType, IterationRecord, Verdict
-from infra.research.code_edit import Number, set_constants, tunable_constants
+from infra.research.code_edit import UNIT_INTERVAL_HINTS, Number, set_constants, tunable_constants
 
 INITIAL_LOG_STEP = math.log(2.0)
-GROW, SHRINK = 1.5, 1.5 ** -0.25
-UNIT_INTERVAL_HINTS = ("MOMENTUM", "DROPOUT", "BETA", "SMOOTHING")
+GROW, SHRINK = 1.5, 1.5**-0.25
 SEARCH_BLOCK = re.compile(r"```json offline-search\n(.*?)\n```", re.DOTALL)
 
 
@@ -50,9 +49,9 @@ def _offline_tries(history: list[IterationRecord]) -> list[tuple[str, float, flo
     tries = []
     for item in history:
         move = item.memory
-        if "constant" in move and item.decision in (Verdict.KEEP, Verdict.DISCARD):
+        if "constant" in move and item.verdict in (Verdict.KEEP, Verdict.DISCARD):
             old, new = float(move["old"]), float(move["new"])  # a switch: False -> True reads as 0 -> 1
-            tries.append((move["constant"], old, new, item.decision == Verdict.KEEP, item.rule.get("delta") or 0.0))
+            tries.append((move["constant"], old, new, item.verdict == Verdict.KEEP, item.decision.delta or 0.0))
     return tries
 
 
@@ -117,11 +116,15 @@ class OfflineProposer(CannotFix):
     def revise_strategy(self, ctx: ProposalContext) -> Revision:
         tries = _offline_tries(ctx.history)
         constants = tunable_constants(ctx.incumbent_code)
-        stats: dict[str, dict[str, float]] = {n: {"tries": 0, "keeps": 0, "up_keeps": 0, "down_keeps": 0,
-                                                  "up_fails": 0, "down_fails": 0, "best": 0.0} for n in constants}
+        stats: dict[str, dict[str, float]] = {
+            n: {"tries": 0, "keeps": 0, "up_keeps": 0, "down_keeps": 0, "up_fails": 0, "down_fails": 0, "best": 0.0}
+            for n in constants
+        }
         for name, old, new, kept, delta in tries:
-            s = stats.setdefault(name, {"tries": 0, "keeps": 0, "up_keeps": 0, "down_keeps": 0,
-                                        "up_fails": 0, "down_fails": 0, "best": 0.0})
+            s = stats.setdefault(
+                name,
+                {"tries": 0, "keeps": 0, "up_keeps": 0, "down_keeps": 0, "up_fails": 0, "down_fails": 0, "best": 0.0},
+            )
             direction = "up" if new > old else "down"
             s["tries"] += 1
             s["keeps"] += kept
@@ -134,9 +137,11 @@ class OfflineProposer(CannotFix):
             ups = 1 + s["up_keeps"] + s["down_fails"]  # a failed step down is weak evidence for up
             downs = 1 + s["down_keeps"] + s["up_fails"]
             p_up[name] = round(ups / (ups + downs), 3)
-            lines.append(f"- {name} (now {constants.get(name)}): {int(s['tries'])} tries, {int(s['keeps'])} kept, "
-                         f"best delta {s['best']:+.4f}; weight {weights[name]}, P(up) {p_up[name]}, "
-                         f"log-step {steps[name]:.2f}")
+            lines.append(
+                f"- {name} (now {constants.get(name)}): {int(s['tries'])} tries, {int(s['keeps'])} kept, "
+                f"best delta {s['best']:+.4f}; weight {weights[name]}, P(up) {p_up[name]}, "
+                f"log-step {steps[name]:.2f}"
+            )
             if s["keeps"]:
                 lessons.append(f"{name}: kept {int(s['keeps'])} of {int(s['tries'])} changes")
             elif s["tries"] >= 3:

@@ -5,7 +5,7 @@ OPENAI_BASE_URL points it at the server; OPENAI_API_KEY if the server wants
 one. Same contract as Claude: a forced function call, or, for servers without tool calling, a JSON
 object in the reply. Cost comes from the price table ('local' models cost nothing).
 Servers with automatic prefix caching (OpenAI, vLLM) reuse the longest prefix seen before, so the
-request keeps llm.py's order: the same tools, then the fixed text and program.md, then the
+request keeps prompt.py's order: the same tools, then the fixed text and program.md, then the
 incumbent and the situation, the task last.
 """
 
@@ -17,8 +17,10 @@ import re
 from typing import Any
 
 from infra.proposers.base import ProposerError
-from infra.proposers.llm import MAX_OUTPUT_TOKENS, TOOLS, LLMProposer, Prompt, ToolAnswer
+from infra.proposers.llm import MAX_OUTPUT_TOKENS, LLMProposer, ToolAnswer
 from infra.proposers.pricing import ImpossibleUsage, Usage
+from infra.proposers.prompt import Prompt
+from infra.proposers.tool_schema import TOOLS
 
 MAX_RETRIES = 4
 TIMEOUT_S = 600.0
@@ -35,20 +37,36 @@ class OpenAICompatProposer(LLMProposer):
         base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         self.model = model or os.environ.get("AUTORESEARCH_OPENAI_MODEL") or ""
         if not self.model:
-            raise ProposerError("the OpenAI-compatible proposer needs a model name (--model or AUTORESEARCH_OPENAI_MODEL)")
+            raise ProposerError(
+                "the OpenAI-compatible proposer needs a model name (--model or AUTORESEARCH_OPENAI_MODEL)"
+            )
         if not base_url and not os.environ.get("OPENAI_API_KEY"):
-            raise ProposerError("the OpenAI-compatible proposer needs OPENAI_BASE_URL (a local server) or OPENAI_API_KEY")
-        self.client = openai.OpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
-                                    max_retries=MAX_RETRIES, timeout=TIMEOUT_S)
+            raise ProposerError(
+                "the OpenAI-compatible proposer needs OPENAI_BASE_URL (a local server) or OPENAI_API_KEY"
+            )
+        self.client = openai.OpenAI(
+            base_url=base_url,
+            api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
+            max_retries=MAX_RETRIES,
+            timeout=TIMEOUT_S,
+        )
 
     def _send(self, prompt: Prompt, tool_name: str, turns: list[Any]) -> ToolAnswer:
-        functions = [{"type": "function", "function": {"name": t["name"], "description": t["description"],
-                                                       "parameters": t["input_schema"]}} for t in TOOLS]
+        functions = [
+            {
+                "type": "function",
+                "function": {"name": t["name"], "description": t["description"], "parameters": t["input_schema"]},
+            }
+            for t in TOOLS
+        ]
         response = self.client.chat.completions.create(
             model=self.model,
             max_tokens=MAX_OUTPUT_TOKENS,
-            messages=[{"role": "system", "content": "\n\n".join(prompt.system())},
-                      {"role": "user", "content": "\n\n".join(prompt.user())}, *turns],
+            messages=[
+                {"role": "system", "content": "\n\n".join(prompt.system())},
+                {"role": "user", "content": "\n\n".join(prompt.user())},
+                *turns,
+            ],
             tools=functions,
             tool_choice={"type": "function", "function": {"name": tool_name}},
         )
@@ -59,10 +77,15 @@ class OpenAICompatProposer(LLMProposer):
         except TypeError as exc:
             raise ImpossibleUsage(f"the model server reported a usage that is not token counts ({exc})") from None
         message = response.choices[0].message
-        text = (message.tool_calls[0].function.arguments if message.tool_calls
-                else (JSON_OBJECT.search(message.content or "") or [None])[0])
+        text = (
+            message.tool_calls[0].function.arguments
+            if message.tool_calls
+            else (JSON_OBJECT.search(message.content or "") or [None])[0]
+        )
         if text is None:
-            return ToolAnswer(None, message, usage, error=f"no {tool_name} function call and no JSON object in the reply")
+            return ToolAnswer(
+                None, message, usage, error=f"no {tool_name} function call and no JSON object in the reply"
+            )
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -74,8 +97,18 @@ class OpenAICompatProposer(LLMProposer):
         note = f"That answer was invalid: {error}. Call the function again with a corrected answer."
         if message.tool_calls:
             call = message.tool_calls[0]
-            return [{"role": "assistant", "content": message.content or "",
-                     "tool_calls": [{"id": call.id, "type": "function",
-                                     "function": {"name": call.function.name, "arguments": call.function.arguments}}]},
-                    {"role": "tool", "tool_call_id": call.id, "content": note}]
+            return [
+                {
+                    "role": "assistant",
+                    "content": message.content or "",
+                    "tool_calls": [
+                        {
+                            "id": call.id,
+                            "type": "function",
+                            "function": {"name": call.function.name, "arguments": call.function.arguments},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": call.id, "content": note},
+            ]
         return [{"role": "assistant", "content": message.content or ""}, {"role": "user", "content": note}]

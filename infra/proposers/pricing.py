@@ -70,8 +70,12 @@ def prices_for(model: str, table: dict[str, dict[str, float]] | None = None) -> 
 
 def cost_usd(usage: Usage, model: str, table: dict[str, dict[str, float]] | None = None) -> float:
     p = prices_for(model, table)
-    return (usage.input_tokens * p["input"] + usage.output_tokens * p["output"]
-            + usage.cache_write_tokens * p["cache_write"] + usage.cache_read_tokens * p["cache_read"]) / 1e6
+    return (
+        usage.input_tokens * p["input"]
+        + usage.output_tokens * p["output"]
+        + usage.cache_write_tokens * p["cache_write"]
+        + usage.cache_read_tokens * p["cache_read"]
+    ) / 1e6
 
 
 def worst_case_cost_usd(prompt_chars: int, max_output_tokens: int, model: str) -> float:

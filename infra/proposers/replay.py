@@ -44,11 +44,16 @@ class ReplayProposer(CannotFix):
             code = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             return replace(failed, error=f"{path.name} is not UTF-8 text (byte {exc.start})")
-        return Proposal(hypothesis=first_comment(code) or f"replay of {path.name}",
-                        change_type=classify_change(ctx.incumbent_code, code), code=code)
+        return Proposal(
+            hypothesis=first_comment(code) or f"replay of {path.name}",
+            change_type=classify_change(ctx.incumbent_code, code),
+            code=code,
+        )
 
     def revise_strategy(self, ctx: ProposalContext) -> Revision:
-        kept = [h for h in ctx.history if h.decision == Verdict.KEEP]
-        text = (f"Replay of {len(self.files)} fixed candidates; nothing to revise. "
-                f"After iteration {ctx.iteration - 1}: {len(kept)} kept.\n")
+        kept = [h for h in ctx.history if h.verdict == Verdict.KEEP]
+        text = (
+            f"Replay of {len(self.files)} fixed candidates; nothing to revise. "
+            f"After iteration {ctx.iteration - 1}: {len(kept)} kept.\n"
+        )
         return Revision(text, "; ".join(f"iteration {h.iteration}: {h.hypothesis}" for h in kept) or "none kept")

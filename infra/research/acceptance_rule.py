@@ -242,8 +242,21 @@ def compare(incumbent: Sequence[float], candidate: Sequence[float], floor: Floor
     delta = cand_mean - inc_mean
     se = sigma * math.sqrt(1 / n_i + 1 / n_c)
     sure = float(stats.t.cdf(delta / se, dof)) if se > 0 else float(delta > 0)
-    return Decision(Verdict.CONFIRM, Stop.MORE, None, delta, sigma, dof, sure, cfg.needed(n_c), inc_mean, cand_mean,
-                    n_i, n_c, floor.sigma)
+    return Decision(
+        Verdict.CONFIRM,
+        Stop.MORE,
+        None,
+        delta,
+        sigma,
+        dof,
+        sure,
+        cfg.needed(n_c),
+        inc_mean,
+        cand_mean,
+        n_i,
+        n_c,
+        floor.sigma,
+    )
 
 
 def spread_too_wide(incumbent: Sequence[float], candidate: Sequence[float], floor: Floor, cfg: RuleConfig) -> str:
@@ -261,12 +274,19 @@ def spread_too_wide(incumbent: Sequence[float], candidate: Sequence[float], floo
     limit = allowed * math.sqrt(float(stats.f.ppf(cfg.confidence, len(candidate) - 1, dof)))
     if spread <= limit:
         return ""
-    return (f"its runs vary far more than the incumbent's (sd {spread:.4f} against a noise of {allowed:.4f}; at most "
-            f"{limit:.4f}): as the incumbent it would raise later thresholds")
+    return (
+        f"its runs vary far more than the incumbent's (sd {spread:.4f} against a noise of {allowed:.4f}; at most "
+        f"{limit:.4f}): as the incumbent it would raise later thresholds"
+    )
 
 
-def step(incumbent: Sequence[float], candidate: Sequence[float], floor: Floor, cfg: RuleConfig = RuleConfig(),
-         look: bool = True) -> Decision:
+def step(
+    incumbent: Sequence[float],
+    candidate: Sequence[float],
+    floor: Floor,
+    cfg: RuleConfig = RuleConfig(),
+    look: bool = True,
+) -> Decision:
     """What to do after the runs so far (module docstring). look: the candidate's last run has just arrived (False
     after an incumbent run: no new look, only which run comes next)."""
     least = cfg.incumbent_runs + (1 if disagree(incumbent, floor) else 0)
@@ -276,8 +296,21 @@ def step(incumbent: Sequence[float], candidate: Sequence[float], floor: Floor, c
     if len(incumbent) < least or not candidate:
         role = Role.INCUMBENT if len(incumbent) < least else Role.CANDIDATE
         nan = math.nan
-        return Decision(Verdict.CONFIRM, Stop.MORE, role, nan, nan, nan, nan, None, nan, nan, len(incumbent),
-                        len(candidate), floor.sigma)
+        return Decision(
+            Verdict.CONFIRM,
+            Stop.MORE,
+            role,
+            nan,
+            nan,
+            nan,
+            nan,
+            None,
+            nan,
+            nan,
+            len(incumbent),
+            len(candidate),
+            floor.sigma,
+        )
     now = compare(incumbent, candidate, floor, cfg)
     k = len(candidate)
     if look:
@@ -313,9 +346,15 @@ def steer(decision: Decision, incumbent_failing: bool, has_incumbent: bool) -> D
     return Decision(**{**decision.__dict__, "next_run": Role.CANDIDATE})
 
 
-def procedure(incumbent: Sequence[float], floor: Floor, measure: Callable[[Role], float | None],
-              cfg: RuleConfig = RuleConfig(), candidate: Sequence[float] = (), last: Role | None = None,
-              max_incumbent_failures: int = 2) -> tuple[Decision, list[float], list[float]]:
+def procedure(
+    incumbent: Sequence[float],
+    floor: Floor,
+    measure: Callable[[Role], float | None],
+    cfg: RuleConfig = RuleConfig(),
+    candidate: Sequence[float] = (),
+    last: Role | None = None,
+    max_incumbent_failures: int = 2,
+) -> tuple[Decision, list[float], list[float]]:
     """Drive `step` to a decision: (the decision, the candidate's scores, the incumbent's scores it used).
     measure(role) makes one more run and returns its score (None: it failed). candidate and last: the runs a
     resumed decision already has, and whose run was made last. A look is taken at most once per candidate run,
@@ -361,8 +400,10 @@ def summary(d: Decision) -> str:
     if math.isnan(d.delta):
         return f"no look yet, {d.n_candidate} runs (incumbent {d.n_incumbent})"
     needs = f"keep needs {_pct(d.needed)}" if d.needed is not None else f"no keep before {d.n_candidate + 1} runs"
-    text = f"{d.delta * 100:+.2f} points, {_pct(d.sure)} sure, {d.n_candidate} run{'s' * (d.n_candidate != 1)} " \
-           f"(incumbent {d.n_incumbent}); {needs}"
+    text = (
+        f"{d.delta * 100:+.2f} points, {_pct(d.sure)} sure, {d.n_candidate} run{'s' * (d.n_candidate != 1)} "
+        f"(incumbent {d.n_incumbent}); {needs}"
+    )
     return f"{text}: {d.stop}" if d.stop != Stop.MORE else text
 
 
@@ -395,19 +436,18 @@ def bar(incumbent: Sequence[float], floor: Floor, cfg: RuleConfig = RuleConfig()
         return max(cfg.min_delta, float(stats.t.ppf(cfg.needed(k), dof)) * first.sigma * math.sqrt(1 / n_i + 1 / k))
 
     continue_above = float(stats.t.ppf(cfg.futility(1), first.dof)) * first.sigma * math.sqrt(1 / first.n_incumbent + 1)
-    return Bar(tuple(incumbent), first.incumbent_mean, first.sigma, floor.sigma, continue_above,
-               keep_margin(cfg.min_keep_runs), keep_margin(cfg.max_runs), cfg.min_keep_runs, cfg.max_runs, cfg.min_delta)
-
-
-def stored_summary(rule: dict) -> str:
-    """A stored decision's summary (an iteration's `rule`), and how it was re-based if it was (slots: compared with an
-    incumbent kept while it was in flight); decisions of the rule before the sequential one show their delta and
-    threshold; '' when nothing was compared."""
-    if rule.get("summary"):
-        return str(rule["summary"]) + (f"; {rule['rebased']}" if rule.get("rebased") else "")
-    if rule.get("threshold") is not None and rule.get("delta") is not None:
-        return f"{rule['delta'] * 100:+.2f} points, threshold {rule['threshold'] * 100:.2f} (the earlier rule)"
-    return ""
+    return Bar(
+        tuple(incumbent),
+        first.incumbent_mean,
+        first.sigma,
+        floor.sigma,
+        continue_above,
+        keep_margin(cfg.min_keep_runs),
+        keep_margin(cfg.max_runs),
+        cfg.min_keep_runs,
+        cfg.max_runs,
+        cfg.min_delta,
+    )
 
 
 def _pct(p: float) -> str:

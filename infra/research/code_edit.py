@@ -15,6 +15,8 @@ import difflib
 from infra.records import ChangeType
 
 Number = int | float | bool
+# names of constants that live in [0, 1): the searchers (offline, optuna's space) keep them there
+UNIT_INTERVAL_HINTS = ("MOMENTUM", "DROPOUT", "BETA", "SMOOTHING")
 MAX_CODE_BYTES = 128 * 1024  # a real train.py is a few KiB; parsing and classifying cost ~650x the bytes
 
 
@@ -73,7 +75,9 @@ def set_constants(code: str, changes: dict[str, Number]) -> str:
     for line in lines:
         offsets.append(offsets[-1] + len(line.encode()))
     raw = code.encode()
-    spans = sorted(((nodes[n], v) for n, v in changes.items()), key=lambda nv: (nv[0].lineno, nv[0].col_offset), reverse=True)
+    spans = sorted(
+        ((nodes[n], v) for n, v in changes.items()), key=lambda nv: (nv[0].lineno, nv[0].col_offset), reverse=True
+    )
     for node, value in spans:
         start = offsets[node.lineno - 1] + node.col_offset
         end = offsets[node.end_lineno - 1] + node.end_col_offset
@@ -88,8 +92,12 @@ def set_constants(code: str, changes: dict[str, Number]) -> str:
 
 class _BlankConstants(ast.NodeTransformer):
     def visit_Assign(self, node: ast.Assign) -> ast.Assign:
-        if len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) and node.targets[0].id.isupper() \
-                and _literal(node.value) is not None:
+        if (
+            len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id.isupper()
+            and _literal(node.value) is not None
+        ):
             node.value = ast.Constant(value=None)
         return node
 
@@ -116,6 +124,8 @@ MAX_DIFF_LINES = 2_000
 def unified_diff(old: str, new: str, old_name: str = "incumbent/train.py", new_name: str = "candidate/train.py") -> str:
     old_lines, new_lines = old.splitlines(keepends=True), new.splitlines(keepends=True)
     if max(len(old_lines), len(new_lines)) > MAX_DIFF_LINES:
-        return (f"--- {old_name}\n+++ {new_name}\n(no diff: {len(old_lines)} and {len(new_lines)} lines, more than "
-                f"{MAX_DIFF_LINES} on a side)\n")
+        return (
+            f"--- {old_name}\n+++ {new_name}\n(no diff: {len(old_lines)} and {len(new_lines)} lines, more than "
+            f"{MAX_DIFF_LINES} on a side)\n"
+        )
     return "".join(difflib.unified_diff(old_lines, new_lines, old_name, new_name))

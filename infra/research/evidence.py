@@ -13,8 +13,9 @@ import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Any
 
-from infra.records import MeasuredRun
+from infra.records import DecisionRecord, MeasuredRun, RunUsed
 from infra.research.acceptance_rule import Decision, Floor, Role, RuleConfig, current, noise_floor, summary
 
 
@@ -35,8 +36,9 @@ class Evidence:
         return [r.score for r in runs if r.score is not None]
 
 
-def evidence(runs: list[MeasuredRun], iteration: int, incumbent: int, cfg: RuleConfig,
-             now: tuple[int, datetime]) -> Evidence:
+def evidence(
+    runs: list[MeasuredRun], iteration: int, incumbent: int, cfg: RuleConfig, now: tuple[int, datetime]
+) -> Evidence:
     """For the decision about `iteration` against the incumbent iteration `incumbent`, from all the experiment's
     measured runs (oldest first). now: the next run's number and the time, for a decision with no run yet."""
     made_for = [r for r in runs if r.decided_in == iteration and not r.remeasured]
@@ -48,17 +50,29 @@ def evidence(runs: list[MeasuredRun], iteration: int, incumbent: int, cfg: RuleC
         if r.iteration != iteration and r.score is not None:
             groups[r.iteration].append(r.score)
     last = None if not made_for else Role.CANDIDATE if made_for[-1].iteration == iteration else Role.INCUMBENT
-    return Evidence(incumbent=[r for r, ok in zip(of_incumbent, fresh) if ok],
-                    candidate=[r for r in made_for if r.iteration == iteration],
-                    floor=noise_floor(list(groups.values()), cfg), last=last)
+    return Evidence(
+        incumbent=[r for r, ok in zip(of_incumbent, fresh) if ok],
+        candidate=[r for r in made_for if r.iteration == iteration],
+        floor=noise_floor(list(groups.values()), cfg),
+        last=last,
+    )
 
 
-def decision_record(d: Decision, found: Evidence) -> dict:
-    """A decision as the iteration's record keeps it (its `rule`): the numbers of its last look, why it stopped, its
-    one-line summary, and the runs it used, by seq and seed, for the candidate and the incumbent."""
-    used = lambda runs: [{"seq": r.seq, "seed": r.seed, "score": r.score} for r in runs]  # noqa: E731
+def decision_record(d: Decision, found: Evidence, **where: Any) -> DecisionRecord:
+    """A decision as the iteration's record keeps it: the numbers of its last look, why it stopped, its one-line
+    summary, and the runs it used, by seq and seed, for the candidate and the incumbent. where: the incumbent it was
+    compared with, the one it was proposed on, how it was re-based."""
     numbers = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(d).items()}
+    for key in ("verdict", "stop", "next_run"):  # the enums as their strings; a stored decision has no next run
+        numbers.pop(key)
     threshold = d.threshold
-    return {**numbers, "verdict": str(d.verdict), "stop": str(d.stop), "next_run": None,
-            "threshold": threshold if math.isfinite(threshold) else None, "summary": summary(d),
-            "candidate_runs": used(found.candidate), "incumbent_runs": used(found.incumbent)}
+    return DecisionRecord(
+        **numbers,
+        verdict=str(d.verdict),
+        stop=str(d.stop),
+        threshold=threshold if math.isfinite(threshold) else None,
+        summary=summary(d),
+        candidate_runs=tuple(RunUsed(r.seq, r.seed, r.score) for r in found.candidate),
+        incumbent_runs=tuple(RunUsed(r.seq, r.seed, r.score) for r in found.incumbent),
+        **where,
+    )

@@ -7,7 +7,7 @@ The experiment workspace, runs/<experiment>/:
     iterations/NNNN/    each candidate: seed-K/ per measured run (infra/sandbox/trial.py's layout), preflight-A/
     .git                every kept change is a commit: `git log -p` reads as the research log
 
-The store is the source of truth; `sync_git` makes the git history agree with it
+The store is the source of truth; `Loop.sync` (flows/research.py) makes the git history agree with it
 after any crash (each keep commit carries an `Iteration: N` trailer, read back by git's own trailer
 parser, never by a pattern over free text: a hypothesis is a proposer's text).
 
@@ -29,8 +29,12 @@ GIT_IDENTITY = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@l
 # Git runs only on orchestrator-written files, and never runs code from its configuration: no hooks, no
 # fsmonitor, no system or user config (a planted hook or fsmonitor would otherwise run as this user).
 GIT_SAFETY = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false"]
-GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_TERMINAL_PROMPT": "0",
-           "GIT_OPTIONAL_LOCKS": "0"}
+GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_OPTIONAL_LOCKS": "0",
+}
 
 
 def _git_env() -> dict[str, str]:
@@ -69,8 +73,14 @@ class Workspace:
                 model.unlink(missing_ok=True)
 
     def git(self, *args: str, stdin: str | None = None) -> str:
-        done = subprocess.run(["git", *GIT_IDENTITY, *GIT_SAFETY, *args], cwd=self.root, capture_output=True, text=True,
-                              env=_git_env(), input=stdin)
+        done = subprocess.run(
+            ["git", *GIT_IDENTITY, *GIT_SAFETY, *args],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            env=_git_env(),
+            input=stdin,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"git {' '.join(args)} failed in {self.root}: {done.stderr.strip()[:2000]}")
         return done.stdout
@@ -112,8 +122,15 @@ class Workspace:
             self.commit(f"Baseline\n\nThe starting train.py and program.md.\n\n{TRAILER}: 0\n")
 
     def _has_head(self) -> bool:
-        return subprocess.run(["git", *GIT_SAFETY, "rev-parse", "--verify", "-q", "HEAD"], cwd=self.root,
-                              capture_output=True, env=_git_env()).returncode == 0
+        return (
+            subprocess.run(
+                ["git", *GIT_SAFETY, "rev-parse", "--verify", "-q", "HEAD"],
+                cwd=self.root,
+                capture_output=True,
+                env=_git_env(),
+            ).returncode
+            == 0
+        )
 
     def committed_iterations(self) -> list[int]:
         """The iterations that have a keep commit, from git's trailer parser: only the `Iteration: N` of a
@@ -133,8 +150,11 @@ class Workspace:
         self.write_train_py(code)
         self.git("add", "train.py", "program.md")
         subject = " ".join((hypothesis or "untitled change").split())
-        self.commit(f"Iteration {index}: {subject}\n\nval_accuracy {before:.4f} -> {after:.4f} ({after - before:+.4f})"
-                    f"\n\n{TRAILER}: {index}\n", "--allow-empty")
+        self.commit(
+            f"Iteration {index}: {subject}\n\nval_accuracy {before:.4f} -> {after:.4f} ({after - before:+.4f})"
+            f"\n\n{TRAILER}: {index}\n",
+            "--allow-empty",
+        )
 
     def commit_program(self, version: int, after_iteration: int) -> None:
         """Commit a revised program.md (no trailer: it is not an iteration)."""

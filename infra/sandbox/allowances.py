@@ -44,7 +44,7 @@ from infra.sandbox.slots import Slot
 from infra.sandbox.trial import fresh_run_dir, read_log, train_job
 from infra.settings import Limits
 
-REFERENCE = '''\
+REFERENCE = """\
 import torch
 from torch import nn
 
@@ -63,7 +63,7 @@ model = nn.Sequential(*block(1, 32), *block(32, 64), *block(64, 128), nn.Flatten
 model = model.to(device)
 prepare.TrainingBudget(1.0)  # prints the budget marker: start-up ends here, and this reference trains for nothing
 prepare.save_model(model)
-'''
+"""
 PROBE_LIMIT_S = 300.0  # a start-up or export slower than this is a broken machine, not a slow one
 
 
@@ -83,12 +83,18 @@ def allowance_for(seconds: float) -> float:
     return math.ceil((1.1 * seconds + 0.5) * 10) / 10
 
 
-def measure_allowances(scratch: Path, device: str | None = None, memory_cap_bytes: int = 0,
-                       cpu_threads: int = 0, slot: Slot | None = None) -> Allowances:
+def measure_allowances(
+    scratch: Path, device: str | None = None, memory_cap_bytes: int = 0, cpu_threads: int = 0, slot: Slot | None = None
+) -> Allowances:
     """Run REFERENCE in the sandbox (in scratch, removed afterwards) and return the allowances for it; in a slot,
     pinned as the candidates will be."""
-    limits = Limits(budget_s=1.0, startup_allowance_s=PROBE_LIMIT_S, export_allowance_s=PROBE_LIMIT_S,
-                    memory_cap_bytes=memory_cap_bytes, cpu_threads=cpu_threads)
+    limits = Limits(
+        budget_s=1.0,
+        startup_allowance_s=PROBE_LIMIT_S,
+        export_allowance_s=PROBE_LIMIT_S,
+        memory_cap_bytes=memory_cap_bytes,
+        cpu_threads=cpu_threads,
+    )
     scratch = Path(os.path.abspath(scratch))
     fresh_run_dir(REFERENCE, scratch)
     try:
@@ -97,12 +103,17 @@ def measure_allowances(scratch: Path, device: str | None = None, memory_cap_byte
         outcome = run_sandboxed(train_job(scratch, limits, 0, split, device, slot))
         if outcome.exit_code != 0 or outcome.marker_at_s is None or outcome.after_marker_s is None:
             tail = "\n".join(read_log(outcome.log_path).splitlines()[-5:])
-            raise RuntimeError(f"the reference start-up and export failed in the sandbox (exit {outcome.exit_code}, "
-                               f"signal {outcome.signal}, {outcome.killed_for or 'not killed'}):\n{tail}")
+            raise RuntimeError(
+                f"the reference start-up and export failed in the sandbox (exit {outcome.exit_code}, "
+                f"signal {outcome.signal}, {outcome.killed_for or 'not killed'}):\n{tail}"
+            )
         startup, export = outcome.marker_at_s, outcome.after_marker_s
-        return Allowances(startup_s=allowance_for(startup), export_s=allowance_for(export),
-                          measured_startup_s=round(startup, 2), measured_export_s=round(export, 2),
-                          clock=outcome.compute.clock)
+        return Allowances(
+            startup_s=allowance_for(startup),
+            export_s=allowance_for(export),
+            measured_startup_s=round(startup, 2),
+            measured_export_s=round(export, 2),
+            clock=outcome.compute.clock,
+        )
     finally:
         remove_tree(scratch)
-

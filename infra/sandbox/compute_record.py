@@ -39,6 +39,7 @@ waiting (infra/sandbox/process_tree.py), so processes of one run that queue behi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -55,24 +56,43 @@ def host_load() -> float:
 
 @dataclass(frozen=True)
 class ComputeRecord:
+    """What compute one run received (the module's docstring says what each field means)."""
+
     clock: str
-    threads: int
-    cpu_seconds: float
-    wall_seconds: float
-    core_share: float
-    waiting_share: float
-    free_cores: float
-    load_start: float
-    load_end: float
-    contended: bool
+    threads: int = 0
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    core_share: float = 0.0
+    waiting_share: float = 0.0
+    free_cores: float | None = None  # None: stored before the free cores were measured
+    load_start: float = 0.0
+    load_end: float = 0.0
+    contended: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any] | None) -> ComputeRecord | None:
+        """Back from the store's JSON; None for a run that never reached training. A record stored by an older
+        version may lack later fields (their defaults) or hold ones since dropped (ignored)."""
+        if not stored or "clock" not in stored:
+            return None
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in stored.items() if key in known})
 
-def compute_record(threads: int, cpu_seconds: float, wall_seconds: float, run_delay_seconds: float,
-                   others_busy_seconds: float, cores: int, load_start: float, load_end: float,
-                   stopped_by_wall_ceiling: bool) -> ComputeRecord:
+
+def compute_record(
+    threads: int,
+    cpu_seconds: float,
+    wall_seconds: float,
+    run_delay_seconds: float,
+    others_busy_seconds: float,
+    cores: int,
+    load_start: float,
+    load_end: float,
+    stopped_by_wall_ceiling: bool,
+) -> ComputeRecord:
     wall = max(wall_seconds, 1e-9)
     free_cores = max(0.0, cores - max(0.0, others_busy_seconds) / wall)
     starved = free_cores < CONTENDED_FREE_SHARE * (threads or 1)
@@ -92,14 +112,18 @@ def compute_record(threads: int, cpu_seconds: float, wall_seconds: float, run_de
     )
 
 
-def describe(compute: dict[str, Any]) -> str:
-    """One line for logs, the CLI and the prompt: what the run got."""
-    if "clock" not in compute:  # never reached training (invalid code)
+def describe(compute: ComputeRecord | None) -> str:
+    """One line for logs, the CLI and the prompt: what the run got ("" for a run that never reached training)."""
+    if compute is None:
         return ""
-    if compute["clock"] == "cpu":
-        got = f"{compute['cpu_seconds']:.1f} CPU s in {compute['wall_seconds']:.1f} s wall, {compute['core_share']:.0%} of {compute['threads']} cores"
+    if compute.clock == "cpu":
+        got = (
+            f"{compute.cpu_seconds:.1f} CPU s in {compute.wall_seconds:.1f} s wall, "
+            f"{compute.core_share:.0%} of {compute.threads} cores"
+        )
     else:
-        got = f"{compute['wall_seconds']:.1f} s wall"
-    flag = ", CONTENDED" if compute.get("contended") else ""
-    free = f", {compute['free_cores']:.1f} cores left free" if "free_cores" in compute else ""
-    return f"{got}, waited {compute['waiting_share']:.0%}{free}, load {compute['load_start']:.1f}->{compute['load_end']:.1f}{flag}"
+        got = f"{compute.wall_seconds:.1f} s wall"
+    flag = ", CONTENDED" if compute.contended else ""
+    free = f", {compute.free_cores:.1f} cores left free" if compute.free_cores is not None else ""
+    load = f"load {compute.load_start:.1f}->{compute.load_end:.1f}"
+    return f"{got}, waited {compute.waiting_share:.0%}{free}, {load}{flag}"

@@ -62,8 +62,8 @@ class Evaluation:
 def hidden_data_dirs() -> list[Path]:
     """Every place the data may sit on the host; the sandbox hides each one that it would otherwise show."""
     dirs = [prepare.cache_dir(), prepare.DEBIAN_DIR, SYSTEM_DATASETS_DIR]
-    if os.environ.get("AUTORESEARCH_DATA_DIR"):
-        dirs.append(Path(os.environ["AUTORESEARCH_DATA_DIR"]))
+    if os.environ.get(prepare.DATA_DIR_ENV):
+        dirs.append(Path(os.environ[prepare.DATA_DIR_ENV]))
     return dirs
 
 
@@ -87,15 +87,17 @@ def inference_over_allowance(seconds: float, images: int, allowance_s: float) ->
     per INFERENCE_IMAGES images, or None if it is within it."""
     if seconds <= allowance_s * images / INFERENCE_IMAGES:
         return None
-    return (f"inference took {seconds:.1f} CPU s for {images:,} images, over the allowance of {allowance_s:g} CPU s "
-            f"per {INFERENCE_IMAGES:,} images (one core): the model must predict faster (fewer or smaller layers)")
+    return (
+        f"inference took {seconds:.1f} CPU s for {images:,} images, over the allowance of {allowance_s:g} CPU s "
+        f"per {INFERENCE_IMAGES:,} images (one core): the model must predict faster (fewer or smaller layers)"
+    )
 
 
 def _eval_failure(log_path: Path, default: str) -> str:
     text = log_path.read_text(errors="replace") if log_path.is_file() else ""
     for line in reversed(text.splitlines()):
         if line.startswith(EVAL_ERROR_PREFIX):
-            return line[len(EVAL_ERROR_PREFIX):].strip()[:500]
+            return line[len(EVAL_ERROR_PREFIX) :].strip()[:500]
     return default
 
 
@@ -113,26 +115,39 @@ def _read_logits(out: Path, n: int) -> np.ndarray | str:
 def eval_limits(limits: Limits, images: int) -> Limits:
     """The evaluation's clock: one core, the start-up cap, then the inference allowance for these images;
     room on disk for the logits only."""
-    return Limits(budget_s=limits.inference_allowance_s * images / INFERENCE_IMAGES, startup_allowance_s=EVAL_STARTUP_CAP_S,
-                  export_allowance_s=0.0, cpu_threads=1, memory_cap_bytes=limits.memory_cap_bytes,
-                  disk_cap_bytes=images * prepare.NUM_CLASSES * 8 + 2**20, max_files=16)
+    return Limits(
+        budget_s=limits.inference_allowance_s * images / INFERENCE_IMAGES,
+        startup_allowance_s=EVAL_STARTUP_CAP_S,
+        export_allowance_s=0.0,
+        cpu_threads=1,
+        memory_cap_bytes=limits.memory_cap_bytes,
+        disk_cap_bytes=images * prepare.NUM_CLASSES * 8 + 2**20,
+        max_files=16,
+    )
 
 
 def _killed_reason(outcome: SandboxOutcome, images: int, limits: Limits) -> str:
     """Why the evaluation was killed for its time: the machine, loading, or inference over its allowance."""
     compute = outcome.compute
     if outcome.stopped_by_wall_ceiling:
-        return (f"evaluation stopped at the wall-clock ceiling ({outcome.wall_seconds:.0f} s) after only "
-                f"{compute.cpu_seconds:.1f} CPU s: the machine left it too little CPU")
+        return (
+            f"evaluation stopped at the wall-clock ceiling ({outcome.wall_seconds:.0f} s) after only "
+            f"{compute.cpu_seconds:.1f} CPU s: the machine left it too little CPU"
+        )
     if outcome.after_marker_s is None:
         return f"loading the model for evaluation took more than {EVAL_STARTUP_CAP_S:g} CPU s"
-    return "killed: " + (inference_over_allowance(outcome.after_marker_s, images, limits.inference_allowance_s)
-                         or f"inference ran past its allowance of {limits.inference_allowance_s:g} CPU s per "
-                            f"{INFERENCE_IMAGES:,} images")
+    return "killed: " + (
+        inference_over_allowance(outcome.after_marker_s, images, limits.inference_allowance_s)
+        or f"inference ran past its allowance of {limits.inference_allowance_s:g} CPU s per {INFERENCE_IMAGES:,} images"
+    )
 
 
 def evaluate_artifact(
-    artifact: Path, images: torch.Tensor, labels: torch.Tensor, eval_dir: Path, limits: Limits,
+    artifact: Path,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    eval_dir: Path,
+    limits: Limits,
     slot: Slot | None = None,
 ) -> Evaluation:
     """Predict on images (uint8, N x 28 x 28) in a sandbox, within the inference allowance, then score against
@@ -171,7 +186,9 @@ def evaluate_artifact(
         if outcome.killed_for in ("memory", "disk", "open files"):
             return Evaluation(False, f"evaluation exceeded the {outcome.killed_for} cap", inference_seconds=spent)
         if outcome.exit_code != 0:
-            failed = _eval_failure(job.log_path, f"evaluation process failed (exit {outcome.exit_code}, signal {outcome.signal})")
+            failed = _eval_failure(
+                job.log_path, f"evaluation process failed (exit {outcome.exit_code}, signal {outcome.signal})"
+            )
             return Evaluation(False, failed, inference_seconds=spent)
         if spent is None:  # prepare.py prints the marker before predicting: a run without it predicted nothing
             return Evaluation(False, "evaluation process ended before predicting")

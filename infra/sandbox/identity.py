@@ -72,11 +72,18 @@ def user_namespace_fd() -> int:
     """An fd of a new user namespace with the mapping in the module comment (root only); the caller closes it."""
     uid = sandbox_uid()
     try:
-        helper = subprocess.Popen(["sleep", "60"], preexec_fn=_enter_new_user_namespace,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        helper = subprocess.Popen(
+            ["sleep", "60"],
+            preexec_fn=_enter_new_user_namespace,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
-        raise SandboxSetupError(f"cannot create a user namespace for the sandbox ({exc}); user namespaces may be "
-                                "disabled here. AUTORESEARCH_SANDBOX=none runs candidates unisolated (not recommended)") from exc
+        raise SandboxSetupError(
+            f"cannot create a user namespace for the sandbox ({exc}); user namespaces may be "
+            "disabled here. AUTORESEARCH_SANDBOX=none runs candidates unisolated (not recommended)"
+        ) from exc
     try:
         mapping = f"0 0 1\n{INSIDE_UID} {uid} 1\n"
         for name in ("uid_map", "gid_map"):
@@ -101,5 +108,13 @@ def private_ipc_without_shared_memory() -> None:
 
 def drop_to_sandbox_user() -> list[str]:
     """The command prefix that leaves bubblewrap's setup identity (inside root) for the candidate's (root only)."""
-    return ["setpriv", f"--reuid={INSIDE_UID}", f"--regid={INSIDE_UID}", "--clear-groups",
-            "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+    return [
+        "setpriv",
+        f"--reuid={INSIDE_UID}",
+        f"--regid={INSIDE_UID}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
+    ]

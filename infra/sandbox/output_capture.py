@@ -55,8 +55,13 @@ def read_lines(pipe: BinaryIO) -> Iterator[str]:
 class BoundedLog:
     """The log file of one sandboxed process: head, a cut marker, and tail."""
 
-    def __init__(self, path: Path, on_line: Callable[[str], None] | None = None,
-                 head_bytes: int = HEAD_BYTES, tail_bytes: int = TAIL_BYTES):
+    def __init__(
+        self,
+        path: Path,
+        on_line: Callable[[str], None] | None = None,
+        head_bytes: int = HEAD_BYTES,
+        tail_bytes: int = TAIL_BYTES,
+    ):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         self.file = os.fdopen(fd, "w", encoding="utf-8")
         self.on_line = on_line
@@ -108,5 +113,8 @@ class BoundedLog:
             self._emit(f"[... output cut: about {cut_lines} lines, {cut_bytes} bytes omitted here ...]")
         for raw in lines:
             line = clean(raw.decode("utf-8", errors="replace").rstrip("\r"))
-            self._emit(line if len(line) <= MAX_LINE_CHARS else f"{line[:MAX_LINE_CHARS]} [... line cut: "
-                       f"{len(line) - MAX_LINE_CHARS} more characters]")
+            self._emit(
+                line
+                if len(line) <= MAX_LINE_CHARS
+                else f"{line[:MAX_LINE_CHARS]} [... line cut: {len(line) - MAX_LINE_CHARS} more characters]"
+            )

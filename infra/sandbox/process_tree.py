@@ -17,7 +17,7 @@ def _stat_fields(pid: int) -> list[str] | None:
     except OSError:
         return None
     # comm (field 2) may hold spaces and parentheses: split after the last ')'.
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -113,14 +113,6 @@ def parent(pid: int) -> int | None:
 def pids_with_env(token: str) -> list[int]:
     """Processes whose environment holds token: finds strays that escaped the tree (no-bwrap fallback)."""
     return [int(e) for e in os.listdir("/proc") if e.isdigit() and int(e) != os.getpid() and has_env(int(e), token)]
-
-
-def kill_all(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def kill_verified(pids: set[int], belongs: Callable[[int], bool]) -> None:

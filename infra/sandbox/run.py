@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import prepare
 from infra.sandbox import identity as sandbox_identity
 from infra.sandbox import process_tree, syscall_filter
 from infra.sandbox.compute_record import ComputeRecord, compute_record, host_load
@@ -52,7 +53,7 @@ from infra.sandbox.memory_cgroup import MemoryCgroup
 from infra.sandbox.output_capture import BoundedLog
 from infra.sandbox.safe_files import tree_usage
 from infra.sandbox.slots import Slot
-from infra.sandbox.watchdog import BUDGET_MARKER, Watchdog
+from infra.sandbox.watchdog import Watchdog
 from infra.settings import Limits
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -77,8 +78,12 @@ class SandboxJob:
     hidden: list[Path] = field(default_factory=list)  # host paths to hide even if under a system dir
     cap_address_space: bool = True
     gpu: bool = False
-    cpu_clock: bool = False  # the budget is CPU time of limits.cpu_threads cores (else the wall clock: infra/sandbox/watchdog.py)
-    marker: str = BUDGET_MARKER  # the output line that starts the measured part (training; an evaluation's inference)
+    cpu_clock: bool = (
+        False  # the budget is CPU time of limits.cpu_threads cores (else the wall clock: infra/sandbox/watchdog.py)
+    )
+    marker: str = (
+        prepare.BUDGET_MARKER
+    )  # the output line that starts the measured part (training; an evaluation's inference)
     slot: Slot | None = None  # the measurement slot it runs in: its cores (and GPU); None: the whole machine
 
     @property
@@ -146,10 +151,23 @@ def _parent_dirs(paths: list[Path]) -> list[str]:
 def bwrap_argv(bwrap: str, job: SandboxJob, userns_fd: int | None, seccomp_fd: int | None = None) -> list[str]:
     if userns_fd is not None:  # root: our own user namespace (see infra/sandbox/identity.py)
         identity = ["--userns", str(userns_fd)]
-        namespaces = ["--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]  # IPC: made before exec
+        namespaces = [
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+        ]  # IPC: made before exec
     else:
-        identity = ["--unshare-user", "--uid", str(sandbox_identity.INSIDE_UID), "--gid", str(sandbox_identity.INSIDE_UID),
-                    "--cap-drop", "ALL", "--disable-userns"]
+        identity = [
+            "--unshare-user",
+            "--uid",
+            str(sandbox_identity.INSIDE_UID),
+            "--gid",
+            str(sandbox_identity.INSIDE_UID),
+            "--cap-drop",
+            "ALL",
+            "--disable-userns",
+        ]
         namespaces = ["--unshare-all"]
     args = [bwrap, *identity, *namespaces, "--die-with-parent", "--new-session", "--proc", "/proc", "--dev", "/dev"]
     if seccomp_fd is not None:  # infra/sandbox/syscall_filter.py
@@ -195,7 +213,7 @@ def gpu_device_nodes(slot: Slot | None, nodes: list[Path]) -> list[Path]:
     its minor number) beside the driver's shared ones (nvidiactl, nvidia-uvm, nvidia-modeset, nvidia-caps)."""
     if slot is None or slot.gpu is None:
         return nodes
-    return [n for n in nodes if not n.name[len("nvidia"):].isdigit() or n.name == f"nvidia{slot.gpu.minor}"]
+    return [n for n in nodes if not n.name[len("nvidia") :].isdigit() or n.name == f"nvidia{slot.gpu.minor}"]
 
 
 KEYCTL_JOIN_SESSION_KEYRING = 1
@@ -217,11 +235,17 @@ def _session_keyring_joiner() -> Callable[[], None]:
             code = ctypes.get_errno()
             if code != errno.ENOSYS:  # ENOSYS: a kernel without keys, so none to inherit
                 raise OSError(code, f"cannot give the sandbox a session keyring of its own: {os.strerror(code)}")
+
     return join
 
 
-def _child_setup(job: SandboxJob, private_ipc: bool, cgroup: MemoryCgroup | None,
-                 cpu_group: CpuCgroup | None, cpuset: CpusetCgroup | None) -> Callable[[], None]:
+def _child_setup(
+    job: SandboxJob,
+    private_ipc: bool,
+    cgroup: MemoryCgroup | None,
+    cpu_group: CpuCgroup | None,
+    cpuset: CpusetCgroup | None,
+) -> Callable[[], None]:
     """Runs in the child before exec: die with the orchestrator, a session keyring of its own, join the
     cgroups, its slot's cores, private IPC, limits."""
     join_session_keyring = _session_keyring_joiner()
@@ -249,6 +273,7 @@ def _child_setup(job: SandboxJob, private_ipc: bool, cgroup: MemoryCgroup | None
         resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
         if private_ipc:  # root: counted per sandbox user namespace (a user's limit would count all its processes)
             resource.setrlimit(resource.RLIMIT_NPROC, (MAX_TASKS, MAX_TASKS))
+
     return apply
 
 
@@ -265,7 +290,7 @@ def _base_env(job: SandboxJob, token: str) -> dict[str, str]:
         if key in os.environ:
             env[key] = os.environ[key]
     if job.cpu_threads:  # the allotted cores; waiting threads sleep instead of spinning on the CPU budget
-        for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "AUTORESEARCH_CPU_THREADS"):
+        for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", prepare.CPU_THREADS_ENV):
             env[key] = str(job.cpu_threads)
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     if job.gpu and job.slot is not None and job.slot.gpu is not None:  # its one GPU, by UUID: cuda:0 inside
@@ -277,9 +302,11 @@ def _base_env(job: SandboxJob, token: str) -> dict[str, str]:
 def _stream(pipe, log: BoundedLog, watchdog: Watchdog, read_cpu: Callable[[], float]) -> None:
     """Read the output; at the marker line read the run's CPU time at once (a reader thread wakes within
     milliseconds of a line, a poll up to POLL_S later: what follows the marker is measured to that precision)."""
+
     def saw(line: str) -> None:
         if watchdog.saw_line(line, time.monotonic()) and watchdog.cpu_clock:
             watchdog.saw_marker_cpu(read_cpu())
+
     log.consume(pipe, saw)
 
 
@@ -308,9 +335,14 @@ class _Killer:
 
     def _belongs(self, tree: set[int]) -> Callable[[int], bool]:
         """Whether a pid (read again after it was pinned) is still a process of this run."""
+
         def check(pid: int) -> bool:
-            return ((self.cgroup is not None and self.cgroup.contains(pid)) or process_tree.has_env(pid, self.token)
-                    or process_tree.parent(pid) in tree)
+            return (
+                (self.cgroup is not None and self.cgroup.contains(pid))
+                or process_tree.has_env(pid, self.token)
+                or process_tree.parent(pid) in tree
+            )
+
         return check
 
     def sweep(self) -> None:
@@ -318,8 +350,9 @@ class _Killer:
         self.kill()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (
-                any(process_tree.alive(pid) for pid in self.doomed - {self.proc.pid})
-                or (self.cgroup is not None and self.cgroup.pids())):
+            any(process_tree.alive(pid) for pid in self.doomed - {self.proc.pid})
+            or (self.cgroup is not None and self.cgroup.pids())
+        ):
             self.kill()
             time.sleep(0.02)
 
@@ -337,8 +370,15 @@ def _cpu_seconds(pids: list[int], cpu_group: CpuCgroup | None) -> float:
     return max(process_tree.cpu_seconds(pids), cpu_group.seconds() if cpu_group else 0.0)
 
 
-def _resource_verdict(pids: list[int], job: SandboxJob, watchdog: Watchdog, isolated: bool, free_at_launch: int,
-                      cgroup: MemoryCgroup | None, cpu_group: CpuCgroup | None) -> str | None:
+def _resource_verdict(
+    pids: list[int],
+    job: SandboxJob,
+    watchdog: Watchdog,
+    isolated: bool,
+    free_at_launch: int,
+    cgroup: MemoryCgroup | None,
+    cpu_group: CpuCgroup | None,
+) -> str | None:
     """Time, memory and disk, measured from outside, each at a bounded cost; the cheap checks first."""
     watchdog.saw_cpu(_cpu_seconds(pids, cpu_group), process_tree.run_delay_seconds(pids))
     if watchdog.out_of_time(time.monotonic()):
@@ -346,7 +386,9 @@ def _resource_verdict(pids: list[int], job: SandboxJob, watchdog: Watchdog, isol
     if free_at_launch - _free_bytes(job.workdir) > job.limits.disk_cap_bytes + DISK_SLACK_BYTES:
         return "disk"  # space that no directory shows: deleted files held open or in flight
     hidden = 0
-    if cgroup is None:  # a memory cgroup charges memfds and tmpfs itself: the scan (its cost the run's to set) is not needed
+    if (
+        cgroup is None
+    ):  # a memory cgroup charges memfds and tmpfs itself: the scan (its cost the run's to set) is not needed
         hidden, fds = process_tree.unlinked_open_file_bytes(pids, MAX_OPEN_FILES_SCANNED)
         if fds > MAX_OPEN_FILES_SCANNED:
             return "open files"
@@ -380,8 +422,16 @@ def run_sandboxed(job: SandboxJob, on_line: Callable[[str], None] | None = None)
                 group.remove()
 
 
-def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | None, as_root: bool, token: str,
-         cgroup: MemoryCgroup | None, cpu_group: CpuCgroup | None, cpuset: CpusetCgroup | None) -> SandboxOutcome:
+def _run(
+    job: SandboxJob,
+    on_line: Callable[[str], None] | None,
+    bwrap: str | None,
+    as_root: bool,
+    token: str,
+    cgroup: MemoryCgroup | None,
+    cpu_group: CpuCgroup | None,
+    cpuset: CpusetCgroup | None,
+) -> SandboxOutcome:
     userns_fd = sandbox_identity.user_namespace_fd() if as_root else None
     seccomp_fd = syscall_filter.program_fd() if bwrap else None
     passed = tuple(fd for fd in (userns_fd, seccomp_fd) if fd is not None)
@@ -417,6 +467,7 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
             os.close(fd)
     # the caller's context (Prefect's run and settings) must reach on_line in the reader thread
     context = contextvars.copy_context()
+
     def read_cpu() -> float:
         return _cpu_seconds(process_tree.descendants(proc.pid), cpu_group)
 
@@ -436,8 +487,15 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
         while waiter.is_alive():
             waiter.join(POLL_S)
             if waiter.is_alive():
-                verdict = _resource_verdict(process_tree.descendants(proc.pid), job, watchdog, bwrap is not None,
-                                            free_at_launch, cgroup, cpu_group)
+                verdict = _resource_verdict(
+                    process_tree.descendants(proc.pid),
+                    job,
+                    watchdog,
+                    bwrap is not None,
+                    free_at_launch,
+                    cgroup,
+                    cpu_group,
+                )
                 if verdict:
                     killer.kill(verdict)
     finally:
@@ -464,9 +522,17 @@ def _run(job: SandboxJob, on_line: Callable[[str], None] | None, bwrap: str | No
     rc = proc.returncode
     ceiling = job.cpu_threads > 0 and killed_for == "timeout" and watchdog.cpu_seconds <= watchdog.cpu_limit()
     others_busy = busy_at_exit - busy_start - watchdog.cpu_seconds  # the machine's work that was not this run's
-    compute = compute_record(job.cpu_threads, watchdog.cpu_seconds, ended - launched, watchdog.run_delay_seconds,
-                             others_busy, len(cores) if cores else os.cpu_count() or 1, load_start, host_load(),
-                             stopped_by_wall_ceiling=ceiling)
+    compute = compute_record(
+        job.cpu_threads,
+        watchdog.cpu_seconds,
+        ended - launched,
+        watchdog.run_delay_seconds,
+        others_busy,
+        len(cores) if cores else os.cpu_count() or 1,
+        load_start,
+        host_load(),
+        stopped_by_wall_ceiling=ceiling,
+    )
     return SandboxOutcome(
         exit_code=rc if rc >= 0 else None,
         signal=-rc if rc < 0 else None,

@@ -66,8 +66,11 @@ class Slot:
 
     def describe(self) -> str:
         cores = ",".join(map(str, self.cores))
-        return f"{self.name}: {self.gpu.name} (cuda:{self.gpu.index}) + cores {cores}" if self.gpu else \
-            f"{self.name}: cores {cores}"
+        return (
+            f"{self.name}: {self.gpu.name} (cuda:{self.gpu.index}) + cores {cores}"
+            if self.gpu
+            else f"{self.name}: cores {cores}"
+        )
 
 
 def usable_cores() -> list[int]:
@@ -104,26 +107,33 @@ def describe_gpu(index: int) -> Gpu:
     import torch
 
     if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-        raise SlotError(f"no GPU cuda:{index} here ({torch.cuda.device_count() if torch.cuda.is_available() else 0} "
-                        "visible)")
+        raise SlotError(
+            f"no GPU cuda:{index} here ({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible)"
+        )
     props = torch.cuda.get_device_properties(index)
     uuid = str(props.uuid)
     uuid = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
-    bus_id = f"{props.pci_domain_id:04x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0" \
-        if hasattr(props, "pci_bus_id") else ""
+    bus_id = (
+        f"{props.pci_domain_id:04x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+        if hasattr(props, "pci_bus_id")
+        else ""
+    )
     return Gpu(index=index, uuid=uuid, minor=gpu_minor(bus_id, index) if bus_id else index, name=props.name)
 
 
-def plan_slots(count: int, cpu_threads: int, devices: list[str] | None = None,
-               cores: list[int] | None = None) -> list[Slot]:
+def plan_slots(
+    count: int, cpu_threads: int, devices: list[str] | None = None, cores: list[int] | None = None
+) -> list[Slot]:
     """count slots of cpu_threads cores each (and one of devices each, for GPU slots), no core or device shared.
     A plan that does not fit is refused with what would fit."""
     cores = usable_cores() if cores is None else cores
     if count < 1:
         raise SlotError(f"slots must be at least 1, got {count}")
     if count * cpu_threads > len(cores):
-        raise SlotError(f"{count} slots of {cpu_threads} cores need {count * cpu_threads} cores; this process may "
-                        f"use {len(cores)} ({','.join(map(str, cores))}): at most {len(cores) // cpu_threads} slots")
+        raise SlotError(
+            f"{count} slots of {cpu_threads} cores need {count * cpu_threads} cores; this process may "
+            f"use {len(cores)} ({','.join(map(str, cores))}): at most {len(cores) // cpu_threads} slots"
+        )
     gpus: list[Gpu | None] = [None] * count
     if devices:
         if len(devices) != count:
@@ -133,10 +143,12 @@ def plan_slots(count: int, cpu_threads: int, devices: list[str] | None = None,
             raise SlotError(f"devices {','.join(devices)} name one GPU twice: slots never share a device")
         gpus = [describe_gpu(i) for i in indices]
         if len({g.name for g in gpus}) > 1:
-            raise SlotError(f"the slots' GPUs differ ({', '.join(sorted({g.name for g in gpus}))}): candidates in "
-                            "them would not get equal compute")
+            raise SlotError(
+                f"the slots' GPUs differ ({', '.join(sorted({g.name for g in gpus}))}): candidates in "
+                "them would not get equal compute"
+            )
     if count == 1 and not devices:  # a lone slot shares a core with no neighbour: not pinned, so the scheduler may
         return [Slot(0, tuple(cores))]  # still move it off a core another process keeps busy (as before slots)
     # the highest cores first: the lowest, where the system and the orchestrator usually run, stay free longest
     spare = list(reversed(cores))
-    return [Slot(k, tuple(sorted(spare[k * cpu_threads:(k + 1) * cpu_threads])), gpus[k]) for k in range(count)]
+    return [Slot(k, tuple(sorted(spare[k * cpu_threads : (k + 1) * cpu_threads])), gpus[k]) for k in range(count)]

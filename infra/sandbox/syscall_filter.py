@@ -58,22 +58,68 @@ POSIX_FADV_DONTNEED, MADV_COLD, MADV_PAGEOUT, RWF_NOWAIT = 4, 20, 21, 0x8
 
 # machine -> (audit arch, {name: number})
 _ARCHES = {
-    "x86_64": (0xC000003E, {"socket": 41, "socketpair": 53, "fallocate": 285, "userfaultfd": 323,
-                            "perf_event_open": 298, "io_uring_setup": 425, "io_uring_enter": 426,
-                            "io_uring_register": 427, "add_key": 248, "request_key": 249, "keyctl": 250,
-                            "fadvise64": 221, "madvise": 28, "process_madvise": 440, "cachestat": 451,
-                            "preadv2": 327, "pwritev2": 328, "sched_setaffinity": 203}),
+    "x86_64": (
+        0xC000003E,
+        {
+            "socket": 41,
+            "socketpair": 53,
+            "fallocate": 285,
+            "userfaultfd": 323,
+            "perf_event_open": 298,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+            "add_key": 248,
+            "request_key": 249,
+            "keyctl": 250,
+            "fadvise64": 221,
+            "madvise": 28,
+            "process_madvise": 440,
+            "cachestat": 451,
+            "preadv2": 327,
+            "pwritev2": 328,
+            "sched_setaffinity": 203,
+        },
+    ),
     # aarch64's fadvise64_64 takes (fd, offset, len, advice) like x86_64's fadvise64: advice is argument 3 on both
-    "aarch64": (0xC00000B7, {"socket": 198, "socketpair": 199, "fallocate": 47, "userfaultfd": 282,
-                             "perf_event_open": 241, "io_uring_setup": 425, "io_uring_enter": 426,
-                             "io_uring_register": 427, "add_key": 217, "request_key": 218, "keyctl": 219,
-                             "fadvise64": 223, "madvise": 233, "process_madvise": 440, "cachestat": 451,
-                             "preadv2": 286, "pwritev2": 287, "sched_setaffinity": 122}),
+    "aarch64": (
+        0xC00000B7,
+        {
+            "socket": 198,
+            "socketpair": 199,
+            "fallocate": 47,
+            "userfaultfd": 282,
+            "perf_event_open": 241,
+            "io_uring_setup": 425,
+            "io_uring_enter": 426,
+            "io_uring_register": 427,
+            "add_key": 217,
+            "request_key": 218,
+            "keyctl": 219,
+            "fadvise64": 223,
+            "madvise": 233,
+            "process_madvise": 440,
+            "cachestat": 451,
+            "preadv2": 286,
+            "pwritev2": 287,
+            "sched_setaffinity": 122,
+        },
+    ),
 }
-_REFUSED = {"fallocate": errno.EOPNOTSUPP, "userfaultfd": errno.ENOSYS, "perf_event_open": errno.ENOSYS,
-            "io_uring_setup": errno.ENOSYS, "io_uring_enter": errno.ENOSYS, "io_uring_register": errno.ENOSYS,
-            "add_key": errno.ENOSYS, "request_key": errno.ENOSYS, "keyctl": errno.ENOSYS,
-            "process_madvise": errno.ENOSYS, "cachestat": errno.ENOSYS, "sched_setaffinity": errno.EPERM}
+_REFUSED = {
+    "fallocate": errno.EOPNOTSUPP,
+    "userfaultfd": errno.ENOSYS,
+    "perf_event_open": errno.ENOSYS,
+    "io_uring_setup": errno.ENOSYS,
+    "io_uring_enter": errno.ENOSYS,
+    "io_uring_register": errno.ENOSYS,
+    "add_key": errno.ENOSYS,
+    "request_key": errno.ENOSYS,
+    "keyctl": errno.ENOSYS,
+    "process_madvise": errno.ENOSYS,
+    "cachestat": errno.ENOSYS,
+    "sched_setaffinity": errno.EPERM,
+}
 # call -> (argument, values refused with EPERM): advice that evicts pages other processes share
 _REFUSED_ADVICE = {"fadvise64": (3, (POSIX_FADV_DONTNEED,)), "madvise": (2, (MADV_COLD, MADV_PAGEOUT))}
 # call -> (argument, bits refused with EPERM when any is set): reads that tell the page cache's state without timing
@@ -96,8 +142,13 @@ def _refuse_values(nr: int, arg: int, values: tuple[int, ...], code: int) -> lis
 
 def _refuse_bits(nr: int, arg: int, bits: int, code: int) -> list[bytes]:
     """System call nr with any of bits set in argument arg (its low 32 bits): the error; nr otherwise: allowed."""
-    return [_op(_JEQ, nr, 0, 4), _op(_LD_W_ABS, _ARG0 + 8 * arg), _op(_JSET, bits, 1, 0), _op(_RET, _ALLOW),
-            _op(_RET, _ERRNO | code)]
+    return [
+        _op(_JEQ, nr, 0, 4),
+        _op(_LD_W_ABS, _ARG0 + 8 * arg),
+        _op(_JSET, bits, 1, 0),
+        _op(_RET, _ALLOW),
+        _op(_RET, _ERRNO | code),
+    ]
 
 
 def program(machine: str | None = None) -> bytes | None:
@@ -116,8 +167,13 @@ def program(machine: str | None = None) -> bytes | None:
     for name, (arg, bits) in _REFUSED_FLAGS.items():
         ops += _refuse_bits(nr[name], arg, bits, errno.EPERM)
     # socket and socketpair: only the first argument (the domain) AF_UNIX passes
-    ops += [_op(_JEQ, nr["socket"], 1, 0), _op(_JEQ, nr["socketpair"], 0, 3),
-            _op(_LD_W_ABS, _ARG0), _op(_JEQ, AF_UNIX, 1, 0), _op(_RET, _ERRNO | errno.EAFNOSUPPORT)]
+    ops += [
+        _op(_JEQ, nr["socket"], 1, 0),
+        _op(_JEQ, nr["socketpair"], 0, 3),
+        _op(_LD_W_ABS, _ARG0),
+        _op(_JEQ, AF_UNIX, 1, 0),
+        _op(_RET, _ERRNO | errno.EAFNOSUPPORT),
+    ]
     ops += [_op(_RET, _ALLOW)]
     return b"".join(ops)
 

@@ -28,7 +28,7 @@ import re
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +37,7 @@ import torch
 import prepare
 from infra.records import Status
 from infra.research.code_edit import syntax_error
+from infra.sandbox.compute_record import ComputeRecord
 from infra.sandbox.evaluation import evaluate_artifact, hidden_data_dirs
 from infra.sandbox.identity import give_to_sandbox
 from infra.sandbox.run import MAX_OPEN_FILES_SCANNED, SandboxJob, SandboxOutcome, run_sandboxed
@@ -44,7 +45,13 @@ from infra.sandbox.safe_files import UnsafeFile, copy_out, remove_tree, write_pr
 from infra.sandbox.slots import Slot
 from infra.settings import MAX_ARTIFACT_BYTES, PREPARE_PY, Limits
 
-MEMORY_ERROR_PATTERNS = ("MemoryError", "can't allocate memory", "Cannot allocate memory", "std::bad_alloc", "out of memory")
+MEMORY_ERROR_PATTERNS = (
+    "MemoryError",
+    "can't allocate memory",
+    "Cannot allocate memory",
+    "std::bad_alloc",
+    "out of memory",
+)
 ERROR_LINE = re.compile(r"^(\w+(\.\w+)*(Error|Exception|Interrupt)|FAIL|Traceback|error)\b.*")
 EPOCHS_LINE = re.compile(r"^epochs: ([0-9]{1,9})$", flags=re.MULTILINE | re.ASCII)
 
@@ -64,13 +71,13 @@ class TrialResult:
     log_path: str
     run_dir: str
     isolated: bool
-    compute: dict = field(default_factory=dict)  # what compute it received (infra/sandbox/compute_record.py)
+    compute: ComputeRecord | None = None  # what compute it received; None: it never reached training
     inference_seconds: float | None = None  # CPU s on one core its evaluation spent predicting (None: not evaluated)
 
     @property
     def contended(self) -> bool:
         """Measured under a load its budget could not make up for: to be run again, not compared."""
-        return bool(self.compute.get("contended"))
+        return self.compute is not None and self.compute.contended
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -93,7 +100,7 @@ def log_tail(log_path: str | Path, lines: int = 15, traceback_lines: int = 60) -
     text = read_log(log_path).splitlines()
     starts = [n for n, line in enumerate(text) if line.startswith("Traceback (most recent call last)")]
     if starts and len(text) - starts[-1] <= traceback_lines:
-        return "\n".join(text[starts[-1]:])
+        return "\n".join(text[starts[-1] :])
     return "\n".join(text[-lines:])
 
 
@@ -128,13 +135,14 @@ def fresh_run_dir(code: str, run_dir: Path) -> Path:
     return work
 
 
-def train_job(run_dir: Path, limits: Limits, seed: int, split_file: Path, device: str | None,
-              slot: Slot | None = None) -> SandboxJob:
+def train_job(
+    run_dir: Path, limits: Limits, seed: int, split_file: Path, device: str | None, slot: Slot | None = None
+) -> SandboxJob:
     """The sandbox job of a training run; in a GPU slot, on that slot's GPU alone (cuda:0 inside)."""
     work = run_dir / "work"
     env = {
         prepare.BUDGET_ENV: f"{limits.budget_s:g}",
-        "AUTORESEARCH_SEED": str(seed),
+        prepare.SEED_ENV: str(seed),
         prepare.ARTIFACT_DIR_ENV: str(work),
         prepare.TRAIN_SPLIT_ENV: str(split_file),
         "PYTHONPATH": str(PREPARE_PY.parent),  # only prepare.py is mounted from there
@@ -163,45 +171,67 @@ def _failure_status(outcome: SandboxOutcome, log_text: str, limits: Limits) -> t
     if outcome.killed_for == "timeout":
         return Status.TIMEOUT, _timeout_reason(outcome, limits)
     if outcome.killed_for == "memory":
-        return Status.CRASHED, f"exceeded the memory cap of {_gib(limits.memory_cap_bytes)} (peak {_gib(outcome.peak_rss_bytes)}); killed"
+        return (
+            Status.CRASHED,
+            f"exceeded the memory cap of {_gib(limits.memory_cap_bytes)} (peak {_gib(outcome.peak_rss_bytes)}); killed",
+        )
     if outcome.killed_for == "disk":
-        return Status.CRASHED, (f"wrote more than the disk cap ({_gib(limits.disk_cap_bytes)} or {limits.max_files} files "
-                           "in its directory, or that much space held in deleted files); killed")
+        return Status.CRASHED, (
+            f"wrote more than the disk cap ({_gib(limits.disk_cap_bytes)} or {limits.max_files} files "
+            "in its directory, or that much space held in deleted files); killed"
+        )
     if outcome.killed_for == "open files":
-        return Status.CRASHED, f"held more than {MAX_OPEN_FILES_SCANNED} open files, more than the watchdog accounts for; killed"
+        return (
+            Status.CRASHED,
+            f"held more than {MAX_OPEN_FILES_SCANNED} open files, more than the watchdog accounts for; killed",
+        )
     if outcome.signal == signal.SIGXFSZ:
         return Status.CRASHED, f"wrote a file larger than the disk cap of {_gib(limits.disk_cap_bytes)} (SIGXFSZ)"
     if outcome.exit_code != 0:
         if any(p in log_text for p in MEMORY_ERROR_PATTERNS):
-            return Status.CRASHED, f"exceeded the memory cap of {_gib(limits.memory_cap_bytes)}: {crash_reason(log_text, outcome.exit_code, outcome.signal)}"
+            return (
+                Status.CRASHED,
+                f"exceeded the memory cap of {_gib(limits.memory_cap_bytes)}: "
+                f"{crash_reason(log_text, outcome.exit_code, outcome.signal)}",
+            )
         return Status.CRASHED, crash_reason(log_text, outcome.exit_code, outcome.signal)
     return None
 
 
 # what a run killed after its deadline must learn: the export allowance is for saving, not for training
-EXPORT_ALLOWANCE_RULE = ("the export allowance is the time prepare.save_model needs for a reference CNN (measured), for "
-                         "saving and exiting only: training must be over by the deadline (prepare.TrainingBudget stops "
-                         "before it); if the export itself takes longer, stop training earlier or export a smaller model")
+EXPORT_ALLOWANCE_RULE = (
+    "the export allowance is the time prepare.save_model needs for a reference CNN (measured), for "
+    "saving and exiting only: training must be over by the deadline (prepare.TrainingBudget stops "
+    "before it); if the export itself takes longer, stop training earlier or export a smaller model"
+)
 
 
 def _timeout_reason(outcome: SandboxOutcome, limits: Limits) -> str:
     compute = outcome.compute
     export = limits.export_allowance_s
     if compute.clock == "wall":
-        return (f"killed (SIGKILL) after {outcome.wall_seconds:.1f} s: still running {export:g} s past its deadline "
-                f"(start-up allowance {limits.startup_allowance_s:g} s + budget {limits.budget_s:g} s), the end of its "
-                f"export allowance; {EXPORT_ALLOWANCE_RULE}")
+        return (
+            f"killed (SIGKILL) after {outcome.wall_seconds:.1f} s: still running {export:g} s past its deadline "
+            f"(start-up allowance {limits.startup_allowance_s:g} s + budget {limits.budget_s:g} s), the end of its "
+            f"export allowance; {EXPORT_ALLOWANCE_RULE}"
+        )
     if not outcome.stopped_by_wall_ceiling:
-        return (f"killed (SIGKILL) after {compute.cpu_seconds:.1f} CPU s: still running {export:g} CPU s past its deadline "
-                f"(start-up allowance {limits.startup_allowance_s:g} CPU s + budget {limits.budget_s:g} s on "
-                f"{compute.threads} cores), the end of its export allowance; {EXPORT_ALLOWANCE_RULE}")
+        return (
+            f"killed (SIGKILL) after {compute.cpu_seconds:.1f} CPU s: still running {export:g} CPU s past its deadline "
+            f"(start-up allowance {limits.startup_allowance_s:g} CPU s + budget {limits.budget_s:g} s on "
+            f"{compute.threads} cores), the end of its export allowance; {EXPORT_ALLOWANCE_RULE}"
+        )
     why = "kept waiting for a CPU by the machine's load" if compute.contended else "sleeping or blocked"
-    return (f"killed (SIGKILL) at the wall-clock ceiling ({outcome.wall_seconds:.1f} s) after only "
-            f"{compute.cpu_seconds:.1f} CPU s of its {outcome.cpu_limit_s:.1f}: {why} "
-            f"({compute.core_share:.0%} of {compute.threads} cores, waited {compute.waiting_share:.0%})")
+    return (
+        f"killed (SIGKILL) at the wall-clock ceiling ({outcome.wall_seconds:.1f} s) after only "
+        f"{compute.cpu_seconds:.1f} CPU s of its {outcome.cpu_limit_s:.1f}: {why} "
+        f"({compute.core_share:.0%} of {compute.threads} cores, waited {compute.waiting_share:.0%})"
+    )
 
 
-def _result(status: Status, reason: str, run_dir: Path, started: float, outcome: SandboxOutcome | None = None) -> TrialResult:
+def _result(
+    status: Status, reason: str, run_dir: Path, started: float, outcome: SandboxOutcome | None = None
+) -> TrialResult:
     log_path = run_dir / "train.log"
     return TrialResult(
         status=status,
@@ -217,7 +247,7 @@ def _result(status: Status, reason: str, run_dir: Path, started: float, outcome:
         log_path=str(log_path),
         run_dir=str(run_dir),
         isolated=outcome.isolated if outcome else False,
-        compute=outcome.compute.as_dict() if outcome else {},
+        compute=outcome.compute if outcome else None,
     )
 
 
@@ -260,7 +290,13 @@ def train_candidate(
         if failure:
             return _result(*failure, run_dir, started, outcome)
         if _file_hash(PREPARE_PY) != prepare_hash:
-            return _result(Status.INVALID, "prepare.py was modified during the run; nothing from it is trusted", run_dir, started, outcome)
+            return _result(
+                Status.INVALID,
+                "prepare.py was modified during the run; nothing from it is trusted",
+                run_dir,
+                started,
+                outcome,
+            )
         rejected = _take_artifact(work, run_dir)
         if rejected:
             return _result(Status.INVALID, rejected, run_dir, started, outcome)
@@ -278,16 +314,22 @@ def _clean_up(*paths: Path) -> None:
             print(f"WARNING: {exc}", file=sys.stderr, flush=True)
 
 
-def score_artifact(run_dir: Path, images: torch.Tensor, labels: torch.Tensor, limits: Limits, name: str = "eval",
-                   slot: Slot | None = None):
+def score_artifact(
+    run_dir: Path,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    limits: Limits,
+    name: str = "eval",
+    slot: Slot | None = None,
+):
     """Evaluate the model a trial saved on (images, labels): validation, or the held-out test set, under the
     same inference allowance (limits.inference_allowance_s per INFERENCE_IMAGES images); in a slot, on its cores."""
-    return evaluate_artifact(Path(run_dir) / prepare.MODEL_ARTIFACT, images, labels, Path(run_dir) / name, limits,
-                             slot)
+    return evaluate_artifact(Path(run_dir) / prepare.MODEL_ARTIFACT, images, labels, Path(run_dir) / name, limits, slot)
 
 
-def score_trial(trained: TrialResult, val: tuple[torch.Tensor, torch.Tensor], limits: Limits,
-                slot: Slot | None = None) -> TrialResult:
+def score_trial(
+    trained: TrialResult, val: tuple[torch.Tensor, torch.Tensor], limits: Limits, slot: Slot | None = None
+) -> TrialResult:
     """Fill in validation accuracy and loss from independent evaluation; a bad model becomes invalid."""
     if trained.status != Status.OK:
         return trained

@@ -40,8 +40,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from infra.settings import Limits
+from prepare import BUDGET_MARKER
 
-BUDGET_MARKER = "budget_start:"
 WALL_CEILING = 4.0  # on a CPU clock: wall seconds allowed per second of allowances + budget
 
 
@@ -99,7 +99,9 @@ class Watchdog:
         """The wall-clock moment of the SIGKILL: deadline + export allowance, or on a CPU clock the wall ceiling."""
         if self.cpu_clock:
             limits = self.limits
-            return self.launched + WALL_CEILING * (limits.startup_allowance_s + limits.budget_s + limits.export_allowance_s)
+            return self.launched + WALL_CEILING * (
+                limits.startup_allowance_s + limits.budget_s + limits.export_allowance_s
+            )
         return self.deadline + self.limits.export_allowance_s
 
     def out_of_time(self, now: float) -> bool:

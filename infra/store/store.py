@@ -17,16 +17,33 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import (JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
-                        event, func, select)
-from sqlalchemy.engine import Engine
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import NullPool
 
 from infra import operator_files
 from infra.records import IterationRecord, MeasuredRun
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+DB_URL_ENV = "AUTORESEARCH_DB_URL"
 
 
 def default_db_url(home: Path) -> str:
@@ -36,7 +53,15 @@ def default_db_url(home: Path) -> str:
 
 def results_db_url(home: Path, explicit: str | None = None) -> str:
     """Where results live: the URL given (--db), else AUTORESEARCH_DB_URL, else SQLite in the runs directory."""
-    return explicit or os.environ.get("AUTORESEARCH_DB_URL") or default_db_url(home)
+    return explicit or os.environ.get(DB_URL_ENV) or default_db_url(home)
+
+
+def display_url(url: str) -> str:
+    """url with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: shown as given (the error says why)
+        return url
 
 
 def utcnow() -> datetime:
@@ -80,10 +105,12 @@ class Iteration(Base):
     wall_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     propose_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     measurements: Mapped[list] = mapped_column(JSON, default=list)  # validation accuracy of every seed run
-    decision: Mapped[str] = mapped_column(String(16), default="")  # infra/records.py Verdict
-    rule: Mapped[dict] = mapped_column(JSON, default=dict)  # delta, noise floor, threshold, ...
+    verdict: Mapped[str] = mapped_column(String(16), default="")  # infra/records.py Verdict
+    decision: Mapped[dict] = mapped_column(JSON, default=dict)  # infra/records.py DecisionRecord
     attempts: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")  # pre-flight and fix attempts
-    runs: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")  # measured runs and their compute
+    # before migration 0007 the measured runs lived here; that migration copied them to measured_runs, which alone is
+    # written and read since (IterationRecord.runs)
+    runs: Mapped[list] = mapped_column(JSON, default=list, server_default="[]")
     memory: Mapped[dict] = mapped_column(JSON, default=dict, server_default="{}")  # the proposer's structured memory
     # runs that found this iteration left running: the orchestrator died in it (flows/research.py's loop guard)
     orchestrator_crashes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -164,6 +191,17 @@ class StoreError(RuntimeError):
     """The database could not be opened or migrated."""
 
 
+def set_columns(row: Base, fields: dict[str, Any]) -> None:
+    """Set each field on an ORM row; one that is not a column of its table (a misspelt name) raises StoreError,
+    since setattr would make it a plain attribute that is never stored."""
+    columns = set(row.__table__.columns.keys())
+    unknown = sorted(set(fields) - columns)
+    if unknown:
+        raise StoreError(f"not a column of {row.__tablename__}: {', '.join(unknown)}")
+    for key, value in fields.items():
+        setattr(row, key, value)
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -179,21 +217,61 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
-def migrate(url: str) -> None:
-    """Bring the schema to the newest Alembic revision."""
-    from alembic import command
+MIGRATION_LOCK = 0x6175746F72657365  # "autorese": the advisory lock coordinators on one PostgreSQL migrate under
+
+
+def _alembic_config(url: str) -> Any:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The revision the database's schema is at (None: no store schema there yet)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to the newest Alembic revision. On PostgreSQL under an advisory lock: coordinators that
+    start together migrate one after the other, and the second finds nothing left to do."""
+    from alembic import command
+
+    cfg = _alembic_config(url)
+    engine = make_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            locked = engine.dialect.name == "postgresql"
+            if locked:
+                connection.execute(text("select pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+                connection.commit()
+            try:
+                cfg.attributes["connection"] = connection  # migrations/env.py runs on it
+                command.upgrade(cfg, "head")
+                connection.commit()
+            finally:
+                if locked:
+                    connection.execute(text("select pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+                    connection.commit()
+    finally:
+        engine.dispose()
 
 
 def _check_sqlite_file(url: str) -> None:
     """An SQLite store's file, if there, is a regular file of the operator's in a directory of theirs, 0600:
     SQLite itself would follow a link at the name (infra/operator_files.py)."""
-    path = Path(url[len("sqlite:///"):])
+    path = Path(url[len("sqlite:///") :])
     path.parent.mkdir(parents=True, exist_ok=True)
     if os.path.lexists(path):
         fd = operator_files.open_file(path, os.O_RDONLY)
@@ -202,19 +280,35 @@ def _check_sqlite_file(url: str) -> None:
 
 
 class Store:
-    def __init__(self, url: str):
+    def __init__(self, url: str, upgrade: bool | None = None):
+        """The store at url. upgrade: bring its schema to this code's revision first. By default a local SQLite file
+        is brought up to date by whoever opens it (as it always was); a database server's store is migrated once,
+        by the coordinator (`autoresearch run`, which passes True) or `autoresearch db upgrade`, and any other
+        opener refuses a schema that is not at this code's revision (StoreError, saying what to run)."""
         self.url = url
+        sqlite = url.startswith("sqlite:")
         try:
             if url.startswith("sqlite:///"):
                 _check_sqlite_file(url)
             self.engine = make_engine(url)
-            migrate(url)
+            if upgrade if upgrade is not None else sqlite:
+                migrate(url)
+            else:
+                found, needed = schema_revision(self.engine), head_revision()
+                if found != needed:
+                    raise StoreError(
+                        f"the results store {display_url(url)} has schema revision {found or 'none (empty)'}, this "
+                        f"code needs {needed}: run `autoresearch db upgrade --db URL` once (or start the coordinator, "
+                        f"`autoresearch run`, which does)"
+                    )
             if url.startswith("sqlite:///"):
                 _check_sqlite_file(url)  # made just now, with the umask's mode: the operator's alone from here
+        except StoreError:
+            raise
         except (SQLAlchemyError, OSError, ValueError) as exc:
-            raise StoreError(f"cannot open results store {url!r}: {exc}") from exc
+            raise StoreError(f"cannot open results store {display_url(url)!r}: {exc}") from exc
         except Exception as exc:  # alembic wraps driver errors in its own types
-            raise StoreError(f"cannot open results store {url!r}: {type(exc).__name__}: {exc}") from exc
+            raise StoreError(f"cannot open results store {display_url(url)!r}: {type(exc).__name__}: {exc}") from exc
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -243,9 +337,7 @@ class Store:
 
     def set_experiment(self, experiment_id: int, **fields: Any) -> None:
         with self.session() as s:
-            exp = s.get(Experiment, experiment_id)
-            for key, value in fields.items():
-                setattr(exp, key, value)
+            set_columns(s.get(Experiment, experiment_id), fields)
 
     def set_deployed_config(self, name: str, config: dict[str, Any]) -> Experiment:
         """The configuration of the experiment's scheduled runs (`autoresearch deploy`), creating the experiment."""
@@ -257,8 +349,11 @@ class Store:
 
     def add_setting_change(self, experiment_id: int, setting: str, old: Any, new: Any, after_iteration: int) -> None:
         with self.session() as s:
-            s.add(SettingChange(experiment_id=experiment_id, setting=setting, old=old, new=new,
-                                after_iteration=after_iteration))
+            s.add(
+                SettingChange(
+                    experiment_id=experiment_id, setting=setting, old=old, new=new, after_iteration=after_iteration
+                )
+            )
 
     def setting_changes(self, experiment_id: int) -> list[SettingChange]:
         with self.session() as s:
@@ -272,14 +367,14 @@ class Store:
     # --- iterations ----------------------------------------------------------
 
     def put_iteration(self, experiment_id: int, index: int, **fields: Any) -> Iteration:
-        """Insert or update the (experiment, index) row: running it twice leaves one row."""
+        """Insert or update the (experiment, index) row: running it twice leaves one row. A field that is not a
+        column is refused (StoreError), not silently dropped."""
         with self.session() as s:
             row = s.scalar(select(Iteration).where(Iteration.experiment_id == experiment_id, Iteration.index == index))
             if row is None:
                 row = Iteration(experiment_id=experiment_id, index=index)
                 s.add(row)
-            for key, value in fields.items():
-                setattr(row, key, value)
+            set_columns(row, fields)
             s.flush()
             return row
 
@@ -292,8 +387,7 @@ class Store:
                 with self.session() as s:
                     last = s.scalar(select(func.max(Iteration.index)).where(Iteration.experiment_id == experiment_id))
                     row = Iteration(experiment_id=experiment_id, index=(last if last is not None else -1) + 1)
-                    for key, value in fields.items():
-                        setattr(row, key, value)
+                    set_columns(row, fields)
                     s.add(row)
                     s.flush()
                     return row
@@ -309,10 +403,25 @@ class Store:
             return list(s.scalars(q.order_by(Iteration.index)))
 
     def records(self, experiment_id: int, finished_only: bool = False) -> list[IterationRecord]:
-        """The iterations as typed records, each with the cost of its proposer calls."""
+        """The iterations as typed records, each with the cost of its proposer calls and its runs: those of its own
+        code made for its own decision, up to when it was decided (a run still in flight then did not count)."""
         costs = self.cost_by_iteration(experiment_id)
-        return [IterationRecord.from_row(row, costs.get(row.index, 0.0))
-                for row in self.iterations(experiment_id, finished_only)]
+        runs: dict[int, list[MeasuredRun]] = {}
+        for run in self.measured_runs(experiment_id):
+            if run.iteration == run.decided_in:
+                runs.setdefault(run.iteration, []).append(run)
+        return [
+            IterationRecord.from_row(
+                row,
+                costs.get(row.index, 0.0),
+                [
+                    r
+                    for r in runs.get(row.index, [])
+                    if row.finished_at is None or r.made_at is None or r.made_at <= row.finished_at
+                ],
+            )
+            for row in self.iterations(experiment_id, finished_only)
+        ]
 
     # --- measured runs -------------------------------------------------------
 
@@ -324,10 +433,19 @@ class Store:
         for _ in range(20):
             try:
                 with self.session() as s:
-                    last = s.scalar(select(func.max(MeasuredRunRow.seq)).where(
-                        MeasuredRunRow.experiment_id == experiment_id))
-                    row = MeasuredRunRow(experiment_id=experiment_id, seq=(last or 0) + 1, made_at=utcnow(),
-                                         **{**values, "status": str(run.status)})
+                    last = s.scalar(
+                        select(func.max(MeasuredRunRow.seq)).where(MeasuredRunRow.experiment_id == experiment_id)
+                    )
+                    row = MeasuredRunRow(
+                        experiment_id=experiment_id,
+                        seq=(last or 0) + 1,
+                        made_at=utcnow(),
+                        **{
+                            **values,
+                            "status": str(run.status),
+                            "compute": run.compute.as_dict() if run.compute else {},
+                        },
+                    )
                     s.add(row)
                     s.flush()
                     return MeasuredRun.from_row(row)
@@ -335,8 +453,9 @@ class Store:
                 continue
         raise StoreError("could not number a measured run: too many concurrent writers")
 
-    def measured_runs(self, experiment_id: int, iteration: int | None = None,
-                      decided_in: int | None = None) -> list[MeasuredRun]:
+    def measured_runs(
+        self, experiment_id: int, iteration: int | None = None, decided_in: int | None = None
+    ) -> list[MeasuredRun]:
         """The experiment's measured runs in the order they were made; of one iteration's code, or made for one
         iteration's decision, when given."""
         with self.session() as s:
@@ -349,13 +468,25 @@ class Store:
 
     # --- strategy and proposer calls ----------------------------------------
 
-    def add_strategy(self, experiment_id: int, version: int, after_iteration: int, text: str, lessons: str = "") -> None:
+    def add_strategy(
+        self, experiment_id: int, version: int, after_iteration: int, text: str, lessons: str = ""
+    ) -> None:
         with self.session() as s:
-            row = s.scalar(select(StrategyVersion).where(
-                StrategyVersion.experiment_id == experiment_id, StrategyVersion.version == version))
+            row = s.scalar(
+                select(StrategyVersion).where(
+                    StrategyVersion.experiment_id == experiment_id, StrategyVersion.version == version
+                )
+            )
             if row is None:
-                s.add(StrategyVersion(experiment_id=experiment_id, version=version,
-                                      after_iteration=after_iteration, text=text, lessons=lessons))
+                s.add(
+                    StrategyVersion(
+                        experiment_id=experiment_id,
+                        version=version,
+                        after_iteration=after_iteration,
+                        text=text,
+                        lessons=lessons,
+                    )
+                )
 
     def strategies(self, experiment_id: int) -> list[StrategyVersion]:
         with self.session() as s:
@@ -368,8 +499,9 @@ class Store:
 
     def cost_by_iteration(self, experiment_id: int) -> dict[int, float]:
         with self.session() as s:
-            rows = s.execute(select(ProposerCall.iteration, ProposerCall.cost_usd).where(
-                ProposerCall.experiment_id == experiment_id))
+            rows = s.execute(
+                select(ProposerCall.iteration, ProposerCall.cost_usd).where(ProposerCall.experiment_id == experiment_id)
+            )
             costs: dict[int, float] = {}
             for iteration, cost in rows:
                 costs[iteration] = costs.get(iteration, 0.0) + cost

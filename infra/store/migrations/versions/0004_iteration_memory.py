@@ -8,11 +8,12 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-27
 """
+
 import json
 import re
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0004"
 down_revision = "0003"
@@ -43,8 +44,10 @@ def upgrade() -> None:
         match = OFFLINE_HYPOTHESIS.match(hypothesis or "")
         if match:
             memory = {"constant": match.group(1), "old": _number(match.group(2)), "new": _number(match.group(3))}
-            connection.execute(sa.text("UPDATE iterations SET memory = :memory WHERE id = :id"),
-                               {"memory": json.dumps(memory), "id": row_id})
+            connection.execute(
+                sa.text("UPDATE iterations SET memory = :memory WHERE id = :id"),
+                {"memory": json.dumps(memory), "id": row_id},
+            )
 
 
 def downgrade() -> None:

@@ -11,8 +11,9 @@ Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-04
 """
-from alembic import op
+
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0007"
 down_revision = "0006"
@@ -45,8 +46,13 @@ def upgrade() -> None:
         sa.Column("made_at", sa.DateTime(), nullable=False),
         sa.UniqueConstraint("experiment_id", "seq", name="uq_measured_run"),
     )
-    iterations = sa.table("iterations", sa.column("experiment_id", sa.Integer()), sa.column("index", sa.Integer()),
-                          sa.column("runs", sa.JSON()), sa.column("started_at", sa.DateTime()))
+    iterations = sa.table(
+        "iterations",
+        sa.column("experiment_id", sa.Integer()),
+        sa.column("index", sa.Integer()),
+        sa.column("runs", sa.JSON()),
+        sa.column("started_at", sa.DateTime()),
+    )
     rows, seq = [], {}
     bind = op.get_bind()
     query = sa.select(iterations).order_by(iterations.c.experiment_id, iterations.c["index"])
@@ -54,17 +60,30 @@ def upgrade() -> None:
         runs = runs or []
         for n, run in enumerate(runs):
             seq[experiment_id] = seq.get(experiment_id, 0) + 1
-            rows.append({"experiment_id": experiment_id, "seq": seq[experiment_id], "iteration": index,
-                         "decided_in": index, "seed": int(run.get("seed") or 0), "status": str(run.get("status", "")),
-                         "val_accuracy": run.get("val_accuracy"), "reason": "", "val_loss": None,
-                         "wall_seconds": None, "epochs": run.get("epochs"),
-                         "train_seconds": run.get("train_seconds"), "inference_seconds": run.get("inference_seconds"),
-                         "contended": bool(run.get("contended")),
-                         # measured again with the same seed (the old loop appended every attempt)
-                         "remeasured": bool(run.get("contended")) and n + 1 < len(runs)
-                         and runs[n + 1].get("seed") == run.get("seed"),
-                         "compute": {k: v for k, v in run.items() if k not in RUN_FIELDS},
-                         "made_at": started_at})
+            rows.append(
+                {
+                    "experiment_id": experiment_id,
+                    "seq": seq[experiment_id],
+                    "iteration": index,
+                    "decided_in": index,
+                    "seed": int(run.get("seed") or 0),
+                    "status": str(run.get("status", "")),
+                    "val_accuracy": run.get("val_accuracy"),
+                    "reason": "",
+                    "val_loss": None,
+                    "wall_seconds": None,
+                    "epochs": run.get("epochs"),
+                    "train_seconds": run.get("train_seconds"),
+                    "inference_seconds": run.get("inference_seconds"),
+                    "contended": bool(run.get("contended")),
+                    # measured again with the same seed (the old loop appended every attempt)
+                    "remeasured": bool(run.get("contended"))
+                    and n + 1 < len(runs)
+                    and runs[n + 1].get("seed") == run.get("seed"),
+                    "compute": {k: v for k, v in run.items() if k not in RUN_FIELDS},
+                    "made_at": started_at,
+                }
+            )
     if rows:
         op.bulk_insert(table, rows)
 

@@ -29,13 +29,44 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from prefect import serve
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterStartTime,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import (
+    ConcurrencyLimitConfig,
+    ConcurrencyLimitStrategy,
+    StateType,
+)
+from prefect.client.schemas.schedules import CronSchedule
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.events.actions import ChangeFlowRunState, RunDeployment
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.exceptions import ObjectNotFound
+
+from flows.scheduled import DEPLOYED_EXPERIMENT_ENV, scheduled_research
 from infra.experiment_config import ExperimentConfig
+from infra.session import ran, resumes
+from infra.settings import HOME_ENV, REPO_ROOT
+from infra.store.store import DB_URL_ENV
 
 FLOW_NAME = "research"  # flows/research.py's flow; a deployment is named research/<experiment>
 HEARTBEAT_S = 30  # Prefect's minimum
 SILENCE_S = 3 * HEARTBEAT_S  # no heartbeat for this long: the run is dead
-FINAL_EVENTS = ("prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
-                "prefect.flow-run.Crashed")  # a run that ended sends one of these, not another heartbeat
+FINAL_EVENTS = (
+    "prefect.flow-run.Completed",
+    "prefect.flow-run.Failed",
+    "prefect.flow-run.Cancelled",
+    "prefect.flow-run.Crashed",
+)  # a run that ended sends one of these, not another heartbeat
 
 
 class DeploymentError(ValueError):
@@ -53,18 +84,18 @@ class DeploymentInfo:
 def schedule_of(cron: str | None, interval: float | None) -> dict:
     """to_deployment's schedule argument: exactly one of a cron string (checked here) or an interval."""
     if (cron is None) == (interval is None):
-        raise DeploymentError("give exactly one of --cron (e.g. \"0 22 * * *\") or --interval SECONDS")
+        raise DeploymentError('give exactly one of --cron (e.g. "0 22 * * *") or --interval SECONDS')
     if interval is not None:
         if interval <= 0:
             raise DeploymentError(f"--interval must be positive, got {interval:g}")
         return {"interval": timedelta(seconds=interval)}
-    from prefect.client.schemas.schedules import CronSchedule
 
     try:
         CronSchedule(cron=cron)
     except ValueError:
-        raise DeploymentError(f"--cron {cron!r} is not a valid cron string (minute hour day month weekday, "
-                              f"e.g. \"0 22 * * *\")") from None
+        raise DeploymentError(
+            f'--cron {cron!r} is not a valid cron string (minute hour day month weekday, e.g. "0 22 * * *")'
+        ) from None
     return {"cron": cron}
 
 
@@ -73,14 +104,15 @@ ENTRYPOINT_FILE, ENTRYPOINT_FLOW = "flows/scheduled.py", "scheduled_research"  #
 
 def build(config: ExperimentConfig, cron: str | None, interval: float | None):
     """The research flow's deployment for this experiment: its name as the one parameter, one run at a time."""
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-
-    from flows.scheduled import scheduled_research
 
     return scheduled_research.to_deployment(
-        name=config.name, parameters={"experiment": config.name}, **schedule_of(cron, interval),
+        name=config.name,
+        parameters={"experiment": config.name},
+        **schedule_of(cron, interval),
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
-        description=f"autoresearch experiment {config.name}: each run resumes it", tags=["autoresearch"])
+        description=f"autoresearch experiment {config.name}: each run resumes it",
+        tags=["autoresearch"],
+    )
 
 
 def automation_names(experiment: str) -> tuple[str, str]:
@@ -89,23 +121,37 @@ def automation_names(experiment: str) -> tuple[str, str]:
 
 def automations(experiment: str, deployment_id: UUID) -> list:
     """The crash detector and the resumer of one deployment (see the module's docstring)."""
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState, RunDeployment
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
     of_this_deployment = {"prefect.resource.id": f"prefect.deployment.{deployment_id}"}
     detect, resume = automation_names(experiment)
     return [
-        AutomationCore(name=detect, trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"}, expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
-            for_each={"prefect.resource.id"}, match_related=of_this_deployment, posture=Posture.Proactive,
-            threshold=1, within=timedelta(seconds=SILENCE_S)),
-            actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                        message=f"no heartbeat for {SILENCE_S} s: the orchestrator died")]),
-        AutomationCore(name=resume, trigger=EventTrigger(
-            expect={"prefect.flow-run.Crashed"}, match_related=of_this_deployment, posture=Posture.Reactive,
-            threshold=1),
-            actions=[RunDeployment(source="selected", deployment_id=deployment_id)]),  # its own parameters
+        AutomationCore(
+            name=detect,
+            trigger=EventTrigger(
+                after={"prefect.flow-run.heartbeat"},
+                expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
+                for_each={"prefect.resource.id"},
+                match_related=of_this_deployment,
+                posture=Posture.Proactive,
+                threshold=1,
+                within=timedelta(seconds=SILENCE_S),
+            ),
+            actions=[
+                ChangeFlowRunState(
+                    state=StateType.CRASHED, message=f"no heartbeat for {SILENCE_S} s: the orchestrator died"
+                )
+            ],
+        ),
+        AutomationCore(
+            name=resume,
+            trigger=EventTrigger(
+                expect={"prefect.flow-run.Crashed"},
+                match_related=of_this_deployment,
+                posture=Posture.Reactive,
+                threshold=1,
+            ),
+            actions=[RunDeployment(source="selected", deployment_id=deployment_id)],
+        ),  # its own parameters
     ]
 
 
@@ -113,7 +159,6 @@ def ensure_automations(experiment: str, deployment_id: UUID) -> None:
     """Create them once: an existing one with the same definition is kept, not recreated, because a new
     automation has not seen the heartbeats that came before it and would never mark those runs crashed
     (a restarted `deploy` after a SIGKILL is exactly when that matters). A changed one is replaced."""
-    from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
         for automation in automations(experiment, deployment_id):
@@ -141,14 +186,16 @@ def definition(automation) -> dict:
 def serve_forever(deployment, config: ExperimentConfig) -> None:
     """Register the deployment and its automations, then run its scheduled runs until Ctrl-C. The runs inherit
     this process's environment: the experiment served, its home and store, the flow's entrypoint."""
-    from flows.scheduled import DEPLOYED_EXPERIMENT_ENV
-    from infra.settings import REPO_ROOT
 
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))
-    os.environ.update({DEPLOYED_EXPERIMENT_ENV: config.name, "AUTORESEARCH_HOME": config.home,
-                       "AUTORESEARCH_DB_URL": config.db_url,
-                       "PREFECT__FLOW_ENTRYPOINT": f"{REPO_ROOT / ENTRYPOINT_FILE}:{ENTRYPOINT_FLOW}"})
-    from prefect import serve
+    os.environ.update(
+        {
+            DEPLOYED_EXPERIMENT_ENV: config.name,
+            HOME_ENV: config.home,
+            DB_URL_ENV: config.db_url,
+            "PREFECT__FLOW_ENTRYPOINT": f"{REPO_ROOT / ENTRYPOINT_FILE}:{ENTRYPOINT_FLOW}",
+        }
+    )
 
     deployment_id = deployment.apply()
     ensure_automations(deployment.name, deployment_id)
@@ -157,22 +204,24 @@ def serve_forever(deployment, config: ExperimentConfig) -> None:
 
 def listed() -> list[DeploymentInfo]:
     """The research deployments with their schedule and next scheduled run."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterName,
-                                                FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType)
-    from prefect.client.schemas.objects import StateType
-    from prefect.client.schemas.sorting import FlowRunSort
 
     infos = []
     with get_client(sync_client=True) as client:
         for dep in client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))):
             runs = client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
-                sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=1)
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+                ),
+                sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                limit=1,
+            )
             schedules = [describe_schedule(s.schedule) for s in dep.schedules]
-            infos.append(DeploymentInfo(dep.name, ", ".join(schedules) or "-",
-                                        runs[0].expected_start_time if runs else None, dep.paused))
+            infos.append(
+                DeploymentInfo(
+                    dep.name, ", ".join(schedules) or "-", runs[0].expected_start_time if runs else None, dep.paused
+                )
+            )
     return infos
 
 
@@ -186,8 +235,6 @@ def describe_schedule(schedule) -> str:
 
 def remove(experiment: str) -> None:
     """Delete the deployment (its scheduled runs go with it) and its automations."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         try:
@@ -198,47 +245,6 @@ def remove(experiment: str) -> None:
         for name in automation_names(experiment):
             for old in client.read_automations_by_name(name):
                 client.delete_automation(old.id)
-
-
-def ran(flow_run) -> bool:
-    """It ran: not a run the schedule cancelled as a collision (one runs already), which has a start time too."""
-    return flow_run.start_time is not None and not (flow_run.state_name == "Cancelled" and flow_run.run_count == 0)
-
-
-def session_start(runs: list[tuple[datetime, str]]) -> datetime:
-    """(start time, state name) of a deployment's runs, oldest first, up to this run: when this run's session
-    began. A run right after a Crashed run resumed it (the resume automation), so it keeps that run's session,
-    and so on back."""
-    start = runs[-1][0]
-    for earlier_start, state in reversed(runs[:-1]):
-        if state != "Crashed":
-            break
-        start = earlier_start
-    return start
-
-
-def session_started() -> datetime | None:
-    """When this flow run's session began, if it resumes a crashed run of its deployment (None otherwise: its session
-    is its own): it counts --hours, --until and --iterations from the crashed run's start, so a crash buys no extra night."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterStartTime
-    from prefect.client.schemas.sorting import FlowRunSort
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    this = context.flow_run if context else None
-    if this is None or this.deployment_id is None:
-        return None
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[this.deployment_id])),
-                                     flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
-                                     sort=FlowRunSort.START_TIME_DESC, limit=50)
-    started = [r for r in reversed(runs) if ran(r)]
-    mine = next((k for k, r in enumerate(started) if r.id == this.id), None)
-    if mine is None:
-        return None
-    began = session_start([(r.start_time, r.state_name or "") for r in started[:mine + 1]])
-    return began if began < started[mine].start_time else None
 
 
 @dataclass(frozen=True)
@@ -252,21 +258,32 @@ class RunInfo:
 
 def recent_runs(limit: int = 20) -> list[RunInfo]:
     """The latest runs of research deployments, oldest first; a run after a Crashed one is marked resumed."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStartTime
-    from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
-        names = {d.id: d.name for d in client.read_deployments(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])))}
+        names = {
+            d.id: d.name for d in client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])))
+        }
         # runs that started (a schedule leaves many that never will: due later, or cancelled as a collision)
-        runs = [r for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-                                                 flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
-                                                 sort=FlowRunSort.START_TIME_DESC, limit=10 * limit)
-                if r.deployment_id in names and ran(r)]
-    infos, crashed_before = [], set()
+        runs = [
+            r
+            for r in client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
+                sort=FlowRunSort.START_TIME_DESC,
+                limit=10 * limit,
+            )
+            if r.deployment_id in names and ran(r)
+        ]
+    infos, previous = [], {}  # each deployment's run before this one
     for r in reversed(runs):
-        infos.append(RunInfo(r.name, names[r.deployment_id], r.state_name or "-", r.start_time,
-                             r.deployment_id in crashed_before))
-        (crashed_before.add if r.state_name == "Crashed" else crashed_before.discard)(r.deployment_id)
+        infos.append(
+            RunInfo(
+                r.name,
+                names[r.deployment_id],
+                r.state_name or "-",
+                r.start_time,
+                resumes(previous.get(r.deployment_id)),
+            )
+        )
+        previous[r.deployment_id] = r.state_name
     return infos[-limit:]
