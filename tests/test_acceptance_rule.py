@@ -171,7 +171,10 @@ def test_a_candidate_whose_runs_vary_far_more_than_the_incumbents_is_not_kept():
     raised the next threshold from 0.017 to 0.068. Its runs' spread is tested against the incumbent's noise."""
     incumbent = [0.8200, 0.8215, 0.8190]
     floor = Floor(0.0012, 12, pooled=True)
-    spread = step(incumbent, [0.8653, 0.8541, 0.8234, 0.8800], floor)
+    stepped = [0.8653, 0.8541, 0.8234, 0.8800, 0.8390, 0.8712, 0.8260, 0.8745]
+    early = step(incumbent, stepped[:4], floor)  # four runs may be spread by chance: it is measured on
+    assert early.stop == Stop.MORE and early.next_run is not None, early
+    spread = step(incumbent + [0.8205] * 4, stepped, floor)  # at the cap it is still spread: refused
     assert spread.verdict == "discard" and spread.stop == Stop.SPREAD and "vary far more" in spread.note
     steady = step(incumbent, [0.8553, 0.8541, 0.8560], floor)
     assert steady.verdict == "keep", steady
