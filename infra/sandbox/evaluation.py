@@ -142,6 +142,15 @@ def _killed_reason(outcome: SandboxOutcome, images: int, limits: Limits) -> str:
     )
 
 
+@dataclass
+class Prediction:
+    """The logits a model produced on images without labels, or why it produced none."""
+
+    logits: np.ndarray | None
+    reason: str
+    inference_seconds: float | None = None  # as Evaluation.inference_seconds
+
+
 def evaluate_artifact(
     artifact: Path,
     images: torch.Tensor,
@@ -152,8 +161,21 @@ def evaluate_artifact(
 ) -> Evaluation:
     """Predict on images (uint8, N x 28 x 28) in a sandbox, within the inference allowance, then score against
     labels here; in a slot, on the slot's cores (never its GPU: evaluation is on the CPU)."""
+    predicted = predict_artifact(artifact, images, eval_dir, limits, slot)
+    if predicted.logits is None:
+        return Evaluation(False, predicted.reason, inference_seconds=predicted.inference_seconds)
+    return replace(score_logits(predicted.logits, labels), inference_seconds=predicted.inference_seconds)
+
+
+def predict_artifact(
+    artifact: Path, images: torch.Tensor, eval_dir: Path, limits: Limits, slot: Slot | None = None
+) -> Prediction:
+    """The logits of the model at artifact on images, predicted in a sandbox within the inference allowance. They
+    are checked for shape, dtype and finiteness only by score_logits, where the labels are: a pool's worker
+    predicts, the coordinator scores (infra/pool/protocol.py)."""
     if not artifact.is_file() or artifact.is_symlink():
-        return Evaluation(False, "no model artifact to evaluate")
+        return Prediction(None, "no model artifact to evaluate")
+    n = len(images)
     remove_tree(eval_dir)
     eval_dir.mkdir(parents=True, mode=0o755)
     buffer = io.BytesIO()
@@ -170,7 +192,7 @@ def evaluate_artifact(
         argv=[sys.executable, str(PREPARE_PY), "predict", str(model_path), str(images_path), str(out / "logits.npy")],
         workdir=out,
         log_path=eval_dir / "eval.log",
-        limits=eval_limits(limits, len(labels)),
+        limits=eval_limits(limits, n),
         env={prepare.DEVICE_ENV: "cpu"},
         ro_paths=[PREPARE_PY, model_path, images_path],
         hidden=hidden_data_dirs(),
@@ -182,22 +204,21 @@ def evaluate_artifact(
         outcome = run_sandboxed(job)
         spent = outcome.after_marker_s
         if outcome.killed_for == "timeout":
-            return Evaluation(False, _killed_reason(outcome, len(labels), limits), inference_seconds=spent)
+            return Prediction(None, _killed_reason(outcome, n, limits), spent)
         if outcome.killed_for in ("memory", "disk", "open files"):
-            return Evaluation(False, f"evaluation exceeded the {outcome.killed_for} cap", inference_seconds=spent)
+            return Prediction(None, f"evaluation exceeded the {outcome.killed_for} cap", spent)
         if outcome.exit_code != 0:
             failed = _eval_failure(
                 job.log_path, f"evaluation process failed (exit {outcome.exit_code}, signal {outcome.signal})"
             )
-            return Evaluation(False, failed, inference_seconds=spent)
+            return Prediction(None, failed, spent)
         if spent is None:  # prepare.py prints the marker before predicting: a run without it predicted nothing
-            return Evaluation(False, "evaluation process ended before predicting")
-        over = inference_over_allowance(spent, len(labels), limits.inference_allowance_s)
+            return Prediction(None, "evaluation process ended before predicting")
+        over = inference_over_allowance(spent, n, limits.inference_allowance_s)
         if over:
-            return Evaluation(False, over, inference_seconds=spent)
-        logits = _read_logits(out, len(labels))
-        scored = Evaluation(False, logits) if isinstance(logits, str) else score_logits(logits, labels)
-        return replace(scored, inference_seconds=spent)
+            return Prediction(None, over, spent)
+        logits = _read_logits(out, n)
+        return Prediction(None, logits, spent) if isinstance(logits, str) else Prediction(logits, "ok", spent)
     finally:
         remove_tree(out)
         images_path.unlink(missing_ok=True)

@@ -1,0 +1,75 @@
+"""
+A pool worker's side of one job: check it, train the candidate in this machine's sandbox, predict, answer.
+
+Fixed contract (infra/pool/protocol.py): the answer holds logits, never a score, and a job whose prepare.py, data
+or compute shape this worker does not share is refused before anything runs. The run's files live under the
+worker's own directory, named by the job id alone (the experiment name came over the wire), and are removed once
+the answer is made: nothing is shared with the coordinator but the answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import prepare
+from infra.pool.protocol import (
+    MAX_LOG_TAIL_CHARS,
+    MAX_REASON_CHARS,
+    PoolJob,
+    PoolResult,
+    encode_logits,
+    local_fingerprints,
+    refusal,
+)
+from infra.records import Status
+from infra.sandbox.evaluation import predict_artifact
+from infra.sandbox.safe_files import remove_tree
+from infra.sandbox.slots import Slot
+from infra.sandbox.trial import log_tail, train_candidate
+from infra.settings import default_cpu_threads
+
+
+def slot_shape_refusal(job: PoolJob, slot: Slot | None) -> str:
+    """Why this slot cannot give the job the compute it carries, or ''."""
+    threads = len(slot.cores) if slot is not None else default_cpu_threads()
+    on_gpu = slot is not None and slot.gpu is not None
+    if (job.device == "cuda") != on_gpu:
+        return f"the job is for {'a GPU' if job.device == 'cuda' else 'the CPU'}; this worker's slot is not"
+    return refusal(job, local_fingerprints(), threads)
+
+
+def measure_job(job: PoolJob, work_dir: Path, slot: Slot | None, worker: str) -> PoolResult:
+    """Train and predict for job in slot; the answer to send back (a refusal, a failed run, or logits)."""
+    refused = slot_shape_refusal(job, slot)
+    if refused:
+        return PoolResult(job_id=job.job_id, worker=worker, refused=refused)
+    run_dir = work_dir / job.job_id
+    limits = job.limits()
+    device = slot.device if slot is not None and slot.gpu is not None else job.device
+    try:
+        trained = train_candidate(job.code, run_dir, limits, seed=job.seed, device=device, slot=slot)
+        answer = dict(
+            job_id=job.job_id,
+            worker=worker,
+            status=trained.status,
+            reason=trained.reason[:MAX_REASON_CHARS],
+            epochs=trained.epochs,
+            train_seconds=trained.train_seconds,
+            wall_seconds=trained.wall_seconds,
+            compute=trained.compute,
+            log_tail=log_tail(trained.log_path)[-MAX_LOG_TAIL_CHARS:],
+        )
+        if trained.status != Status.OK:
+            return PoolResult(**answer)
+        artifact = run_dir / prepare.MODEL_ARTIFACT
+        val = predict_artifact(artifact, prepare.load_split_uint8("val")[0], run_dir / "eval", limits, slot)
+        answer["inference_seconds"] = val.inference_seconds
+        if val.logits is None:
+            return PoolResult(**{**answer, "status": Status.INVALID, "reason": val.reason[:MAX_REASON_CHARS]})
+        answer["val_logits"] = encode_logits(val.logits)
+        if job.want_test:
+            test = predict_artifact(artifact, prepare.load_split_uint8("test")[0], run_dir / "test-eval", limits, slot)
+            answer["test_logits"] = None if test.logits is None else encode_logits(test.logits)
+        return PoolResult(**{**answer, "reason": "predicted"})
+    finally:
+        remove_tree(run_dir)

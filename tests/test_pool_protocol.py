@@ -1,0 +1,156 @@
+"""The wire between a coordinator and a pool's workers (infra/pool): jobs, refusals, results taken as untrusted."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+
+import numpy as np
+import pytest
+
+import prepare
+from infra.pool.measurement import measure_job
+from infra.pool.protocol import (
+    MAX_RESULT_BYTES,
+    Fingerprints,
+    PoolJob,
+    PoolResult,
+    ResultRejected,
+    accept,
+    encode_logits,
+    fingerprints_of,
+    local_fingerprints,
+    refusal,
+    score,
+)
+from infra.records import Status
+from infra.sandbox.compute_record import ComputeRecord
+from infra.settings import BASELINE_TRAIN_PY, PREPARE_PY, Limits
+from tests.conftest import make_idx_files, requires_bwrap, requires_real_data
+
+PRINTS = Fingerprints("a" * 64, "b" * 64)
+LIMITS = Limits(budget_s=1.0, cpu_threads=1)
+
+
+def job(**changes) -> PoolJob:
+    issued = PoolJob.issue("exp", 3, 3, 12345, "print('hi')\n", LIMITS, fingerprints=PRINTS)
+    return issued.model_copy(update=changes)
+
+
+def logits(n: int, dtype=np.float32) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(n, prepare.NUM_CLASSES)).astype(dtype)
+
+
+def answer(for_job: PoolJob, **fields) -> bytes:
+    base = dict(
+        job_id=for_job.job_id, worker="w1", status=Status.OK, reason="predicted", val_logits=encode_logits(logits(20))
+    )
+    return PoolResult(**{**base, **fields}).model_dump_json().encode()
+
+
+def test_a_job_travels_as_json_and_carries_the_compute():
+    sent = job()
+    assert len(sent.job_id) == 32 and sent.job_id != job().job_id, "each job gets a fresh random id"
+    received = PoolJob.model_validate_json(sent.model_dump_json())
+    assert received == sent and received.limits() == LIMITS
+    tampered = sent.model_dump() | {"labels": [1, 2, 3]}
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        PoolJob.model_validate(tampered)
+    with pytest.raises(ValueError):
+        PoolJob.model_validate(sent.model_dump() | {"budget_s": 0})
+
+
+def test_a_worker_whose_files_or_slots_differ_refuses(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, content in make_idx_files(tmp_path / "gz").items():  # decompressed, as prepare.ensure_data leaves them
+        (data / name).write_bytes(content)
+    ours = fingerprints_of(PREPARE_PY, data)
+    modified = tmp_path / "prepare.py"
+    modified.write_text(PREPARE_PY.read_text().replace("RUN_SUBSET = 0.98", "RUN_SUBSET = 0.99"))
+    theirs = fingerprints_of(modified, data)
+    assert theirs.data_sha256 == ours.data_sha256 and theirs.prepare_sha256 != ours.prepare_sha256
+    sent = job(prepare_sha256=ours.prepare_sha256, data_sha256=ours.data_sha256)
+    assert refusal(sent, ours, slot_threads=1) == ""
+    assert "prepare.py differs" in refusal(sent, theirs, slot_threads=1)
+    labels = data / "t10k-labels-idx1-ubyte"
+    relabelled = labels.read_bytes()
+    labels.write_bytes(relabelled[:-1] + bytes([(relabelled[-1] + 1) % 10]))  # one test label changed
+    assert "the data differs" in refusal(sent, fingerprints_of(PREPARE_PY, data), slot_threads=1)
+    assert "this worker's slots have 2" in refusal(sent, ours, slot_threads=2)
+
+
+@requires_real_data
+def test_a_worker_refuses_a_job_made_with_another_prepare_py_before_running_anything(tmp_path):
+    other = tmp_path / "prepare.py"
+    other.write_text(PREPARE_PY.read_text() + "\n# edited on the coordinator\n")
+    mine = local_fingerprints()
+    sent = PoolJob.issue(
+        "exp",
+        1,
+        1,
+        7,
+        BASELINE_TRAIN_PY.read_text(),
+        LIMITS,
+        fingerprints=fingerprints_of(other, prepare.ensure_data()),
+    )
+    assert sent.data_sha256 == mine.data_sha256
+    work = tmp_path / "work"
+    work.mkdir()
+    result = measure_job(sent, work, slot=None, worker="w1")
+    assert "prepare.py differs" in result.refused and result.val_logits is None
+    assert list(work.iterdir()) == [], "nothing ran"
+
+
+def test_the_coordinator_takes_only_results_it_asked_for_within_bounds():
+    sent = job()
+    issued = {sent.job_id: sent}
+    taken = accept(answer(sent), issued, val_images=20, test_images=20)
+    assert taken.worker == "w1" and taken.status == Status.OK
+    labels = __import__("torch").from_numpy(logits(20).argmax(axis=1))
+    scored = score(taken, taken.val_logits, labels)
+    assert scored.ok and scored.accuracy == 1.0, "the coordinator scores the logits against its own labels"
+
+    def rejected(raw: bytes, why: str, jobs=issued) -> None:
+        with pytest.raises(ResultRejected, match=why):
+            accept(raw, jobs, val_images=20, test_images=20)
+
+    rejected(answer(job()), "did not issue")
+    rejected(answer(sent), "did not issue", jobs={})
+    rejected(b"x" * (MAX_RESULT_BYTES + 1), "over the")
+    rejected(answer(sent)[:-1] + b', "val_accuracy": 0.99}', "malformed")
+    rejected(b"\x80\x04K\x01.", "malformed")  # a pickle is not JSON
+    rejected(answer(sent, val_logits=encode_logits(logits(19))), "shape")
+    rejected(answer(sent, val_logits=encode_logits(logits(20))[:40]), "unreadable")
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"x": 1}] * 20, dtype=object), allow_pickle=True)
+    rejected(answer(sent, val_logits=base64.b64encode(buffer.getvalue()).decode()), "unreadable")
+    rejected(answer(sent, val_logits=None), "without validation logits")
+    rejected(answer(sent, test_logits=encode_logits(logits(20))), "did not ask for")
+    rejected(answer(sent, compute=ComputeRecord("cpu", threads=4)), "got 4 cores")
+    refused = accept(answer(sent, refused="prepare.py differs", val_logits=None), issued, 20, 20)
+    assert not score(refused, refused.val_logits, labels).ok
+
+
+@requires_real_data
+@requires_bwrap
+def test_a_worker_measures_a_job_and_only_the_coordinator_scores_it(tmp_path):
+    sent = PoolJob.issue("exp", 0, 0, 11, BASELINE_TRAIN_PY.read_text(), LIMITS, want_test=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = measure_job(sent, work, slot=None, worker="w1")
+    assert result.status == Status.OK, (result.reason, result.log_tail)
+    assert result.val_logits and result.test_logits and result.epochs and result.compute.threads == 1
+    assert "accuracy" not in result.model_dump_json(), "a worker reports no score"
+    assert list(work.iterdir()) == [], "the run's files are gone once answered"
+    taken = accept(
+        result.model_dump_json().encode(),
+        {sent.job_id: sent},
+        val_images=prepare.VAL_SIZE,
+        test_images=len(prepare.load_split_uint8("test")[1]),
+    )
+    val = score(taken, taken.val_logits, prepare.load_split_uint8("val")[1])
+    test = score(taken, taken.test_logits, prepare.load_split_uint8("test")[1])
+    assert val.ok and 0.5 < val.accuracy < 1 and test.ok and 0.5 < test.accuracy < 1
+    shutil.rmtree(work)
