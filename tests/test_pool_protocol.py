@@ -53,12 +53,12 @@ def test_a_job_travels_as_json_and_carries_the_compute():
     sent = job()
     assert len(sent.job_id) == 32 and sent.job_id != job().job_id, "each job gets a fresh random id"
     received = PoolJob.model_validate_json(sent.model_dump_json())
-    assert received == sent and received.limits() == LIMITS
+    assert received == sent and received.limits == LIMITS
     tampered = sent.model_dump() | {"labels": [1, 2, 3]}
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
         PoolJob.model_validate(tampered)
     with pytest.raises(ValueError):
-        PoolJob.model_validate(sent.model_dump() | {"budget_s": 0})
+        PoolJob.model_validate(sent.model_dump() | {"limits": {"budget_s": 0}})
 
 
 def test_a_worker_whose_files_or_slots_differ_refuses(tmp_path):

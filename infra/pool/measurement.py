@@ -44,7 +44,7 @@ def measure_job(job: PoolJob, work_dir: Path, slot: Slot | None, worker: str) ->
     if refused:
         return PoolResult(job_id=job.job_id, worker=worker, refused=refused)
     run_dir = work_dir / job.job_id
-    limits = job.limits()
+    limits = job.limits
     device = slot.device if slot is not None and slot.gpu is not None else job.device
     try:
         trained = train_candidate(job.code, run_dir, limits, seed=job.seed, device=device, slot=slot)

@@ -86,14 +86,7 @@ class PoolJob(_Strict):
     decided_in: int = Field(ge=0)
     seed: int = Field(ge=0, lt=2**31)
     code: str = Field(max_length=MAX_CODE_BYTES)
-    budget_s: float = Field(gt=0)
-    startup_allowance_s: float = Field(ge=0)
-    export_allowance_s: float = Field(ge=0)
-    inference_allowance_s: float = Field(gt=0)
-    memory_cap_bytes: int = Field(gt=0)
-    disk_cap_bytes: int = Field(gt=0)
-    max_files: int = Field(gt=0)
-    cpu_threads: int = Field(gt=0)
+    limits: Limits  # the experiment's compute: budget, allowances, caps, cores a run (its own checks apply)
     device: str | None = Field(default=None, pattern="^(cpu|cuda)$")
     want_test: bool = False  # a kept candidate: the test split's logits too, for the report
     prepare_sha256: str = Field(pattern="^[0-9a-f]{64}$")
@@ -121,30 +114,11 @@ class PoolJob(_Strict):
             decided_in=decided_in,
             seed=seed,
             code=code,
-            budget_s=limits.budget_s,
-            startup_allowance_s=limits.startup_allowance_s,
-            export_allowance_s=limits.export_allowance_s,
-            inference_allowance_s=limits.inference_allowance_s,
-            memory_cap_bytes=limits.memory_cap_bytes,
-            disk_cap_bytes=limits.disk_cap_bytes,
-            max_files=limits.max_files,
-            cpu_threads=limits.cpu_threads,
+            limits=limits,
             device=device,
             want_test=want_test,
             prepare_sha256=prints.prepare_sha256,
             data_sha256=prints.data_sha256,
-        )
-
-    def limits(self) -> Limits:
-        return Limits(
-            budget_s=self.budget_s,
-            startup_allowance_s=self.startup_allowance_s,
-            export_allowance_s=self.export_allowance_s,
-            memory_cap_bytes=self.memory_cap_bytes,
-            inference_allowance_s=self.inference_allowance_s,
-            disk_cap_bytes=self.disk_cap_bytes,
-            max_files=self.max_files,
-            cpu_threads=self.cpu_threads,
         )
 
 
@@ -160,8 +134,8 @@ def refusal(job: PoolJob, local: Fingerprints, slot_threads: int) -> str:
             f"the data differs from the coordinator's (sha256 {local.data_sha256[:12]} here, "
             f"{job.data_sha256[:12]} there): run prepare.py on this worker"
         )
-    if job.cpu_threads != slot_threads:
-        return f"the job asks for {job.cpu_threads} cores a run; this worker's slots have {slot_threads}"
+    if job.limits.cpu_threads != slot_threads:
+        return f"the job asks for {job.limits.cpu_threads} cores a run; this worker's slots have {slot_threads}"
     return ""
 
 
@@ -216,8 +190,8 @@ def accept(raw: bytes, issued: Mapping[str, PoolJob], val_images: int, test_imag
         raise ResultRejected("a result for a job this coordinator did not issue, or has settled")
     if result.refused:
         return result
-    if result.compute is not None and result.compute.threads not in (0, job.cpu_threads):
-        raise ResultRejected(f"the run got {result.compute.threads} cores; the job gave {job.cpu_threads}")
+    if result.compute is not None and result.compute.threads not in (0, job.limits.cpu_threads):
+        raise ResultRejected(f"the run got {result.compute.threads} cores; the job gave {job.limits.cpu_threads}")
     if result.status == Status.OK and result.val_logits is None:
         raise ResultRejected("an ok run without validation logits")
     if result.val_logits is not None:
