@@ -5,6 +5,9 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
+import socket
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -30,6 +33,8 @@ from infra.experiment_config import (
     explain,
     fixed_setting_changes,
 )
+from infra.pool.protocol import local_fingerprints
+from infra.pool.worker_setup import WORKER_QUERY_S, WorkerSetup
 from infra.prefect_server import (
     credentials,
     healthy,
@@ -46,7 +51,7 @@ from infra.research.lock import LockHeld, database_holder, lock_holder
 from infra.research.program import ProgramError, read_program
 from infra.sandbox.allowances import measure_allowances
 from infra.sandbox.compute_record import describe
-from infra.sandbox.slots import SlotError, plan_slots
+from infra.sandbox.slots import SlotError, default_slot_count, plan_slots
 from infra.sandbox.trial import run_trial
 from infra.store import Store, StoreError, results_db_url
 from infra.store.store import display_url, make_engine, schema_revision
@@ -269,6 +274,7 @@ OPTION_OF_FIELD = {
     "stop_after_s": "--hours",
     "stop_at": "--until",
     "devices": "--devices",
+    "pool": "--pool",
 }
 
 
@@ -330,7 +336,7 @@ def check_slots(config: ExperimentConfig) -> None:
     """Slots that cannot fit this machine are refused before anything runs (the flow plans them again, with the
     experiment's stored settings)."""
 
-    if config.slots is None and not config.devices:
+    if config.pool or (config.slots is None and not config.devices):  # a pool's slots are its workers' cores
         return
     try:
         plan_slots(
@@ -376,6 +382,7 @@ def run(
     cpu_threads: Optional[int] = field_option("cpu_threads", "--cpu-threads"),
     slots: Optional[int] = field_option("slots", "--slots"),
     devices: Optional[str] = field_option("devices", "--devices"),
+    pool: Optional[str] = field_option("pool", "--pool"),
     model: Optional[str] = field_option("model", "--model"),
     max_cost: Optional[float] = field_option("max_cost", "--max-cost"),
     preflight: Optional[bool] = field_option("preflight", "--preflight/--no-preflight"),
@@ -401,6 +408,11 @@ def run(
         fail(str(exc), code=1)
     if holder:
         fail(f"experiment {experiment!r} is already running ({holder})")
+    if config.pool and not connect_to_server(home_dir):
+        fail(
+            f"--pool {config.pool}: the workers need a Prefect server they can reach: start one with `autoresearch ui` "
+            "(or set PREFECT_API_URL and PREFECT_API_AUTH_STRING); see docs/pool.md"
+        )
     out.print(f"proposer: {why}")
 
     try:
@@ -770,6 +782,50 @@ def scheduled_runs() -> None:
             "resumed" if r.resumed else "",
         )
     out.print(table)
+
+
+@app.command()
+def worker(
+    pool: str = typer.Option(..., "--pool", help="the Prefect work pool to take measured runs from"),
+    db: str = typer.Option(..., "--db", help="the coordinator's store (SQLAlchemy URL), where answers go"),
+    slots: Optional[int] = typer.Option(None, "--slots", help="runs at once (default: as `run` plans them here)"),
+    cpu_threads: int = typer.Option(1, "--cpu-threads", help="cores a run: the coordinator's --cpu-threads"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="one GPU per slot, e.g. cuda:0,cuda:1"),
+    name: Optional[str] = typer.Option(None, "--name", help="this worker's name (default: the host's name)"),
+    home: Optional[Path] = typer.Option(None, "--home", help="this worker's runs directory (default: as `run`'s)"),
+) -> None:
+    """Measure runs for coordinators on this machine: a Prefect process worker on --pool (docs/pool.md)."""
+    home_dir = home_of(home)
+    if not connect_to_server(home_dir):
+        fail("no Prefect server answers: set PREFECT_API_URL and PREFECT_API_AUTH_STRING to the coordinator's")
+    open_store(db, home_dir, upgrade=False)  # a worker never migrates: the coordinator (or `db upgrade`) does
+    check_data()
+    device_list = devices.split(",") if devices else None
+    count = slots or (len(device_list) if device_list else default_slot_count(cpu_threads))
+    try:
+        setup = WorkerSetup(
+            name=name or re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:200],
+            pool=pool,
+            home=operator_files.operator_dir(home_dir / "worker"),
+            db_url=db,
+            slots=count,
+            cpu_threads=cpu_threads,
+            devices=device_list,
+        )
+        planned = setup.plan()
+    except ValidationError as exc:
+        fail(explain(exc, {"name": "--name", "slots": "--slots", "cpu_threads": "--cpu-threads"}))
+    except SlotError as exc:
+        fail(f"--slots: {exc}")
+    prints = local_fingerprints()
+    out.print(
+        f"worker {setup.name}: pool {pool}, {'; '.join(s.describe() for s in planned)}; prepare.py "
+        f"{prints.prepare_sha256[:12]}, data {prints.data_sha256[:12]}; answers to {display_url(db)}",
+        highlight=False,
+    )
+    env = {**os.environ, **setup.to_env(), "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_QUERY_S)}
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    os.execve(sys.executable, [*command, "--limit", str(count), "--name", setup.name], env)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import torch
 from prefect import flow
 
 import prepare
+from flows.pool_slots import PoolSlots
 from flows.slot_pool import SlotPool
 from infra import display, operator_files, session, settings
 from infra.experiment_config import (
@@ -78,6 +79,7 @@ class ConfigMismatch(ValueError):
 
 
 CHANGE_FLAG = "--change-rule"  # the CLI option that lets a resumed run change a changeable fixed setting
+POOL_DEFAULT_SLOTS = 2  # runs in flight on a pool when --slots is not given
 
 
 class Loop:
@@ -112,6 +114,10 @@ class Loop:
         where runs go to GPUs, else as many CPU slots as leave the orchestrator a core; the memory cap is half the
         machine's memory shared among them. An experiment stored before slots ran in one."""
         cfg, stored = self.cfg, self.exp.config
+        if cfg.pool is None:
+            cfg.pool = stored.get("pool")
+        if cfg.pool:
+            return self._resolve_pool_slots()
         gpus = cfg.devices or self._visible_gpus()
         if cfg.slots is None:
             cfg.slots = stored.get("slots") or (
@@ -128,6 +134,21 @@ class Loop:
             f"{cfg.memory_cap_bytes / 2**30:.1f} GiB each"
         )
         return slots
+
+    def _resolve_pool_slots(self) -> list[Slot]:
+        """With a pool, cfg.slots is how many runs are in flight on its workers (flows/pool_slots.py); this machine
+        keeps one slot, for what the coordinator runs itself: the allowances' measurement and the pre-flight."""
+        cfg, stored = self.cfg, self.exp.config
+        if cfg.slots is None:
+            cfg.slots = stored.get("slots") or POOL_DEFAULT_SLOTS
+        if cfg.memory_cap_bytes is None:
+            cfg.memory_cap_bytes = stored.get("memory_cap_bytes") or settings.default_memory_cap_bytes() // cfg.slots
+        here = plan_slots(1, cfg.cpu_threads)
+        print(
+            f"slots: {cfg.slots} in flight on pool {cfg.pool}, memory cap {cfg.memory_cap_bytes / 2**30:.1f} GiB each; "
+            f"here: {here[0].describe()} (allowances, pre-flight)"
+        )
+        return here
 
     def _visible_gpus(self) -> list[str]:
         """The GPUs runs would use without --devices: the one --device names, or every visible one when the device
@@ -259,7 +280,7 @@ class Loop:
             cpu_cores=os.cpu_count(),
             usable_cores=len(os.sched_getaffinity(0)),
             memory_cap_gib=round(self.limits.memory_cap_bytes / 2**30, 1),
-            slots=len(self.slots),
+            slots=self.cfg.slots or len(self.slots),
             device_name=device_name,
             device_memory_gib=device_memory_gib,
         )
@@ -332,7 +353,7 @@ def run_fields(first: MeasuredRun) -> dict[str, Any]:
     return {name: getattr(first, name) for name in RUN_FIELDS}
 
 
-def run_baseline(loop: Loop, pool: SlotPool) -> None:
+def run_baseline(loop: Loop, pool: SlotPool | PoolSlots) -> None:
     """Iteration 0: the baseline's `repeats` runs, measured side by side on the slots."""
     code = loop.ws.read_train_py()
     done = [r for r in loop.store.measured_runs(loop.exp.id, decided_in=0) if not r.remeasured]  # a resumed baseline
@@ -783,7 +804,12 @@ def run_experiment(config: ExperimentConfig, change_rule: bool = False) -> dict[
 def research_loop(loop: Loop, began: datetime, deadline: float | None) -> dict[str, Any]:
     """The baseline if there is none, then candidates until the run's target, its deadline or the proposer's end,
     every slot kept busy. An error stops it only once no run is being measured any more."""
-    pool = SlotPool(loop.bench, loop.slots)
+    cfg = loop.cfg
+    pool = (
+        PoolSlots(loop.bench, cfg.pool, cfg.slots, cfg.name, cfg.device, len(loop.test[1]))
+        if cfg.pool
+        else SlotPool(loop.bench, loop.slots)
+    )
     try:
         status = decide_all(loop, pool, began, deadline)
     except Exception:
@@ -803,7 +829,7 @@ def why_stop_proposing(loop: Loop, deadline: float | None) -> tuple[str, str] | 
     return (why, "stopped") if why else None
 
 
-def decide_all(loop: Loop, pool: SlotPool, began: datetime, deadline: float | None) -> str:
+def decide_all(loop: Loop, pool: SlotPool | PoolSlots, began: datetime, deadline: float | None) -> str:
     """The loop over slots: look at every decision whose run arrived; give each that needs a run a free slot; with a
     slot still free, propose a candidate; then wait for the next run. Returns the run's end status."""
     if not loop.finished():

@@ -33,6 +33,7 @@ FIXED_SETTINGS = (
     "repeats",
     "device",
     "slots",
+    "pool",
     "memory_cap_bytes",
     "proposer",
     "rule",
@@ -98,6 +99,12 @@ class ExperimentConfig(BaseModel):
     )
     devices: list[str] | None = Field(
         None, description="one GPU per slot, e.g. cuda:0,cuda:1 (default: every visible GPU when runs go to a GPU)"
+    )
+    pool: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="a Prefect work pool whose workers (autoresearch worker) measure the runs; --slots is then how "
+        "many are in flight on it (default 2; fixed at the experiment's first run)",
     )
     memory_cap_bytes: int | None = Field(
         None,

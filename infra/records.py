@@ -76,6 +76,7 @@ class MeasuredRun:
     slot: int = 0  # the measurement slot that made it (infra/sandbox/slots.py)
     started_at: datetime | None = None  # naive UTC; None for runs stored before slots
     made_at: datetime | None = None  # naive UTC: when it was stored, right after it ended
+    worker: str = ""  # the pool worker that made it (infra/pool/); '' for the coordinator's own slots
 
     @property
     def score(self) -> float | None:
@@ -101,6 +102,18 @@ class MeasuredRun:
     def from_row(cls, row: Any) -> MeasuredRun:
         values = {f.name: getattr(row, f.name) for f in dataclasses.fields(cls)}
         return cls(**{**values, "status": Status(row.status), "compute": ComputeRecord.from_stored(row.compute)})
+
+
+@dataclass(frozen=True)
+class PoolLease:
+    """A job a pool's worker claimed (infra/pool/): who, since when, its last beat, and its answer once made
+    (the raw bytes, untrusted until infra/pool/protocol.py accepts them)."""
+
+    job_id: str
+    worker: str
+    started_at: datetime
+    beat_at: datetime
+    answer: bytes | None
 
 
 @dataclass(frozen=True)

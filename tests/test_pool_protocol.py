@@ -98,7 +98,7 @@ def test_a_worker_refuses_a_job_made_with_another_prepare_py_before_running_anyt
     assert sent.data_sha256 == mine.data_sha256
     work = tmp_path / "work"
     work.mkdir()
-    result = measure_job(sent, work, slot=None, worker="w1")
+    result = measure_job(sent, work, slot=None, worker="w1", slot_threads=1)
     assert "prepare.py differs" in result.refused and result.val_logits is None
     assert list(work.iterdir()) == [], "nothing ran"
 
@@ -139,7 +139,7 @@ def test_a_worker_measures_a_job_and_only_the_coordinator_scores_it(tmp_path):
     sent = PoolJob.issue("exp", 0, 0, 11, BASELINE_TRAIN_PY.read_text(), LIMITS, want_test=True)
     work = tmp_path / "work"
     work.mkdir()
-    result = measure_job(sent, work, slot=None, worker="w1")
+    result = measure_job(sent, work, slot=None, worker="w1", slot_threads=1)
     assert result.status == Status.OK, (result.reason, result.log_tail)
     assert result.val_logits and result.test_logits and result.epochs and result.compute.threads == 1
     assert "accuracy" not in result.model_dump_json(), "a worker reports no score"

@@ -26,21 +26,20 @@ from infra.sandbox.evaluation import predict_artifact
 from infra.sandbox.safe_files import remove_tree
 from infra.sandbox.slots import Slot
 from infra.sandbox.trial import log_tail, train_candidate
-from infra.settings import default_cpu_threads
 
 
-def slot_shape_refusal(job: PoolJob, slot: Slot | None) -> str:
-    """Why this slot cannot give the job the compute it carries, or ''."""
-    threads = len(slot.cores) if slot is not None else default_cpu_threads()
+def slot_shape_refusal(job: PoolJob, slot: Slot | None, slot_threads: int) -> str:
+    """Why this slot (of slot_threads cores a run) cannot give the job the compute it carries, or ''."""
     on_gpu = slot is not None and slot.gpu is not None
     if (job.device == "cuda") != on_gpu:
         return f"the job is for {'a GPU' if job.device == 'cuda' else 'the CPU'}; this worker's slot is not"
-    return refusal(job, local_fingerprints(), threads)
+    return refusal(job, local_fingerprints(), slot_threads)
 
 
-def measure_job(job: PoolJob, work_dir: Path, slot: Slot | None, worker: str) -> PoolResult:
-    """Train and predict for job in slot; the answer to send back (a refusal, a failed run, or logits)."""
-    refused = slot_shape_refusal(job, slot)
+def measure_job(job: PoolJob, work_dir: Path, slot: Slot | None, worker: str, slot_threads: int) -> PoolResult:
+    """Train and predict for job in slot (slot_threads cores a run); the answer to send back (a refusal, a failed
+    run, or logits)."""
+    refused = slot_shape_refusal(job, slot, slot_threads)
     if refused:
         return PoolResult(job_id=job.job_id, worker=worker, refused=refused)
     run_dir = work_dir / job.job_id

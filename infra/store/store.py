@@ -15,7 +15,7 @@ import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from sqlalchemy import (
     JSON,
@@ -23,14 +23,17 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -38,7 +41,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 
 from infra import operator_files
-from infra.records import IterationRecord, MeasuredRun
+from infra.records import IterationRecord, MeasuredRun, PoolLease
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -144,6 +147,19 @@ class MeasuredRunRow(Base):
     slot: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # the measurement slot that made it
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     made_at: Mapped[datetime] = mapped_column(default=utcnow)
+    worker: Mapped[str] = mapped_column(String(200), default="", server_default="")  # a pool's worker; '' local
+
+
+class PoolJobRow(Base):
+    """A job a pool's worker took (infra/pool/): who, when it last beat, and its answer once made."""
+
+    __tablename__ = "pool_jobs"
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    beat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    answer: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    answered_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class StrategyVersion(Base):
@@ -465,6 +481,53 @@ class Store:
             if decided_in is not None:
                 q = q.where(MeasuredRunRow.decided_in == decided_in)
             return [MeasuredRun.from_row(row) for row in s.scalars(q.order_by(MeasuredRunRow.seq))]
+
+    # --- a pool's jobs (infra/pool/) -----------------------------------------
+
+    def claim_pool_job(self, job_id: str, worker: str) -> bool:
+        """A worker starts job_id; False if another claimed it first (a job is measured once)."""
+        try:
+            with self.session() as s:
+                now = utcnow()
+                s.add(PoolJobRow(job_id=job_id, worker=worker, started_at=now, beat_at=now))
+            return True
+        except IntegrityError:
+            return False
+
+    def beat_pool_job(self, job_id: str, worker: str) -> None:
+        """The worker that claimed job_id is still at it."""
+        with self.session() as s:
+            s.execute(
+                update(PoolJobRow)
+                .where(PoolJobRow.job_id == job_id, PoolJobRow.worker == worker, PoolJobRow.answer.is_(None))
+                .values(beat_at=utcnow())
+            )
+
+    def answer_pool_job(self, job_id: str, worker: str, answer: bytes) -> bool:
+        """The claiming worker's answer to job_id; False if the job is not its own or has its answer already."""
+        with self.session() as s:
+            done = s.execute(
+                update(PoolJobRow)
+                .where(PoolJobRow.job_id == job_id, PoolJobRow.worker == worker, PoolJobRow.answer.is_(None))
+                .values(answer=answer, answered_at=utcnow(), beat_at=utcnow())
+            )
+            return bool(done.rowcount)
+
+    def pool_jobs(self, job_ids: Iterable[str]) -> list[PoolLease]:
+        """Where these jobs stand on the pool's workers (the ones no worker has claimed are absent)."""
+        wanted = list(job_ids)
+        if not wanted:
+            return []
+        with self.session() as s:
+            rows = s.scalars(select(PoolJobRow).where(PoolJobRow.job_id.in_(wanted)))
+            return [PoolLease(r.job_id, r.worker, r.started_at, r.beat_at, r.answer) for r in rows]
+
+    def forget_pool_jobs(self, job_ids: Iterable[str]) -> None:
+        """The coordinator has settled these jobs: their rows (and answers) go."""
+        wanted = list(job_ids)
+        if wanted:
+            with self.session() as s:
+                s.execute(delete(PoolJobRow).where(PoolJobRow.job_id.in_(wanted)))
 
     # --- strategy and proposer calls ----------------------------------------
 

@@ -1,0 +1,54 @@
+"""
+The flow a pool's worker runs: one measured run of a job the coordinator issued (infra/pool/protocol.py).
+
+Started by `autoresearch worker` (a Prefect process worker) from the pool's measurement deployment, in a process
+of its own: it claims the job in the store (a job is measured once, however often Prefect hands it out), takes a
+slot of the worker's, trains and predicts in this machine's sandbox while it beats, and writes its answer to the
+store, where the coordinator takes it. A refusal is an answer too: the job is not for this worker's files or slots.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prefect import flow, get_run_logger
+
+from infra.pool.measurement import measure_job
+from infra.pool.protocol import PoolJob
+from infra.pool.worker_setup import WorkerSetup
+from infra.store import Store
+
+BEAT_S = 5.0  # how often a running job says it is alive (the coordinator gives up after POOL_SILENCE_S)
+MEASUREMENT_ENTRYPOINT = "flows.measurement:measurement"  # a module path: each worker imports its own checkout
+
+
+@flow(name="measurement", log_prints=True, retries=0)
+def measurement(job: str) -> str:
+    """Measure one job (its JSON) and store the answer; returns a line saying how it went."""
+    logger = get_run_logger()
+    setup = WorkerSetup.from_env()
+    parsed = PoolJob.model_validate_json(job)  # a malformed job fails the flow run: nothing is claimed
+    store = Store(setup.db_url)  # refuses a store whose schema is not this code's (`autoresearch db upgrade`)
+    if not store.claim_pool_job(parsed.job_id, setup.name):
+        return f"job {parsed.job_id}: claimed already by another worker; not measured twice"
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(BEAT_S):
+            store.beat_pool_job(parsed.job_id, setup.name)
+
+    beating = threading.Thread(target=beat, name="pool-beat", daemon=True)
+    beating.start()
+    try:
+        with setup.slot() as slot:
+            logger.info(f"job {parsed.job_id}: iteration {parsed.iteration} seed {parsed.seed} in {slot.describe()}")
+            answer = measure_job(parsed, setup.home / "runs", slot, setup.name, setup.cpu_threads)
+    finally:
+        stop.set()
+        beating.join()
+    store.answer_pool_job(parsed.job_id, setup.name, answer.model_dump_json().encode())
+    line = f"job {parsed.job_id}: " + (
+        f"refused: {answer.refused}" if answer.refused else f"{answer.status} ({answer.reason}), epochs {answer.epochs}"
+    )
+    logger.info(line)
+    return line
