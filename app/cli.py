@@ -25,7 +25,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 import prepare
-from app import deployments
+from app import deployments, pool_status
 from flows.research import ConfigMismatch, research
 from infra import display, operator_files, prefect_ui, settings
 from infra.experiment_config import (
@@ -728,6 +728,7 @@ def cores_column(runs: list[MeasuredRun]) -> str:
 def status(
     db: Optional[str] = typer.Option(None, "--db"),
     home: Optional[Path] = typer.Option(None, "--home"),
+    pool: Optional[str] = typer.Option(None, "--pool", help="also the pool's workers and what each slot is running"),
 ) -> None:
     """Experiments in the store: progress, best, and whether a run holds them now."""
 
@@ -762,6 +763,31 @@ def status(
     out.print(table)
     if connect_to_server(home_dir):
         scheduled_runs()
+        if pool:
+            pool_view(pool, store)
+    elif pool:
+        fail(f"--pool {pool}: no Prefect server answers (set PREFECT_API_URL, or start `autoresearch ui`)", code=1)
+
+
+def pool_view(pool: str, store: Store) -> None:
+    """A pool's workers, and the runs in flight on it: which experiment's, on which worker, since when."""
+    try:
+        view = pool_status.read(pool, store)
+    except pool_status.PoolMissing as exc:
+        fail(str(exc), code=1)
+    workers = Table(title=f"workers of pool {escape(pool)}")
+    for column in ("worker", "status", "last heartbeat"):
+        workers.add_column(column)
+    for w in view.workers:
+        workers.add_row(escape(w.name), w.status, w.heartbeat.strftime("%Y-%m-%d %H:%M:%S") if w.heartbeat else "-")
+    out.print(workers)
+    runs = Table(title=f"runs in flight on pool {escape(pool)}")
+    for column in ("flow run", "experiment", "state", "worker", "claimed"):
+        runs.add_column(column)
+    for r in view.runs:
+        claimed = r.claimed.strftime("%H:%M:%S") if r.claimed else "-"
+        runs.add_row(escape(r.name), escape(r.experiment), r.state, escape(r.worker or "-"), claimed)
+    out.print(runs)
 
 
 def scheduled_runs() -> None:

@@ -14,13 +14,23 @@ Targets (issue: slots): with 2 slots at least 1.8x the runs per hour of 1 slot, 
 
 Usage: python benchmarks/throughput.py [--runs 8] [--budget 20] [--slots 1,2] [--device cuda:0]
 (--device: GPU slots, one per listed device, beside the CPU rows; on a GPU machine only).
+
+--pool: what a measured run costs through a Prefect work pool (flows/pool_slots.py) against a local slot. It starts
+`autoresearch ui` and one `autoresearch worker --slots 1` on this machine (an SQLite store), measures the runs one
+at a time on a local slot and then through the pool, and prints each run's wall time, submission to stored result,
+and the last line
+
+    throughput --pool: +4.1 s per run through the pool (local 31.0 s, pool 35.1 s), 116 against 101 runs/hour
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import queue
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -34,7 +44,7 @@ import prepare  # noqa: E402
 from infra.sandbox.allowances import measure_allowances  # noqa: E402
 from infra.sandbox.slots import Slot, plan_slots  # noqa: E402
 from infra.sandbox.trial import TrialResult, score_trial, train_candidate  # noqa: E402
-from infra.settings import BASELINE_TRAIN_PY, Limits  # noqa: E402
+from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT, Limits  # noqa: E402
 
 SMALL_CNN = Path(__file__).with_name("small_cnn_train.py").read_text()
 CANDIDATES = {"baseline": BASELINE_TRAIN_PY.read_text(), "small_cnn": SMALL_CNN}
@@ -96,12 +106,63 @@ def measure_pass(
     return Pass(len(slots), time.monotonic() - started, done)
 
 
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], cwd=REPO_ROOT, env={**os.environ, **(env or {})},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+
+
+def pool_pass(jobs: list[tuple[str, int]], limits: Limits, scratch: Path, val) -> list[float]:
+    """Each job through a pool with one worker of one slot, one at a time: the wall seconds from submission to the
+    stored, scored run."""
+    from flows.pool_slots import PoolSlots
+    from infra.prefect_server import free_port, reporting_to
+    from infra.store import Store
+    from tasks.measure import Bench, Job
+
+    home = scratch / "coordinator"
+    started = cli("ui", "--home", str(home), "--port", str(free_port()), "--background")
+    url = next(line.split()[2] for line in started.stdout.splitlines() if line.startswith("prefect API:"))
+    env = {"PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": (home / "prefect-credentials").read_text().strip()}
+    db = f"sqlite:///{home / 'autoresearch.db'}"
+    cli("db", "upgrade", "--db", db, "--home", str(home))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--pool", "bench", "--db", db, "--slots", "1", "--name", "bench",
+         "--home", str(scratch / "worker")],
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    walls = []
+    try:
+        with reporting_to(url, env["PREFECT_API_AUTH_STRING"]):
+            store = Store(db, upgrade=False)
+            experiment = store.ensure_experiment("throughput", {})
+            bench = Bench(store, experiment.id, lambda i, s: scratch / "pool-runs" / f"{i}-{s}", limits, val, "cpu")
+            pool = PoolSlots(bench, "bench", 1, "throughput", "cpu", 10_000)
+            for k, (name, seed) in enumerate(jobs):
+                begun = time.monotonic()
+                pool.submit(Job(CANDIDATES[name], k + 1, k + 1, seed))
+                _, run = pool.next_result()
+                walls.append(time.monotonic() - begun)
+                print(
+                    f"  pool: {name} seed {seed}: {run.status} {run.epochs} epochs, val {run.val_accuracy}, "
+                    f"{walls[-1]:.1f} s from submission to the stored run (worker's own wall {run.wall_seconds:.1f} s)",
+                    flush=True,
+                )
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait()
+        cli("ui", "--stop", "--home", str(home))
+    return walls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=8, help="measured runs per setting (candidates alternate)")
     parser.add_argument("--budget", type=float, default=20.0)
     parser.add_argument("--slots", default="1,2", help="the slot counts to compare, the first the reference")
     parser.add_argument("--device", default=None, help="GPU slots on these devices (comma-separated), e.g. cuda:0")
+    parser.add_argument("--pool", action="store_true", help="a local slot against a Prefect work pool's worker")
     args = parser.parse_args()
 
     counts = [int(n) for n in args.slots.split(",")]
@@ -122,6 +183,16 @@ def main() -> None:
             f"throughput: {args.runs} runs per setting ({', '.join(names)} alternating), budget {args.budget:g} s, "
             f"allowances {allowances.startup_s:g} + {allowances.export_s:g} s"
         )
+        if args.pool:
+            local = measure_pass(plan_slots(1, 1), jobs, limits, scratch, val, "cpu")
+            local_s = local.wall_s / len(local.runs)
+            walls = pool_pass(jobs, limits, scratch, val)
+            pool_s = statistics.fmean(walls)
+            print(
+                f"throughput --pool: {pool_s - local_s:+.1f} s per run through the pool (local {local_s:.1f} s, "
+                f"pool {pool_s:.1f} s), {3600 / local_s:.0f} against {3600 / pool_s:.0f} runs/hour"
+            )
+            return
         passes = []
         for count in counts:
             slots = plan_slots(count, 1, devices[:count] if devices else None)

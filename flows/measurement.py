@@ -28,7 +28,7 @@ def measurement(job: str) -> str:
     logger = get_run_logger()
     setup = WorkerSetup.from_env()
     parsed = PoolJob.model_validate_json(job)  # a malformed job fails the flow run: nothing is claimed
-    store = Store(setup.db_url)  # refuses a store whose schema is not this code's (`autoresearch db upgrade`)
+    store = Store(setup.db_url, upgrade=False)  # a worker never migrates: a schema not its code's is refused
     if not store.claim_pool_job(parsed.job_id, setup.name):
         return f"job {parsed.job_id}: claimed already by another worker; not measured twice"
     stop = threading.Event()

@@ -61,8 +61,11 @@ ACTIVE = (StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.P
 ENDED = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 
 
+EXPERIMENT_TAG = "autoresearch-experiment:"  # a measurement flow run's tag: whose run it is
+
+
 def experiment_tag(name: str) -> str:
-    return f"autoresearch-experiment:{name}"
+    return EXPERIMENT_TAG + name
 
 
 def answer_bound_s(job: PoolJob) -> float:

@@ -1,0 +1,217 @@
+"""
+Three machines on one: a coordinator (`autoresearch run --pool`) and pool workers (`autoresearch worker`), each a
+process of its own with its own working and runs directory (no run directory shared), a real Prefect server
+(`autoresearch ui`) and the store on a real PostgreSQL (tests/postgres_cluster.py; SQLite where the server binaries
+are missing). Two runs in flight, each decided and recorded once; a worker SIGKILLed mid-run and restarted, its job
+measured again; a worker whose prepare.py differs refusing, and the run failing with its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+
+from infra.prefect_server import free_port, reporting_to
+from infra.research.code_edit import set_constants
+from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT
+from infra.store import Store
+from tests.conftest import requires_bwrap, requires_real_data
+from tests.postgres_cluster import Cluster, why_not
+
+pytestmark = [requires_real_data, requires_bwrap, pytest.mark.process_driven]
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory):
+    """A fresh database on a private PostgreSQL cluster, or an SQLite file where there is no server to start."""
+    cluster = Cluster() if why_not() is None else None
+    url = cluster.url(cluster.database()) if cluster else f"sqlite:///{tmp_path_factory.mktemp('store') / 'a.db'}"
+    try:
+        upgraded = cli("db", "upgrade", "--db", url, "--home", str(tmp_path_factory.mktemp("upgrade")))
+        assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr  # workers never migrate: the operator does
+        yield url
+    finally:
+        if cluster:
+            cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`autoresearch ui` in the background: the coordinator and the workers talk to it with its credentials."""
+    home = tmp_path_factory.mktemp("server")
+    started = cli("ui", "--home", str(home), "--port", str(free_port()), "--background")
+    assert started.returncode == 0, started.stdout + started.stderr
+    url = next(line.split()[2] for line in started.stdout.splitlines() if line.startswith("prefect API:"))
+    env = {"PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": (home / "prefect-credentials").read_text().strip()}
+    yield env
+    cli("ui", "--stop", "--home", str(home))
+
+
+def cli(
+    *args: str, env: dict | None = None, cwd: Path = REPO_ROOT, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True,
+        text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+class Worker:
+    """`autoresearch worker` in a directory of its own (and, given a checkout, running that checkout's code)."""
+
+    def __init__(self, name: str, pool: str, store_url: str, env: dict, root: Path, checkout: Path = REPO_ROOT):
+        self.name, self.root = name, root
+        self.log = root / f"{name}.log"
+        self.args = ["worker", "--pool", pool, "--db", store_url, "--slots", "1", "--name", name]
+        self.env = {**os.environ, **env, **({"PYTHONPATH": str(checkout)} if checkout != REPO_ROOT else {})}
+        self.checkout = checkout
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Worker:
+        (self.root / "cwd").mkdir(parents=True, exist_ok=True)
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", *self.args, "--home", str(self.root / "runs")],
+                cwd=self.root / "cwd", env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the worker and everything it started (its flow runs have process groups of their own)."""
+        if self.proc is None:
+            return
+        for pid in [*descendants(self.proc.pid), self.proc.pid]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        self.proc = None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def descendants(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return [d for c in children for d in [*descendants(c), c]]
+
+
+def wait_for(what, timeout: float, why: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {why}")
+
+
+def coordinator(pool: str, store_url: str, env: dict, home: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "run", "--pool", pool, "--db", store_url, "--home", str(home),
+         "--budget", "2", *extra],
+        cwd=REPO_ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def test_two_workers_measure_an_experiment_and_a_killed_worker_is_replaced(store_url, server, tmp_path):
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    baseline = BASELINE_TRAIN_PY.read_text()
+    (replay / "01_lower_lr.py").write_text(set_constants(baseline, {"LEARNING_RATE": 0.02}))
+    (replay / "02_wider.py").write_text(set_constants(baseline, {"LEARNING_RATE": 0.05}))
+    workers = [Worker(n, "twin", store_url, server, tmp_path / n).start() for n in ("w1", "w2")]
+    run = coordinator(
+        "twin", store_url, server, tmp_path / "coordinator", "--experiment", "pooled", "--slots", "2",
+        "--iterations", "2", "--repeats", "2", "--proposer", f"replay:{replay}",
+    )  # fmt: skip
+    try:
+        # w1 takes a job and is SIGKILLed mid-run with everything it started; then it comes back
+        wait_for(lambda: " in slot-" in workers[0].output(), 600, "w1 to start measuring a job")
+        workers[0].kill()
+        workers[0].start()
+        shown = cli("status", "--db", store_url, "--home", str(tmp_path / "coordinator"), "--pool", "twin", env=server)
+        assert shown.returncode == 0 and "workers of pool twin" in shown.stdout and "w2" in shown.stdout, shown
+        out, _ = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        for worker in workers:
+            worker.kill()
+    assert run.returncode == 0, out[-4000:]
+    assert "submitted again" in out and ("went silent" in out or "without an answer" in out), out[-4000:]
+
+    store = Store(store_url)
+    experiment = store.experiment("pooled")
+    records = store.records(experiment.id)
+    assert [r.iteration for r in records] == [0, 1, 2] and all(r.finished for r in records)
+    runs = store.measured_runs(experiment.id)
+    assert [m.seq for m in runs] == list(range(1, len(runs) + 1)), "numbered once each, in order"
+    counted = [(m.iteration, m.decided_in, m.seed) for m in runs if not m.remeasured]
+    assert len(counted) == len(set(counted)), "no run recorded twice"
+    assert {m.worker for m in runs} == {"w1", "w2"}, [m.worker for m in runs]
+    assert all(m.status == "ok" and m.val_accuracy and 0.5 < m.val_accuracy < 1 for m in runs), runs
+    overlapping = [
+        (a.seq, b.seq)
+        for a in runs
+        for b in runs
+        if a.worker != b.worker and a.started_at < b.made_at and b.started_at < a.made_at
+    ]
+    assert overlapping, "two runs were in flight at once, on the two workers"
+    for record in records:  # every decision rests on runs the store holds, decided once
+        if record.iteration:
+            assert {r.seq for r in record.decision.candidate_runs} <= {m.seq for m in runs}
+    assert records[0].test_accuracy is not None and 0.5 < records[0].test_accuracy < 1, "scored from test logits"
+    with (
+        reporting_to(server["PREFECT_API_URL"], server["PREFECT_API_AUTH_STRING"]),
+        get_client(sync_client=True) as client,
+    ):
+        crashed = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CRASHED]))
+            )
+        )
+    assert any(run.name.startswith("measure-") for run in crashed), "the killed worker's flow run is marked Crashed"
+
+
+def test_a_worker_whose_prepare_py_differs_refuses_and_the_run_fails_with_the_reason(store_url, server, tmp_path):
+    checkout = tmp_path / "checkout"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.split():
+        if (REPO_ROOT / name).is_file():
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(REPO_ROOT / name, checkout / name)
+    (checkout / "prepare.py").write_text((REPO_ROOT / "prepare.py").read_text() + "\n# edited on this worker\n")
+    worker = Worker("stale", "stale", store_url, server, tmp_path / "stale", checkout=checkout).start()
+    run = coordinator(
+        "stale", store_url, server, tmp_path / "coordinator", "--experiment", "refused", "--iterations", "0",
+        "--repeats", "1", "--proposer", "offline",
+    )  # fmt: skip
+    try:
+        out, _ = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        worker.kill()
+    assert run.returncode != 0, out[-3000:]
+    assert "refused" in out and "prepare.py differs" in out, out[-3000:]
+    assert "prepare.py differs" in worker.output()
+    store = Store(store_url)
+    (only,) = store.measured_runs(store.experiment("refused").id)
+    assert only.status == "crashed" and "3 tries" in only.reason and "prepare.py differs" in only.reason, only
