@@ -32,11 +32,10 @@ from prefect.client.schemas.filters import (
     DeploymentFilterId,
     FlowRunFilter,
     FlowRunFilterId,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
     FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import State, StateType
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelling, Crashed
 from prefect.workers.process import ProcessWorker
@@ -57,6 +56,7 @@ POOL_SILENCE_S = 30.0  # a claimed job with no beat for this long: its worker is
 ANSWER_MARGIN_S = 120.0  # beyond the job's own wall ceilings: start-up, the store, the network
 MAX_POOL_RESUBMITS = 2
 WAITING_NOTE_S = 60.0  # how often to say that no worker has taken a job
+LEFTOVER_RUNS = 200  # a restarted coordinator looks back this many of its experiment's measurement flow runs
 ACTIVE = (StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED)
 ENDED = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
 
@@ -339,24 +339,23 @@ class PoolSlots:
                     client.set_flow_run_state(run.id, state, force=True)
 
     def _cancel_leftovers(self) -> None:
-        """A coordinator that died left jobs in flight: cancel their flow runs and forget the jobs."""
+        """A coordinator that died left jobs behind: cancel the flow runs still in flight and forget every job of
+        its recent flow runs (an answer that came after it died included): nothing of them is ever taken."""
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    tags=FlowRunFilterTags(all_=[experiment_tag(self.experiment)]),
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(ACTIVE))),
-                ),
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[experiment_tag(self.experiment)])),
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[self.deployment_id])),
-                limit=200,
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=LEFTOVER_RUNS,
             )
-        if not runs:
-            return
         job_ids = []
         for run in runs:
             try:
                 job_ids.append(PoolJob.model_validate_json(run.parameters["job"]).job_id)
             except (KeyError, ValueError):
                 pass
-        print(f"pool {self.pool}: cancelling {len(runs)} measurement flow run(s) an earlier coordinator left")
-        self._cancel([run.id for run in runs], "its coordinator was restarted: the run is measured again")
+        active = [run.id for run in runs if run.state is not None and run.state.type in ACTIVE]
+        if active:
+            print(f"pool {self.pool}: cancelling {len(active)} measurement flow run(s) an earlier coordinator left")
+            self._cancel(active, "its coordinator was restarted: the run is measured again")
         self.bench.store.forget_pool_jobs(job_ids)

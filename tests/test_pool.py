@@ -3,7 +3,8 @@ Three machines on one: a coordinator (`autoresearch run --pool`) and pool worker
 process of its own with its own working and runs directory (no run directory shared), a real Prefect server
 (`autoresearch ui`) and the store on a real PostgreSQL (tests/postgres_cluster.py; SQLite where the server binaries
 are missing). Two runs in flight, each decided and recorded once; a worker SIGKILLed mid-run and restarted, its job
-measured again; a worker whose prepare.py differs refusing, and the run failing with its reason.
+measured again; the coordinator SIGKILLed with a job in flight and resumed; a worker whose prepare.py differs
+refusing, and the run failing with its reason.
 """
 
 from __future__ import annotations
@@ -122,25 +123,54 @@ def wait_for(what, timeout: float, why: str):
     raise AssertionError(f"timed out waiting for {why}")
 
 
-def coordinator(pool: str, store_url: str, env: dict, home: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "run", "--pool", pool, "--db", store_url, "--home", str(home),
-         "--budget", "2", *extra],
-        cwd=REPO_ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+class Coordinator:
+    """`autoresearch run --pool` in the background, its output in a file (kept across a SIGKILL and a restart)."""
+
+    def __init__(self, pool: str, store_url: str, env: dict, home: Path, *extra: str):
+        self.log = home.parent / f"{home.name}.log"
+        self.args = ["run", "--pool", pool, "--db", store_url, "--home", str(home), "--budget", "2", *extra]
+        self.env = {**os.environ, **env}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Coordinator:
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", *self.args], cwd=REPO_ROOT, env=self.env, stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        return self
+
+    def finish(self, timeout: float = 900) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
 
 
-def test_two_workers_measure_an_experiment_and_a_killed_worker_is_replaced(store_url, server, tmp_path):
+def claims(workers: list[Worker]) -> int:
+    """How many jobs the workers have started measuring, from their logs."""
+    return sum(w.output().count(" in slot-") for w in workers)
+
+
+def test_two_workers_measure_an_experiment_through_a_killed_worker_and_a_killed_coordinator(
+    store_url, server, tmp_path
+):
     replay = tmp_path / "replay"
     replay.mkdir()
     baseline = BASELINE_TRAIN_PY.read_text()
     (replay / "01_lower_lr.py").write_text(set_constants(baseline, {"LEARNING_RATE": 0.02}))
     (replay / "02_wider.py").write_text(set_constants(baseline, {"LEARNING_RATE": 0.05}))
     workers = [Worker(n, "twin", store_url, server, tmp_path / n).start() for n in ("w1", "w2")]
-    run = coordinator(
+    run = Coordinator(
         "twin", store_url, server, tmp_path / "coordinator", "--experiment", "pooled", "--slots", "2",
         "--iterations", "2", "--repeats", "2", "--proposer", f"replay:{replay}",
-    )  # fmt: skip
+    ).start()  # fmt: skip
     try:
         # w1 takes a job and is SIGKILLed mid-run with everything it started; then it comes back
         wait_for(lambda: " in slot-" in workers[0].output(), 600, "w1 to start measuring a job")
@@ -148,13 +178,17 @@ def test_two_workers_measure_an_experiment_and_a_killed_worker_is_replaced(store
         workers[0].start()
         shown = cli("status", "--db", store_url, "--home", str(tmp_path / "coordinator"), "--pool", "twin", env=server)
         assert shown.returncode == 0 and "workers of pool twin" in shown.stdout and "w2" in shown.stdout, shown
-        out, _ = run.communicate(timeout=900)
+        # then the coordinator is SIGKILLed while a job is being measured, and started again: it resumes
+        started = claims(workers)
+        wait_for(lambda: claims(workers) > started, 600, "a worker to start another job")
+        run.kill()
+        run.start()
+        assert run.finish() == 0, run.output()[-4000:]
     finally:
-        if run.poll() is None:
-            run.kill()
+        run.kill()
         for worker in workers:
             worker.kill()
-    assert run.returncode == 0, out[-4000:]
+    out = run.output()
     assert "submitted again" in out and ("went silent" in out or "without an answer" in out), out[-4000:]
 
     store = Store(store_url)
@@ -199,17 +233,17 @@ def test_a_worker_whose_prepare_py_differs_refuses_and_the_run_fails_with_the_re
             shutil.copyfile(REPO_ROOT / name, checkout / name)
     (checkout / "prepare.py").write_text((REPO_ROOT / "prepare.py").read_text() + "\n# edited on this worker\n")
     worker = Worker("stale", "stale", store_url, server, tmp_path / "stale", checkout=checkout).start()
-    run = coordinator(
+    run = Coordinator(
         "stale", store_url, server, tmp_path / "coordinator", "--experiment", "refused", "--iterations", "0",
         "--repeats", "1", "--proposer", "offline",
-    )  # fmt: skip
+    ).start()  # fmt: skip
     try:
-        out, _ = run.communicate(timeout=900)
+        code = run.finish()
     finally:
-        if run.poll() is None:
-            run.kill()
+        run.kill()
         worker.kill()
-    assert run.returncode != 0, out[-3000:]
+    out = run.output()
+    assert code != 0, out[-3000:]
     assert "refused" in out and "prepare.py differs" in out, out[-3000:]
     assert "prepare.py differs" in worker.output()
     store = Store(store_url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -154,3 +155,32 @@ def test_a_worker_measures_a_job_and_only_the_coordinator_scores_it(tmp_path):
     test = score(taken, taken.test_logits, prepare.load_split_uint8("test")[1])
     assert val.ok and 0.5 < val.accuracy < 1 and test.ok and 0.5 < test.accuracy < 1
     shutil.rmtree(work)
+
+
+def test_a_workers_flow_runs_each_take_a_slot_of_their_own(tmp_path, monkeypatch):
+    from infra.pool import worker_setup
+    from infra.pool.worker_setup import WorkerSetup
+
+    monkeypatch.setattr(worker_setup, "SLOT_WAIT_S", 0.05)
+    setup = WorkerSetup(name="w", pool="p", home=tmp_path, db_url="sqlite://", slots=2, cpu_threads=1)
+    cores = [0, 1]
+    monkeypatch.setattr(
+        worker_setup, "plan_slots", lambda n, t, d: [worker_setup.Slot(k, (cores[k],)) for k in range(n)]
+    )
+    assert WorkerSetup.model_validate_json(setup.to_env()[worker_setup.WORKER_ENV]) == setup
+    with setup.slot() as first, setup.slot() as second:
+        assert {first.index, second.index} == {0, 1}
+        taken = []
+
+        def third() -> None:
+            with setup.slot() as slot:
+                taken.append(slot.index)
+
+        waiting = threading.Thread(target=third)
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive() and not taken, "a third run waits while both slots are busy"
+    waiting.join(10)
+    assert taken and taken[0] in (0, 1), "and takes the first slot freed"
+    with pytest.raises(ValueError):
+        WorkerSetup(name="w/../x", pool="p", home=tmp_path, db_url="sqlite://", slots=1, cpu_threads=1)
