@@ -7,7 +7,6 @@ import json
 import os
 import re
 import socket
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -34,7 +33,7 @@ from infra.experiment_config import (
     fixed_setting_changes,
 )
 from infra.pool.protocol import local_fingerprints
-from infra.pool.worker_setup import WORKER_QUERY_S, WorkerSetup
+from infra.pool.worker_setup import WorkerSetup
 from infra.prefect_server import (
     credentials,
     healthy,
@@ -849,9 +848,10 @@ def worker(
         f"{prints.prepare_sha256[:12]}, data {prints.data_sha256[:12]}; answers to {display_url(db)}",
         highlight=False,
     )
-    env = {**os.environ, **setup.to_env(), "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_QUERY_S)}
-    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
-    os.execve(sys.executable, [*command, "--limit", str(count), "--name", setup.name], env)
+    # imported here alone: the module registers its worker as Prefect's "process" type, for this process only
+    from app import worker as worker_process
+
+    worker_process.serve(setup)
 
 
 def main() -> None:

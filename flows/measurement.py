@@ -1,15 +1,18 @@
 """
 The flow a pool's worker runs: one measured run of a job the coordinator issued (infra/pool/protocol.py).
 
-Started by `autoresearch worker` (a Prefect process worker) from the pool's measurement deployment, in a process
-of its own: it claims the job in the store (a job is measured once, however often Prefect hands it out), takes a
-slot of the worker's, trains and predicts in this machine's sandbox while it beats, and writes its answer to the
-store, where the coordinator takes it. A refusal is an answer too: the job is not for this worker's files or slots.
+Started by `autoresearch worker` (app/worker.py, a Prefect process worker) for each flow run of the pool, as
+`python -m flows.measurement` in a process of its own: it claims the job in the store (a job is measured once,
+however often Prefect hands it out), takes a slot of the worker's, trains and predicts in this machine's sandbox
+while it beats, and writes its answer to the store, where the coordinator takes it. A refusal is an answer too: the
+job is not for this worker's files or slots.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 
@@ -20,6 +23,7 @@ from infra.store import Store
 
 BEAT_S = 5.0  # how often a running job says it is alive (the coordinator gives up after POOL_SILENCE_S)
 MEASUREMENT_ENTRYPOINT = "flows.measurement:measurement"  # a module path: each worker imports its own checkout
+FLOW_RUN_ENV = "PREFECT__FLOW_RUN_ID"
 
 
 @flow(name="measurement", log_prints=True, retries=0)
@@ -52,3 +56,18 @@ def measurement(job: str) -> str:
     )
     logger.info(line)
     return line
+
+
+def run_flow_run() -> None:
+    """A worker's process for one flow run (app/worker.py): the measurement flow, never the code a deployment names,
+    on the flow run's parameters."""
+    from prefect.engine import handle_engine_signals
+    from prefect.flow_engine import load_flow_run, run_flow
+
+    flow_run_id = UUID(os.environ[FLOW_RUN_ENV])
+    with handle_engine_signals(flow_run_id):
+        run_flow(measurement, flow_run=load_flow_run(flow_run_id=flow_run_id))
+
+
+if __name__ == "__main__":
+    run_flow_run()

@@ -42,7 +42,16 @@ from prefect.workers.process import ProcessWorker
 
 import prepare
 from flows.measurement import MEASUREMENT_ENTRYPOINT
-from infra.pool.protocol import PoolJob, PoolResult, ResultRejected, accept, decode_logits, score
+from infra import display
+from infra.pool.protocol import (
+    MAX_RESULT_BYTES,
+    PoolJob,
+    PoolResult,
+    ResultRejected,
+    accept,
+    decode_logits,
+    score,
+)
 from infra.records import MeasuredRun, PoolLease, Status
 from infra.sandbox.evaluation import EVAL_STARTUP_CAP_S
 from infra.sandbox.safe_files import write_private
@@ -147,11 +156,11 @@ class PoolSlots:
         """The next run to come back, already stored, and its job; its pool slot is free again."""
         while True:
             states = self._states()  # before the claims: a run seen ended has its answer (if any) stored already
-            leases = {lease.job_id: lease for lease in self.bench.store.pool_jobs(self.running)}
+            leases = {lease.job_id: lease for lease in self.bench.store.pool_jobs(self.running, MAX_RESULT_BYTES)}
             now = time.monotonic()
             for job_id, sent in list(self.running.items()):
                 lease = leases.get(job_id)
-                if lease is not None and lease.answer is not None:
+                if lease is not None and (lease.answer is not None or lease.answer_bytes is not None):
                     done = self._answered(sent, lease)
                 else:
                     trouble = self._trouble(sent, lease, states.get(sent.flow_run_id), now)
@@ -214,10 +223,13 @@ class PoolSlots:
 
     def _answered(self, sent: Sent, lease: PoolLease) -> tuple[Job, MeasuredRun] | None:
         wire = sent.wire
+        worker = display.one_line(lease.worker)  # the store's text, written by a worker: shown only escaped
         try:
-            result = accept(lease.answer or b"", {wire.job_id: wire}, prepare.VAL_SIZE, self.test_images)
+            if lease.answer is None:
+                raise ResultRejected(f"an answer of {lease.answer_bytes:,} bytes, over {MAX_RESULT_BYTES:,}")
+            result = accept(lease.answer, {wire.job_id: wire}, prepare.VAL_SIZE, self.test_images)
         except ResultRejected as exc:
-            return self._failed(sent, f"the answer of worker {lease.worker} was rejected: {exc}")
+            return self._failed(sent, f"the answer of worker {worker} was rejected: {exc}")
         if result.refused:
             print(f"pool {self.pool}: worker {result.worker} refused job {wire.job_id}: {result.refused}")
             return self._failed(sent, f"worker {result.worker} refused it: {result.refused}")
@@ -268,7 +280,7 @@ class PoolSlots:
         """Why the job will not be answered, or '' (it may still be)."""
         if state is not None and state.type in ENDED:
             return f"its flow run ended {state.type.value.lower()} without an answer" + (
-                f": {state.message}" if state.message else ""
+                f": {display.one_line(state.message)[:300]}" if state.message else ""
             )
         if lease is None:
             if now - sent.noted > WAITING_NOTE_S:
@@ -280,9 +292,9 @@ class PoolSlots:
         if lease.beat_at != sent.last_beat:
             sent.last_beat, sent.beat_seen = lease.beat_at, now
         elif now - sent.beat_seen > POOL_SILENCE_S:
-            return f"worker {lease.worker} went silent ({now - sent.beat_seen:.0f} s without a beat)"
+            return f"worker {display.one_line(lease.worker)} went silent ({now - sent.beat_seen:.0f} s without a beat)"
         if now - sent.claimed > answer_bound_s(sent.wire):
-            return f"worker {lease.worker} did not answer within {answer_bound_s(sent.wire):.0f} s"
+            return f"worker {display.one_line(lease.worker)} did not answer within {answer_bound_s(sent.wire):.0f} s"
         return ""
 
     def _failed(self, sent: Sent, why: str) -> tuple[Job, MeasuredRun] | None:

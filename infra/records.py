@@ -113,7 +113,8 @@ class PoolLease:
     worker: str
     started_at: datetime
     beat_at: datetime
-    answer: bytes | None
+    answer: bytes | None  # None: none yet, or one too long to read (answer_bytes says)
+    answer_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -87,6 +88,11 @@ class Limits:
     cpu_threads: int = 0  # allotted cores of a CPU run (0: default_cpu_threads())
 
     def __post_init__(self) -> None:
+        seconds = (self.budget_s, self.startup_allowance_s, self.export_allowance_s or 0.0, self.inference_allowance_s)
+        if not all(math.isfinite(s) for s in seconds):
+            raise ValueError("the budget and the allowances must be finite numbers of seconds")
+        if self.memory_cap_bytes < 0 or self.disk_cap_bytes <= 0 or self.max_files <= 0:
+            raise ValueError("the memory cap must not be negative; the disk cap and the file count must be positive")
         if not self.budget_s > 0:
             raise ValueError(f"budget must be a positive number of seconds, got {self.budget_s}")
         if self.export_allowance_s is None:

@@ -22,6 +22,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
 
+from flows.pool_slots import measurement_deployment
 from infra.prefect_server import free_port, reporting_to
 from infra.research.code_edit import set_constants
 from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT
@@ -233,6 +234,21 @@ def test_a_worker_whose_prepare_py_differs_refuses_and_the_run_fails_with_the_re
             shutil.copyfile(REPO_ROOT / name, checkout / name)
     (checkout / "prepare.py").write_text((REPO_ROOT / "prepare.py").read_text() + "\n# edited on this worker\n")
     worker = Worker("stale", "stale", store_url, server, tmp_path / "stale", checkout=checkout).start()
+    # anyone with the API's credentials can ask a flow run for another command: the worker runs the measurement
+    # flow regardless (app/worker.py), which fails on a job that is not one
+    marker = tmp_path / "pwned"
+    with reporting_to(server["PREFECT_API_URL"], server["PREFECT_API_AUTH_STRING"]):
+        deployment = measurement_deployment("stale")
+        with get_client(sync_client=True) as client:
+            hostile = client.create_flow_run_from_deployment(
+                deployment, parameters={"job": "{}"}, job_variables={"command": f"touch {marker}"}
+            )
+            ended = wait_for(
+                lambda: (state := client.read_flow_run(hostile.id).state) and state.is_final() and state,
+                600,
+                "the hostile flow run to end",
+            )
+    assert ended.type == StateType.FAILED and not marker.exists(), ended
     run = Coordinator(
         "stale", store_url, server, tmp_path / "coordinator", "--experiment", "refused", "--iterations", "0",
         "--repeats", "1", "--proposer", "offline",

@@ -45,9 +45,14 @@ def logits(n: int, dtype=np.float32) -> np.ndarray:
 
 def answer(for_job: PoolJob, **fields) -> bytes:
     base = dict(
-        job_id=for_job.job_id, worker="w1", status=Status.OK, reason="predicted", val_logits=encode_logits(logits(20))
+        job_id=for_job.job_id,
+        worker="w1",
+        status=Status.OK,
+        reason="predicted",
+        val_logits=encode_logits(logits(20)),
+        compute=ComputeRecord("cpu", threads=1, cpu_seconds=1.0),
     )
-    return PoolResult(**{**base, **fields}).model_dump_json().encode()
+    return PoolResult.model_construct(**{**base, **fields}).model_dump_json().encode()  # unchecked: as sent
 
 
 def test_a_job_travels_as_json_and_carries_the_compute():
@@ -126,10 +131,26 @@ def test_the_coordinator_takes_only_results_it_asked_for_within_bounds():
     rejected(answer(sent, val_logits=encode_logits(logits(20))[:40]), "unreadable")
     buffer = io.BytesIO()
     np.save(buffer, np.array([{"x": 1}] * 20, dtype=object), allow_pickle=True)
-    rejected(answer(sent, val_logits=base64.b64encode(buffer.getvalue()).decode()), "unreadable")
+    rejected(answer(sent, val_logits=base64.b64encode(buffer.getvalue()).decode()), "float32")
     rejected(answer(sent, val_logits=None), "without validation logits")
     rejected(answer(sent, test_logits=encode_logits(logits(20))), "did not ask for")
     rejected(answer(sent, compute=ComputeRecord("cpu", threads=4)), "got 4 cores")
+    rejected(answer(sent, compute=None), "without its compute record")
+    rejected(answer(sent, compute=ComputeRecord("cpu", threads=1, cpu_seconds=1e300)), "malformed")
+    rejected(answer(sent, status=Status.RUNNING), "malformed")
+    rejected(answer(sent, epochs=2**63), "malformed")
+    rejected(answer(sent)[:-1] + b', "wall_seconds": Infinity}', "malformed")
+    rejected(answer(sent, worker="w1\x1b]0;title\x07"), "malformed")
+    zipped = io.BytesIO()
+    np.savez(zipped, a=logits(20))
+    rejected(answer(sent, val_logits=base64.b64encode(zipped.getvalue()).decode()), "unreadable")
+    header_lies = base64.b64decode(encode_logits(logits(20))).replace(b"(20, 10)", b"(10**13, 10)"[:8], 1)
+    rejected(answer(sent, val_logits=base64.b64encode(header_lies).decode()), "unreadable logits")
+    huge = io.BytesIO()  # a well-formed header claiming 10**13 rows: refused before any of them is read
+    np.lib.format.write_array_header_1_0(huge, {"descr": "<f4", "fortran_order": False, "shape": (10**13, 10)})
+    rejected(answer(sent, val_logits=base64.b64encode(huge.getvalue()).decode()), "float32 of shape")
+    shown = accept(answer(sent, reason="ok\x1b[2J\rKEPT", log_tail="line\x1b[31m\nnext\x00"), issued, 20, 20)
+    assert shown.reason == "okKEPT" and shown.log_tail == "line\nnext", "escape sequences and controls removed"
     refused = accept(answer(sent, refused="prepare.py differs", val_logits=None), issued, 20, 20)
     assert not score(refused, refused.val_logits, labels).ok
 

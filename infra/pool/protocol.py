@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import io
+import math
 import secrets
 from dataclasses import dataclass
 from functools import cache
@@ -30,9 +32,10 @@ from typing import Mapping
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import prepare
+from infra import display
 from infra.records import Status
 from infra.sandbox.compute_record import ComputeRecord
 from infra.sandbox.evaluation import Evaluation, score_logits
@@ -43,6 +46,8 @@ MAX_LOG_TAIL_CHARS = 8_000  # what a result may say of its run's log
 MAX_REASON_CHARS = 2_000
 MAX_RESULT_BYTES = 4 * 2**20  # two splits of 10,000 x 10 float32 logits, base64, are 1.1 MB
 JOB_ID_BYTES = 16
+MAX_JOB_SECONDS = 86_400  # a day: the longest budget or allowance a job may carry
+MAX_JOB_BYTES = 2**44  # 16 TiB
 
 
 class ResultRejected(ValueError):
@@ -74,7 +79,7 @@ def local_fingerprints() -> Fingerprints:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PoolJob(_Strict):
@@ -91,6 +96,18 @@ class PoolJob(_Strict):
     want_test: bool = False  # a kept candidate: the test split's logits too, for the report
     prepare_sha256: str = Field(pattern="^[0-9a-f]{64}$")
     data_sha256: str = Field(pattern="^[0-9a-f]{64}$")
+
+    @field_validator("limits")
+    @classmethod
+    def _bounded(cls, limits: Limits) -> Limits:
+        """A job holds a worker's slot for its budget: one from anyone with the Prefect API's credentials must not
+        hold it for ever, nor ask for more disk or memory than a machine has."""
+        seconds = (limits.budget_s, limits.startup_allowance_s, limits.export_allowance_s, limits.inference_allowance_s)
+        if max(seconds) > MAX_JOB_SECONDS:
+            raise ValueError(f"a budget or allowance over {MAX_JOB_SECONDS:,} s")
+        if max(limits.memory_cap_bytes, limits.disk_cap_bytes) > MAX_JOB_BYTES or limits.cpu_threads > 4096:
+            raise ValueError("a memory or disk cap, or a core count, no machine has")
+        return limits
 
     @classmethod
     def issue(
@@ -139,22 +156,58 @@ def refusal(job: PoolJob, local: Fingerprints, slot_threads: int) -> str:
     return ""
 
 
+MEASURED = (Status.OK, Status.CRASHED, Status.TIMEOUT, Status.INVALID)  # how a run a worker made can end
+MAX_EPOCHS = 10**6
+WORKER_NAME = r"^[A-Za-z0-9._-]{1,200}$"
+
+
 class PoolResult(_Strict):
-    """What a worker sends back for one job: how the run went, and logits in place of any score."""
+    """What a worker sends back for one job: how the run went, and logits in place of any score. Its text is the
+    worker's (and, in the log tail and reasons, the candidate's): stored and shown only with escape sequences and
+    control characters removed (infra/display.py)."""
 
     job_id: str = Field(pattern=f"^[0-9a-f]{{{2 * JOB_ID_BYTES}}}$")
-    worker: str = Field(max_length=200)
+    worker: str = Field(pattern=WORKER_NAME)
     refused: str = Field(default="", max_length=1000)  # the worker would not run the job: why (nothing else set)
     status: Status = Status.CRASHED
     reason: str = Field(default="", max_length=MAX_REASON_CHARS)
-    epochs: int | None = Field(default=None, ge=0)
-    train_seconds: float | None = Field(default=None, ge=0)
-    wall_seconds: float = Field(default=0.0, ge=0)
-    inference_seconds: float | None = Field(default=None, ge=0)
+    epochs: int | None = Field(default=None, ge=0, le=MAX_EPOCHS)
+    train_seconds: float | None = Field(default=None, ge=0, le=1e7)
+    wall_seconds: float = Field(default=0.0, ge=0, le=1e7)
+    inference_seconds: float | None = Field(default=None, ge=0, le=1e7)
     compute: ComputeRecord | None = None
     log_tail: str = Field(default="", max_length=MAX_LOG_TAIL_CHARS)
     val_logits: str | None = None  # base64 of a float32 .npy, validation images x classes
     test_logits: str | None = None  # the same for the test split, when the job wanted it
+
+    @field_validator("refused", "reason")
+    @classmethod
+    def _one_line(cls, text: str) -> str:
+        return display.without_controls(text)
+
+    @field_validator("log_tail")
+    @classmethod
+    def _lines(cls, text: str) -> str:
+        return display.without_controls(text, multiline=True)
+
+    @field_validator("status")
+    @classmethod
+    def _measured(cls, status: Status) -> Status:
+        if status not in MEASURED:
+            raise ValueError(f"a measured run ends {', '.join(MEASURED)}, not {status}")
+        return status
+
+    @field_validator("compute")
+    @classmethod
+    def _sane_compute(cls, compute: ComputeRecord | None) -> ComputeRecord | None:
+        if compute is None:
+            return None
+        numbers = [v for v in dataclasses.astuple(compute) if isinstance(v, float)]
+        if not all(math.isfinite(v) and 0 <= v <= 1e7 for v in numbers) or not 0 <= compute.threads <= 4096:
+            raise ValueError("compute record out of range")
+        if compute.clock not in ("cpu", "wall"):
+            raise ValueError(f"unknown clock {compute.clock!r}")
+        return compute
 
 
 def encode_logits(logits: np.ndarray) -> str:
@@ -164,20 +217,41 @@ def encode_logits(logits: np.ndarray) -> str:
 
 
 def decode_logits(text: str, images: int) -> np.ndarray:
-    """Logits from a result, as untrusted data: a float32 .npy of images x classes, nothing else."""
+    """Logits from a result, as untrusted data: exactly a little-endian float32 C-order .npy of images x classes,
+    its header read and checked before a byte of data is (a header may claim any shape)."""
     try:
         raw = base64.b64decode(text, validate=True)
-        array = np.load(io.BytesIO(raw), allow_pickle=False)
-    except (binascii.Error, ValueError, EOFError, OSError) as exc:
+    except (binascii.Error, ValueError):
+        raise ResultRejected("unreadable logits: not base64") from None
+    shape = (images, prepare.NUM_CLASSES)
+    stream = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version != (1, 0):
+            raise ValueError(f".npy version {version}")
+        header = np.lib.format.read_array_header_1_0(stream)
+    except Exception as exc:  # numpy parses the header's Python literal: any error there is the sender's
         raise ResultRejected(f"unreadable logits: {type(exc).__name__}") from None
-    if array.dtype != np.float32 or array.shape != (images, prepare.NUM_CLASSES):
-        raise ResultRejected(f"logits must be float32 of shape ({images}, {prepare.NUM_CLASSES})")
-    return array
+    if header != (shape, False, np.dtype("<f4")):
+        raise ResultRejected(f"logits must be little-endian float32 of shape {shape}, in C order")
+    data = raw[stream.tell() :]
+    if len(data) != images * prepare.NUM_CLASSES * 4:
+        raise ResultRejected(f"logits of {len(data)} bytes, not the {images * prepare.NUM_CLASSES * 4} their shape has")
+    return np.frombuffer(data, dtype="<f4").reshape(shape).copy()
 
 
 def accept(raw: bytes, issued: Mapping[str, PoolJob], val_images: int, test_images: int) -> PoolResult:
     """The result in raw, if it answers a job in issued (the jobs in flight, by id) within the wire's bounds; its
     logits are decoded here once, so a result that is accepted can be scored. ResultRejected says why not."""
+    try:
+        return _accept(raw, issued, val_images, test_images)
+    except ResultRejected:
+        raise
+    except Exception as exc:  # whatever a worker sent, a rejection: never an error that stops the coordinator
+        raise ResultRejected(f"unusable result: {type(exc).__name__}") from None
+
+
+def _accept(raw: bytes, issued: Mapping[str, PoolJob], val_images: int, test_images: int) -> PoolResult:
     if len(raw) > MAX_RESULT_BYTES:
         raise ResultRejected(f"result of {len(raw):,} bytes, over the {MAX_RESULT_BYTES:,} a result may have")
     try:
@@ -190,8 +264,11 @@ def accept(raw: bytes, issued: Mapping[str, PoolJob], val_images: int, test_imag
         raise ResultRejected("a result for a job this coordinator did not issue, or has settled")
     if result.refused:
         return result
-    if result.compute is not None and result.compute.threads not in (0, job.limits.cpu_threads):
+    cpu = job.device != "cuda"
+    if result.compute is not None and cpu and result.compute.threads != job.limits.cpu_threads:
         raise ResultRejected(f"the run got {result.compute.threads} cores; the job gave {job.limits.cpu_threads}")
+    if result.status == Status.OK and result.compute is None:
+        raise ResultRejected("an ok run without its compute record")
     if result.status == Status.OK and result.val_logits is None:
         raise ResultRejected("an ok run without validation logits")
     if result.val_logits is not None:

@@ -18,6 +18,7 @@ from typing import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from infra.pool.protocol import WORKER_NAME
 from infra.sandbox.slots import Slot, plan_slots
 
 WORKER_ENV = "AUTORESEARCH_WORKER"
@@ -28,7 +29,7 @@ WORKER_QUERY_S = 2  # how often the Prefect worker asks for runs (its default, 1
 class WorkerSetup(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(pattern=WORKER_NAME)
     pool: str = Field(min_length=1, max_length=200)
     home: Path  # the worker's own directory: its runs and slot locks, shared with no one
     db_url: str  # the coordinator's store, where answers go

@@ -513,14 +513,24 @@ class Store:
             )
             return bool(done.rowcount)
 
-    def pool_jobs(self, job_ids: Iterable[str]) -> list[PoolLease]:
-        """Where these jobs stand on the pool's workers (the ones no worker has claimed are absent)."""
+    def pool_jobs(self, job_ids: Iterable[str], max_answer_bytes: int = 2**30) -> list[PoolLease]:
+        """Where these jobs stand on the pool's workers (the ones no worker has claimed are absent). An answer over
+        max_answer_bytes is not read (a worker wrote it): its lease says how long it is, with no answer."""
         wanted = list(job_ids)
         if not wanted:
             return []
+        size = func.length(PoolJobRow.answer)
         with self.session() as s:
-            rows = s.scalars(select(PoolJobRow).where(PoolJobRow.job_id.in_(wanted)))
-            return [PoolLease(r.job_id, r.worker, r.started_at, r.beat_at, r.answer) for r in rows]
+            rows = s.execute(
+                select(PoolJobRow.job_id, PoolJobRow.worker, PoolJobRow.started_at, PoolJobRow.beat_at, size).where(
+                    PoolJobRow.job_id.in_(wanted)
+                )
+            ).all()
+            small = [row.job_id for row in rows if row[4] is not None and row[4] <= max_answer_bytes]
+            answers = dict(
+                s.execute(select(PoolJobRow.job_id, PoolJobRow.answer).where(PoolJobRow.job_id.in_(small))).tuples()
+            )
+        return [PoolLease(r.job_id, r.worker, r.started_at, r.beat_at, answers.get(r.job_id), r[4]) for r in rows]
 
     def forget_pool_jobs(self, job_ids: Iterable[str]) -> None:
         """The coordinator has settled these jobs: their rows (and answers) go."""
