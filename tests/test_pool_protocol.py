@@ -28,6 +28,7 @@ from infra.pool.protocol import (
 from infra.records import Status
 from infra.sandbox.compute_record import ComputeRecord
 from infra.settings import BASELINE_TRAIN_PY, PREPARE_PY, Limits
+from infra.store import Store
 from tests.conftest import make_idx_files, requires_bwrap, requires_real_data
 
 PRINTS = Fingerprints("a" * 64, "b" * 64)
@@ -205,3 +206,17 @@ def test_a_workers_flow_runs_each_take_a_slot_of_their_own(tmp_path, monkeypatch
     assert taken and taken[0] in (0, 1), "and takes the first slot freed"
     with pytest.raises(ValueError):
         WorkerSetup(name="w/../x", pool="p", home=tmp_path, db_url="sqlite://", slots=1, cpu_threads=1)
+
+
+def test_the_store_lets_a_job_be_claimed_once_and_answered_once_by_its_claimer(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    job_id = "a" * 32
+    assert store.claim_pool_job(job_id, "w1") and not store.claim_pool_job(job_id, "w2"), "a job is measured once"
+    assert not store.answer_pool_job(job_id, "w2", b"{}"), "only the worker that claimed it answers"
+    assert store.answer_pool_job(job_id, "w1", b"x" * 100) and not store.answer_pool_job(job_id, "w1", b"{}")
+    (lease,) = store.pool_jobs([job_id, "b" * 32])
+    assert lease.worker == "w1" and lease.answer == b"x" * 100 and lease.answer_bytes == 100
+    (big,) = store.pool_jobs([job_id], max_answer_bytes=99)
+    assert big.answer is None and big.answer_bytes == 100, "an answer over the bound is not read"
+    store.forget_pool_jobs([job_id])
+    assert store.pool_jobs([job_id]) == [] and store.claim_pool_job(job_id, "w2") is True

@@ -527,9 +527,8 @@ class Store:
                 )
             ).all()
             small = [row.job_id for row in rows if row[4] is not None and row[4] <= max_answer_bytes]
-            answers = dict(
-                s.execute(select(PoolJobRow.job_id, PoolJobRow.answer).where(PoolJobRow.job_id.in_(small))).tuples()
-            )
+            found = s.execute(select(PoolJobRow.job_id, PoolJobRow.answer).where(PoolJobRow.job_id.in_(small)))
+            answers = {job_id: answer for job_id, answer in found}
         return [PoolLease(r.job_id, r.worker, r.started_at, r.beat_at, answers.get(r.job_id), r[4]) for r in rows]
 
     def forget_pool_jobs(self, job_ids: Iterable[str]) -> None:
