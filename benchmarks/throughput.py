@@ -46,6 +46,7 @@ from infra.sandbox.slots import Slot, plan_slots  # noqa: E402
 from infra.sandbox.trial import TrialResult, score_trial, train_candidate  # noqa: E402
 from infra.settings import BASELINE_TRAIN_PY, REPO_ROOT, Limits  # noqa: E402
 
+WORKER_LOG = Path(tempfile.gettempdir()) / "throughput-pool-worker.log"
 SMALL_CNN = Path(__file__).with_name("small_cnn_train.py").read_text()
 CANDIDATES = {"baseline": BASELINE_TRAIN_PY.read_text(), "small_cnn": SMALL_CNN}
 
@@ -127,10 +128,12 @@ def pool_pass(jobs: list[tuple[str, int]], limits: Limits, scratch: Path, val) -
     env = {"PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": (home / "prefect-credentials").read_text().strip()}
     db = f"sqlite:///{home / 'autoresearch.db'}"
     cli("db", "upgrade", "--db", db, "--home", str(home))
+    worker_log = open(WORKER_LOG, "w")  # noqa: SIM115 (the worker's, open while it runs)
+    print(f"throughput --pool: the worker's log is {WORKER_LOG}")
     worker = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "worker", "--pool", "bench", "--db", db, "--slots", "1", "--name", "bench",
          "--home", str(scratch / "worker")],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, **env}, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     walls = []
     try:
@@ -152,6 +155,7 @@ def pool_pass(jobs: list[tuple[str, int]], limits: Limits, scratch: Path, val) -
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait()
+        worker_log.close()
         cli("ui", "--stop", "--home", str(home))
     return walls
 

@@ -137,6 +137,21 @@ def open_file(path: Path, flags: int, mode: int = FILE_MODE) -> int:
         raise
 
 
+def restrict_file(path: Path, mode: int = FILE_MODE) -> None:
+    """path, a regular file of this user's in a directory no one else can rename entries in (never a link), set to
+    mode, without opening it: a database file another connection of this process holds must not be opened and
+    closed beside it (closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+    included: two processes sharing an SQLite store then read a half-written file)."""
+    path = _parent_checked(path)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISREG(info.st_mode):
+        raise ForeignPath(f"{path} is not a regular file (a link, or another kind of file); refusing to use it")
+    if info.st_uid != os.geteuid():
+        raise ForeignPath(f"{path} belongs to {_whose(info.st_uid)}, not to you")
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.chmod(path, mode)  # not a link (above), in a directory only its owner can rename entries in
+
+
 def read_bytes(path: Path) -> bytes:
     fd = open_file(path, os.O_RDONLY)
     with os.fdopen(fd, "rb") as f:

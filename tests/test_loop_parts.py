@@ -439,3 +439,26 @@ def test_a_store_write_refuses_a_field_that_is_not_a_column(tmp_path):
     with pytest.raises(StoreError, match="not a column of experiments: stauts"):
         store.set_experiment(exp.id, stauts="finished")
     assert [(r.iteration, r.val_accuracy) for r in store.records(exp.id)] == [(0, 0.8)]  # nothing half-written
+
+
+def test_opening_the_store_again_keeps_the_locks_sqlite_holds_on_its_file(tmp_path):
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it. A Store that opened the
+    database file to check it, beside a connection of this process, dropped SQLite's shared lock: another process
+    (a pool's worker) then checkpointed and removed the write-ahead log under that connection, which read 'file is
+    not a database' (seen in benchmarks/throughput.py --pool)."""
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    first = Store(url)
+    with first.engine.connect() as held:
+        held.exec_driver_sql("SELECT count(*) FROM experiments").all()
+        Store(url)
+        probe = (
+            "import fcntl, os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "try:\n"
+            "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 510, 0x40000002)  # SQLite's shared-lock bytes\n"
+            "    print('free')\n"
+            "except OSError:\n"
+            "    print('held')\n"
+        )
+        done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "a.db")], capture_output=True, text=True)
+        assert done.stdout.strip() == "held", done

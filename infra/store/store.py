@@ -289,10 +289,8 @@ def _check_sqlite_file(url: str) -> None:
     SQLite itself would follow a link at the name (infra/operator_files.py)."""
     path = Path(url[len("sqlite:///") :])
     path.parent.mkdir(parents=True, exist_ok=True)
-    if os.path.lexists(path):
-        fd = operator_files.open_file(path, os.O_RDONLY)
-        os.fchmod(fd, operator_files.FILE_MODE)  # SQLite gives its -wal and -shm files the database's mode
-        os.close(fd)
+    if os.path.lexists(path):  # SQLite gives its -wal and -shm files the database's mode
+        operator_files.restrict_file(path)
 
 
 class Store:
