@@ -302,6 +302,8 @@ def experiment_config(
             spec, why = resolve_spec(proposer)
     except ProposerError as exc:
         fail(str(exc))
+    if fields.get("pool") is None and stored is not None:  # an experiment on a pool goes on there (a fixed setting)
+        fields["pool"] = stored.config.get("pool")
     rule = dict(stored.config.get("rule") or {}) if stored is not None else {}  # the rule is the experiment's...
     if max_runs is not None:  # ...unless asked otherwise (a resumed experiment: with --change-rule)
         rule["max_runs"] = max_runs

@@ -89,6 +89,8 @@ def history_json(home: Path, name: str = "kept") -> list[dict]:
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--proposer", "offline", "--sampler", "cmaes"], "--sampler goes with --proposer optuna"),
         (["--proposer", "optuna", "--sampler", "bayes"], "unknown Optuna sampler 'bayes'"),
+        (["--pool", "a b"], "--pool: String should match pattern"),
+        (["--pool", "lab"], "--pool lab: the workers need a Prefect server they can reach"),
     ],
 )
 def test_bad_input_fails_clearly_and_loses_nothing(recorded, args, message):
@@ -181,3 +183,14 @@ def test_offline_demo_end_to_end(tmp_path):
         if r["status"] == "ok":
             assert {"delta", "sure", "sigma", "summary"} <= set(r["decision"])
     assert rows[0]["test_accuracy"] is not None  # held out, reported, never used to decide
+
+
+def test_an_experiment_on_a_pool_resumes_there_and_needs_its_server(recorded):
+    """Resumed without --pool, an experiment that ran on a pool goes on there (a fixed setting): without a Prefect
+    server its workers can reach, it is refused before anything runs."""
+    store = Store(f"sqlite:///{recorded / 'autoresearch.db'}")
+    store.set_experiment(store.experiment("kept").id, config={"budget_s": 5.0, "pool": "lab"})
+    before = history_json(recorded)
+    done = cli("run", "--experiment", "kept", home=recorded)
+    assert done.returncode == 2 and "--pool lab: the workers need a Prefect server" in " ".join(done.stderr.split())
+    assert history_json(recorded) == before
