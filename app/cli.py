@@ -54,6 +54,7 @@ from infra.sandbox.slots import SlotError, default_slot_count, plan_slots
 from infra.sandbox.trial import run_trial
 from infra.store import Store, StoreError, results_db_url
 from infra.store.store import display_url, make_engine, schema_revision
+from infra.store.worker_role import worker_grants
 
 app = typer.Typer(help="Autoresearch for Fashion-MNIST.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="The results store: its schema.", no_args_is_help=True, add_completion=False)
@@ -274,6 +275,7 @@ OPTION_OF_FIELD = {
     "stop_at": "--until",
     "devices": "--devices",
     "pool": "--pool",
+    "local_slots": "--local-slots",
 }
 
 
@@ -337,16 +339,18 @@ def check_slots(config: ExperimentConfig) -> None:
     """Slots that cannot fit this machine are refused before anything runs (the flow plans them again, with the
     experiment's stored settings)."""
 
-    if config.pool or (config.slots is None and not config.devices):  # a pool's slots are its workers' cores
+    if config.local_slots and not config.pool:
+        fail(f"--local-slots {config.local_slots}: goes with --pool (without one, --slots are here)")
+    if config.pool:  # a pool's slots are its workers' cores; what runs here is --local-slots
+        here, flag = config.local_slots or 0, "--local-slots"
+    else:
+        here, flag = config.slots or len(config.devices or []), "--slots" if config.slots else "--devices"
+    if not here:
         return
     try:
-        plan_slots(
-            config.slots or len(config.devices or []),
-            config.cpu_threads or settings.default_cpu_threads(),
-            config.devices,
-        )
+        plan_slots(here, config.cpu_threads or settings.default_cpu_threads(), config.devices)
     except SlotError as exc:
-        fail(f"{'--slots' if config.slots else '--devices'}: {exc}")
+        fail(f"{flag}: {exc}")
 
 
 def field_option(field: str, *flags: str, **given: Any) -> Any:
@@ -384,6 +388,7 @@ def run(
     slots: Optional[int] = field_option("slots", "--slots"),
     devices: Optional[str] = field_option("devices", "--devices"),
     pool: Optional[str] = field_option("pool", "--pool"),
+    local_slots: Optional[int] = field_option("local_slots", "--local-slots"),
     model: Optional[str] = field_option("model", "--model"),
     max_cost: Optional[float] = field_option("max_cost", "--max-cost"),
     preflight: Optional[bool] = field_option("preflight", "--preflight/--no-preflight"),
@@ -882,6 +887,17 @@ def db_upgrade(
         f"store {display_url(url)}: schema revision {before} -> {schema_revision(store.engine)} (this code's head)",
         highlight=False,
     )
+
+
+@db_app.command("worker-grants")
+def db_worker_grants(role: str = typer.Argument(..., help="the pool workers' PostgreSQL role")) -> None:
+    """Print the SQL that lets a pool's workers use the store as ROLE: read the schema's revision, claim and answer
+    jobs, nothing else (docs/pool.md). Run it as the store's owner, e.g. `... | psql autoresearch`."""
+    try:
+        statements = worker_grants(role)
+    except ValueError as exc:
+        fail(str(exc))
+    print("\n".join(statements))
 
 
 if __name__ == "__main__":

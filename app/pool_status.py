@@ -16,8 +16,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.exceptions import ObjectNotFound
 
-from flows.pool_slots import ACTIVE, EXPERIMENT_TAG
-from infra.pool.protocol import PoolJob
+from flows.pool_slots import ACTIVE, EXPERIMENT_TAG, job_id_of
 from infra.store import Store
 
 
@@ -62,13 +61,8 @@ def read(pool: str, store: Store) -> PoolView:
             deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[pool])),
             limit=200,
         )
-    job_of = {}
-    for run in flow_runs:
-        try:
-            job_of[run.id] = PoolJob.model_validate_json(run.parameters["job"]).job_id
-        except (KeyError, ValueError):
-            continue
-    claims = {lease.job_id: lease for lease in store.pool_jobs(job_of.values())}
+    job_of = {run.id: job_id for run in flow_runs if (job_id := job_id_of(run)) is not None}
+    claims = {lease.job_id: lease for lease in store.pool_jobs(job_of.values(), max_answer_bytes=0)}  # claims only
     runs = []
     for run in flow_runs:
         lease = claims.get(job_of.get(run.id, ""))

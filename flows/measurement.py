@@ -50,9 +50,10 @@ def measurement(job: str) -> str:
     finally:
         stop.set()
         beating.join()
-    store.answer_pool_job(parsed.job_id, setup.name, answer.model_dump_json().encode())
+    result = answer.result
+    store.answer_pool_job(parsed.job_id, setup.name, result.model_dump_json().encode(), answer.model)
     line = f"job {parsed.job_id}: " + (
-        f"refused: {answer.refused}" if answer.refused else f"{answer.status} ({answer.reason}), epochs {answer.epochs}"
+        f"refused: {result.refused}" if result.refused else f"{result.status} ({result.reason}), epochs {result.epochs}"
     )
     logger.info(line)
     return line

@@ -5,7 +5,8 @@ a Prefect work pool. The same contract as flows/slot_pool.py's SlotPool, so the 
 Each job goes out as a flow run of the pool's measurement deployment (flows/measurement.py), its code and compute
 in one parameter (infra/pool/protocol.py PoolJob), and comes back as the worker's answer in the store. The
 coordinator takes an answer only for a job in flight, scores its logits against its own labels, and stores the run,
-naming the worker. Faults:
+naming the worker; a candidate's first run also brings back its test logits and model file, kept in the run's
+directory here as a run on a local slot leaves them. Faults:
 
 - a worker that refuses (other prepare.py, data or slots), a flow run that ends without an answer (crashed, failed,
   cancelled), a claimed job whose beat stops for POOL_SILENCE_S (its worker was SIGKILLed), or one unanswered past
@@ -34,7 +35,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterId,
     FlowRunFilterTags,
 )
-from prefect.client.schemas.objects import State, StateType
+from prefect.client.schemas.objects import FlowRun, State, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelling, Crashed
@@ -44,12 +45,14 @@ import prepare
 from flows.measurement import MEASUREMENT_ENTRYPOINT
 from infra import display
 from infra.pool.protocol import (
+    MAX_POOL_MODEL_BYTES,
     MAX_RESULT_BYTES,
     PoolJob,
     PoolResult,
     ResultRejected,
     accept,
     decode_logits,
+    model_refusal,
     score,
 )
 from infra.records import MeasuredRun, PoolLease, Status
@@ -75,6 +78,15 @@ EXPERIMENT_TAG = "autoresearch-experiment:"  # a measurement flow run's tag: who
 
 def experiment_tag(name: str) -> str:
     return EXPERIMENT_TAG + name
+
+
+def job_id_of(flow_run: FlowRun) -> str | None:
+    """The job id a measurement flow run carries, or None when its parameters are not a job (anyone with the API's
+    credentials can make a flow run)."""
+    try:
+        return PoolJob.model_validate_json(flow_run.parameters["job"]).job_id
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def answer_bound_s(job: PoolJob) -> float:
@@ -123,13 +135,24 @@ class Sent:
 
 
 class PoolSlots:
-    def __init__(self, bench: Bench, pool: str, capacity: int, experiment: str, device: str | None, test_images: int):
+    def __init__(
+        self,
+        bench: Bench,
+        pool: str,
+        capacity: int,
+        experiment: str,
+        device: str | None,
+        test_images: int,
+        first_slot: int = 0,
+    ):
+        """capacity runs in flight at once, on pool slots numbered from first_slot (the local slots, if any, have
+        the numbers below: flows/mixed_slots.py)."""
         self.bench = bench
         self.pool = pool
         self.experiment = experiment
         self.device = device
         self.test_images = test_images
-        self.free = list(range(capacity))
+        self.free = list(range(first_slot, first_slot + capacity))
         self.running: dict[str, Sent] = {}
         self.deployment_id = measurement_deployment(pool)
         self._cancel_leftovers()
@@ -155,19 +178,27 @@ class PoolSlots:
     def next_result(self) -> tuple[Job, MeasuredRun]:
         """The next run to come back, already stored, and its job; its pool slot is free again."""
         while True:
-            states = self._states()  # before the claims: a run seen ended has its answer (if any) stored already
-            leases = {lease.job_id: lease for lease in self.bench.store.pool_jobs(self.running, MAX_RESULT_BYTES)}
-            now = time.monotonic()
-            for job_id, sent in list(self.running.items()):
-                lease = leases.get(job_id)
-                if lease is not None and (lease.answer is not None or lease.answer_bytes is not None):
-                    done = self._answered(sent, lease)
-                else:
-                    trouble = self._trouble(sent, lease, states.get(sent.flow_run_id), now)
-                    done = self._failed(sent, trouble) if trouble else None
-                if done is not None:
-                    return done
+            done = self.poll()
+            if done is not None:
+                return done
             time.sleep(POLL_S)
+
+    def poll(self) -> tuple[Job, MeasuredRun] | None:
+        """One look at the jobs in flight: the first run that came back (stored, its pool slot free again), or
+        None. A job that will not be answered goes out again, or is stored as crashed, here."""
+        states = self._states()  # before the claims: a run seen ended has its answer (if any) stored already
+        leases = {lease.job_id: lease for lease in self.bench.store.pool_jobs(self.running, MAX_RESULT_BYTES)}
+        now = time.monotonic()
+        for job_id, sent in list(self.running.items()):
+            lease = leases.get(job_id)
+            if lease is not None and (lease.answer is not None or lease.answer_bytes is not None):
+                done = self._answered(sent, lease)
+            else:
+                trouble = self._trouble(sent, lease, states.get(sent.flow_run_id), now)
+                done = self._failed(sent, trouble) if trouble else None
+            if done is not None:
+                return done
+        return None
 
     def drain(self) -> None:
         """Stop everything in flight (an error in the loop): the flow runs are cancelled, the jobs forgotten."""
@@ -213,11 +244,7 @@ class PoolSlots:
         """The same run (same seed) out again under a new job id: an answer to the old one is never taken."""
         self.running.pop(sent.wire.job_id, None)
         self.bench.store.forget_pool_jobs([sent.wire.job_id])
-        self._send(replace(sent, wire=self._wire_again(sent), claimed=None, last_beat=None, **counts))
-
-    def _wire_again(self, sent: Sent) -> PoolJob:
-        fresh = self._wire(sent.job)
-        return fresh.model_copy(update={"want_test": sent.wire.want_test})
+        self._send(replace(sent, wire=sent.wire.again(), claimed=None, last_beat=None, **counts))
 
     # --- what came back ------------------------------------------------------------
 
@@ -252,6 +279,13 @@ class PoolSlots:
             buffer = io.BytesIO()
             np.save(buffer, decode_logits(result.test_logits, self.test_images), allow_pickle=False)
             write_private(run_dir / POOL_TEST_LOGITS, buffer.getvalue(), 0o600)
+        if result.model_sha256 is not None:
+            model = self.bench.store.pool_model(sent.wire.job_id, MAX_POOL_MODEL_BYTES)
+            refused = model_refusal(model, result)
+            if refused:
+                print(f"iteration {sent.job.iteration} seed {sent.job.seed}: model not kept: {refused}")
+            else:
+                write_private(run_dir / prepare.MODEL_ARTIFACT, model, 0o600)
         scored = score(result, result.val_logits, self.bench.val[1])
         status, reason = result.status, result.reason
         if status == Status.OK and not scored.ok:
@@ -360,12 +394,7 @@ class PoolSlots:
                 sort=FlowRunSort.EXPECTED_START_TIME_DESC,
                 limit=LEFTOVER_RUNS,
             )
-        job_ids = []
-        for run in runs:
-            try:
-                job_ids.append(PoolJob.model_validate_json(run.parameters["job"]).job_id)
-            except (KeyError, ValueError):
-                pass
+        job_ids = [job_id for job_id in map(job_id_of, runs) if job_id is not None]
         active = [run.id for run in runs if run.state is not None and run.state.type in ACTIVE]
         if active:
             print(f"pool {self.pool}: cancelling {len(active)} measurement flow run(s) an earlier coordinator left")

@@ -29,6 +29,7 @@ import torch
 from prefect import flow
 
 import prepare
+from flows.mixed_slots import MixedSlots
 from flows.pool_slots import PoolSlots
 from flows.slot_pool import SlotPool
 from infra import display, operator_files, session, settings
@@ -62,7 +63,7 @@ from infra.research.program import (
 )
 from infra.research.workspace import Workspace
 from infra.sandbox.allowances import measure_allowances
-from infra.sandbox.slots import Slot, default_slot_count, plan_slots
+from infra.sandbox.slots import Slot, SlotError, default_slot_count, plan_slots
 from infra.sandbox.trial import log_tail
 from infra.store import Store, utcnow
 from tasks.decide import keep_or_discard
@@ -118,6 +119,8 @@ class Loop:
             cfg.pool = stored.get("pool")
         if cfg.pool:
             return self._resolve_pool_slots()
+        if cfg.local_slots:
+            raise SlotError(f"--local-slots {cfg.local_slots}: goes with --pool (without one, --slots are here)")
         gpus = cfg.devices or self._visible_gpus()
         if cfg.slots is None:
             cfg.slots = stored.get("slots") or (
@@ -136,19 +139,32 @@ class Loop:
         return slots
 
     def _resolve_pool_slots(self) -> list[Slot]:
-        """With a pool, cfg.slots is how many runs are in flight on its workers (flows/pool_slots.py); this machine
-        keeps one slot, for what the coordinator runs itself: the allowances' measurement and the pre-flight."""
+        """With a pool, cfg.slots is how many runs are in flight on its workers (flows/pool_slots.py) and
+        cfg.local_slots how many on this machine's own slots besides (flows/mixed_slots.py). With none here, this
+        machine keeps one slot for what the coordinator runs itself: the allowances' measurement."""
         cfg, stored = self.cfg, self.exp.config
         if cfg.slots is None:
             cfg.slots = stored.get("slots") or POOL_DEFAULT_SLOTS
+        if cfg.local_slots is None:
+            cfg.local_slots = stored.get("local_slots") or 0
+        here = cfg.local_slots
         if cfg.memory_cap_bytes is None:
-            cfg.memory_cap_bytes = stored.get("memory_cap_bytes") or settings.default_memory_cap_bytes() // cfg.slots
-        here = plan_slots(1, cfg.cpu_threads)
-        print(
-            f"slots: {cfg.slots} in flight on pool {cfg.pool}, memory cap {cfg.memory_cap_bytes / 2**30:.1f} GiB each; "
-            f"here: {here[0].describe()} (allowances, pre-flight)"
+            cfg.memory_cap_bytes = stored.get("memory_cap_bytes") or settings.default_memory_cap_bytes() // (
+                here or cfg.slots
+            )
+        if here and not cfg.devices:
+            cfg.devices = self._visible_gpus()[:here] or None
+        slots = plan_slots(here or 1, cfg.cpu_threads, cfg.devices if here else None)
+        where = (
+            f"and {here} here ({'; '.join(s.describe() for s in slots)})"
+            if here
+            else f"here: {slots[0].describe()} (allowances)"
         )
-        return here
+        print(
+            f"slots: {cfg.slots} in flight on pool {cfg.pool} {where}, memory cap "
+            f"{cfg.memory_cap_bytes / 2**30:.1f} GiB each"
+        )
+        return slots
 
     def _visible_gpus(self) -> list[str]:
         """The GPUs runs would use without --devices: the one --device names, or every visible one when the device
@@ -280,7 +296,7 @@ class Loop:
             cpu_cores=os.cpu_count(),
             usable_cores=len(os.sched_getaffinity(0)),
             memory_cap_gib=round(self.limits.memory_cap_bytes / 2**30, 1),
-            slots=self.cfg.slots or len(self.slots),
+            slots=self.cfg.slots + (self.cfg.local_slots or 0) if self.cfg.pool else len(self.slots),
             device_name=device_name,
             device_memory_gib=device_memory_gib,
         )
@@ -353,7 +369,7 @@ def run_fields(first: MeasuredRun) -> dict[str, Any]:
     return {name: getattr(first, name) for name in RUN_FIELDS}
 
 
-def run_baseline(loop: Loop, pool: SlotPool | PoolSlots) -> None:
+def run_baseline(loop: Loop, pool: SlotPool | PoolSlots | MixedSlots) -> None:
     """Iteration 0: the baseline's `repeats` runs, measured side by side on the slots."""
     code = loop.ws.read_train_py()
     done = [r for r in loop.store.measured_runs(loop.exp.id, decided_in=0) if not r.remeasured]  # a resumed baseline
@@ -804,12 +820,7 @@ def run_experiment(config: ExperimentConfig, change_rule: bool = False) -> dict[
 def research_loop(loop: Loop, began: datetime, deadline: float | None) -> dict[str, Any]:
     """The baseline if there is none, then candidates until the run's target, its deadline or the proposer's end,
     every slot kept busy. An error stops it only once no run is being measured any more."""
-    cfg = loop.cfg
-    pool = (
-        PoolSlots(loop.bench, cfg.pool, cfg.slots, cfg.name, cfg.device, len(loop.test[1]))
-        if cfg.pool
-        else SlotPool(loop.bench, loop.slots)
-    )
+    pool = measuring_slots(loop)
     try:
         status = decide_all(loop, pool, began, deadline)
     except Exception:
@@ -817,6 +828,16 @@ def research_loop(loop: Loop, began: datetime, deadline: float | None) -> dict[s
         raise
     loop.store.set_experiment(loop.exp.id, status=status)
     return incumbent_of(loop.history()).as_dict()
+
+
+def measuring_slots(loop: Loop) -> SlotPool | PoolSlots | MixedSlots:
+    """Where the experiment's runs are measured: this machine's slots, a pool's workers, or both."""
+    cfg = loop.cfg
+    if not cfg.pool:
+        return SlotPool(loop.bench, loop.slots)
+    here = cfg.local_slots or 0
+    remote = PoolSlots(loop.bench, cfg.pool, cfg.slots, cfg.name, cfg.device, len(loop.test[1]), first_slot=here)
+    return MixedSlots(SlotPool(loop.bench, loop.slots), remote) if here else remote
 
 
 def why_stop_proposing(loop: Loop, deadline: float | None) -> tuple[str, str] | None:
@@ -829,7 +850,7 @@ def why_stop_proposing(loop: Loop, deadline: float | None) -> tuple[str, str] | 
     return (why, "stopped") if why else None
 
 
-def decide_all(loop: Loop, pool: SlotPool | PoolSlots, began: datetime, deadline: float | None) -> str:
+def decide_all(loop: Loop, pool: SlotPool | PoolSlots | MixedSlots, began: datetime, deadline: float | None) -> str:
     """The loop over slots: look at every decision whose run arrived; give each that needs a run a free slot; with a
     slot still free, propose a candidate; then wait for the next run. Returns the run's end status."""
     if not loop.finished():
@@ -892,7 +913,7 @@ def decide_all(loop: Loop, pool: SlotPool | PoolSlots, began: datetime, deadline
                     other = Role.INCUMBENT if cand.measuring[0] == Role.CANDIDATE else Role.CANDIDATE
                     pool.submit(next_job(cand, other, loop.incumbent()))
                     cand.measuring.append(other)
-        if not pool.running:
+        if not pool.jobs():
             if not proposing:
                 return status
             continue

@@ -4,15 +4,17 @@ Where measured runs execute: the experiment's measurement slots on this machine 
 Each slot measures one run at a time, as its own Prefect task run tagged with the slot (tasks/measure.py),
 submitted on the flow's thread-pool task runner; the research loop hands a job to a free slot and takes results
 as they arrive. This is the one place that knows where a run executes: runs on other machines (a Prefect work
-pool) replace this class, not the loop.
+pool) replace this class, or join it (flows/mixed_slots.py), not the loop.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+from concurrent.futures import FIRST_COMPLETED
 from pathlib import Path
 
 from prefect import tags
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectConcurrentFuture, PrefectFuture, as_completed
 
 from infra.records import MeasuredRun
 from infra.sandbox.slots import Slot
@@ -23,7 +25,7 @@ class SlotPool:
     def __init__(self, bench: Bench, slots: list[Slot]):
         self.bench = bench
         self.free = sorted(slots, key=lambda s: s.index)
-        self.running: dict[PrefectFuture, tuple[Job, Slot]] = {}
+        self.running: dict[PrefectConcurrentFuture, tuple[Job, Slot]] = {}  # the flow's runner is a thread pool
 
     @property
     def idle(self) -> int:
@@ -49,7 +51,17 @@ class SlotPool:
     def next_result(self) -> tuple[Job, MeasuredRun]:
         """The next run to finish, already stored, and its job; its slot is free again. An infrastructure error
         of the run (after its task's retries) is raised here."""
-        future = next(as_completed(list(self.running)))
+        return self._take(next(as_completed(list(self.running))))
+
+    def wait_result(self, timeout: float) -> tuple[Job, MeasuredRun] | None:
+        """next_result, or None when no run finishes within timeout seconds (or none is being measured)."""
+        # the thread-pool runner's own futures: Prefect's as_completed times out through a cancel scope (an alarm
+        # signal on the main thread), which a wait in a loop that polls other work must not leave behind
+        by_thread = {future.wrapped_future: future for future in self.running}
+        done, _ = concurrent.futures.wait(list(by_thread), timeout=timeout, return_when=FIRST_COMPLETED)
+        return self._take(by_thread[next(iter(done))]) if done else None
+
+    def _take(self, future: PrefectFuture) -> tuple[Job, MeasuredRun]:
         job, slot = self.running.pop(future)
         self.free = sorted([*self.free, slot], key=lambda s: s.index)
         return job, future.result()

@@ -34,6 +34,7 @@ FIXED_SETTINGS = (
     "device",
     "slots",
     "pool",
+    "local_slots",
     "memory_cap_bytes",
     "proposer",
     "rule",
@@ -105,6 +106,12 @@ class ExperimentConfig(BaseModel):
         pattern=r"^[A-Za-z0-9._-]{1,100}$",
         description="a Prefect work pool whose workers (autoresearch worker) measure the runs; --slots is then how "
         "many are in flight on it (default 2; fixed at the experiment's first run)",
+    )
+    local_slots: int | None = Field(
+        None,
+        ge=0,
+        description="with --pool: runs measured at once on this machine's own slots besides the pool's, each on its "
+        "own cores or --devices GPU (default 0; fixed at the experiment's first run)",
     )
     memory_cap_bytes: int | None = Field(
         None,

@@ -91,6 +91,9 @@ def history_json(home: Path, name: str = "kept") -> list[dict]:
         (["--proposer", "optuna", "--sampler", "bayes"], "unknown Optuna sampler 'bayes'"),
         (["--pool", "a b"], "--pool: String should match pattern"),
         (["--pool", "lab"], "--pool lab: the workers need a Prefect server they can reach"),
+        (["--local-slots", "1"], "--local-slots 1: goes with --pool"),
+        (["--pool", "lab", "--local-slots", "-1"], "--local-slots: Input should be greater than or equal to 0"),
+        (["--pool", "lab", "--local-slots", "4096"], "--local-slots: 4096 slots of 1 cores need 4096 cores"),
     ],
 )
 def test_bad_input_fails_clearly_and_loses_nothing(recorded, args, message):

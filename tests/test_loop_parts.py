@@ -232,7 +232,7 @@ def test_store_writes_are_idempotent_per_iteration(tmp_path):
     assert [s.text for s in store.strategies(exp.id)] == ["s0"]
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0010"
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0011"
     # a second Store on the same file migrates nothing and sees the same data
     assert len(Store(f"sqlite:///{tmp_path / 'a.db'}").iterations(exp.id)) == 1
 

@@ -3,8 +3,9 @@ Three machines on one: a coordinator (`autoresearch run --pool`) and pool worker
 process of its own with its own working and runs directory (no run directory shared), a real Prefect server
 (`autoresearch ui`) and the store on a real PostgreSQL (tests/postgres_cluster.py; SQLite where the server binaries
 are missing). Two runs in flight, each decided and recorded once; a worker SIGKILLed mid-run and restarted, its job
-measured again; the coordinator SIGKILLed with a job in flight and resumed; a worker whose prepare.py differs
-refusing, and the run failing with its reason.
+measured again; the coordinator SIGKILLed with a job in flight and resumed; a kept run's model file brought back;
+local slots and the pool measuring one experiment together; a deployed experiment's run on the pool; a worker whose
+prepare.py differs refusing, and the run failing with its reason.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound
 
 from flows.pool_slots import measurement_deployment
 from infra.prefect_server import free_port, reporting_to
@@ -213,6 +216,10 @@ def test_two_workers_measure_an_experiment_through_a_killed_worker_and_a_killed_
         if record.iteration:
             assert {r.seq for r in record.decision.candidate_runs} <= {m.seq for m in runs}
     assert records[0].test_accuracy is not None and 0.5 < records[0].test_accuracy < 1, "scored from test logits"
+    kept = next(m for m in runs if m.decided_in == 0 and not m.remeasured and m.score is not None)
+    assert list((tmp_path / "coordinator").rglob(f"0000/seed-{kept.seed}/model.safetensors")), (
+        "the kept baseline's model file came back from the worker that made it"
+    )
     with (
         reporting_to(server["PREFECT_API_URL"], server["PREFECT_API_AUTH_STRING"]),
         get_client(sync_client=True) as client,
@@ -223,6 +230,73 @@ def test_two_workers_measure_an_experiment_through_a_killed_worker_and_a_killed_
             )
         )
     assert any(run.name.startswith("measure-") for run in crashed), "the killed worker's flow run is marked Crashed"
+
+
+def test_local_slots_and_a_pool_measure_one_experiment_together(store_url, server, tmp_path):
+    worker = Worker("w3", "mixed", store_url, server, tmp_path / "w3").start()
+    run = Coordinator(
+        "mixed", store_url, server, tmp_path / "coordinator", "--experiment", "mixed", "--slots", "1",
+        "--local-slots", "1", "--iterations", "1", "--repeats", "2", "--proposer", "offline",
+    ).start()  # fmt: skip
+    try:
+        code = run.finish()
+    finally:
+        run.kill()
+        worker.kill()
+    out = run.output()
+    assert code == 0, out[-4000:]
+    assert "slots: 1 in flight on pool mixed and 1 here" in out, out[-4000:]
+    store = Store(store_url)
+    experiment = store.experiment("mixed")
+    assert [r.iteration for r in store.records(experiment.id)] == [0, 1]
+    runs = store.measured_runs(experiment.id)
+    assert {m.worker for m in runs} == {"", "w3"}, "measured on this machine's slot and on the pool's worker"
+    assert all(m.slot == (0 if m.worker == "" else 1) for m in runs), "local slots first, the pool's after"
+    assert [m.seq for m in runs] == list(range(1, len(runs) + 1))
+    assert experiment.config["local_slots"] == 1 and experiment.config["slots"] == 1
+
+
+def test_a_deployed_experiment_measures_its_scheduled_runs_on_the_pool(store_url, server, tmp_path):
+    """`autoresearch deploy --pool`: a run of the deployment (here asked for at once, its cron hours away) is a flow
+    run of the serving process, and measures on the pool's worker as `run --pool` does."""
+    worker = Worker("w4", "nightly", store_url, server, tmp_path / "w4").start()
+    cron = f"0 {(datetime.now(timezone.utc) + timedelta(hours=12)).hour} * * *"  # no scheduled run during the test
+    with open(tmp_path / "deploy.log", "a") as log:
+        serving = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "deploy", "--experiment", "nightpool", "--cron", cron,
+             "--pool", "nightly", "--db", store_url, "--home", str(tmp_path / "coordinator"), "--iterations", "1",
+             "--budget", "2", "--repeats", "1", "--proposer", "offline"],
+            cwd=REPO_ROOT, env={**os.environ, **server}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        with (
+            reporting_to(server["PREFECT_API_URL"], server["PREFECT_API_AUTH_STRING"]),
+            get_client(sync_client=True) as client,
+        ):
+
+            def deployment():
+                try:
+                    return client.read_deployment_by_name("research/nightpool")
+                except ObjectNotFound:
+                    return None
+
+            found = wait_for(deployment, 300, "the deployment on the server")
+            asked = client.create_flow_run_from_deployment(found.id, parameters={"experiment": "nightpool"})
+            ended = wait_for(
+                lambda: (state := client.read_flow_run(asked.id).state) and state.is_final() and state,
+                900,
+                "the deployment's run to end",
+            )
+    finally:
+        os.killpg(serving.pid, signal.SIGKILL)
+        serving.wait()
+        worker.kill()
+    said = (tmp_path / "deploy.log").read_text(errors="replace")[-4000:]
+    assert ended.type == StateType.COMPLETED, (ended, said)
+    store = Store(store_url)
+    experiment = store.experiment("nightpool")
+    assert [r.iteration for r in store.records(experiment.id) if r.finished] == [0, 1], said
+    assert {m.worker for m in store.measured_runs(experiment.id)} == {"w4"}, "every run measured on the pool"
 
 
 def test_a_worker_whose_prepare_py_differs_refuses_and_the_run_fails_with_the_reason(store_url, server, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import prepare
 from infra.pool.measurement import measure_job
 from infra.pool.protocol import (
+    MAX_POOL_MODEL_BYTES,
     MAX_RESULT_BYTES,
     Fingerprints,
     PoolJob,
@@ -22,6 +23,7 @@ from infra.pool.protocol import (
     encode_logits,
     fingerprints_of,
     local_fingerprints,
+    model_refusal,
     refusal,
     score,
 )
@@ -105,8 +107,8 @@ def test_a_worker_refuses_a_job_made_with_another_prepare_py_before_running_anyt
     assert sent.data_sha256 == mine.data_sha256
     work = tmp_path / "work"
     work.mkdir()
-    result = measure_job(sent, work, slot=None, worker="w1", slot_threads=1)
-    assert "prepare.py differs" in result.refused and result.val_logits is None
+    answer = measure_job(sent, work, slot=None, worker="w1", slot_threads=1)
+    assert "prepare.py differs" in answer.result.refused and answer.result.val_logits is None and answer.model is None
     assert list(work.iterdir()) == [], "nothing ran"
 
 
@@ -135,6 +137,7 @@ def test_the_coordinator_takes_only_results_it_asked_for_within_bounds():
     rejected(answer(sent, val_logits=base64.b64encode(buffer.getvalue()).decode()), "float32")
     rejected(answer(sent, val_logits=None), "without validation logits")
     rejected(answer(sent, test_logits=encode_logits(logits(20))), "did not ask for")
+    rejected(answer(sent, model_sha256="0" * 64), "model file the job did not ask for")
     rejected(answer(sent, compute=ComputeRecord("cpu", threads=4)), "got 4 cores")
     rejected(answer(sent, compute=None), "without its compute record")
     rejected(answer(sent, compute=ComputeRecord("cpu", threads=1, cpu_seconds=1e300)), "malformed")
@@ -162,7 +165,8 @@ def test_a_worker_measures_a_job_and_only_the_coordinator_scores_it(tmp_path):
     sent = PoolJob.issue("exp", 0, 0, 11, BASELINE_TRAIN_PY.read_text(), LIMITS, want_test=True)
     work = tmp_path / "work"
     work.mkdir()
-    result = measure_job(sent, work, slot=None, worker="w1", slot_threads=1)
+    sent_back = measure_job(sent, work, slot=None, worker="w1", slot_threads=1)
+    result = sent_back.result
     assert result.status == Status.OK, (result.reason, result.log_tail)
     assert result.val_logits and result.test_logits and result.epochs and result.compute.threads == 1
     assert "accuracy" not in result.model_dump_json(), "a worker reports no score"
@@ -177,6 +181,17 @@ def test_a_worker_measures_a_job_and_only_the_coordinator_scores_it(tmp_path):
     test = score(taken, taken.test_logits, prepare.load_split_uint8("test")[1])
     assert val.ok and 0.5 < val.accuracy < 1 and test.ok and 0.5 < test.accuracy < 1
     shutil.rmtree(work)
+    # the model file comes back beside the answer, named by its hash, and is read only within the bound
+    assert sent_back.model and model_refusal(sent_back.model, taken) == ""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    assert store.claim_pool_job(sent.job_id, "w1")
+    assert store.answer_pool_job(sent.job_id, "w1", result.model_dump_json().encode(), sent_back.model)
+    assert store.pool_model(sent.job_id, MAX_POOL_MODEL_BYTES) == sent_back.model
+    assert store.pool_model(sent.job_id, len(sent_back.model) - 1) is None, "a longer one is never read"
+    assert "differs" in model_refusal(sent_back.model[:-1] + b"x", taken)
+    assert "no model file" in model_refusal(None, taken)
+    store.forget_pool_jobs([sent.job_id])
+    assert store.pool_model(sent.job_id, MAX_POOL_MODEL_BYTES) is None
 
 
 def test_a_workers_flow_runs_each_take_a_slot_of_their_own(tmp_path, monkeypatch):
@@ -214,9 +229,9 @@ def test_the_store_lets_a_job_be_claimed_once_and_answered_once_by_its_claimer(t
     assert store.claim_pool_job(job_id, "w1") and not store.claim_pool_job(job_id, "w2"), "a job is measured once"
     assert not store.answer_pool_job(job_id, "w2", b"{}"), "only the worker that claimed it answers"
     assert store.answer_pool_job(job_id, "w1", b"x" * 100) and not store.answer_pool_job(job_id, "w1", b"{}")
-    (lease,) = store.pool_jobs([job_id, "b" * 32])
+    (lease,) = store.pool_jobs([job_id, "b" * 32], max_answer_bytes=2**20)
     assert lease.worker == "w1" and lease.answer == b"x" * 100 and lease.answer_bytes == 100
     (big,) = store.pool_jobs([job_id], max_answer_bytes=99)
     assert big.answer is None and big.answer_bytes == 100, "an answer over the bound is not read"
     store.forget_pool_jobs([job_id])
-    assert store.pool_jobs([job_id]) == [] and store.claim_pool_job(job_id, "w2") is True
+    assert store.pool_jobs([job_id], 0) == [] and store.claim_pool_job(job_id, "w2") is True

@@ -4,7 +4,7 @@ The store, the experiment lock and the Prefect server on PostgreSQL: a private c
 (`autoresearch db upgrade`, or the coordinator), and any other opener refuses a schema that is behind; concurrent
 writers number runs and iterations once; the experiment lock is an advisory lock that a SIGKILLed holder frees; the
 loop runs end to end with its store (and an Optuna study) there; `autoresearch ui --database-url` keeps Prefect's own
-state there.
+state there; a pool worker's role with the grants `autoresearch db worker-grants` prints does its part, no more.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import time
 import pytest
 from sqlalchemy import create_engine, inspect
 
+from infra.records import MeasuredRun, Status
 from infra.research.lock import LockHeld, database_holder, database_lock
 from infra.settings import REPO_ROOT
 from infra.store import Store, StoreError
 from infra.store.store import head_revision, migrate, schema_revision
 from tests.conftest import requires_bwrap, requires_real_data
-from tests.postgres_cluster import Cluster, free_port, why_not
+from tests.postgres_cluster import USER, Cluster, free_port, why_not
 from tests.test_loop_parts import number_iterations_concurrently, number_runs_concurrently
 
 pytestmark = pytest.mark.skipif(why_not() is not None, reason=why_not() or "")
@@ -92,6 +93,7 @@ def test_concurrent_writers_number_runs_and_iterations_once(cluster):
 
 HOLDER = """
 import sys, time
+from infra.records import MeasuredRun, Status
 from infra.research.lock import database_lock
 with database_lock(sys.argv[1], "night"):
     print("held", flush=True)
@@ -165,3 +167,31 @@ def test_the_prefect_server_keeps_its_state_on_postgresql(cluster, tmp_path):
     tables = set(inspect(create_engine(url.replace("+asyncpg", "+psycopg"))).get_table_names())
     assert {"flow_run", "task_run", "deployment"} <= tables, tables  # Prefect migrated its schema there
     assert not (home / "prefect-ui" / "prefect.db").exists()  # not the default SQLite file
+
+
+def test_a_worker_role_with_the_printed_grants_does_a_workers_part_and_nothing_else(cluster, tmp_path):
+    url = cluster.url(cluster.database())
+    coordinator = Store(url, upgrade=True)
+    experiment = coordinator.ensure_experiment("pg-workers", {"budget_s": 5.0})
+    printed = cli("db", "worker-grants", "pool_worker")
+    assert printed.returncode == 0, printed.stderr
+    with create_engine(url).begin() as conn:
+        conn.exec_driver_sql("CREATE ROLE pool_worker LOGIN")
+        for statement in printed.stdout.splitlines():
+            conn.exec_driver_sql(statement)
+    worker = Store(url.replace(f"//{USER}@", "//pool_worker@"), upgrade=False)  # reads the schema's revision
+    job_id = "c" * 32
+    assert worker.claim_pool_job(job_id, "w1")
+    worker.beat_pool_job(job_id, "w1")
+    assert worker.answer_pool_job(job_id, "w1", b'{"job_id": "..."}', b"model bytes")
+    (lease,) = coordinator.pool_jobs([job_id], max_answer_bytes=2**20)
+    assert lease.worker == "w1" and lease.answer == b'{"job_id": "..."}'
+    assert coordinator.pool_model(job_id, 2**20) == b"model bytes"
+    run = MeasuredRun(seq=0, iteration=0, decided_in=0, seed=1, status=Status.OK, val_accuracy=1.0, reason="forged")
+    with pytest.raises(Exception, match="permission denied"):
+        worker.add_measured_run(experiment.id, run)
+    with pytest.raises(Exception, match="permission denied"):
+        worker.forget_pool_jobs([job_id])
+    assert coordinator.measured_runs(experiment.id) == [], "nothing forged"
+    refused = cli("db", "worker-grants", "w; DROP TABLE pool_jobs")
+    assert refused.returncode == 2 and "role" in refused.stderr

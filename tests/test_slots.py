@@ -387,3 +387,70 @@ def measure_task_tags() -> list[list[str]]:
                     return found
 
     return asyncio.run(read())
+
+
+class FakeSide:
+    """One side of MixedSlots (a SlotPool or a PoolSlots) as the loop sees it: free slots, jobs, results."""
+
+    def __init__(self, free: int, first_slot: int):
+        self.free = list(range(first_slot, first_slot + free))
+        self.running: dict[int, object] = {}
+        self.finished: list[tuple[object, object]] = []
+        self.drained = False
+
+    @property
+    def idle(self) -> int:
+        return len(self.free)
+
+    def jobs(self) -> list:
+        return list(self.running.values())
+
+    def run_dirs(self) -> set[Path]:
+        return {Path(f"/runs/{job}") for job in self.running.values()}
+
+    def submit(self, job) -> int:
+        slot = self.free.pop(0)
+        self.running[slot] = job
+        return slot
+
+    def finish(self, slot: int) -> None:
+        self.finished.append((slot, self.running[slot]))
+
+    def _take(self):
+        if not self.finished:
+            return None
+        slot, job = self.finished.pop(0)
+        del self.running[slot]
+        self.free.append(slot)
+        return job, f"measured {job}"
+
+    def wait_result(self, timeout: float):
+        return self._take()
+
+    def poll(self):
+        return self._take()
+
+    def drain(self) -> None:
+        self.drained = True
+        self.running.clear()
+
+
+def test_local_slots_and_a_pool_together_fill_local_slots_first_and_take_results_from_either(monkeypatch):
+    from flows import mixed_slots
+    from flows.mixed_slots import MixedSlots
+
+    monkeypatch.setattr(mixed_slots, "POLL_S", 0.0)
+    local, pool = FakeSide(1, first_slot=0), FakeSide(2, first_slot=1)
+    both = MixedSlots(local, pool)
+    with pytest.raises(RuntimeError, match="no run is being measured"):
+        both.next_result()
+    assert both.idle == 3
+    assert [both.submit(job) for job in ("a", "b", "c")] == [0, 1, 2], "the local slot first, then the pool's"
+    assert both.idle == 0 and sorted(both.jobs()) == ["a", "b", "c"] and Path("/runs/b") in both.run_dirs()
+    pool.finish(2)
+    assert both.next_result() == ("c", "measured c"), "a pool's result while the local run goes on"
+    local.finish(0)
+    assert both.next_result() == ("a", "measured a")
+    assert both.submit("d") == 0, "a freed local slot is taken before the pool's free one"
+    both.drain()
+    assert local.drained and pool.drained and both.jobs() == []

@@ -12,6 +12,9 @@ Fixed contract (docs/pool.md): a worker is another machine, and nothing it sends
   accepted only for an id it issued and has not settled, only under MAX_RESULT_BYTES, and only as JSON with no
   field beyond these models' (pydantic, extra fields forbidden). Logits travel as a base64 .npy read with
   allow_pickle=False, of exactly the expected shape.
+- **What the coordinator keeps comes back bounded.** A job that wants test logits (a candidate's first run) also
+  brings back the run's model file, at most MAX_POOL_MODEL_BYTES, written beside the answer in the store and named
+  in it by its SHA-256; the coordinator keeps it only as a file, as it keeps a model its own slots made.
 - **The compute travels with the job** (budget, allowances, caps, cores) and the result says what the worker
   gave; a result whose compute is not the job's is rejected.
 """
@@ -45,6 +48,7 @@ MAX_CODE_BYTES = 1_000_000  # a train.py; the proposers' own cap is far below
 MAX_LOG_TAIL_CHARS = 8_000  # what a result may say of its run's log
 MAX_REASON_CHARS = 2_000
 MAX_RESULT_BYTES = 4 * 2**20  # two splits of 10,000 x 10 float32 logits, base64, are 1.1 MB
+MAX_POOL_MODEL_BYTES = 64 * 2**20  # a model file brought back (16 million float32 parameters); larger ones stay
 JOB_ID_BYTES = 16
 MAX_JOB_SECONDS = 86_400  # a day: the longest budget or allowance a job may carry
 MAX_JOB_BYTES = 2**44  # 16 TiB
@@ -138,6 +142,11 @@ class PoolJob(_Strict):
             data_sha256=prints.data_sha256,
         )
 
+    def again(self) -> PoolJob:
+        """The same job (code, seed, compute, what it wants back) under a fresh id: an answer to this one is not
+        one to it."""
+        return self.model_copy(update={"job_id": secrets.token_hex(JOB_ID_BYTES)})
+
 
 def refusal(job: PoolJob, local: Fingerprints, slot_threads: int) -> str:
     """Why a worker with these files and a slot of slot_threads cores must not measure job, or ''."""
@@ -179,6 +188,7 @@ class PoolResult(_Strict):
     log_tail: str = Field(default="", max_length=MAX_LOG_TAIL_CHARS)
     val_logits: str | None = None  # base64 of a float32 .npy, validation images x classes
     test_logits: str | None = None  # the same for the test split, when the job wanted it
+    model_sha256: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")  # the model file sent with it, if any
 
     @field_validator("refused", "reason")
     @classmethod
@@ -277,7 +287,18 @@ def _accept(raw: bytes, issued: Mapping[str, PoolJob], val_images: int, test_ima
         if not job.want_test:
             raise ResultRejected("test logits the job did not ask for")
         decode_logits(result.test_logits, test_images)
+    if result.model_sha256 is not None and not (job.want_test and result.status == Status.OK):
+        raise ResultRejected("a model file the job did not ask for")
     return result
+
+
+def model_refusal(model: bytes | None, result: PoolResult) -> str:
+    """Why the model file read from the store is not the one the accepted result names, or ''."""
+    if model is None:
+        return f"no model file of at most {MAX_POOL_MODEL_BYTES:,} bytes came with it"
+    if hashlib.sha256(model).hexdigest() != result.model_sha256:
+        return "the model file is not the one its answer names (sha256 differs)"
+    return ""
 
 
 def score(result: PoolResult, logits: str | None, labels: torch.Tensor) -> Evaluation:

@@ -160,6 +160,7 @@ class PoolJobRow(Base):
     beat_at: Mapped[datetime] = mapped_column(default=utcnow)
     answer: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     answered_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    model: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # a first run's model file, if sent
 
 
 class StrategyVersion(Base):
@@ -501,17 +502,27 @@ class Store:
                 .values(beat_at=utcnow())
             )
 
-    def answer_pool_job(self, job_id: str, worker: str, answer: bytes) -> bool:
-        """The claiming worker's answer to job_id; False if the job is not its own or has its answer already."""
+    def answer_pool_job(self, job_id: str, worker: str, answer: bytes, model: bytes | None = None) -> bool:
+        """The claiming worker's answer to job_id, and the model file it brings back (if any), in one write; False
+        if the job is not its own or has its answer already."""
         with self.session() as s:
             done = s.execute(
                 update(PoolJobRow)
                 .where(PoolJobRow.job_id == job_id, PoolJobRow.worker == worker, PoolJobRow.answer.is_(None))
-                .values(answer=answer, answered_at=utcnow(), beat_at=utcnow())
+                .values(answer=answer, model=model, answered_at=utcnow(), beat_at=utcnow())
             )
             return bool(done.rowcount)
 
-    def pool_jobs(self, job_ids: Iterable[str], max_answer_bytes: int = 2**30) -> list[PoolLease]:
+    def pool_model(self, job_id: str, max_bytes: int) -> bytes | None:
+        """The model file a worker brought back with job_id's answer; None if it sent none, or one over max_bytes
+        (a worker wrote it: its length is asked first, and a longer one never read)."""
+        with self.session() as s:
+            size = s.scalar(select(func.length(PoolJobRow.model)).where(PoolJobRow.job_id == job_id))
+            if size is None or size > max_bytes:
+                return None
+            return s.scalar(select(PoolJobRow.model).where(PoolJobRow.job_id == job_id))
+
+    def pool_jobs(self, job_ids: Iterable[str], max_answer_bytes: int) -> list[PoolLease]:
         """Where these jobs stand on the pool's workers (the ones no worker has claimed are absent). An answer over
         max_answer_bytes is not read (a worker wrote it): its lease says how long it is, with no answer."""
         wanted = list(job_ids)
