@@ -81,6 +81,7 @@ class ConfigMismatch(ValueError):
 
 CHANGE_FLAG = "--change-rule"  # the CLI option that lets a resumed run change a changeable fixed setting
 POOL_DEFAULT_SLOTS = 2  # runs in flight on a pool when --slots is not given
+Measuring = SlotPool | PoolSlots | MixedSlots  # where runs are measured: one contract (flows/slot_pool.py)
 
 
 class Loop:
@@ -369,17 +370,17 @@ def run_fields(first: MeasuredRun) -> dict[str, Any]:
     return {name: getattr(first, name) for name in RUN_FIELDS}
 
 
-def run_baseline(loop: Loop, pool: SlotPool | PoolSlots | MixedSlots) -> None:
+def run_baseline(loop: Loop, slots: Measuring) -> None:
     """Iteration 0: the baseline's `repeats` runs, measured side by side on the slots."""
     code = loop.ws.read_train_py()
     done = [r for r in loop.store.measured_runs(loop.exp.id, decided_in=0) if not r.remeasured]  # a resumed baseline
     measured = list(done)
     wanted = loop.cfg.repeats - len(done)
     while len(measured) < loop.cfg.repeats:
-        while wanted and pool.idle:
-            pool.submit(Job(code, 0, 0, new_seed()))
+        while wanted and slots.idle:
+            slots.submit(Job(code, 0, 0, new_seed()))
             wanted -= 1
-        measured.append(pool.next_result()[1])
+        measured.append(slots.next_result()[1])
     measured.sort(key=lambda m: m.seq)
     scores = [m.score for m in measured if m.score is not None]
     if not scores:
@@ -820,17 +821,17 @@ def run_experiment(config: ExperimentConfig, change_rule: bool = False) -> dict[
 def research_loop(loop: Loop, began: datetime, deadline: float | None) -> dict[str, Any]:
     """The baseline if there is none, then candidates until the run's target, its deadline or the proposer's end,
     every slot kept busy. An error stops it only once no run is being measured any more."""
-    pool = measuring_slots(loop)
+    slots = measuring_slots(loop)
     try:
-        status = decide_all(loop, pool, began, deadline)
+        status = decide_all(loop, slots, began, deadline)
     except Exception:
-        pool.drain()
+        slots.drain()
         raise
     loop.store.set_experiment(loop.exp.id, status=status)
     return incumbent_of(loop.history()).as_dict()
 
 
-def measuring_slots(loop: Loop) -> SlotPool | PoolSlots | MixedSlots:
+def measuring_slots(loop: Loop) -> Measuring:
     """Where the experiment's runs are measured: this machine's slots, a pool's workers, or both."""
     cfg = loop.cfg
     if not cfg.pool:
@@ -850,11 +851,11 @@ def why_stop_proposing(loop: Loop, deadline: float | None) -> tuple[str, str] | 
     return (why, "stopped") if why else None
 
 
-def decide_all(loop: Loop, pool: SlotPool | PoolSlots | MixedSlots, began: datetime, deadline: float | None) -> str:
+def decide_all(loop: Loop, slots: Measuring, began: datetime, deadline: float | None) -> str:
     """The loop over slots: look at every decision whose run arrived; give each that needs a run a free slot; with a
     slot still free, propose a candidate; then wait for the next run. Returns the run's end status."""
     if not loop.finished():
-        run_baseline(loop, pool)
+        run_baseline(loop, slots)
         publish(loop, 0)
     loop.target = target_of(loop.cfg, finished_before(loop, began))
     deciding: list[Candidate] = []
@@ -866,12 +867,12 @@ def decide_all(loop: Loop, pool: SlotPool | PoolSlots | MixedSlots, began: datet
     status, proposing = "finished", True
     while True:
         for cand in list(deciding):  # a look at each decision a run arrived for; the run it asks for, or its end
-            if not cand.arrived and (cand.measuring or not pool.idle):
+            if not cand.arrived and (cand.measuring or not slots.idle):
                 continue
             decision, found, incumbent = look(loop, cand)
             cand.arrived = False
             if decision.verdict != Verdict.CONFIRM:  # a run still being measured for it is stored, and not used
-                finish(loop, cand, decision, found, incumbent, busy=pool.run_dirs())
+                finish(loop, cand, decision, found, incumbent, busy=slots.run_dirs())
                 deciding.remove(cand)
                 publish(loop, cand.iteration)
                 if proposing:  # revised the moment the count is reached, for the proposals still to come
@@ -880,10 +881,10 @@ def decide_all(loop: Loop, pool: SlotPool | PoolSlots | MixedSlots, began: datet
                     except StopResearch as exc:
                         print(f"stopping before the next candidate: {exc}")
                         status, proposing = "stopped", False
-            elif pool.idle and decision.next_run not in cand.measuring:
-                pool.submit(next_job(cand, decision.next_run, incumbent))
+            elif slots.idle and decision.next_run not in cand.measuring:
+                slots.submit(next_job(cand, decision.next_run, incumbent))
                 cand.measuring.append(decision.next_run)
-        if proposing and pool.idle and all(c.measuring for c in deciding):
+        if proposing and slots.idle and all(c.measuring for c in deciding):
             stop = why_stop_proposing(loop, deadline)
             if stop is not None:
                 if stop[0]:
@@ -909,15 +910,15 @@ def decide_all(loop: Loop, pool: SlotPool | PoolSlots | MixedSlots, began: datet
             continue
         if not proposing:  # the last decisions: a slot nothing else needs measures the other side of one at once
             for cand in deciding:
-                if pool.idle and len(cand.measuring) == 1 and cand.looked < loop.rule.max_runs - 1:
+                if slots.idle and len(cand.measuring) == 1 and cand.looked < loop.rule.max_runs - 1:
                     other = Role.INCUMBENT if cand.measuring[0] == Role.CANDIDATE else Role.CANDIDATE
-                    pool.submit(next_job(cand, other, loop.incumbent()))
+                    slots.submit(next_job(cand, other, loop.incumbent()))
                     cand.measuring.append(other)
-        if not pool.jobs():
+        if not slots.jobs():
             if not proposing:
                 return status
             continue
-        job, measured = pool.next_result()
+        job, measured = slots.next_result()
         cand = next((c for c in deciding if c.iteration == job.decided_in), None)
         if cand is None:  # its decision ended while this run was measured: stored, and read by later decisions
             continue
