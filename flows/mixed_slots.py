@@ -55,5 +55,7 @@ class MixedSlots:
 
     def drain(self) -> None:
         """Stop the pool's jobs at once, then wait for the local runs (as each side drains alone)."""
-        self.pool.drain()
-        self.local.drain()
+        try:
+            self.pool.drain()
+        finally:  # the pool's server unreachable (likely, in an error) must not leave local runs unwaited for
+            self.local.drain()

@@ -57,9 +57,9 @@ from infra.pool.protocol import (
 )
 from infra.records import MeasuredRun, PoolLease, Status
 from infra.sandbox.evaluation import EVAL_STARTUP_CAP_S
-from infra.sandbox.safe_files import write_private
+from infra.sandbox.safe_files import remove_tree, write_private
 from infra.sandbox.watchdog import WALL_CEILING
-from infra.store import utcnow
+from infra.store import StoreBusy, StoreError, utcnow
 from tasks.evaluate import POOL_TEST_LOGITS
 from tasks.measure import MAX_CONTENDED_RERUNS, Bench, Job
 
@@ -68,6 +68,7 @@ POOL_SILENCE_S = 30.0  # a claimed job with no beat for this long: its worker is
 ANSWER_MARGIN_S = 120.0  # beyond the job's own wall ceilings: start-up, the store, the network
 MAX_POOL_RESUBMITS = 2
 WAITING_NOTE_S = 60.0  # how often to say that no worker has taken a job
+BUSY_LIMIT_S = 900.0  # the pool's table locked this long (a worker's session holding it): the experiment stops
 LEFTOVER_RUNS = 200  # a restarted coordinator looks back this many of its experiment's measurement flow runs
 ACTIVE = (StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED)
 ENDED = (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED)
@@ -129,6 +130,7 @@ class Sent:
     remeasures: int = 0
     submitted: float = 0.0  # monotonic, the coordinator's clock throughout: workers' clocks are not compared
     claimed: float | None = None  # when the coordinator first saw a worker's claim
+    taken: float | None = None  # when it first saw the flow run taken by a worker (pending or running), claimed or not
     last_beat: object = None  # the claim's beat_at when last seen changing...
     beat_seen: float = 0.0  # ...and when that was
     noted: float = 0.0  # when it last said that no worker has taken it
@@ -154,6 +156,8 @@ class PoolSlots:
         self.test_images = test_images
         self.free = list(range(first_slot, first_slot + capacity))
         self.running: dict[str, Sent] = {}
+        self.busy_since: float | None = None  # when reading the pool's table first found it locked, if it is now
+        self.busy_noted = 0.0
         self.deployment_id = measurement_deployment(pool)
         self._cancel_leftovers()
 
@@ -187,8 +191,13 @@ class PoolSlots:
         """One look at the jobs in flight: the first run that came back (stored, its pool slot free again), or
         None. A job that will not be answered goes out again, or is stored as crashed, here."""
         states = self._states()  # before the claims: a run seen ended has its answer (if any) stored already
-        leases = {lease.job_id: lease for lease in self.bench.store.pool_jobs(self.running, MAX_RESULT_BYTES)}
         now = time.monotonic()
+        try:
+            leases = {lease.job_id: lease for lease in self.bench.store.pool_jobs(self.running, MAX_RESULT_BYTES)}
+        except StoreBusy as exc:
+            self._busy(exc, now)
+            return None
+        self.busy_since = None
         for job_id, sent in list(self.running.items()):
             lease = leases.get(job_id)
             if lease is not None and (lease.answer is not None or lease.answer_bytes is not None):
@@ -203,7 +212,7 @@ class PoolSlots:
     def drain(self) -> None:
         """Stop everything in flight (an error in the loop): the flow runs are cancelled, the jobs forgotten."""
         self._cancel([sent.flow_run_id for sent in self.running.values()], "the coordinator stopped")
-        self.bench.store.forget_pool_jobs(list(self.running))
+        self._forget(list(self.running))
         self.running.clear()
 
     # --- sending -----------------------------------------------------------------
@@ -243,8 +252,27 @@ class PoolSlots:
     def _again(self, sent: Sent, **counts: int) -> None:
         """The same run (same seed) out again under a new job id: an answer to the old one is never taken."""
         self.running.pop(sent.wire.job_id, None)
-        self.bench.store.forget_pool_jobs([sent.wire.job_id])
-        self._send(replace(sent, wire=sent.wire.again(), claimed=None, last_beat=None, **counts))
+        self._forget([sent.wire.job_id])
+        self._send(replace(sent, wire=sent.wire.again(), claimed=None, taken=None, last_beat=None, **counts))
+
+    def _forget(self, job_ids: list[str]) -> None:
+        """Drop settled jobs' rows from the store. Only tidiness: an answer is taken only for a job in flight here,
+        so a row a locked table keeps is never read again."""
+        try:
+            self.bench.store.forget_pool_jobs(job_ids)
+        except StoreBusy as exc:
+            print(f"pool {self.pool}: {len(job_ids)} settled job(s) left in the store: {exc}")
+
+    def _busy(self, exc: StoreBusy, now: float) -> None:
+        """The pool's table is locked (by a worker's session): say so once a minute; past BUSY_LIMIT_S, stop."""
+        if self.busy_since is None:
+            self.busy_since = self.busy_noted = now
+            print(f"pool {self.pool}: cannot read the jobs' answers: {exc}")
+        elif now - self.busy_since > BUSY_LIMIT_S:
+            raise StoreError(f"pool {self.pool}: its jobs table locked for {now - self.busy_since:.0f} s: {exc}")
+        elif now - self.busy_noted > WAITING_NOTE_S:
+            self.busy_noted = now
+            print(f"pool {self.pool}: the jobs table is still locked ({now - self.busy_since:.0f} s)")
 
     # --- what came back ------------------------------------------------------------
 
@@ -255,6 +283,8 @@ class PoolSlots:
             if lease.answer is None:
                 raise ResultRejected(f"an answer of {lease.answer_bytes:,} bytes, over {MAX_RESULT_BYTES:,}")
             result = accept(lease.answer, {wire.job_id: wire}, prepare.VAL_SIZE, self.test_images)
+            if result.worker != lease.worker:
+                raise ResultRejected(f"an answer signed {result.worker}, not by the worker that claimed the job")
         except ResultRejected as exc:
             return self._failed(sent, f"the answer of worker {worker} was rejected: {exc}")
         if result.refused:
@@ -273,6 +303,7 @@ class PoolSlots:
         """The run as the coordinator scores it: the worker's logits against the coordinator's labels; its log tail
         and test logits kept in the run's directory here, as a local run leaves them."""
         run_dir = self.bench.run_dir(sent.job.iteration, sent.job.seed)
+        remove_tree(run_dir)  # an earlier attempt's files (a contended run measured again) are not this answer's
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(run_dir / "train.log", (result.log_tail + "\n").encode(), 0o600)
         if result.test_logits is not None:
@@ -317,6 +348,10 @@ class PoolSlots:
                 f": {display.one_line(state.message)[:300]}" if state.message else ""
             )
         if lease is None:
+            if state is not None and state.type in (StateType.PENDING, StateType.RUNNING):
+                sent.taken = sent.taken or now  # a worker took the flow run: it claims the job as it starts
+                if now - sent.taken > POOL_SILENCE_S + ANSWER_MARGIN_S:
+                    return f"its flow run has been {state.type.value.lower()} {now - sent.taken:.0f} s without a claim"
             if now - sent.noted > WAITING_NOTE_S:
                 sent.noted = now
                 print(f"pool {self.pool}: no worker has taken job {sent.wire.job_id} in {now - sent.submitted:.0f} s")
@@ -356,7 +391,7 @@ class PoolSlots:
 
     def _settle(self, sent: Sent, stored: MeasuredRun) -> tuple[Job, MeasuredRun]:
         self.running.pop(sent.wire.job_id, None)
-        self.bench.store.forget_pool_jobs([sent.wire.job_id])
+        self._forget([sent.wire.job_id])
         self.free = sorted([*self.free, sent.slot])
         return sent.job, stored
 
@@ -399,4 +434,4 @@ class PoolSlots:
         if active:
             print(f"pool {self.pool}: cancelling {len(active)} measurement flow run(s) an earlier coordinator left")
             self._cancel(active, "its coordinator was restarted: the run is measured again")
-        self.bench.store.forget_pool_jobs(job_ids)
+        self._forget(job_ids)

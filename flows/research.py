@@ -155,6 +155,10 @@ class Loop:
             )
         if here and not cfg.devices:
             cfg.devices = self._visible_gpus()[:here] or None
+        if here and cfg.devices:  # GPU slots here: the pool's jobs go to GPUs too, so every run has one device
+            if cfg.device == "cpu":
+                raise SlotError(f"--devices {','.join(cfg.devices)} with --device cpu: runs would differ in device")
+            cfg.device = cfg.device or "cuda"
         slots = plan_slots(here or 1, cfg.cpu_threads, cfg.devices if here else None)
         where = (
             f"and {here} here ({'; '.join(s.describe() for s in slots)})"

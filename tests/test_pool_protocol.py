@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import shutil
 import threading
+import time
+import uuid
 
 import numpy as np
 import pytest
@@ -235,3 +238,86 @@ def test_the_store_lets_a_job_be_claimed_once_and_answered_once_by_its_claimer(t
     assert big.answer is None and big.answer_bytes == 100, "an answer over the bound is not read"
     store.forget_pool_jobs([job_id])
     assert store.pool_jobs([job_id], 0) == [] and store.claim_pool_job(job_id, "w2") is True
+
+
+@pytest.fixture
+def pool_slots(tmp_path, monkeypatch):
+    """flows/pool_slots.py's PoolSlots on a real store, with Prefect stood in: a job sent is only recorded, and its
+    flow run is in whatever state the test puts in `states` (by job id)."""
+    import torch
+
+    from flows import pool_slots as ps
+    from infra.pool import protocol
+    from tasks.measure import Bench
+
+    monkeypatch.setattr(protocol, "local_fingerprints", lambda: PRINTS)
+    monkeypatch.setattr(ps, "measurement_deployment", lambda pool: uuid.uuid4())
+    monkeypatch.setattr(ps.PoolSlots, "_cancel_leftovers", lambda self: None)
+    monkeypatch.setattr(ps.PoolSlots, "_cancel", lambda self, ids, why, crashed=False: None)
+    states: dict[str, object] = {}
+    monkeypatch.setattr(
+        ps.PoolSlots, "_states", lambda self: {s.flow_run_id: states[j] for j, s in self.running.items() if j in states}
+    )
+
+    def send(self, sent) -> None:
+        sent.flow_run_id, sent.submitted, sent.noted = uuid.uuid4(), time.monotonic(), time.monotonic()
+        self.running[sent.wire.job_id] = sent
+
+    monkeypatch.setattr(ps.PoolSlots, "_send", send)
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    experiment = store.ensure_experiment("exp", {"budget_s": 1.0})
+    labels = torch.from_numpy(logits(prepare.VAL_SIZE).argmax(axis=1))
+    run_dir = lambda i, s: tmp_path / "runs" / f"{i}" / f"seed-{s}"  # noqa: E731
+    bench = Bench(store, experiment.id, run_dir, LIMITS, (None, labels), None)
+    return ps.PoolSlots(bench, "p", 1, "exp", None, test_images=20), store, states, tmp_path / "runs"
+
+
+def worker_answers(store: Store, wire: PoolJob, claimer: str, model: bytes | None = None, **fields) -> None:
+    """A worker claims wire's job and answers it: ok, validation logits that are all right, and fields."""
+    sent = dict(val_logits=encode_logits(logits(prepare.VAL_SIZE)), worker=claimer)
+    if model is not None:
+        sent |= dict(test_logits=encode_logits(logits(20)), model_sha256=hashlib.sha256(model).hexdigest())
+    assert store.claim_pool_job(wire.job_id, claimer)
+    assert store.answer_pool_job(wire.job_id, claimer, answer(wire, **{**sent, **fields}), model)
+
+
+def test_the_coordinator_keeps_only_the_files_the_answer_it_takes_names(pool_slots):
+    from tasks.measure import Job
+
+    slots, store, _, runs = pool_slots
+    slots.submit(Job("print('hi')\n", 0, 0, 7))  # a baseline run: it wants test logits and the model back
+    (first,) = slots.running.values()
+    contended = ComputeRecord("cpu", threads=1, cpu_seconds=1.0, contended=True)
+    worker_answers(store, first.wire, "w1", model=b"attempt 1", compute=contended)
+    assert slots.poll() is None, "a contended run is measured again"
+    (second,) = slots.running.values()
+    assert second.wire.job_id != first.wire.job_id and second.wire.seed == 7 and second.wire.want_test
+    run_dir = runs / "0" / "seed-7"
+    assert (run_dir / prepare.MODEL_ARTIFACT).read_bytes() == b"attempt 1"
+    worker_answers(store, second.wire, "w2", model=b"attempt 2", worker="w1")  # claimed by w2, signed w1
+    assert slots.poll() is None, "an answer not signed by its claimer is rejected, and the job sent again"
+    (third,) = slots.running.values()
+    worker_answers(store, third.wire, "w2")  # no model came back (over the bound on its worker)
+    job, run = slots.poll()
+    assert run.status == Status.OK and run.worker == "w2" and job.seed == 7 and not run.remeasured
+    assert sorted(p.name for p in run_dir.iterdir()) == ["train.log"], "nothing of an earlier attempt is kept"
+    assert store.pool_jobs([first.wire.job_id, second.wire.job_id, third.wire.job_id], 2**20) == []
+
+
+def test_a_flow_run_a_worker_took_but_never_claimed_is_given_up(pool_slots, monkeypatch):
+    from prefect.client.schemas.objects import State, StateType
+
+    from flows import pool_slots as ps
+    from tasks.measure import Job
+
+    slots, store, states, _ = pool_slots
+    slots.submit(Job("print('hi')\n", 1, 1, 9))
+    (sent,) = slots.running.values()
+    assert slots.poll() is None and slots.running, "a job no worker has taken waits (there may be no worker yet)"
+    states[sent.wire.job_id] = State(type=StateType.RUNNING)  # taken, and its worker died before claiming it
+    assert slots.poll() is None and sent.taken is not None
+    monkeypatch.setattr(ps, "POOL_SILENCE_S", 0.0)
+    monkeypatch.setattr(ps, "ANSWER_MARGIN_S", 0.0)
+    assert slots.poll() is None
+    (again,) = slots.running.values()
+    assert again.wire.job_id != sent.wire.job_id and again.resubmits == 1 and again.wire.seed == 9

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, inspect
 from infra.records import MeasuredRun, Status
 from infra.research.lock import LockHeld, database_holder, database_lock
 from infra.settings import REPO_ROOT
-from infra.store import Store, StoreError
+from infra.store import Store, StoreBusy, StoreError
 from infra.store.store import head_revision, migrate, schema_revision
 from tests.conftest import requires_bwrap, requires_real_data
 from tests.postgres_cluster import USER, Cluster, free_port, why_not
@@ -179,7 +179,8 @@ def test_a_worker_role_with_the_printed_grants_does_a_workers_part_and_nothing_e
         conn.exec_driver_sql("CREATE ROLE pool_worker LOGIN")
         for statement in printed.stdout.splitlines():
             conn.exec_driver_sql(statement)
-    worker = Store(url.replace(f"//{USER}@", "//pool_worker@"), upgrade=False)  # reads the schema's revision
+    worker_url = url.replace(f"//{USER}@", "//pool_worker@")
+    worker = Store(worker_url, upgrade=False)  # reads the schema's revision
     job_id = "c" * 32
     assert worker.claim_pool_job(job_id, "w1")
     worker.beat_pool_job(job_id, "w1")
@@ -193,5 +194,17 @@ def test_a_worker_role_with_the_printed_grants_does_a_workers_part_and_nothing_e
     with pytest.raises(Exception, match="permission denied"):
         worker.forget_pool_jobs([job_id])
     assert coordinator.measured_runs(experiment.id) == [], "nothing forged"
-    refused = cli("db", "worker-grants", "w; DROP TABLE pool_jobs")
-    assert refused.returncode == 2 and "role" in refused.stderr
+    for bad in ("w; DROP TABLE pool_jobs", "public", "pg_read_all_data"):
+        refused = cli("db", "worker-grants", bad)
+        assert refused.returncode == 2 and "role" in refused.stderr, (bad, refused.stdout)
+    # a claim's times are a worker's to write, within what every driver reads back (the coordinator reads them)
+    with pytest.raises(Exception, match="ck_pool_jobs_times"):
+        with create_engine(worker_url).begin() as conn:
+            conn.exec_driver_sql(f"UPDATE pool_jobs SET beat_at = 'infinity' WHERE job_id = '{job_id}'")
+    # a worker's session holding the table locked stalls the pool's reads, boundedly: StoreBusy, not a hang
+    with create_engine(worker_url).connect() as conn:
+        conn.exec_driver_sql("BEGIN; LOCK TABLE pool_jobs IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(StoreBusy, match="locked"):
+            coordinator.pool_jobs([job_id], max_answer_bytes=2**20)
+        conn.rollback()
+    assert coordinator.pool_jobs([job_id], max_answer_bytes=2**20)[0].worker == "w1"

@@ -454,3 +454,13 @@ def test_local_slots_and_a_pool_together_fill_local_slots_first_and_take_results
     assert both.submit("d") == 0, "a freed local slot is taken before the pool's free one"
     both.drain()
     assert local.drained and pool.drained and both.jobs() == []
+    local.drained = False
+    both.submit("e")
+
+    def unreachable() -> None:
+        raise ConnectionError("the Prefect server went away")
+
+    pool.drain = unreachable
+    with pytest.raises(ConnectionError):
+        both.drain()
+    assert local.drained, "the local runs are waited for even when the pool's side fails"

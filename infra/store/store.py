@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator
 from sqlalchemy import (
     JSON,
     Boolean,
+    CheckConstraint,
     Float,
     ForeignKey,
     Integer,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    case,
     create_engine,
     delete,
     event,
@@ -36,7 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import NullPool
 
@@ -150,10 +152,19 @@ class MeasuredRunRow(Base):
     worker: Mapped[str] = mapped_column(String(200), default="", server_default="")  # a pool's worker; '' local
 
 
+# a claim's times are a worker's to write: only ones every driver can read back (not PostgreSQL's 'infinity', nor a
+# year past 9999, which would stop the coordinator reading its jobs)
+POOL_TIMES_CHECK = (
+    "started_at BETWEEN '2000-01-01' AND '9000-01-01' AND beat_at BETWEEN '2000-01-01' AND '9000-01-01' AND "
+    "(answered_at IS NULL OR answered_at BETWEEN '2000-01-01' AND '9000-01-01')"
+)
+
+
 class PoolJobRow(Base):
     """A job a pool's worker took (infra/pool/): who, when it last beat, and its answer once made."""
 
     __tablename__ = "pool_jobs"
+    __table_args__ = (CheckConstraint(POOL_TIMES_CHECK, name="ck_pool_jobs_times"),)
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     worker: Mapped[str] = mapped_column(String(200))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -206,6 +217,14 @@ class SettingChange(Base):
 
 class StoreError(RuntimeError):
     """The database could not be opened or migrated."""
+
+
+class StoreBusy(StoreError):
+    """A pool's table was locked past POOL_LOCK_TIMEOUT (a worker's session holding a lock): nothing was done."""
+
+
+POOL_LOCK_TIMEOUT = "5s"  # how long a statement on pool_jobs waits for a lock a worker's session may hold...
+POOL_STATEMENT_TIMEOUT = "60s"  # ...and runs at all: a worker can stall the pool's table, never the coordinator
 
 
 def set_columns(row: Base, fields: dict[str, Any]) -> None:
@@ -329,6 +348,21 @@ class Store:
     def session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
+
+    @contextmanager
+    def pool_session(self) -> Iterator[Session]:
+        """A session on pool_jobs, which workers write too: on PostgreSQL its statements wait at most
+        POOL_LOCK_TIMEOUT for a lock (one a worker holds) and run at most POOL_STATEMENT_TIMEOUT, else StoreBusy."""
+        try:
+            with self.session() as s:
+                if self.engine.dialect.name == "postgresql":
+                    s.execute(text(f"SET LOCAL lock_timeout = '{POOL_LOCK_TIMEOUT}'"))
+                    s.execute(text(f"SET LOCAL statement_timeout = '{POOL_STATEMENT_TIMEOUT}'"))
+                yield s
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) in ("55P03", "57014"):  # lock_not_available, query_canceled
+                raise StoreBusy(f"the pool's jobs table is locked by another session: {exc.orig}") from None
+            raise
 
     # --- experiments ---------------------------------------------------------
 
@@ -486,7 +520,7 @@ class Store:
     def claim_pool_job(self, job_id: str, worker: str) -> bool:
         """A worker starts job_id; False if another claimed it first (a job is measured once)."""
         try:
-            with self.session() as s:
+            with self.pool_session() as s:
                 now = utcnow()
                 s.add(PoolJobRow(job_id=job_id, worker=worker, started_at=now, beat_at=now))
             return True
@@ -495,7 +529,7 @@ class Store:
 
     def beat_pool_job(self, job_id: str, worker: str) -> None:
         """The worker that claimed job_id is still at it."""
-        with self.session() as s:
+        with self.pool_session() as s:
             s.execute(
                 update(PoolJobRow)
                 .where(PoolJobRow.job_id == job_id, PoolJobRow.worker == worker, PoolJobRow.answer.is_(None))
@@ -505,7 +539,7 @@ class Store:
     def answer_pool_job(self, job_id: str, worker: str, answer: bytes, model: bytes | None = None) -> bool:
         """The claiming worker's answer to job_id, and the model file it brings back (if any), in one write; False
         if the job is not its own or has its answer already."""
-        with self.session() as s:
+        with self.pool_session() as s:
             done = s.execute(
                 update(PoolJobRow)
                 .where(PoolJobRow.job_id == job_id, PoolJobRow.worker == worker, PoolJobRow.answer.is_(None))
@@ -513,38 +547,36 @@ class Store:
             )
             return bool(done.rowcount)
 
-    def pool_model(self, job_id: str, max_bytes: int) -> bytes | None:
-        """The model file a worker brought back with job_id's answer; None if it sent none, or one over max_bytes
-        (a worker wrote it: its length is asked first, and a longer one never read)."""
-        with self.session() as s:
-            size = s.scalar(select(func.length(PoolJobRow.model)).where(PoolJobRow.job_id == job_id))
-            if size is None or size > max_bytes:
-                return None
-            return s.scalar(select(PoolJobRow.model).where(PoolJobRow.job_id == job_id))
-
     def pool_jobs(self, job_ids: Iterable[str], max_answer_bytes: int) -> list[PoolLease]:
         """Where these jobs stand on the pool's workers (the ones no worker has claimed are absent). An answer over
-        max_answer_bytes is not read (a worker wrote it): its lease says how long it is, with no answer."""
+        max_answer_bytes is not read (a worker wrote it): its lease says how long it is, with no answer. Length and
+        answer come from one statement, so a worker cannot swap a long answer in between."""
         wanted = list(job_ids)
         if not wanted:
             return []
         size = func.length(PoolJobRow.answer)
-        with self.session() as s:
+        bounded = case((size <= max_answer_bytes, PoolJobRow.answer), else_=None)
+        with self.pool_session() as s:
             rows = s.execute(
-                select(PoolJobRow.job_id, PoolJobRow.worker, PoolJobRow.started_at, PoolJobRow.beat_at, size).where(
-                    PoolJobRow.job_id.in_(wanted)
-                )
-            ).all()
-            small = [row.job_id for row in rows if row[4] is not None and row[4] <= max_answer_bytes]
-            found = s.execute(select(PoolJobRow.job_id, PoolJobRow.answer).where(PoolJobRow.job_id.in_(small)))
-            answers = {job_id: answer for job_id, answer in found}
-        return [PoolLease(r.job_id, r.worker, r.started_at, r.beat_at, answers.get(r.job_id), r[4]) for r in rows]
+                select(PoolJobRow.job_id, PoolJobRow.worker, PoolJobRow.started_at, PoolJobRow.beat_at, bounded, size)
+                .where(PoolJobRow.job_id.in_(wanted))
+            ).all()  # fmt: skip
+        return [PoolLease(*row) for row in rows]
+
+    def pool_model(self, job_id: str, max_bytes: int) -> bytes | None:
+        """The model file a worker brought back with job_id's answer; None if it sent none, or one over max_bytes
+        (a worker wrote it: one statement reads it only within the bound)."""
+        size = func.length(PoolJobRow.model)
+        with self.pool_session() as s:
+            return s.scalar(
+                select(case((size <= max_bytes, PoolJobRow.model), else_=None)).where(PoolJobRow.job_id == job_id)
+            )
 
     def forget_pool_jobs(self, job_ids: Iterable[str]) -> None:
         """The coordinator has settled these jobs: their rows (and answers) go."""
         wanted = list(job_ids)
         if wanted:
-            with self.session() as s:
+            with self.pool_session() as s:
                 s.execute(delete(PoolJobRow).where(PoolJobRow.job_id.in_(wanted)))
 
     # --- strategy and proposer calls ----------------------------------------

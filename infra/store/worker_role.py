@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import re
 
-ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # a PostgreSQL identifier that needs no quoting
+ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")  # quoted below all the same: a reserved word is still a name
 
 
 def worker_grants(role: str) -> list[str]:
-    """The statements that let role do a worker's part of the store, and no more (run them as the store's owner)."""
+    """The statements that let role do a worker's part of the store, and no more (run them as the store's owner).
+    PostgreSQL before 15 lets every role create tables in schema public: that is taken back from all but the owner."""
     if not ROLE_NAME.fullmatch(role):
         raise ValueError(f"role {role!r}: lower-case letters, digits and _, starting with a letter or _ (at most 63)")
+    if role == "public" or role.startswith("pg_"):
+        raise ValueError(f"role {role!r}: PUBLIC (every role) or one of PostgreSQL's own: name the workers' role")
+    quoted = f'"{role}"'
     return [
-        f"GRANT USAGE ON SCHEMA public TO {role};",
-        f"GRANT SELECT ON alembic_version TO {role};",
-        f"GRANT SELECT, INSERT, UPDATE ON pool_jobs TO {role};",
+        "REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
+        f"GRANT USAGE ON SCHEMA public TO {quoted};",
+        f"GRANT SELECT ON alembic_version TO {quoted};",
+        f"GRANT SELECT, INSERT, UPDATE ON pool_jobs TO {quoted};",
     ]
