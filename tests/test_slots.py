@@ -464,3 +464,25 @@ def test_local_slots_and_a_pool_together_fill_local_slots_first_and_take_results
     with pytest.raises(ConnectionError):
         both.drain()
     assert local.drained, "the local runs are waited for even when the pool's side fails"
+
+
+def test_gpu_slots_here_send_the_pools_jobs_to_gpus_too(monkeypatch):
+    """With --local-slots on a machine with GPUs, the local runs go to GPUs: the pool's jobs must too (one device
+    for every run of the experiment), and --device cpu with GPU slots here is refused."""
+    from types import SimpleNamespace
+
+    from flows import research
+
+    monkeypatch.setattr(research, "plan_slots", lambda n, threads, devices: [Slot(k, (k,)) for k in range(n)])
+    monkeypatch.setattr(research.settings, "default_memory_cap_bytes", lambda: 2**33)
+
+    def resolved(**fields) -> ExperimentConfig:
+        cfg = ExperimentConfig(pool="lab", local_slots=1, cpu_threads=1, **fields)
+        loop = SimpleNamespace(cfg=cfg, exp=SimpleNamespace(config={}), _visible_gpus=lambda: ["cuda:0", "cuda:1"])
+        research.Loop._resolve_pool_slots(loop)
+        return cfg
+
+    cfg = resolved()
+    assert cfg.devices == ["cuda:0"] and cfg.device == "cuda"
+    with pytest.raises(SlotError, match="--device cpu"):
+        resolved(device="cpu", devices=["cuda:1"])
