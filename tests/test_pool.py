@@ -157,6 +157,17 @@ class Coordinator:
         return self.log.read_text(errors="replace")
 
 
+def run_to_end(run: Coordinator, *workers: Worker) -> tuple[int, str]:
+    """The coordinator's exit code and output once it has ended; the workers stopped."""
+    try:
+        code = run.finish()
+    finally:
+        run.kill()
+        for worker in workers:
+            worker.kill()
+    return code, run.output()
+
+
 def claims(workers: list[Worker]) -> int:
     """How many jobs the workers have started measuring, from their logs."""
     return sum(w.output().count(" in slot-") for w in workers)
@@ -238,12 +249,7 @@ def test_local_slots_and_a_pool_measure_one_experiment_together(store_url, serve
         "mixed", store_url, server, tmp_path / "coordinator", "--experiment", "mixed", "--slots", "1",
         "--local-slots", "1", "--iterations", "1", "--repeats", "2", "--proposer", "offline",
     ).start()  # fmt: skip
-    try:
-        code = run.finish()
-    finally:
-        run.kill()
-        worker.kill()
-    out = run.output()
+    code, out = run_to_end(run, worker)
     assert code == 0, out[-4000:]
     assert "slots: 1 in flight on pool mixed and 1 here" in out, out[-4000:]
     store = Store(store_url)
@@ -327,12 +333,7 @@ def test_a_worker_whose_prepare_py_differs_refuses_and_the_run_fails_with_the_re
         "stale", store_url, server, tmp_path / "coordinator", "--experiment", "refused", "--iterations", "0",
         "--repeats", "1", "--proposer", "offline",
     ).start()  # fmt: skip
-    try:
-        code = run.finish()
-    finally:
-        run.kill()
-        worker.kill()
-    out = run.output()
+    code, out = run_to_end(run, worker)
     assert code != 0, out[-3000:]
     assert "refused" in out and "prepare.py differs" in out, out[-3000:]
     assert "prepare.py differs" in worker.output()
