@@ -311,8 +311,11 @@ class PoolSlots:
             np.save(buffer, decode_logits(result.test_logits, self.test_images), allow_pickle=False)
             write_private(run_dir / POOL_TEST_LOGITS, buffer.getvalue(), 0o600)
         if result.model_sha256 is not None:
-            model = self.bench.store.pool_model(sent.wire.job_id, MAX_POOL_MODEL_BYTES)
-            refused = model_refusal(model, result)
+            try:
+                model = self.bench.store.pool_model(sent.wire.job_id, MAX_POOL_MODEL_BYTES)
+                refused = model_refusal(model, result)
+            except StoreBusy as exc:  # the run is measured all the same: its model is only kept for the user
+                model, refused = None, str(exc)
             if refused:
                 print(f"iteration {sent.job.iteration} seed {sent.job.seed}: model not kept: {refused}")
             else:
